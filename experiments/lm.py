@@ -1,0 +1,96 @@
+r"""GPT language model on the embedded corpus (the Python standard library's source), bytes.
+
+The default experiment: offline, on a 2-core CPU in a few minutes.
+
+    jaxbig train --config experiments/lm.py --workdir runs/lm
+    jaxbig train --config experiments/lm.py:size=small --workdir runs/lm2 \
+        --config.optimizer.lr=1e-3
+
+Arguments (`experiments/lm.py:key=value,...`):
+  size    model shape from `jaxbig.models.gpt.SIZES`: tiny | small | gpt2_small | ...
+  steps   optimizer updates
+  batch   global batch size (sequences)
+  seq     sequence length (bytes)
+  data    'pystdlib' (embedded) | any TFDS text dataset prepared in data.data_dir (e.g. lm1b)
+          | 'folder' (set --config.data.path=DIR)
+
+Expected (CPython 3.11 standard library, validation split): unigram entropy ~3.25 and bigram
+~2.43 nats/byte; the default (tiny, 600 steps) reaches a validation loss of about TODO.
+"""
+import ml_collections
+
+from jaxbig.config import ConfigError, parse_arg
+from jaxbig.models.gpt import SIZES
+from jaxbig.parallel import DEFAULT_RULES
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, size='tiny', steps=600, batch=32, seq=128, data='pystdlib')
+    if arg.size not in SIZES:
+        raise ConfigError(f'experiments/lm.py: size={arg.size!r}, expected one of {list(SIZES)}')
+    c = ml_collections.ConfigDict()
+
+    c.model = dict(
+        name='gpt',
+        vocab_size=256,
+        **SIZES[arg.size],
+        dropout=0.0,
+        tie_embeddings=True,
+        scan_layers=True,
+        remat='none',
+        dtype='float32',
+        param_dtype='float32',
+    )
+    c.data = dict(
+        name=arg.data,
+        data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+        path='',
+        text_key='text',
+        seq_len=arg.seq,
+        pack=True,
+        train_split='train',
+        val_split='validation',
+    )
+    c.loss = dict(name='autoregressive', z_loss=0.0)
+    c.optimizer = dict(
+        name='adamw',
+        lr=3e-3,
+        schedule='warmup_cosine',
+        warmup_steps=max(arg.steps // 20, 1),
+        min_lr_ratio=0.1,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=0.1,
+        l1=0.0,
+        l2=0.0,
+        clip_norm=1.0,
+        momentum=0.9,
+        nesterov=False,
+        grad_accum_steps=1,
+    )
+    c.parallel = dict(
+        strategy='mesh',
+        data=-1,
+        fsdp=1,
+        tensor=1,
+        rules=[list(r) for r in DEFAULT_RULES],
+        distributed=False,
+        coordinator_address='',
+        num_processes=0,
+        process_id=-1,
+        local_device_count=0,
+    )
+    c.train = dict(
+        steps=arg.steps,
+        batch_size=arg.batch,
+        seed=0,
+        log_every=20,
+        eval_every=200,
+        eval_steps=8,
+        eval_batch_size=0,  # 0 = train.batch_size
+        checkpoint_every=200,
+        keep_checkpoints=3,
+        keep_every=0,
+    )
+    return c

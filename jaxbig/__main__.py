@@ -1,0 +1,5 @@
+import sys
+
+from jaxbig.cli import main
+
+sys.exit(main())

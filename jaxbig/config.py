@@ -1,0 +1,170 @@
+"""Experiment configs: load `experiments/*.py[:arg]`, apply overrides, validate, freeze.
+
+An experiment file defines `get_config(arg: str | None) -> ml_collections.ConfigDict`.
+The command line names it big_vision style:
+
+        --config experiments/lm.py:size=small,steps=200  --config.optimizer.lr=1e-3
+
+`arg` is passed to `get_config` verbatim; `parse_arg` turns `key=value,...` into a typed
+ConfigDict for the experiment to read. Overrides must name an existing key and carry a value
+of the key's type; anything else raises `ConfigError` with one line naming the key (and the
+closest valid key, for typos).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the CLI prints it as one line."""
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses `'k1=v1,k2=v2'` into a ConfigDict typed by `defaults`.
+
+    Every key must appear in `defaults`; values are converted to the default's type.
+    A bare `k` (no `=`) sets a boolean default to True.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return out
+    for item in arg.split(','):
+        if not item:
+            continue
+        key, sep, value = item.partition('=')
+        key = key.strip()
+        if key not in defaults:
+            raise ConfigError(_unknown_key_message(f'config arg {key!r}', key, defaults))
+        if not sep:
+            if not isinstance(defaults[key], bool):
+                raise ConfigError(f'config arg {key!r} needs a value ({key}=...)')
+            value = 'true'
+        out[key] = _coerce(value, defaults[key], f'config arg {key!r}')
+    return out
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/experiment.py[:arg]` and returns its (unlocked) config."""
+    path, _, arg = spec.partition(':')
+    if not os.path.isfile(path):
+        raise ConfigError(f'--config {path!r}: no such file')
+    module_spec = importlib.util.spec_from_file_location('_jaxbig_experiment', path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f'--config {path}: syntax error at line {e.lineno}: {e.msg}') from e
+    if not hasattr(module, 'get_config'):
+        raise ConfigError(f'--config {path}: the file defines no get_config(arg)')
+    config = module.get_config(arg or None)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f'--config {path}: get_config must return an ml_collections.ConfigDict')
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, str]]):
+    """Sets `dotted.key = value` (value as a string) on `config`, checking key and type."""
+    for key, raw in overrides:
+        parent, leaf = _walk(config, key)
+        old = parent[leaf]
+        if isinstance(old, ml_collections.ConfigDict):
+            raise ConfigError(
+                f'--config.{key}: is a section, set one of its keys '
+                f'({", ".join(sorted(old.keys()))})'
+            )
+        value = _coerce(raw, old, f'--config.{key}')
+        with parent.ignore_type():
+            parent[leaf] = value
+    return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(text))
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+    keys = []
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            keys += flat_keys(v, f'{prefix}{k}.')
+        else:
+            keys.append(prefix + k)
+    return keys
+
+
+def _walk(config, dotted: str):
+    node = config
+    parts = dotted.split('.')
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ConfigError(_unknown_key_message(f'--config.{dotted}', dotted, flat_keys(config)))
+        if i == len(parts) - 1:
+            return node, part
+        node = node[part]
+
+
+def _unknown_key_message(where: str, key: str, valid: Iterable[str]) -> str:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ''
+    return f'{where}: unknown config key {key!r}{hint}'
+
+
+_BOOLS = {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}
+
+
+def _coerce(raw: Any, old: Any, where: str) -> Any:
+    """Converts the string `raw` to the type of the existing value `old`."""
+    if not isinstance(raw, str):
+        return raw
+
+    def fail(kind):
+        return ConfigError(f'{where}: expected {kind}, got {raw!r}')
+
+    if isinstance(old, bool):
+        if raw.lower() not in _BOOLS:
+            raise fail('a boolean (true/false)')
+        return _BOOLS[raw.lower()]
+    if isinstance(old, int):
+        try:
+            return int(raw)
+        except ValueError:
+            try:
+                as_float = float(raw)  # accept '1e3' for ints when exact
+            except ValueError:
+                raise fail('an integer') from None
+            if not as_float.is_integer():
+                raise fail('an integer') from None
+            return int(as_float)
+    if isinstance(old, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise fail('a number') from None
+    if isinstance(old, str):
+        return raw
+    if isinstance(old, (tuple, list)) or old is None:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            if old is None:
+                return raw
+            raise fail(f'a {type(old).__name__} literal like (1, 2)') from None
+        if isinstance(old, (tuple, list)):
+            if not isinstance(value, (tuple, list)):
+                raise fail(f'a {type(old).__name__} literal like (1, 2)')
+            return type(old)(value)
+        return value
+    raise fail(type(old).__name__)

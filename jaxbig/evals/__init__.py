@@ -1,0 +1,1 @@
+"""Evaluators. Each module exposes `Evaluator(...)` with `run(params) -> {name: float}`."""

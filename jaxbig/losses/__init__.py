@@ -1,0 +1,28 @@
+"""Training objectives, one module per objective, each exposing
+
+        loss_fn(apply_fn, params, batch, rngs, config, *, train) -> (scalar loss, {name: scalar})
+        model_inputs(batch) -> tuple of positional model inputs (used to initialise the model)
+
+`config` is the experiment's `loss` section; `config.name` picks the module
+(`'autoregressive'` -> `jaxbig.losses.autoregressive`).
+"""
+
+import importlib
+import pkgutil
+
+from jaxbig.config import ConfigError
+
+
+def get_loss_module(name: str):
+    """The module `jaxbig.losses.<name>` (has `loss_fn` and `model_inputs`)."""
+    try:
+        module = importlib.import_module(f'jaxbig.losses.{name}')
+    except ModuleNotFoundError as e:
+        if e.name != f'jaxbig.losses.{name}':
+            raise
+        available = sorted(m.name for m in pkgutil.iter_modules(__path__))
+        raise ConfigError(
+            f'loss.name={name!r}: no module jaxbig.losses.{name} '
+            f'(available: {", ".join(available)})'
+        ) from None
+    return module

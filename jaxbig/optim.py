@@ -1,0 +1,116 @@
+"""Optimizer from config: an optax chain of small, named pieces.
+
+        clip (global norm) -> L1 penalty -> coupled L2 penalty -> preconditioner
+        (sgd momentum / adam / rmsprop) -> decoupled weight decay -> -lr(step)
+
+`config.optimizer` keys:
+    name          'sgd' | 'adam' | 'adamw' | 'rmsprop'
+    lr            peak learning rate (> 0)
+    schedule      'constant' | 'warmup_cosine' | 'warmup_linear' | 'inverse_sqrt'
+    warmup_steps  linear warmup from 0 (all schedules)
+    min_lr_ratio  final lr as a fraction of `lr` (cosine / linear decay)
+    b1, b2, eps   Adam / RMSprop (b2 is RMSprop's decay)
+    momentum, nesterov   SGD
+    weight_decay  decoupled (AdamW-style) decay, applied to parameters with ndim >= 2
+    l2            coupled L2 penalty: grad += l2 * param (all parameters)
+    l1            L1 penalty: grad += l1 * sign(param)
+    clip_norm     global-norm clipping threshold (0 = off)
+    grad_accum_steps  micro-batches per update (handled by `step.py`, read here for checks)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxbig.config import ConfigError
+
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
+SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'inverse_sqrt')
+
+
+def build_schedule(cfg, total_steps: int) -> optax.Schedule:
+    """Learning rate as a function of the update step."""
+    lr, warmup = cfg.lr, cfg.get('warmup_steps', 0)
+    end = lr * cfg.get('min_lr_ratio', 0.0)
+    name = cfg.get('schedule', 'constant')
+    if name == 'constant':
+        main = optax.constant_schedule(lr)
+    elif name == 'warmup_cosine':
+        main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1), alpha=end / lr)
+    elif name == 'warmup_linear':
+        main = optax.linear_schedule(lr, end, max(total_steps - warmup, 1))
+    elif name == 'inverse_sqrt':
+        main = lambda s: lr * jax.lax.rsqrt(jnp.maximum(s + warmup, 1.0) / max(warmup, 1))
+    else:
+        raise ConfigError(f'optimizer.schedule={name!r}: expected one of {SCHEDULES}')
+    if warmup <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def add_l1_penalty(l1: float) -> optax.GradientTransformation:
+    """grad += l1 * sign(param): the subgradient of l1 * |param|_1."""
+
+    def update(updates, state, params):
+        if params is None:
+            raise ValueError('add_l1_penalty needs params')
+        return jax.tree.map(
+            lambda g, p: g + l1 * jnp.sign(p).astype(g.dtype), updates, params
+        ), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def _matrices_only(params):
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Returns (optax chain, learning-rate schedule) for `config.optimizer`."""
+    validate(cfg)
+    schedule = build_schedule(cfg, total_steps)
+    parts = []
+    if cfg.get('clip_norm', 0.0) > 0:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.get('l1', 0.0) > 0:
+        parts.append(add_l1_penalty(cfg.l1))
+    if cfg.get('l2', 0.0) > 0:
+        parts.append(optax.add_decayed_weights(cfg.l2))
+    name = cfg.name
+    if name == 'sgd':
+        if cfg.get('momentum', 0.0) > 0:
+            parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.get('nesterov', False)))
+    elif name in ('adam', 'adamw'):
+        parts.append(
+            optax.scale_by_adam(
+                b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), eps=cfg.get('eps', 1e-8)
+            )
+        )
+    elif name == 'rmsprop':
+        parts.append(optax.scale_by_rms(decay=cfg.get('b2', 0.9), eps=cfg.get('eps', 1e-8)))
+    if cfg.get('weight_decay', 0.0) > 0:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_matrices_only))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts), schedule
+
+
+def validate(cfg):
+    """Range checks with one-line errors naming the key."""
+    if cfg.name not in OPTIMIZERS:
+        raise ConfigError(f'optimizer.name={cfg.name!r}: expected one of {OPTIMIZERS}')
+    if not cfg.lr > 0:
+        raise ConfigError(f'optimizer.lr={cfg.lr}: must be > 0')
+    if cfg.name == 'adam' and cfg.get('weight_decay', 0.0) > 0:
+        raise ConfigError(
+            'optimizer.weight_decay: decoupled decay is AdamW; '
+            "use optimizer.name='adamw', or optimizer.l2 for coupled L2 with Adam"
+        )
+    for key in ('weight_decay', 'l1', 'l2', 'clip_norm', 'warmup_steps', 'momentum'):
+        if cfg.get(key, 0) < 0:
+            raise ConfigError(f'optimizer.{key}={cfg[key]}: must be >= 0')
+    if cfg.get('grad_accum_steps', 1) < 1:
+        raise ConfigError(f'optimizer.grad_accum_steps={cfg.grad_accum_steps}: must be >= 1')
+    if not 0 <= cfg.get('min_lr_ratio', 0.0) <= 1:
+        raise ConfigError(f'optimizer.min_lr_ratio={cfg.min_lr_ratio}: must be in [0, 1]')

@@ -1,0 +1,199 @@
+"""Devices, mesh, logical-axis sharding rules, and host-local -> global batches.
+
+Mesh axes are ('data', 'fsdp', 'tensor'), sized by `config.parallel` (-1 = the rest of the
+devices). Model parameters and activations carry *logical* axis names ('embed', 'heads',
+'mlp', 'vocab', 'batch', ...); `config.parallel.rules` maps them to mesh axes, so a sharding
+strategy is a config choice:
+
+    pure data parallel   data=-1                 (params replicated, batch split)
+    FSDP                 fsdp=-1                 (params split along 'embed', batch split)
+    tensor parallel      tensor=N                (heads / mlp / vocab split)
+
+A mesh axis is used at most once per array: flax skips a rule whose mesh axis an earlier
+rule of the same array already took (so 'batch' -> (data, fsdp) wins over 'embed' -> fsdp
+for activations, while parameters, which have no 'batch' axis, get 'embed' -> fsdp).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxbig.config import ConfigError
+
+AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+DEFAULT_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('vocab', 'tensor'),
+    ('heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('embed', 'fsdp'),
+    ('kv', None),
+    ('length', None),
+    ('layers', None),
+)
+
+
+def mesh_shape(cfg, num_devices: int) -> tuple[int, int, int]:
+    """Resolves (data, fsdp, tensor) sizes; at most one may be -1 ('the rest')."""
+    sizes = [int(cfg.get(a, 1)) for a in AXES]
+    if sizes.count(-1) > 1:
+        raise ConfigError(f'parallel: only one of data/fsdp/tensor may be -1, got {sizes}')
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(
+            f'parallel: mesh sizes must be positive or -1, got {dict(zip(AXES, sizes))}'
+        )
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(
+                f'parallel: {num_devices} devices do not divide into {dict(zip(AXES, sizes))}'
+            )
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(
+            f'parallel: mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} '
+            f'devices but {num_devices} are available'
+        )
+    return tuple(sizes)
+
+
+def make_mesh(cfg, devices=None) -> jax.sharding.Mesh:
+    devices = devices if devices is not None else jax.devices()
+    shape = mesh_shape(cfg, len(devices))
+    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
+
+
+def rules_from_config(cfg) -> tuple:
+    """`config.parallel.rules` (list of [logical, mesh axis | [axes] | None]) as flax rules."""
+    rules = cfg.get('rules', None) or DEFAULT_RULES
+    out = []
+    for rule in rules:
+        name, axes = rule
+        if isinstance(axes, list):
+            axes = tuple(axes)
+        for a in axes if isinstance(axes, tuple) else (axes,):
+            if a is not None and a not in AXES:
+                raise ConfigError(
+                    f'parallel.rules: {name!r} maps to unknown mesh axis {a!r} (mesh axes: {AXES})'
+                )
+        out.append((name, axes))
+    return tuple(out)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    """Leading (batch) dimension split over data x fsdp."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def data_parallel_size(mesh) -> int:
+    return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def to_global(local_batch: dict, sharding: NamedSharding) -> dict:
+    """Host-local numpy batch (this process's rows) -> global jax arrays."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def _path_key(path) -> tuple:
+    return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def state_logical_specs(abstract_state, param_specs, params_attr: str = 'params'):
+    """Logical PartitionSpecs for a whole train state.
+
+    Parameters take `param_specs` (from `nn.get_partition_spec` on the boxed init); any other
+    leaf whose tree path ends with a parameter's path and has its shape (optimizer moments)
+    takes that parameter's spec; everything else (counters, rng) is replicated.
+    """
+    params = getattr(abstract_state, params_attr)
+    by_path = {}
+    for (path, leaf), (_, spec) in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0],
+        jax.tree_util.tree_flatten_with_path(param_specs, is_leaf=lambda x: isinstance(x, P))[0],
+    ):
+        by_path[_path_key(path)] = (leaf.shape, spec)
+    lengths = sorted({len(k) for k in by_path}, reverse=True)
+
+    def spec_for(path, leaf):
+        key = _path_key(path)
+        for n in lengths:
+            hit = by_path.get(key[-n:]) if len(key) >= n else None
+            if hit is not None and hit[0] == leaf.shape:
+                return hit[1]
+        return P()
+
+    return jax.tree_util.tree_map_with_path(spec_for, abstract_state)
+
+
+def logical_to_shardings(logical_specs, mesh, rules):
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def bytes_per_device(tree) -> int:
+    """Bytes this tree occupies on the most loaded device (its shards, not the global size)."""
+    per_device = {}
+    for leaf in jax.tree.leaves(tree):
+        if not hasattr(leaf, 'addressable_shards'):
+            continue
+        for shard in leaf.addressable_shards:
+            per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+    return max(per_device.values(), default=0)
+
+
+def describe_mesh(mesh) -> str:
+    return ' x '.join(f'{name}={size}' for name, size in mesh.shape.items()) + (
+        f' over {mesh.devices.size} {jax.devices()[0].platform} devices, '
+        f'{jax.process_count()} process(es)'
+    )
+
+
+def maybe_initialize_distributed(cfg) -> None:
+    """Joins a multi-process runtime when the config or environment asks for one.
+
+    `parallel.coordinator_address` / `num_processes` / `process_id` set explicitly, or
+    JAXBIG_COORDINATOR / JAXBIG_NUM_PROCESSES / JAXBIG_PROCESS_ID in the environment (set by
+    the launchers), or `parallel.distributed=True` to let JAX auto-detect (TPU pods, SLURM).
+    """
+    import os
+
+    address = cfg.get('coordinator_address', '') or os.environ.get('JAXBIG_COORDINATOR', '')
+    if address:
+        num = int(cfg.get('num_processes', 0) or os.environ.get('JAXBIG_NUM_PROCESSES', 0))
+        pid = cfg.get('process_id', -1)
+        pid = int(pid if pid >= 0 else os.environ.get('JAXBIG_PROCESS_ID', -1))
+        if num < 1 or pid < 0:
+            raise ConfigError(
+                'parallel.coordinator_address is set; also set num_processes and '
+                'process_id (or JAXBIG_NUM_PROCESSES / JAXBIG_PROCESS_ID)'
+            )
+        local = cfg.get('local_device_count', 0)
+        if local:
+            jax.config.update('jax_num_cpu_devices', int(local))
+        jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    elif cfg.get('distributed', False):
+        jax.distributed.initialize()
+    if jax.process_count() > 1:
+        logging.info('process %d of %d', jax.process_index(), jax.process_count())
+
+
+def host_batch_rows(global_batch: int, mesh) -> int:
+    """Rows of the global batch this process feeds; checks divisibility."""
+    dp = data_parallel_size(mesh)
+    if global_batch % dp:
+        raise ConfigError(
+            f'train.batch_size={global_batch} is not divisible by the data-parallel '
+            f'size data*fsdp={dp}'
+        )
+    return global_batch // jax.process_count()
+
+
+def unreplicate_metrics(metrics) -> dict:
+    return {k: float(np.asarray(v)) for k, v in metrics.items()}

@@ -1,0 +1,152 @@
+"""The train state and the two compiled functions every task shares.
+
+        train_step(state, batch) -> (state, metrics)      one optimizer update
+        eval_step(params, batch) -> metrics               no gradients, train=False
+
+Both are built from (model, loss_fn, optax chain); nothing here knows which task it runs.
+Gradient accumulation splits the batch into `accum_steps` micro-batches inside the step
+(a `lax.scan`), so one call is always one update whatever the accumulation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; saved and restored whole.
+
+    step: int32 scalar (updates applied). params / opt_state: pytrees.
+    rng: uint32[2] base key; step k uses fold_in(rng, k), so resume is exact.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def init_fn(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    example_inputs,
+    seed: int,
+    *,
+    boxed: bool = False,
+) -> Callable[[], TrainState]:
+    """Returns `() -> TrainState`; with `boxed`, params keep their logical-axis boxes."""
+
+    def init():
+        rng = jax.random.PRNGKey(seed)
+        init_rng, state_rng = jax.random.split(rng)
+        params = model.init(
+            {'params': init_rng, 'dropout': init_rng}, *example_inputs, train=False
+        )['params']
+        if boxed:
+            return params
+        params = nn.unbox(params)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng
+        )
+
+    return init
+
+
+def _split_micro_batches(batch, accum_steps: int):
+    """[B, ...] -> [accum, B // accum, ...]; micro-batch j takes rows j, j+accum, ... so each
+    device's contiguous block of rows contributes to every micro-batch (no resharding)."""
+
+    def split(x):
+        if x.shape[0] % accum_steps:
+            raise ValueError(
+                f'batch of {x.shape[0]} rows does not split into {accum_steps} '
+                'micro-batches (optimizer.grad_accum_steps)'
+            )
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    model: nn.Module,
+    loss_fn,
+    loss_config,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule | None = None,
+    accum_steps: int = 1,
+):
+    """Builds the (un-jitted) train step; `train.py` jits it with shardings and donation."""
+
+    def loss_and_grads(params, batch, rng):
+        def f(p):
+            return loss_fn(model.apply, p, batch, {'dropout': rng}, loss_config, train=True)
+
+        (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
+        return loss, metrics, grads
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        if accum_steps == 1:
+            loss, metrics, grads = loss_and_grads(state.params, batch, rng)
+        else:
+            micro = _split_micro_batches(batch, accum_steps)
+
+            def body(carry, xs):
+                i, mb = xs
+                loss, metrics, grads = loss_and_grads(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+            zeros = jax.tree.map(
+                jnp.zeros_like,
+                jax.eval_shape(
+                    loss_and_grads, state.params, jax.tree.map(lambda x: x[0], micro), rng
+                ),
+            )
+            total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+            loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(
+            metrics,
+            total_loss=loss,
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),
+            update_norm=optax.tree.norm(updates),
+        )
+        if schedule is not None:
+            metrics['learning_rate'] = schedule(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module, loss_fn, loss_config):
+    """eval_step(params, batch) -> metrics (means over the batch), deterministic."""
+
+    def eval_step(params, batch):
+        loss, metrics = loss_fn(model.apply, params, batch, {}, loss_config, train=False)
+        return dict(metrics, total_loss=loss)
+
+    return eval_step
+
+
+def jit_train_step(train_step, state_shardings, batch_sharding):
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(eval_step, params_shardings, batch_sharding):
+    return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding))
