@@ -58,6 +58,7 @@ def get_config(arg=None):
         schedule='warmup_cosine',
         warmup_steps=max(arg.steps // 20, 1),
         min_lr_ratio=0.1,
+        decay_steps=0,  # 0 = train.steps
         b1=0.9,
         b2=0.95,
         eps=1e-8,

@@ -15,7 +15,9 @@
     l2            coupled L2 penalty: grad += l2 * param (all parameters)
     l1            L1 penalty: grad += l1 * sign(param)
     clip_norm     global-norm clipping threshold (0 = off)
-    grad_accum_steps  micro-batches per update (handled by `step.py`, read here for checks)
+    decay_steps   length of the schedule in updates (0 = train.steps). Fix it when you plan to
+                extend a run by raising train.steps, so the schedule of the first part is unchanged
+  grad_accum_steps  micro-batches per update (handled by `step.py`, read here for checks)
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _matrices_only(params):
 def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optax chain, learning-rate schedule) for `config.optimizer`."""
     validate(cfg)
-    schedule = build_schedule(cfg, total_steps)
+    schedule = build_schedule(cfg, cfg.get('decay_steps', 0) or total_steps)
     parts = []
     if cfg.get('clip_norm', 0.0) > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
@@ -107,7 +109,7 @@ def validate(cfg):
             'optimizer.weight_decay: decoupled decay is AdamW; '
             "use optimizer.name='adamw', or optimizer.l2 for coupled L2 with Adam"
         )
-    for key in ('weight_decay', 'l1', 'l2', 'clip_norm', 'warmup_steps', 'momentum'):
+    for key in ('weight_decay', 'l1', 'l2', 'clip_norm', 'warmup_steps', 'momentum', 'decay_steps'):
         if cfg.get(key, 0) < 0:
             raise ConfigError(f'optimizer.{key}={cfg[key]}: must be >= 0')
     if cfg.get('grad_accum_steps', 1) < 1:

@@ -1,0 +1,57 @@
+"""Shared fixtures: one prepared copy of the embedded corpus per test session, and a helper
+that runs the real CLI in a subprocess (so XLA_FLAGS can set the device count)."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A GPT small enough that a few steps compile and run in seconds on 2 CPU cores.
+TINY_LM = [
+    '--config.model.num_layers=2', '--config.model.embed_dim=64', '--config.model.num_heads=4',
+    '--config.model.mlp_dim=128', '--config.data.seq_len=32', '--config.train.batch_size=16',
+    '--config.train.log_every=1', '--config.train.eval_every=0',
+]
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+    """A TFDS data dir with `pystdlib` prepared; exported as TFDS_DATA_DIR for subprocesses."""
+    from jaxbig import data
+    path = str(tmp_path_factory.mktemp('tfds'))
+    data.prepare(ml_collections.ConfigDict({'name': 'pystdlib', 'data_dir': path}))
+    old = os.environ.get('TFDS_DATA_DIR')
+    os.environ['TFDS_DATA_DIR'] = path
+    yield path
+    if old is None:
+        os.environ.pop('TFDS_DATA_DIR', None)
+    else:
+        os.environ['TFDS_DATA_DIR'] = old
+
+
+def run_cli(*args, devices: int = 1, timeout: int = 300, check: bool = True):
+    """Runs `python -m jaxbig ARGS` with `devices` simulated CPU devices."""
+    env = dict(os.environ)
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env.setdefault('JAX_PLATFORMS', 'cpu')
+    proc = subprocess.run([sys.executable, '-m', 'jaxbig', *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'jaxbig {" ".join(args)} failed ({proc.returncode}):\n'
+                             f'{proc.stderr[-4000:]}')
+    return proc
+
+
+def metric_series(workdir, key='train/loss') -> dict[int, float]:
+    """{step: value} from workdir/metrics.jsonl (later rows for a step win)."""
+    out = {}
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        for line in f:
+            row = json.loads(line)
+            if key in row:
+                out[row['step']] = row[key]
+    return out
