@@ -42,6 +42,7 @@ def get_config(arg=None):
         param_dtype='float32',
     )
     c.data = dict(
+        pipeline='lm',  # jaxbig.data.lm: packed token sequences
         name=arg.data,
         data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
         path='',
@@ -88,10 +89,11 @@ def get_config(arg=None):
         seed=0,
         log_every=20,
         eval_every=200,
-        eval_steps=8,
-        eval_batch_size=0,  # 0 = train.batch_size
         checkpoint_every=200,
         keep_checkpoints=3,
-        keep_every=0,
+        keep_every=0,  # also keep every checkpoint whose step is a multiple of this
+        skip_nonfinite_steps=False,  # False: stop on a NaN/Inf loss or gradient norm
+        debug_nan_at_step=0,  # tests: make the loss of this step NaN
     )
+    c.evals = dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
     return c

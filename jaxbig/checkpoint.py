@@ -7,6 +7,7 @@ checkpoint. All processes call `save`/`restore` together (orbax coordinates mult
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -45,6 +46,27 @@ class Checkpointer:
     def restore(self, step: int, abstract_state):
         """`abstract_state`: a tree of jax.ShapeDtypeStruct carrying the target shardings."""
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def restore_latest(self, abstract_state):
+        """Restores the newest checkpoint that reads back whole; None if there is none.
+
+        A damaged newest checkpoint (e.g. files removed or truncated by hand, a disk that
+        filled) is reported with a warning naming it and skipped for the one before.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state)
+            except Exception as e:  # orbax/tensorstore raise many types for damaged data
+                logging.warning(
+                    'checkpoint %s/%d is damaged, skipping it: %s',
+                    self.directory,
+                    step,
+                    str(e).splitlines()[0][:300],
+                )
+                continue
+            logging.info('resumed from %s/%d', self.directory, step)
+            return state
+        return None
 
     def wait(self):
         self._manager.wait_until_finished()

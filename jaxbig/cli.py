@@ -10,6 +10,7 @@ import logging
 import sys
 
 from jaxbig import config as config_lib
+from jaxbig.safety import TrainingDiverged
 
 
 def _split_overrides(extra: list[str]) -> list[tuple[str, str]]:
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f'jaxbig: error: {e}', file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        if args.debug:
+            raise
+        print(f'jaxbig: error: {e}', file=sys.stderr)
+        return 3
     return 0
 
 

@@ -18,7 +18,8 @@ import difflib
 import importlib.util
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 

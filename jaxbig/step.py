@@ -10,7 +10,8 @@ Gradient accumulation splits the batch into `accum_steps` micro-batches inside t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -82,8 +83,18 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule | None = None,
     accum_steps: int = 1,
+    *,
+    skip_nonfinite: bool = False,
+    poison_step: int = 0,
 ):
-    """Builds the (un-jitted) train step; `train.py` jits it with shardings and donation."""
+    """Builds the (un-jitted) train step; `train.py` jits it with shardings and donation.
+
+    skip_nonfinite: an update whose loss or gradient norm is not finite is dropped (params
+      and optimizer state unchanged; the step counter still advances) and counted in
+      metrics['skipped'].
+    poison_step: for tests of the guards, the loss of update number `poison_step` (1-based)
+      is made NaN. 0 = off; not compiled in when off.
+    """
 
     def loss_and_grads(params, batch, rng):
         def f(p):
@@ -101,8 +112,8 @@ def make_train_step(
 
             def body(carry, xs):
                 i, mb = xs
-                loss, metrics, grads = loss_and_grads(state.params, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+                out = loss_and_grads(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, out), None
 
             zeros = jax.tree.map(
                 jnp.zeros_like,
@@ -112,15 +123,23 @@ def make_train_step(
             )
             total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
             loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
+        if poison_step:
+            loss = jnp.where(state.step + 1 == poison_step, jnp.nan, loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
         metrics = dict(
             metrics,
             total_loss=loss,
-            grad_norm=optax.tree.norm(grads),
+            grad_norm=grad_norm,
             param_norm=optax.tree.norm(params),
             update_norm=optax.tree.norm(updates),
         )
+        if skip_nonfinite:
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+            metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
         if schedule is not None:
             metrics['learning_rate'] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

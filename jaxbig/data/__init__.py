@@ -4,10 +4,40 @@ index-based pipelines -> host-local numpy batches. No TensorFlow needed.
     data.prepare(config)                       # process 0, before build_pipeline
     pipe = data.build_pipeline(config, split=..., batch_size=B, seed=s,
                                process_index=p, process_count=P)
-    pipe.get_batch(i)  # inputs/targets int32[B//P, T], mask float32[B//P, T]
+    pipe.get_batch(i)  # dict of numpy arrays with B//P rows; a pure function of (seed, i)
+
+`config.pipeline` names the module that turns the dataset into batches ('lm' ->
+`jaxbig.data.lm`: inputs/targets int32[B//P, T], mask float32[B//P, T]). A new kind of data
+is a new module with `prepare(config)` and `build_pipeline(config, ...)`.
 """
 
-from jaxbig.data.lm import build_pipeline, prepare
+import importlib
+import pkgutil
+
+from jaxbig.config import ConfigError
 from jaxbig.data.tokenizers import ByteTokenizer
 
-__all__ = ['ByteTokenizer', 'build_pipeline', 'prepare']
+__all__ = ['ByteTokenizer', 'build_pipeline', 'prepare', 'pipeline_module']
+
+
+def pipeline_module(config):
+    """The module `jaxbig.data.<config.pipeline>` (default 'lm')."""
+    name = config.get('pipeline', 'lm')
+    try:
+        return importlib.import_module(f'{__name__}.{name}')
+    except ModuleNotFoundError as e:
+        if e.name != f'{__name__}.{name}':
+            raise
+        available = sorted(m.name for m in pkgutil.iter_modules(__path__))
+        raise ConfigError(
+            f'data.pipeline={name!r}: no module jaxbig.data.{name} '
+            f'(available: {", ".join(available)})'
+        ) from None
+
+
+def prepare(config) -> None:
+    pipeline_module(config).prepare(config)
+
+
+def build_pipeline(config, **kwargs):
+    return pipeline_module(config).build_pipeline(config, **kwargs)

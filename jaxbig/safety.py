@@ -1,0 +1,113 @@
+"""Run safety: refuse foreign workdirs, stop cleanly on signals, catch non-finite steps."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+
+import jax
+import numpy as np
+
+from jaxbig import config as config_lib
+
+CONFIG_FILE = 'config.json'
+# Sections that define *what* is trained; a workdir refuses to resume under different ones.
+# train.steps, cadences, optimizer settings may change between launches (train longer, etc.).
+IDENTITY_SECTIONS = ('model', 'data', 'loss')
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient norm; the CLI prints it as one line (exit 3)."""
+
+
+def check_workdir_config(workdir: str, config, *, force: bool = False):
+    """Raises ConfigError if `workdir` holds an experiment with another model/data/loss."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if force or not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = config_lib.from_json(f.read())
+    new = config_lib.from_json(config_lib.to_json(config))
+    for section in IDENTITY_SECTIONS:
+        a, b = old.get(section) or {}, new.get(section) or {}
+        keys = sorted(set(config_lib.flat_keys(a)) | set(config_lib.flat_keys(b)))
+        for key in keys:
+            va, vb = _get(a, key), _get(b, key)
+            if va != vb:
+                raise config_lib.ConfigError(
+                    f'workdir {workdir} holds a different experiment ({section}.{key}: '
+                    f'{va!r} there, {vb!r} now); use another --workdir, or --force to resume it'
+                )
+
+
+def _get(cfg, dotted):
+    for part in dotted.split('.'):
+        if part not in cfg:
+            return None
+        cfg = cfg[part]
+    return cfg
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag: the loop saves a checkpoint and exits 0. A second SIGINT
+    aborts at once. With several processes, `agreed()` makes every process stop together."""
+
+    def __init__(self):
+        self._flag = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self._flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._flag = True
+        logging.warning('received signal %d: saving a checkpoint and stopping', signum)
+
+    def agreed(self, step: int, sync_every: int) -> bool:
+        """True when this process (or, multi-process, any process) was signalled. Across
+        processes the flags are exchanged every `sync_every` steps so all stop at one step."""
+        if jax.process_count() == 1:
+            return self._flag
+        if step % sync_every:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array(self._flag, np.int32))
+        return bool(np.any(flags))
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class NonFiniteWatch:
+    """Collects each step's on-device metrics without waiting for them, and checks them
+    (one transfer) before anything is logged or saved, so no checkpoint of a diverged state
+    is ever written and the first bad step is named exactly."""
+
+    KEYS = ('total_loss', 'grad_norm')
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self._pending = []
+
+    def add(self, step: int, metrics):
+        if not self.skip:
+            self._pending.append((step, {k: metrics[k] for k in self.KEYS if k in metrics}))
+
+    def check(self):
+        pending, self._pending = jax.device_get(self._pending), []
+        for step, values in pending:
+            for key, value in values.items():
+                if not math.isfinite(float(value)):
+                    raise TrainingDiverged(
+                        f'non-finite train/{key}={float(value)} at step {step}; stopped without '
+                        'checkpointing it (set train.skip_nonfinite_steps=true to skip such '
+                        'updates instead)'
+                    )
