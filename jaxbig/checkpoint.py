@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,6 +28,7 @@ class Checkpointer:
         async_save: bool = True,
     ):
         self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+        self.damaged_directory = os.path.join(os.path.abspath(workdir), 'checkpoints_damaged')
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             keep_period=keep_period or None,
@@ -58,15 +61,30 @@ class Checkpointer:
                 state = self.restore(step, abstract_state)
             except Exception as e:  # orbax/tensorstore raise many types for damaged data
                 logging.warning(
-                    'checkpoint %s/%d is damaged, skipping it: %s',
+                    'checkpoint %s/%d is damaged, skipping it (moved to %s): %s',
                     self.directory,
                     step,
+                    self.damaged_directory,
                     str(e).splitlines()[0][:300],
                 )
+                self._set_aside(step)
                 continue
             logging.info('resumed from %s/%d', self.directory, step)
             return state
         return None
+
+    def _set_aside(self, step: int):
+        """Moves a damaged step out of the way (kept for inspection, never deleted), so the
+        run can write that step again."""
+        if jax.process_index() == 0:
+            os.makedirs(self.damaged_directory, exist_ok=True)
+            target = os.path.join(self.damaged_directory, f'{step}.{int(time.time())}')
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f'jaxbig: set aside checkpoint {step}')
+        self._manager.reload()
 
     def wait(self):
         self._manager.wait_until_finished()

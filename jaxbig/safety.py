@@ -87,23 +87,28 @@ class StopRequest:
 
 
 class NonFiniteWatch:
-    """Collects each step's on-device metrics without waiting for them, and checks them
-    (one transfer) before anything is logged or saved, so no checkpoint of a diverged state
-    is ever written and the first bad step is named exactly."""
+    """Collects each step's on-device loss / grad norm without waiting for them, and checks
+    them (one transfer) before anything is logged or saved: no checkpoint of a diverged
+    state is written and the first bad step is named exactly. With `skip` (the step itself
+    dropped the bad updates) it only counts them."""
 
     KEYS = ('total_loss', 'grad_norm')
 
     def __init__(self, skip: bool):
         self.skip = skip
+        self.skipped = 0
         self._pending = []
 
     def add(self, step: int, metrics):
-        if not self.skip:
-            self._pending.append((step, {k: metrics[k] for k in self.KEYS if k in metrics}))
+        keys = ('skipped',) if self.skip else self.KEYS
+        self._pending.append((step, {k: metrics[k] for k in keys if k in metrics}))
 
     def check(self):
         pending, self._pending = jax.device_get(self._pending), []
         for step, values in pending:
+            if self.skip:
+                self.skipped += int(values.get('skipped', 0))
+                continue
             for key, value in values.items():
                 if not math.isfinite(float(value)):
                     raise TrainingDiverged(

@@ -86,12 +86,15 @@ def make_train_step(
     *,
     skip_nonfinite: bool = False,
     poison_step: int = 0,
+    pmap_axis: str | None = None,
 ):
     """Builds the (un-jitted) train step; `train.py` jits it with shardings and donation.
 
     skip_nonfinite: an update whose loss or gradient norm is not finite is dropped (params
       and optimizer state unchanged; the step counter still advances) and counted in
       metrics['skipped'].
+    pmap_axis: under `jax.pmap`, the mapped axis name: gradients, loss and metrics are
+      averaged over it (`lax.pmean`) before the update, so replicas stay identical.
     poison_step: for tests of the guards, the loss of update number `poison_step` (1-based)
       is made NaN. 0 = off; not compiled in when off.
     """
@@ -123,6 +126,8 @@ def make_train_step(
             )
             total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
             loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
+        if pmap_axis is not None:
+            loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), pmap_axis)
         if poison_step:
             loss = jnp.where(state.step + 1 == poison_step, jnp.nan, loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -152,49 +152,52 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         tokens_per_batch = _tokens_per_batch(train_data.get_batch(0)) * jax.process_count()
         progress = _progress_bar(first, t.steps, enabled=is_main)
         meter = _Throughput(first)
-        last, skipped = {}, 0.0
-        with safety.StopRequest() as stop:
-            for step in range(first + 1, t.steps + 1):
-                state, metrics = train_step(state, to_global(train_data.get_batch(step - 1)))
-                watch.add(step, metrics)
-                progress.update(1)
-                row = {}
-                if step % t.log_every == 0 or step == t.steps:
-                    watch.check()
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    skipped += metrics.pop('skipped', 0.0)
-                    row.update({f'train/{k}': v for k, v in metrics.items()})
-                    row.update(meter.rates(step, tokens_per_batch))
-                    row['train/num_params'] = num_params
-                    if 'skipped' in metrics or t.get('skip_nonfinite_steps', False):
-                        row['train/skipped_steps'] = skipped
-                    progress.set_postfix(
-                        loss=f'{metrics["total_loss"]:.4f}',
-                        tok_s=f'{row.get("train/tokens_per_sec", 0):,.0f}',
-                        refresh=False,
-                    )
-                for every, evaluator in evaluators.values():
-                    if (every and step % every == 0) or step == t.steps:
-                        with meter.paused():
-                            row.update(evaluator.run(state.params))
-                if row:
-                    writer.write(step, row)
-                    last.update(row)
-                stopping = stop.agreed(step, t.log_every)
-                if (
-                    stopping
-                    or step == t.steps
-                    or (t.checkpoint_every and step % t.checkpoint_every == 0)
-                ):
-                    watch.check()
-                    checkpointer.save(step, state, force=True)
-                if stopping:
-                    logging.warning('stopped at step %d; rerun the same command to resume', step)
-                    break
-        progress.close()
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
+        last = {}
+        try:
+            with safety.StopRequest() as stop:
+                for step in range(first + 1, t.steps + 1):
+                    state, metrics = train_step(state, to_global(train_data.get_batch(step - 1)))
+                    watch.add(step, metrics)
+                    progress.update(1)
+                    row = {}
+                    if step % t.log_every == 0 or step == t.steps:
+                        watch.check()
+                        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                        if metrics.pop('skipped', None) is not None:
+                            metrics['skipped_steps'] = watch.skipped
+                        row.update({f'train/{k}': v for k, v in metrics.items()})
+                        row.update(meter.rates(step, tokens_per_batch))
+                        row['train/num_params'] = num_params
+                        progress.set_postfix(
+                            loss=f'{metrics["total_loss"]:.4f}',
+                            tok_s=f'{row.get("train/tokens_per_sec", 0):,.0f}',
+                            refresh=False,
+                        )
+                    for every, evaluator in evaluators.values():
+                        if (every and step % every == 0) or step == t.steps:
+                            with meter.paused():
+                                row.update(evaluator.run(state.params))
+                    if row:
+                        writer.write(step, row)
+                        last.update(row)
+                    stopping = stop.agreed(step, t.log_every)
+                    if (
+                        stopping
+                        or step == t.steps
+                        or (t.checkpoint_every and step % t.checkpoint_every == 0)
+                    ):
+                        watch.check()
+                        checkpointer.save(step, state, force=True)
+                    if stopping:
+                        logging.warning(
+                            'stopped at step %d; rerun the same command to resume', step
+                        )
+                        break
+        finally:
+            progress.close()
+            checkpointer.wait()
+            checkpointer.close()
+            writer.close()
     if is_main:
         writers.plot_loss_curve(workdir)
     return last

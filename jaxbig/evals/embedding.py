@@ -1,0 +1,80 @@
+"""Shared by the representation evaluators: model outputs for whole data splits.
+
+Not an evaluator itself (no `Evaluator`). Inputs go through the run's batch sharding
+(`ctx.to_global`), outputs come back replicated, so every host sees all rows.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def plain_data_config(data_cfg) -> ml_collections.ConfigDict:
+    """A copy of the data config asking for un-augmented images (`views=0` when present)."""
+    cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+    if 'views' in cfg:
+        cfg.views = 0
+    return cfg
+
+
+def jitted_method(ctx, method: str):
+    """(params, x global array) -> model.apply(..., method=method) replicated on all devices."""
+
+    def fn(params, x):
+        return ctx.model.apply({'params': params}, x, method=method)
+
+    return jax.jit(fn, out_shardings=NamedSharding(ctx.mesh, P()))
+
+
+def run_rows(ctx, fn, params, rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """fn over `rows` [n, ...] (identical on every host) in global batches of batch_size."""
+    n = len(rows)
+    pad = -n % batch_size
+    rows = np.concatenate([rows, np.repeat(rows[-1:], pad, 0)]) if pad else rows
+    local = batch_size // ctx.process_count
+    out = []
+    for start in range(0, len(rows), batch_size):
+        mine = rows[start + ctx.process_index * local : start + (ctx.process_index + 1) * local]
+        out.append(np.asarray(jax.device_get(fn(params, ctx.to_global(mine)))))
+    return np.concatenate(out)[:n]
+
+
+class SplitEmbedder:
+    """Every example of a split once (epoch 0 of the pipeline's order) through `method`.
+
+    __call__(params) -> (outputs [n, ...], labels int [n] or None), n = min(split size,
+    max_examples); also keeps `inputs` for evaluators that need other columns.
+    """
+
+    def __init__(self, ctx, data_cfg, *, split, batch_size, method, input_key, max_examples):
+        self.pipeline = ctx.build_pipeline(data_cfg, split=split, batch_size=batch_size, seed=0)
+        self.n = min(len(self.pipeline.split), max_examples or len(self.pipeline.split))
+        self.num_batches = -(-self.n // batch_size)
+        self.input_key, self.ctx = input_key, ctx
+        self.fn = jitted_method(ctx, method)
+        gather = jax.jit(lambda x: x, out_shardings=NamedSharding(ctx.mesh, P()))
+        self.columns = {}
+        for i in range(self.num_batches):  # fixed across evaluations: read once
+            batch = self.pipeline.get_batch(i)
+            for k, v in batch.items():
+                self.columns.setdefault(k, []).append(
+                    np.asarray(jax.device_get(gather(ctx.to_global(v)))) if k != input_key else v
+                )
+        self.labels = (
+            np.concatenate(self.columns['label'])[: self.n] if 'label' in self.columns else None
+        )
+
+    def __call__(self, params):
+        out = [
+            np.asarray(jax.device_get(self.fn(params, self.ctx.to_global(x))))
+            for x in self.columns[self.input_key]
+        ]
+        return np.concatenate(out)[: self.n], self.labels
+
+    def column(self, key: str) -> np.ndarray:
+        """All rows of another batch column (e.g. 'text'), [n, ...]."""
+        return np.concatenate(self.columns[key])[: self.n]

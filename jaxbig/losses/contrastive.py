@@ -1,0 +1,61 @@
+"""SimCLR's NT-Xent (normalised temperature-scaled cross-entropy) over 2N views.
+
+batch: view1, view2 float32 [N, H, W, C] (two augmentations of the same N examples).
+The model maps the 2N views to z [2N, D]; z is L2-normalised and, for each of the 2N rows,
+
+    loss_i = -log( exp(s_ip / tau) / sum_{k != i} exp(s_ik / tau) ),   s = z z^T
+
+where p is i's other view (i <-> i + N) and the sum runs over the other 2N - 1 views
+(self-similarity excluded). The loss is the mean over the 2N rows (Chen et al. 2020, eq. 1).
+The batch here is the global batch: under jit over a sharded batch every view meets the
+negatives of every device and host.
+
+`config` (the experiment's `loss` section): name='contrastive', temperature (tau > 0).
+Metrics: loss, pos_sim (mean cosine of positive pairs), neg_sim (mean over negatives),
+sim_gap = pos_sim - neg_sim, accuracy (positive is the most similar other view),
+temperature.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def l2_normalize(x, eps=1e-12):
+    """x [..., D] / ||x||, in float32 (or wider, if x is wider)."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps**2))
+
+
+def nt_xent(z1, z2, temperature: float):
+    """z1, z2 [N, D] (any scale; normalised here) -> (scalar loss, stats dict)."""
+    z = l2_normalize(jnp.concatenate([z1, z2], axis=0))  # [2N, D]
+    n2 = z.shape[0]
+    sim = z @ z.T  # [2N, 2N] cosine similarities
+    positive = (jnp.arange(n2) + n2 // 2) % n2
+    self_mask = jnp.eye(n2, dtype=bool)
+    logits = jnp.where(self_mask, -jnp.inf, sim / temperature)
+    pos_logit = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
+    loss = jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos_logit)
+    pos_mask = jax.nn.one_hot(positive, n2, dtype=bool)
+    neg_mask = ~(self_mask | pos_mask)
+    pos_sim = jnp.sum(jnp.where(pos_mask, sim, 0)) / n2
+    neg_sim = jnp.sum(jnp.where(neg_mask, sim, 0)) / jnp.maximum(neg_mask.sum(), 1)
+    accuracy = jnp.mean(jnp.argmax(logits, axis=1) == positive)
+    stats = dict(pos_sim=pos_sim, neg_sim=neg_sim, sim_gap=pos_sim - neg_sim, accuracy=accuracy)
+    return loss, stats
+
+
+def model_inputs(batch):
+    return (batch['view1'],)
+
+
+def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
+    """Returns (loss, metrics); see the module docstring."""
+    temperature = config.get('temperature', 0.1)
+    n = batch['view1'].shape[0]
+    views = jnp.concatenate([batch['view1'], batch['view2']], axis=0)  # [2N, H, W, C]
+    z = apply_fn({'params': params}, views, train=train, rngs=rngs)
+    loss, stats = nt_xent(z[:n], z[n:], temperature)
+    return loss, dict(stats, loss=loss, temperature=jnp.float32(temperature))

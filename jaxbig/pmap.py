@@ -1,0 +1,152 @@
+"""The classic data-parallel path (`parallel.strategy='pmap'`): replicated state, `jax.pmap`.
+
+Every local device holds a full copy of the TrainState (leading axis = local devices) and
+its own slice of the host batch; `make_train_step(..., pmap_axis=AXIS)` averages loss,
+metrics and gradients over all devices of all processes with `lax.pmean`, so the replicas
+stay identical and the losses equal the mesh path's.
+
+    state = replicate(state)                  # mesh (global, replicated) -> [n, ...]
+    train_step = pmap_train_step(make_train_step(..., pmap_axis=AXIS))
+    state, metrics = train_step(state, shard_batch(host_batch))   # metrics unreplicated
+    checkpointer.save(step, to_mesh(state, state_shardings))     # same format as 'mesh'
+
+Checkpoints are written in the mesh path's format (one global, replicated array per
+leaf), so the two strategies resume each other's runs. In this JAX (0.10) `jax.pmap` is
+implemented on `jit` + `shard_map` and documented as the "old way" (use `jax.shard_map`);
+it emits no deprecation warning, but `jax.device_put_replicated` / `device_put_sharded`
+are removed, so this module builds the replicated arrays with `jax.device_put` and
+`jax.make_array_from_single_device_arrays`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxbig.config import ConfigError
+
+AXIS = 'batch'
+
+
+def local_sharding() -> NamedSharding:
+    """Leading axis split over this process's devices: the layout pmap expects."""
+    return NamedSharding(Mesh(np.array(jax.local_devices()), (AXIS,)), P(AXIS))
+
+
+STRATEGIES = ('mesh', 'pmap')
+
+
+def uses_pmap(parallel_config, mesh) -> bool:
+    """True for `parallel.strategy='pmap'` (after checking it fits `mesh`); False for 'mesh'."""
+    strategy = parallel_config.get('strategy', 'mesh')
+    if strategy not in STRATEGIES:
+        raise ConfigError(f'parallel.strategy={strategy!r}: expected one of {STRATEGIES}')
+    if strategy == 'pmap':
+        check_mesh(mesh)
+    return strategy == 'pmap'
+
+
+def check_mesh(mesh) -> None:
+    """pmap replicates the state, so the mesh must be pure data parallel."""
+    if mesh.shape.get('fsdp', 1) != 1 or mesh.shape.get('tensor', 1) != 1:
+        raise ConfigError(
+            f"parallel.strategy='pmap' replicates parameters; it needs fsdp=1 and tensor=1, "
+            f'got {dict(mesh.shape)}'
+        )
+
+
+@contextlib.contextmanager
+def _outside_mesh():
+    """pmap (a shard_map over its own mesh) and the per-device ops here must not run under
+    train.py's `jax.set_mesh(mesh)`; without a mesh the models' logical constraints are
+    no-ops."""
+    with jax.set_mesh(None), nn.logical_axis_rules(()):
+        yield
+
+
+def _replicate_leaf(x, sharding: NamedSharding):
+    devices = list(sharding.mesh.devices.flat)
+    shape = (len(devices), *np.shape(x))
+    if isinstance(x, jax.Array) and x.is_fully_replicated:
+        by_device = {s.device: s.data for s in x.addressable_shards}
+        if all(d in by_device for d in devices):  # no host round trip
+            return jax.make_array_from_single_device_arrays(
+                shape, sharding, [by_device[d][None] for d in devices]
+            )
+    return jax.device_put(np.broadcast_to(np.asarray(x)[None], shape), sharding)
+
+
+def replicate(tree):
+    """Each leaf (global replicated array, or host value) -> [local devices, ...]."""
+    sharding = local_sharding()
+    with _outside_mesh():
+        return jax.tree.map(lambda x: _replicate_leaf(x, sharding), tree)
+
+
+def unreplicate(tree):
+    """[local devices, ...] -> the first replica (all replicas are equal)."""
+    with _outside_mesh():
+        return jax.tree.map(lambda x: x[0], tree)
+
+
+def _to_mesh_leaf(x, sharding: NamedSharding):
+    if not sharding.is_fully_replicated:
+        raise ValueError(f'pmap state can only become a replicated array, not {sharding}')
+    by_device = {s.device: s.data for s in x.addressable_shards}
+    arrays = [by_device[d].reshape(x.shape[1:]) for d in sharding.addressable_devices]
+    return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, arrays)
+
+
+def to_mesh(tree, shardings):
+    """Replicated pmap state -> global arrays with `shardings` (fully replicated ones), the
+    mesh path's layout: what checkpoints hold. Uses each device's own copy (no transfer)."""
+    with _outside_mesh():
+        return jax.tree.map(_to_mesh_leaf, tree, shardings)
+
+
+def shard_batch(batch: dict) -> dict:
+    """Host-local numpy batch [rows, ...] -> [local devices, rows / devices, ...] on device."""
+    sharding = local_sharding()
+    n = sharding.mesh.size
+
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f'host batch of {x.shape[0]} rows does not split over {n} devices')
+        return jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding)
+
+    return jax.tree.map(split, batch)
+
+
+def pmap_train_step(train_step):
+    """`train_step` from `step.make_train_step(..., pmap_axis=AXIS)` -> pmapped, state
+    donated; returns (replicated state, metrics of one replica) like the jitted step. The
+    metrics stay on this process's devices (fetch them with `jax.device_get`)."""
+    pmapped = jax.pmap(train_step, axis_name=AXIS, donate_argnums=0)
+
+    def step(state, batch):
+        with _outside_mesh():
+            state, metrics = pmapped(state, batch)
+        return state, unreplicate(metrics)
+
+    step.pmapped = pmapped
+    return step
+
+
+def pmap_eval_step(eval_step):
+    """`eval_step(params, batch) -> metrics` -> pmapped over replicated params and a
+    `shard_batch` batch; metrics are averaged over all devices and come back as numpy
+    (evaluators may add them up under train.py's global mesh, which with several processes
+    rejects arrays that live on one process's devices)."""
+    pmapped = jax.pmap(lambda p, b: jax.lax.pmean(eval_step(p, b), AXIS), axis_name=AXIS)
+
+    def step(params, batch):
+        with _outside_mesh():
+            return jax.device_get(unreplicate(pmapped(params, batch)))
+
+    step.pmapped = pmapped
+    return step
