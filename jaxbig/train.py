@@ -81,6 +81,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
     model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
     model = models.get_model(config.model.name, **model_kwargs)
     loss_module = losses.get_loss_module(config.loss.name)
+    loss_fn = losses.bind(loss_module, config.loss)
     tx, schedule = optim.build_optimizer(config.optimizer, t.steps)
     example = loss_module.model_inputs(jax.tree.map(lambda x: x[:1], train_data.get_batch(0)))
 
@@ -125,7 +126,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
             batch_sharding,
         )
         eval_step = step_lib.jit_eval_step(
-            step_lib.make_eval_step(model, loss_module.loss_fn, config.loss),
+            step_lib.make_eval_step(model, loss_fn, config.loss),
             state_shardings.params,
             batch_sharding,
         )

@@ -1,0 +1,342 @@
+"""GPT: a decoder-only Transformer language model (pre-norm, RoPE, SwiGLU, RMSNorm).
+
+    tokens    int32 [batch, seq]
+    embed     nn.Embed(vocab -> embed_dim)                       [batch, seq, embed]
+    layers    num_layers x Block (nn.scan over depth, optional nn.remat):
+                x = x + attn(rmsnorm(x))   causal multi-head self-attention, RoPE on q, k
+                x = x + mlp(rmsnorm(x))    SwiGLU: down(silu(gate(x)) * up(x))
+    features  final RMSNorm                                      [batch, seq, embed]
+    logits    tied: embed.attend(features); untied: Linear       [batch, seq, vocab]
+
+Parameters live in `param_dtype`; matmuls run in `dtype`; norm statistics, RoPE and the
+attention softmax run in float32. Logits come back in `dtype` (the loss casts to float32).
+Every parameter and the main activations carry logical axis names
+('vocab', 'embed', 'heads', 'kv', 'mlp', 'layers'; 'batch', 'length'), so sharding is
+chosen by the rules in the config, not here.
+
+Preset shapes (`SIZES`); vocab_size is the tokenizer's business and is not part of them.
+Non-embedding parameter counts:
+
+    name         layers  heads  embed_dim  mlp_dim   params (non-embedding)
+    tiny              4      4        128      384     0.85 M
+    small             6      4        256     1024     6.3 M
+    gpt2_small       12     12        768     2048    85 M
+    gpt2_medium      24     16       1024     2816   308 M
+    1b               16     16       2048     8192   1.07 B
+
+SwiGLU has three [embed, mlp] matrices, so mlp_dim ~= 2/3 of a GELU MLP's 4 * embed_dim
+(GPT-2 small: 2/3 * 3072 = 2048) keeps the parameter count of the GPT-2 original.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+SIZES = {
+    'tiny': dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=384),
+    'small': dict(num_layers=6, num_heads=4, embed_dim=256, mlp_dim=1024),
+    'gpt2_small': dict(num_layers=12, num_heads=12, embed_dim=768, mlp_dim=2048),
+    'gpt2_medium': dict(num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=2816),
+    '1b': dict(num_layers=16, num_heads=16, embed_dim=2048, mlp_dim=8192),
+}
+
+REMAT_POLICIES = {
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def causal_attention(q, k, v):
+    """Causal softmax attention; q, k, v [batch, seq, heads, head_dim] -> same shape.
+
+    Logits are scaled by 1/sqrt(head_dim); logits and softmax are float32 whatever the
+    input dtype; position i attends to positions <= i. Swap this for a fused kernel later.
+    """
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+def apply_rope(x, positions, base=10000.0):
+    """Rotary position embedding, the 'half-split' (GPT-NeoX / Llama) layout.
+
+    x: [batch, seq, heads, head_dim]; positions: [seq] or [batch, seq].
+    Feature pair (x[..., i], x[..., i + head_dim/2]) is rotated by the angle
+    positions * base**(-2i / head_dim). Computed in float32, returned in x.dtype.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
+    angle = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., seq, half]
+    sin, cos = jnp.sin(angle)[..., None, :], jnp.cos(angle)[..., None, :]  # add heads axis
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _dtype(field, name):
+    try:
+        return jnp.dtype(name)
+    except TypeError:
+        msg = f"model.{field}={name!r} is not a dtype; use e.g. 'float32' or 'bfloat16'"
+        raise ValueError(msg) from None
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x**2, -1) + eps) * scale; statistics in float32. [..., embed]."""
+
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param(
+            'scale',
+            nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x = x.astype(jnp.float32)
+        y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Linear(nn.Module):
+    """y = x . kernel, contracting the last `contract` dims of x: [..., *in] -> [..., *features].
+
+    The kernel has shape in + features and logical axes `kernel_axes`. (flax's DenseGeneral
+    initialises a flattened 2-D kernel and reshapes it, which breaks a 3-name logical
+    partitioning as soon as a mesh and rules are active; this keeps the kernel whole.)
+    """
+
+    features: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    contract: int = 1
+    init_std: float = 0.02
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel_shape = x.shape[x.ndim - self.contract :] + tuple(self.features)
+        init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.kernel_axes)
+        kernel = self.param('kernel', init, kernel_shape, self.param_dtype)
+        x_dims = tuple(range(x.ndim - self.contract, x.ndim))
+        return jax.lax.dot_general(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            ((x_dims, tuple(range(self.contract))), ((), ())),
+        )
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with RoPE: [batch, seq, embed] -> [batch, seq, embed]."""
+
+    num_heads: int
+    head_dim: int
+    rope_base: float
+    out_init_std: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        heads = (self.num_heads, self.head_dim)
+        q, k, v = (  # each [batch, seq, heads, head_dim]
+            Linear(heads, ('embed', 'heads', 'kv'), name=name, **dtypes)(x)
+            for name in ('query', 'key', 'value')
+        )
+        positions = jnp.arange(x.shape[1])
+        q, k = apply_rope(q, positions, self.rope_base), apply_rope(k, positions, self.rope_base)
+        q, k, v = (
+            nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
+        )
+        out = causal_attention(q, k, v)
+        return Linear(
+            (x.shape[-1],),
+            ('heads', 'kv', 'embed'),
+            contract=2,
+            name='out',
+            init_std=self.out_init_std,
+            **dtypes,
+        )(out)
+
+
+class Mlp(nn.Module):
+    """SwiGLU MLP, down(silu(gate(x)) * up(x)): [batch, seq, embed] -> [batch, seq, embed]."""
+
+    mlp_dim: int
+    out_init_std: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        gate = Linear((self.mlp_dim,), ('embed', 'mlp'), name='gate', **dtypes)(x)
+        up = Linear((self.mlp_dim,), ('embed', 'mlp'), name='up', **dtypes)(x)
+        h = nn.with_logical_constraint(nn.silu(gate) * up, ('batch', 'length', 'mlp'))
+        return Linear(
+            (x.shape[-1],), ('mlp', 'embed'), name='down', init_std=self.out_init_std, **dtypes
+        )(h)
+
+
+class Block(nn.Module):
+    """Pre-norm layer: x + attn(norm(x)), then + mlp(norm(x)). [batch, seq, embed] -> same.
+
+    Returns (x, None) so that it can be the body of nn.scan (carry, per-layer output).
+    """
+
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    dropout: float
+    rope_base: float
+    norm_eps: float
+    out_init_std: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+        h = RMSNorm(self.norm_eps, name='attn_norm', **dtypes)(x)
+        h = Attention(
+            self.num_heads, self.head_dim, self.rope_base, self.out_init_std, name='attn', **dtypes
+        )(h)
+        x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
+        h = RMSNorm(self.norm_eps, name='mlp_norm', **dtypes)(x)
+        h = Mlp(self.mlp_dim, self.out_init_std, name='mlp', **dtypes)(h)
+        x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
+        return x, None
+
+
+class Model(nn.Module):
+    """Decoder-only Transformer LM: tokens int32 [batch, seq] -> logits [batch, seq, vocab].
+
+    Fields are plain config values (`config.model`); see the module docstring and SIZES.
+    head_dim=0 means embed_dim // num_heads. remat: 'none' | 'full' (save nothing) |
+    'dots' (save matmul outputs without batch dims). dtype: compute dtype name;
+    param_dtype: storage dtype name.
+    """
+
+    vocab_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    embed_dim: int = 128
+    mlp_dim: int = 512
+    head_dim: int = 0
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    scan_layers: bool = True
+    remat: str = 'none'
+    dtype: str = 'float32'
+    param_dtype: str = 'float32'
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.embed_dim // self.num_heads
+
+    def setup(self):
+        if self.remat != 'none' and self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r}: expected one of 'none', 'full', 'dots'")
+        if not self.head_dim and self.embed_dim % self.num_heads:
+            raise ValueError(
+                f'model.embed_dim={self.embed_dim} is not divisible by model.num_heads='
+                f'{self.num_heads}: change one of them or set model.head_dim'
+            )
+        if self.resolved_head_dim % 2:
+            raise ValueError(
+                f'head dim {self.resolved_head_dim} is odd; RoPE needs an even one '
+                '(set model.head_dim or change embed_dim / num_heads)'
+            )
+        dtypes = dict(
+            dtype=_dtype('dtype', self.dtype), param_dtype=_dtype('param_dtype', self.param_dtype)
+        )
+        self.embed = nn.Embed(
+            self.vocab_size,
+            self.embed_dim,
+            **dtypes,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), ('vocab', 'embed')
+            ),
+        )
+        self.embed_dropout = nn.Dropout(self.dropout)
+        block_args = dict(
+            num_heads=self.num_heads,
+            head_dim=self.resolved_head_dim,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            rope_base=self.rope_base,
+            norm_eps=self.norm_eps,
+            **dtypes,
+            out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
+        )
+        block = Block
+        if self.remat != 'none':  # static_argnums counts self as 0: `train` is argument 2
+            block = nn.remat(
+                Block,
+                policy=REMAT_POLICIES[self.remat],
+                prevent_cse=not self.scan_layers,
+                static_argnums=(2,),
+            )
+        if self.scan_layers:  # one layer traced once; params stacked on a leading 'layers' axis
+            self.layers = nn.scan(
+                block,
+                variable_axes={'params': 0},
+                in_axes=(nn.broadcast,),
+                split_rngs={'params': True, 'dropout': True},
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: 'layers'},
+            )(**block_args)
+        else:  # params named layers_0, layers_1, ...
+            self.layers = [block(**block_args) for _ in range(self.num_layers)]
+        self.final_norm = RMSNorm(self.norm_eps, **dtypes)
+        if not self.tie_embeddings:
+            self.unembed = Linear((self.vocab_size,), ('embed', 'vocab'), **dtypes)
+
+    def features(self, tokens, *, train: bool = False):
+        """tokens int32 [batch, seq] -> final-normed hidden states [batch, seq, embed]."""
+        x = self.embed_dropout(self.embed(tokens), deterministic=not train)
+        x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+        if self.scan_layers:
+            x, _ = self.layers(x, train)
+        else:
+            for layer in self.layers:
+                x, _ = layer(x, train)
+        return self.final_norm(x)
+
+    def __call__(self, tokens, *, train: bool = False):
+        """tokens int32 [batch, seq] -> logits [batch, seq, vocab] in the compute dtype."""
+        x = self.features(tokens, train=train)
+        logits = self.embed.attend(x) if self.tie_embeddings else self.unembed(x)
+        return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter tree (arrays, boxed arrays or ShapeDtypeStructs)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def flops_per_token(model: Model, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) per token, counted the way MaxText counts them.
+
+    6 * (matmul weights per token) + causal attention:
+      weights:   num_layers * (4 * embed * heads * head_dim + 3 * embed * mlp)
+                 + embed * vocab   (the unembedding matmul, counted once, tied or not;
+                                    the embedding lookup is a gather: no FLOPs)
+      attention: 3 * num_layers * 4 * seq_len * heads * head_dim / 2
+                 (q.k and p.v, 2 FLOPs per multiply-add, x3 for fwd+bwd, halved for the
+                 causal mask as MaxText's calculate_tflops_training_per_device does since
+                 2025, following Megatron-LM and NeMo; nanoGPT's estimate_mfu does not halve)
+    Norms, RoPE, softmax and the optimizer are not counted.
+    """
+    m, hd = model, model.resolved_head_dim
+    weights = m.num_layers * (4 * m.embed_dim * m.num_heads * hd + 3 * m.embed_dim * m.mlp_dim)
+    weights += m.embed_dim * m.vocab_size
+    attention = 3 * m.num_layers * 4 * seq_len * m.num_heads * hd / 2
+    return float(6 * weights + attention)

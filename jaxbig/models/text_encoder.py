@@ -1,0 +1,67 @@
+"""Bidirectional Transformer text encoder (the text tower of CLIP / SigLIP).
+
+    tokens    int32 [batch, L]; pad_id marks padding, the first eos_id ends the text
+    embed     nn.Embed(vocab -> width) + learned position embedding   [batch, L, width]
+    encoder   `vit.Encoder` (pre-LN, nn.scan over depth); attention only to non-pad keys
+    pool      'eos': the hidden state at the first eos (CLIP takes the eot token);
+              'mean': mean over non-pad positions                    -> [batch, width]
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxbig.models.vit import Encoder
+
+
+class Embed(nn.Module):
+    vocab_size: int
+    max_len: int
+    width: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ('vocab', 'embed'))
+        x = nn.Embed(self.vocab_size, self.width, embedding_init=init)(tokens)
+        pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ('length', 'embed'))
+        pos = self.param('pos_embedding', pos_init, (self.max_len, self.width))
+        if tokens.shape[1] > self.max_len:
+            raise ValueError(f'text length {tokens.shape[1]} > model max_len={self.max_len}')
+        return nn.with_logical_constraint(x + pos[: tokens.shape[1]], ('batch', 'length', 'embed'))
+
+
+class Model(nn.Module):
+    """tokens int32 [B, L] -> features [B, width]. pool: 'eos' | 'mean'."""
+
+    vocab_size: int = 258
+    max_len: int = 32
+    width: int = 128
+    depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 256
+    pool: str = 'eos'
+    pad_id: int = 0
+    eos_id: int = 1
+    dropout: float = 0.0
+    scan_layers: bool = True
+
+    def setup(self):
+        if self.pool not in ('eos', 'mean'):
+            raise ValueError(f"text model pool {self.pool!r}: expected 'eos' or 'mean'")
+        self.embed = Embed(self.vocab_size, self.max_len, self.width)
+        self.encoder = Encoder(
+            self.depth, self.num_heads, self.mlp_dim, self.dropout, self.scan_layers
+        )
+
+    def features(self, tokens, *, train: bool = False):
+        """tokens int32 [B, L] -> pooled features [B, width]."""
+        valid = tokens != self.pad_id  # [B, L]
+        x = self.encoder(self.embed(tokens), valid, train=train)
+        if self.pool == 'mean':
+            w = valid.astype(x.dtype)[..., None]
+            return (x * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+        is_eos = tokens == self.eos_id  # no eos: the last position
+        eos = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1), tokens.shape[1] - 1)
+        return jnp.take_along_axis(x, eos[:, None, None], axis=1)[:, 0]
+
+    def __call__(self, tokens, *, train: bool = False):
+        return self.features(tokens, train=train)
