@@ -114,7 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         train_step = step_lib.jit_train_step(
             step_lib.make_train_step(
                 model,
-                loss_module.loss_fn,
+                loss_fn,
                 config.loss,
                 tx,
                 schedule,
