@@ -18,10 +18,21 @@
     decay_steps   length of the schedule in updates (0 = train.steps). Fix it when you plan to
                 extend a run by raising train.steps, so the schedule of the first part is unchanged
   grad_accum_steps  micro-batches per update (handled by `step.py`, read here for checks)
+  freeze        list of regexes on '/'-joined parameter paths: matching parameters are never
+                updated (bit-identical; their gradients are zeroed before clipping)
+  lr_mults      list of [regex, multiplier]: learning-rate multiplier for matching
+                parameters (first match wins); the rest use multiplier 1
+Every freeze / lr_mults regex must match at least one parameter (a typo is an error), and
+the chosen group of every parameter is logged once.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import re
+
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -95,7 +106,51 @@ def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation
     if cfg.get('weight_decay', 0.0) > 0:
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_matrices_only))
     parts.append(optax.scale_by_learning_rate(schedule))
-    return optax.chain(*parts), schedule
+    freeze, mults = list(cfg.get('freeze', [])), [tuple(m) for m in cfg.get('lr_mults', [])]
+    if not freeze and not mults:
+        return optax.chain(*parts), schedule
+    labels = functools.partial(param_groups, freeze=freeze, mults=mults)
+    groups = {'default': optax.identity(), 'frozen': optax.set_to_zero()}
+    groups.update({f'mult_{i}': optax.scale(float(m)) for i, (_, m) in enumerate(mults)})
+    zero_frozen = optax.multi_transform(
+        {
+            'default': optax.identity(),
+            'frozen': optax.set_to_zero(),
+            **{f'mult_{i}': optax.identity() for i in range(len(mults))},
+        },
+        labels,
+    )
+    return optax.chain(zero_frozen, *parts, optax.multi_transform(groups, labels)), schedule
+
+
+def param_groups(params, *, freeze, mults):
+    """Tree of group labels ('frozen', 'mult_<i>' or 'default') for `params`."""
+    flat = flax.traverse_util.flatten_dict(params, sep='/')
+    used = set()
+
+    def label(path):
+        for pattern in freeze:
+            if re.fullmatch(pattern, path):
+                used.add(pattern)
+                return 'frozen'
+        for i, (pattern, _) in enumerate(mults):
+            if re.fullmatch(pattern, path):
+                used.add(pattern)
+                return f'mult_{i}'
+        return 'default'
+
+    labels = {path: label(path) for path in flat}
+    for pattern in [*freeze, *(p for p, _ in mults)]:
+        if pattern not in used:
+            raise ConfigError(
+                f'optimizer freeze/lr_mults pattern {pattern!r} matches no '
+                f'parameter (paths look like {", ".join(sorted(flat)[:3])})'
+            )
+    counts = {}
+    for g in labels.values():
+        counts[g] = counts.get(g, 0) + 1
+    logging.info('optimizer parameter groups: %s', counts)
+    return flax.traverse_util.unflatten_dict(labels, sep='/')
 
 
 def validate(cfg):

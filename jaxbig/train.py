@@ -21,7 +21,7 @@ from jaxbig import checkpoint as ckpt_lib
 from jaxbig import config as config_lib
 from jaxbig import data as data_lib
 from jaxbig import evals as evals_lib
-from jaxbig import losses, models, optim, parallel, safety, writers
+from jaxbig import finetune, losses, models, optim, parallel, safety, writers
 from jaxbig import step as step_lib
 
 
@@ -102,6 +102,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         )
         if state is None:
             state = jax.jit(init, out_shardings=state_shardings)()
+            if config.get('init_from') and config.init_from.get('path'):
+                params, _ = finetune.load_init_from(
+                    config.init_from, state.params, state_shardings.params
+                )
+                state = state.replace(params=params)
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
         logging.info(
             'parameters: %s; per device: params %.2f MB, optimizer state %.2f MB',
@@ -153,6 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         tokens_per_batch = _tokens_per_batch(train_data.get_batch(0)) * jax.process_count()
         progress = _progress_bar(first, t.steps, enabled=is_main)
         meter = _Throughput(first)
+        best = _BestTracker(workdir, t)
         last = {}
         try:
             with safety.StopRequest() as stop:
@@ -181,7 +187,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
                     if row:
                         writer.write(step, row)
                         last.update(row)
-                    stopping = stop.agreed(step, t.log_every)
+                    early_stop = best.update(step, row, state)
+                    stopping = stop.agreed(step, t.log_every) or early_stop
                     if (
                         stopping
                         or step == t.steps
@@ -198,10 +205,49 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
             progress.close()
             checkpointer.wait()
             checkpointer.close()
+            best.close()
             writer.close()
     if is_main:
         writers.plot_loss_curve(workdir)
     return last
+
+
+class _BestTracker:
+    """Keeps the best checkpoint by `train.best_metric` (in `<workdir>/best/`) and signals
+    early stopping after `train.patience` evaluations without improvement (0 = never)."""
+
+    def __init__(self, workdir: str, t):
+        self.metric = t.get('best_metric', '')
+        self.mode = t.get('best_mode', 'max')
+        if self.mode not in ('max', 'min'):
+            raise config_lib.ConfigError(f"train.best_mode={self.mode!r}: expected 'max' or 'min'")
+        self.patience = t.get('patience', 0)
+        self.best, self.best_step, self.bad = None, None, 0
+        self._ckpt = (
+            ckpt_lib.Checkpointer(os.path.join(workdir, 'best'), keep=1) if (self.metric) else None
+        )
+
+    def update(self, step: int, row: dict, state) -> bool:
+        if not self.metric or self.metric not in row:
+            return False
+        value = row[self.metric]
+        better = self.best is None or (
+            value > self.best if self.mode == 'max' else value < self.best
+        )
+        if better:
+            self.best, self.best_step, self.bad = value, step, 0
+            self._ckpt.save(step, state, force=True)
+            return False
+        self.bad += 1
+        return bool(self.patience) and self.bad >= self.patience
+
+    def summary(self) -> str:
+        return f'best {self.metric}={self.best:.4f} at step {self.best_step}'
+
+    def close(self):
+        if self._ckpt is not None:
+            self._ckpt.wait()
+            self._ckpt.close()
 
 
 class _Throughput:

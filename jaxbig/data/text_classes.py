@@ -1,0 +1,130 @@
+"""Embedded downstream text task: which top-level standard-library package does a snippet
+of source come from? (`data.pipeline='text_classes'`, built on the `pystdlib` TFDS dataset.)
+
+Classes are the top-level packages with at least `data.min_files` files in *each* split, so
+validation snippets always come from files never seen in training (the split is pystdlib's
+stable hash of the file path). Example `(i, row)` of global batch `i` is drawn from an rng
+seeded by (seed, i, row): a class uniformly (balanced), a file of that class, and a window
+of `seq_len` bytes of it. So batch `i` is a pure function of (seed, i), like every pipeline.
+
+Batch: inputs int32[b, T] (bytes), mask float32[b, T] (1 = real byte), label int32[b].
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from jaxbig.config import ConfigError
+from jaxbig.data import lm
+from jaxbig.data.tokenizers import ByteTokenizer
+
+
+def prepare(config) -> None:
+    lm.prepare(_source_config(config))
+
+
+def _source_config(config):
+    if config.get('name', 'pystdlib') != 'pystdlib':
+        raise ConfigError(
+            f"data.name={config.name!r}: the text_classes task is built from 'pystdlib' only"
+        )
+    return config
+
+
+@functools.lru_cache(maxsize=4)
+def load_files(data_dir: str, min_files: int):
+    """{split: (docs list[np.uint8[n]], labels int32[d])}, class names — for both splits."""
+    builder = lm.EMBEDDED['pystdlib'](data_dir=data_dir)
+    if not builder.is_prepared():
+        raise ValueError(f"data.name='pystdlib': not prepared in {data_dir!r}; run prepare")
+    by_split = {}
+    for split in ('train', 'validation'):
+        source = builder.as_data_source(split=split)
+        items = [source[i] for i in range(len(source))]
+        by_split[split] = [(_top_package(it['path']), it['text']) for it in items]
+    counts = {s: {} for s in by_split}
+    for split, items in by_split.items():
+        for package, _ in items:
+            if package:
+                counts[split][package] = counts[split].get(package, 0) + 1
+    classes = sorted(
+        p
+        for p in counts['train']
+        if min(counts['train'][p], counts['validation'].get(p, 0)) >= min_files
+    )
+    if len(classes) < 2:
+        raise ConfigError(
+            f'data.min_files={min_files}: fewer than 2 packages have that many files in both splits'
+        )
+    index = {c: k for k, c in enumerate(classes)}
+    out = {}
+    for split, items in by_split.items():
+        docs, labels = [], []
+        for package, text in items:
+            body = text.encode('utf-8') if isinstance(text, str) else bytes(text)
+            if package in index and body:
+                docs.append(np.frombuffer(body, np.uint8))
+                labels.append(index[package])
+        out[split] = (docs, np.asarray(labels, np.int32))
+    return out, tuple(classes)
+
+
+def _top_package(path) -> str:
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    return path.split('/')[0] if '/' in path else ''
+
+
+class SnippetPipeline:
+    def __init__(
+        self, docs, labels, classes, *, seq_len, batch_size, seed, process_index, process_count
+    ):
+        if batch_size % process_count:
+            raise ConfigError(
+                f'train.batch_size={batch_size} is not divisible by the {process_count} processes'
+            )
+        self.docs, self.labels, self.classes = docs, labels, classes
+        self.by_class = [np.flatnonzero(labels == k) for k in range(len(classes))]
+        self.seq_len, self.seed = seq_len, seed
+        self.batch_size = batch_size // process_count
+        self.first_row = process_index * self.batch_size
+        self.num_classes = len(classes)
+        self.tokenizer = ByteTokenizer()
+
+    def get_batch(self, i: int) -> dict[str, np.ndarray]:
+        b, t = self.batch_size, self.seq_len
+        inputs = np.zeros((b, t), np.int32)
+        mask = np.zeros((b, t), np.float32)
+        label = np.zeros((b,), np.int32)
+        for r in range(b):
+            rng = np.random.default_rng([self.seed, i, self.first_row + r])
+            k = int(rng.integers(self.num_classes))
+            doc = self.docs[int(rng.choice(self.by_class[k]))]
+            start = int(rng.integers(max(len(doc) - t, 0) + 1))
+            window = doc[start : start + t]
+            inputs[r, : len(window)] = window
+            mask[r, : len(window)] = 1.0
+            label[r] = k
+        return {'inputs': inputs, 'mask': mask, 'label': label}
+
+
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
+    if config.seq_len < 1:
+        raise ConfigError(f'data.seq_len={config.seq_len}: must be >= 1')
+    files, classes = load_files(
+        lm.resolve_data_dir(config.get('data_dir', '')), config.get('min_files', 2)
+    )
+    if split not in files:
+        raise ConfigError(f"data split {split!r}: text_classes has 'train' and 'validation'")
+    docs, labels = files[split]
+    return SnippetPipeline(
+        docs,
+        labels,
+        classes,
+        seq_len=config.seq_len,
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )

@@ -1,0 +1,138 @@
+"""Fine-tuning pieces: classification metrics, loading with rename/include/exclude and its
+errors, frozen parameters bit-identical, lr multipliers, and a linear-probe run via the CLI."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from conftest import metric_series, run_cli
+from jaxbig import checkpoint, finetune, optim
+from jaxbig.config import ConfigError
+from jaxbig.evals import classification
+from jaxbig.losses import classification as cls_loss
+
+
+def reference_scores(labels, preds, k):
+    """Independent loops: per present class recall/precision/F1, macro over present classes."""
+    recalls, f1s = [], []
+    for c in range(k):
+        support = sum(1 for y in labels if y == c)
+        if support == 0:
+            continue
+        tp = sum(1 for y, p in zip(labels, preds) if y == c and p == c)
+        npred = sum(1 for p in preds if p == c)
+        r = tp / support
+        prec = tp / npred if npred else 0.0
+        recalls.append(r)
+        f1s.append(2 * prec * r / (prec + r) if prec + r else 0.0)
+    acc = sum(1 for y, p in zip(labels, preds) if y == p) / len(labels)
+    return acc, np.mean(recalls), np.mean(f1s)
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_scores_match_reference_with_absent_classes(seed):
+    rng = np.random.default_rng(seed)
+    k = 6
+    labels = rng.integers(0, 5, size=50)  # class 5 never occurs in the labels
+    preds = rng.choice([0, 1, 2, 5], size=50)  # classes 3, 4 never predicted
+    s = classification.scores(classification.confusion_matrix(labels, preds, k))
+    acc, rec, f1 = reference_scores(list(labels), list(preds), k)
+    np.testing.assert_allclose([s['accuracy'], s['macro_recall'], s['macro_f1']], [acc, rec, f1])
+    from sklearn.metrics import f1_score, recall_score
+    present = sorted(set(labels))
+    assert np.isclose(s['macro_f1'], f1_score(labels, preds, labels=present, average='macro',
+                                              zero_division=0))
+    assert np.isclose(s['macro_recall'], recall_score(labels, preds, labels=present,
+                                                      average='macro', zero_division=0))
+
+
+def test_label_smoothing_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits, labels, s = rng.normal(size=(5, 4)), rng.integers(0, 4, size=5), 0.1
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    target = np.full((5, 4), s / 4)
+    target[np.arange(5), labels] += 1 - s
+    expected = -(target * logp).sum(-1).mean()
+    got = cls_loss.smoothed_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), s)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+SOURCE = {'embed': {'embedding': np.ones((4, 3))}, 'head': {'kernel': np.ones((3, 2))}}
+TARGET = {'encoder': {'embed': {'embedding': np.zeros((4, 3))}},
+          'head': {'kernel': np.zeros((3, 5))}}
+
+
+def test_merge_rename_include_exclude():
+    merged, loaded = finetune.merge_pretrained(TARGET, SOURCE, rename=[('^', 'encoder/')],
+                                               include=['encoder/.*'])
+    assert loaded == ['encoder/embed/embedding']
+    assert merged['encoder']['embed']['embedding'].sum() == 12
+    assert merged['head']['kernel'].sum() == 0  # fresh head kept
+
+
+def test_merge_shape_mismatch_names_path_and_shapes():
+    with pytest.raises(ConfigError, match=r'encoder/head/kernel has shape \(3, 2\) in the '
+                                          r'checkpoint but \(3, 5\)'):
+        finetune.merge_pretrained({'encoder': {'head': {'kernel': np.zeros((3, 5))}}}, SOURCE,
+                                  rename=[('^', 'encoder/')])
+
+
+def test_merge_nothing_loaded_is_an_error():
+    with pytest.raises(ConfigError, match='no parameter was loaded'):
+        finetune.merge_pretrained(TARGET, SOURCE, exclude=['head/.*'])  # no rename: no match
+
+
+def opt_cfg(**kw):
+    base = dict(name='adamw', lr=0.1, schedule='constant', warmup_steps=0, weight_decay=0.1,
+                clip_norm=1.0, freeze=[], lr_mults=[])
+    base.update(kw)
+    return ml_collections.ConfigDict(base)
+
+
+def test_frozen_params_bit_identical_and_lr_mults():
+    params = {'encoder': {'w': jnp.ones((3, 3)), 'v': jnp.ones((3, 3))},
+              'head': {'w': jnp.ones((3, 2))}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    tx, _ = optim.build_optimizer(opt_cfg(freeze=['encoder/w']), 10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    assert np.array_equal(new['encoder']['w'], params['encoder']['w'])
+    assert not np.array_equal(new['head']['w'], params['head']['w'])
+    tx1, _ = optim.build_optimizer(opt_cfg(lr_mults=[['encoder/.*', 0.1]]), 10)
+    tx0, _ = optim.build_optimizer(opt_cfg(), 10)
+    u1, _ = tx1.update(grads, tx1.init(params), params)
+    u0, _ = tx0.update(grads, tx0.init(params), params)
+    np.testing.assert_allclose(u1['encoder']['v'], 0.1 * u0['encoder']['v'], rtol=1e-6)
+    np.testing.assert_allclose(u1['head']['w'], u0['head']['w'], rtol=1e-6)
+    with pytest.raises(ConfigError, match="pattern 'encoderr/.*' matches no parameter"):
+        tx, _ = optim.build_optimizer(opt_cfg(freeze=['encoderr/.*']), 10)
+        tx.init(params)
+
+
+def test_linear_probe_from_lm_checkpoint_keeps_backbone(tfds_dir, tmp_path):
+    lm = tmp_path / 'lm'
+    tiny = ['--config.model.num_layers=2', '--config.model.embed_dim=64',
+            '--config.model.num_heads=4', '--config.model.mlp_dim=128']
+    run_cli('train', '--config', 'experiments/lm.py:steps=2,seq=32,batch=8', '--workdir',
+            str(lm), *tiny, '--config.train.eval_every=0')
+    probe = tmp_path / 'probe'
+    run_cli('train', '--config', f'experiments/finetune_text.py:init={lm},mode=linear_probe,'
+            'steps=6,seq=32,batch=8,lr=0.1', '--workdir', str(probe),
+            '--config.train.log_every=2', '--config.train.eval_every=3',
+            '--config.evals.val.num_batches=2')
+    before, _ = checkpoint.restore_params(str(lm))
+    after, step = checkpoint.restore_params(str(probe))
+    assert step == 6
+    for path, value in finetune.flatten(before).items():
+        assert np.array_equal(np.asarray(value), np.asarray(finetune.flatten(after)['encoder/' + path])), path
+    assert np.abs(np.asarray(after['head']['kernel'])).sum() > 0
+    assert (probe / 'confusion_val.png').stat().st_size > 0
+    acc = metric_series(probe, 'val/accuracy')
+    assert sorted(acc) == [3, 6] and all(0 <= a <= 1 for a in acc.values())
+    assert (probe / 'best').is_dir()
+    proc = run_cli('train', '--config', f'experiments/finetune_text.py:init={lm}',
+                   '--workdir', str(tmp_path / 'bad'), '--config.model.backbone.embed_dim=32',
+                   check=False)
+    assert proc.returncode == 2 and 'has shape' in proc.stderr.strip().splitlines()[-1]
