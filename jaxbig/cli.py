@@ -45,6 +45,14 @@ def _train(args, extra):
     train.train(config, args.workdir, force=args.force)
 
 
+def _eval(args, extra):
+    if extra:
+        raise config_lib.ConfigError(f'jaxbig eval takes no overrides, got {extra}')
+    from jaxbig import evaluate
+
+    evaluate.evaluate(args.workdir, None if args.step < 0 else args.step)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='jaxbig', description=__doc__.splitlines()[0])
     parser.add_argument('--debug', action='store_true', help='show full tracebacks')
@@ -59,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument('--debug', action='store_true', help='show full tracebacks')
     p.set_defaults(run=_train)
+    p = sub.add_parser('eval', help="re-run a run's evaluators on its best (or latest) checkpoint")
+    p.add_argument('--workdir', required=True)
+    p.add_argument('--step', type=int, default=-1, help='a checkpoint step (default: best/latest)')
+    p.add_argument('--debug', action='store_true', help='show full tracebacks')
+    p.set_defaults(run=_eval)
     return parser
 
 
