@@ -132,6 +132,10 @@ def test_linear_probe_from_lm_checkpoint_keeps_backbone(tfds_dir, tmp_path):
     acc = metric_series(probe, 'val/accuracy')
     assert sorted(acc) == [3, 6] and all(0 <= a <= 1 for a in acc.values())
     assert (probe / 'best').is_dir()
+    out = run_cli('eval', '--workdir', str(probe)).stdout
+    best_step = max(acc, key=lambda s: (acc[s], -s))
+    assert f'checkpoint best step {best_step}' in out and 'val/macro_f1' in out
+    assert (probe / 'eval_results.jsonl').exists()
     proc = run_cli('train', '--config', f'experiments/finetune_text.py:init={lm}',
                    '--workdir', str(tmp_path / 'bad'), '--config.model.backbone.embed_dim=32',
                    check=False)
