@@ -140,3 +140,18 @@ def test_linear_probe_from_lm_checkpoint_keeps_backbone(tfds_dir, tmp_path):
                    '--workdir', str(tmp_path / 'bad'), '--config.model.backbone.embed_dim=32',
                    check=False)
     assert proc.returncode == 2 and 'has shape' in proc.stderr.strip().splitlines()[-1]
+
+
+def test_image_probe_and_features_modes_from_simclr(tfds_dir, tmp_path):
+    pre = tmp_path / 'simclr'
+    run_cli('train', '--config', 'experiments/simclr.py:data=digits,steps=2,batch=32,width=8',
+            '--workdir', str(pre), '--config.train.eval_every=0')
+    results = {}
+    for mode in ('features', 'linear_probe'):
+        workdir = tmp_path / mode
+        run_cli('train', '--config', f'experiments/finetune_image.py:init={pre},mode={mode},'
+                'steps=30,batch=64,lr=0.05', '--workdir', str(workdir),
+                '--config.train.eval_every=0')
+        results[mode] = metric_series(workdir, 'val/accuracy')[30]
+    # Both train the same head on the same frozen features: both far above chance (10 %).
+    assert results['features'] > 0.3 and results['linear_probe'] > 0.3, results

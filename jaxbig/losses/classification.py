@@ -1,6 +1,7 @@
 """Supervised heads: softmax cross-entropy with label smoothing, or mean-squared error.
 
-batch: inputs (token ids int32[B, T] with mask float32[B, T], or images float32[B, H, W, C]),
+batch: inputs (token ids int32[B, T] with mask float32[B, T], or features float32[B, E]) or
+       image float32[B, H, W, C],
        label int32[B] (classes) or float32[B] / [B, K] (regression targets).
 config (the `loss` section): name='classification', kind='softmax' | 'mse',
        label_smoothing (float in [0, 1), softmax only).
@@ -17,6 +18,9 @@ from jaxbig.config import ConfigError
 
 
 def model_inputs(batch):
+    """(inputs, mask) for token sequences, (image,) for images, (inputs,) for features."""
+    if 'image' in batch:
+        return (batch['image'],)
     return (batch['inputs'], batch['mask']) if 'mask' in batch else (batch['inputs'],)
 
 

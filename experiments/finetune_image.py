@@ -1,0 +1,141 @@
+r"""Fine-tune an image backbone on digit classification (scikit-learn's digits, held-out split).
+
+    jaxbig train --config experiments/simclr.py:data=digits --workdir runs/simclr   # pretrain
+    jaxbig train --config experiments/finetune_image.py:init=runs/simclr,mode=linear_probe \
+        --workdir runs/probe
+    jaxbig train --config experiments/finetune_image.py:init=runs/simclr,mode=full --workdir runs/ft
+    jaxbig train --config experiments/finetune_image.py:init=runs/simclr,mode=features \
+        --workdir runs/features
+    jaxbig eval --workdir runs/probe          # evaluators again, on the best checkpoint
+
+Arguments: init (a pretraining workdir whose params have `encoder/...`: SimCLR, or a
+classifier; its config.json gives the backbone; '' = from scratch), mode (full |
+linear_probe | features), steps, batch, lr, backbone_lr_mult (full mode).
+
+Modes: `full` trains everything; `linear_probe` trains the new head on the frozen backbone
+(bit-identical after training); `features` embeds the dataset once with the frozen backbone
+(`jaxbig.data.features`) and trains the head on the stored features — no backprop and no
+forward pass through the backbone per step. The best checkpoint by val/accuracy is kept.
+"""
+
+import json
+import os
+
+import ml_collections
+
+from jaxbig.config import ConfigError, parse_arg
+from jaxbig.parallel import DEFAULT_RULES
+
+MODES = ('full', 'linear_probe', 'features')
+
+
+def get_config(arg=None):
+    arg = parse_arg(
+        arg, init='', mode='linear_probe', steps=300, batch=128, lr=1e-2, backbone_lr_mult=1.0
+    )
+    if arg.mode not in MODES:
+        raise ConfigError(
+            f'experiments/finetune_image.py: mode={arg.mode!r}, expected one of '
+            f'{MODES} (lora is not implemented for image backbones)'
+        )
+    backbone = dict(
+        name='resnet',
+        variant='resnet18',
+        width=16,
+        stem='small',
+        norm_groups=8,
+        cnn_layers=3,
+        num_classes=0,
+    )
+    if arg.init:
+        path = os.path.join(arg.init, 'config.json')
+        if not os.path.exists(path):
+            raise ConfigError(f'init={arg.init!r}: no config.json there (not a jaxbig workdir)')
+        with open(path) as f:
+            backbone = json.load(f)['model'].get('backbone', backbone)
+    images = dict(
+        pipeline='views',
+        name='digits',
+        data_dir='',
+        image_key='image',
+        label_key='label',
+        train_split='train',
+        val_split='test',
+        views=0,
+    )
+    c = ml_collections.ConfigDict()
+    if arg.mode == 'features':
+        if not arg.init:
+            raise ConfigError('experiments/finetune_image.py: mode=features needs init=<workdir>')
+        c.model = dict(name='linear', num_classes=10)
+        c.data = dict(
+            pipeline='features',
+            source=images,
+            backbone_from=arg.init,
+            backbone_step=-1,
+            train_split='train',
+            val_split='test',
+            embed_batch=256,
+        )
+    else:
+        c.model = dict(name='classifier', backbone=backbone, num_classes=10, pooling='mean')
+        c.data = images
+    c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
+    c.optimizer = dict(
+        name='adamw',
+        lr=arg.lr,
+        schedule='warmup_cosine',
+        warmup_steps=max(arg.steps // 20, 1),
+        min_lr_ratio=0.1,
+        decay_steps=0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=1e-4,
+        l1=0.0,
+        l2=0.0,
+        clip_norm=1.0,
+        momentum=0.9,
+        nesterov=False,
+        grad_accum_steps=1,
+        freeze=['encoder/.*'] if arg.mode == 'linear_probe' else [],
+        lr_mults=[['encoder/.*', arg.backbone_lr_mult]]
+        if arg.mode == 'full' and arg.backbone_lr_mult != 1.0
+        else [],
+    )
+    c.init_from = dict(
+        path=arg.init if arg.mode != 'features' else '',
+        step=-1,
+        rename=[],
+        include=['encoder/.*'],
+        exclude=[],
+    )
+    c.parallel = dict(
+        strategy='mesh',
+        data=-1,
+        fsdp=1,
+        tensor=1,
+        rules=[list(r) for r in DEFAULT_RULES],
+        distributed=False,
+        coordinator_address='',
+        num_processes=0,
+        process_id=-1,
+        local_device_count=0,
+    )
+    c.train = dict(
+        steps=arg.steps,
+        batch_size=arg.batch,
+        seed=0,
+        log_every=20,
+        eval_every=100,
+        checkpoint_every=100,
+        keep_checkpoints=2,
+        keep_every=0,
+        skip_nonfinite_steps=False,
+        debug_nan_at_step=0,
+        best_metric='val/accuracy',
+        best_mode='max',
+        patience=0,
+    )
+    c.evals = dict(val=dict(type='classification', split='test', num_batches=3, batch_size=120))
+    return c

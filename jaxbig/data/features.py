@@ -1,0 +1,92 @@
+"""Frozen-backbone features, computed once (`data.pipeline='features'`), for fine-tuning a
+head without running the backbone per step (the `features` fine-tuning mode).
+
+Data config: source (the image/text data config the backbone reads, e.g. views=0 digits),
+backbone_from (a workdir: its config.json builds the model, its checkpoint gives params),
+backbone_step (-1 = latest), embed_batch. Each split is embedded once per process with the
+model's `features` method (jitted, float32) and cached in memory; then batches are
+`inputs float32[b, E]`, `label int32[b]` in a seeded per-epoch shuffle, a pure function of
+(seed, i) like every pipeline. Every process embeds the whole split (fine for the embedded
+datasets; shard it before using this on ImageNet-sized data).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+
+from jaxbig.config import ConfigError, from_json
+from jaxbig.data import image_sources
+
+
+def prepare(config) -> None:
+    from jaxbig import data
+
+    data.prepare(config.source)
+
+
+@functools.lru_cache(maxsize=4)
+def _embedded(source_json: str, backbone_from: str, step: int, split: str, batch: int):
+    from jaxbig import checkpoint, data, models
+
+    source = from_json(source_json)
+    path = os.path.join(backbone_from, 'config.json')
+    if not os.path.exists(path):
+        raise ConfigError(f'data.backbone_from={backbone_from!r}: no config.json there')
+    with open(path) as f:
+        run = json.load(f)
+    model_cfg = dict(run['model'])
+    model = models.get_model(model_cfg.pop('name'), **model_cfg)
+    params, _ = checkpoint.restore_params(backbone_from, None if step < 0 else step)
+    pipe = data.build_pipeline(source, split=split, batch_size=batch, seed=0)
+    n = len(pipe.split)
+    features_of = jax.jit(lambda p, x: model.apply({'params': p}, x, method='features'))
+    feats, labels = [], []
+    for i in range((n + batch - 1) // batch):
+        rows = pipe.get_batch(i)
+        keep = min(batch, n - i * batch)
+        x = rows['image'] if 'image' in rows else rows['inputs']
+        feats.append(np.asarray(features_of(params, x), np.float32)[:keep])
+        labels.append(rows['label'][:keep])
+    return np.concatenate(feats), np.concatenate(labels).astype(np.int32)
+
+
+class FeaturePipeline:
+    def __init__(self, features, labels, *, batch_size, seed, process_index, process_count):
+        self.features, self.labels = features, labels
+        self.order = image_sources.IndexOrder(len(labels), seed)
+        self.batch_size, self.process_index, self.process_count = (
+            batch_size,
+            process_index,
+            process_count,
+        )
+        image_sources.host_rows(0, batch_size, process_index, process_count)  # validates
+
+    def get_batch(self, i: int) -> dict[str, np.ndarray]:
+        rows = image_sources.host_rows(i, self.batch_size, self.process_index, self.process_count)
+        ids = self.order.ids(rows)
+        return {'inputs': self.features[ids], 'label': self.labels[ids]}
+
+
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
+    from jaxbig.config import to_json
+
+    features, labels = _embedded(
+        to_json(config.source),
+        os.path.abspath(config.backbone_from),
+        config.get('backbone_step', -1),
+        split,
+        config.get('embed_batch', 256),
+    )
+    return FeaturePipeline(
+        features,
+        labels,
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
