@@ -108,6 +108,8 @@ def make_train_step(
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
+        if pmap_axis is not None:  # each device's rows get their own dropout masks
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(pmap_axis))
         if accum_steps == 1:
             loss, metrics, grads = loss_and_grads(state.params, batch, rng)
         else:

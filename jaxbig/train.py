@@ -8,6 +8,7 @@ names in the config change. Read it top to bottom.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from jaxbig import config as config_lib
 from jaxbig import data as data_lib
 from jaxbig import evals as evals_lib
 from jaxbig import finetune, losses, models, optim, parallel, safety, writers
+from jaxbig import pmap as pmap_lib
 from jaxbig import step as step_lib
 
 
@@ -56,9 +58,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
     mesh = parallel.make_mesh(config.parallel)
     rules = parallel.rules_from_config(config.parallel)
     parallel.host_batch_rows(t.batch_size, mesh)
+    use_pmap = pmap_lib.uses_pmap(config.parallel, mesh)  # strategy 'pmap' (else 'mesh')
     if is_main:
-        with open(os.path.join(workdir, safety.CONFIG_FILE), 'w') as f:
+        path = os.path.join(workdir, safety.CONFIG_FILE)
+        with open(path + '.tmp', 'w') as f:  # atomic: other processes may be reading it
             f.write(config_lib.to_json(config))
+        os.replace(path + '.tmp', path)
     logging.info('mesh: %s', parallel.describe_mesh(mesh))
 
     # ---------------------------------------------------------------- Input
@@ -116,20 +121,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         )
 
         # ------------------------------------------------------------ Compile steps
-        train_step = step_lib.jit_train_step(
-            step_lib.make_train_step(
-                model,
-                loss_fn,
-                config.loss,
-                tx,
-                schedule,
-                config.optimizer.get('grad_accum_steps', 1),
-                skip_nonfinite=t.get('skip_nonfinite_steps', False),
-                poison_step=t.get('debug_nan_at_step', 0),
-            ),
-            state_shardings,
-            batch_sharding,
+        train_fn = step_lib.make_train_step(
+            model,
+            loss_fn,
+            config.loss,
+            tx,
+            schedule,
+            config.optimizer.get('grad_accum_steps', 1),
+            skip_nonfinite=t.get('skip_nonfinite_steps', False),
+            poison_step=t.get('debug_nan_at_step', 0),
+            pmap_axis=pmap_lib.AXIS if use_pmap else None,
         )
+        first = int(jax.device_get(state.step))
+        if use_pmap:  # state replicated per local device, batch split over them; evals
+            # and checkpoints see the mesh layout (`as_mesh`, no copies)
+            train_step = pmap_lib.pmap_train_step(train_fn)
+            state = pmap_lib.replicate(state)
+            to_device = pmap_lib.shard_batch
+            as_mesh = functools.partial(pmap_lib.to_mesh, shardings=state_shardings)
+        else:
+            train_step = step_lib.jit_train_step(train_fn, state_shardings, batch_sharding)
+            to_device, as_mesh = to_global, lambda s: s  # noqa: E731
         eval_step = step_lib.jit_eval_step(
             step_lib.make_eval_step(model, loss_fn, config.loss),
             state_shardings.params,
@@ -154,7 +166,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         # ------------------------------------------------------------ Loop
         writer = writers.MetricWriter(workdir)
         watch = safety.NonFiniteWatch(skip=t.get('skip_nonfinite_steps', False))
-        first = int(jax.device_get(state.step))
         tokens_per_batch = _tokens_per_batch(train_data.get_batch(0)) * jax.process_count()
         progress = _progress_bar(first, t.steps, enabled=is_main)
         meter = _Throughput(first)
@@ -163,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         try:
             with safety.StopRequest() as stop:
                 for step in range(first + 1, t.steps + 1):
-                    state, metrics = train_step(state, to_global(train_data.get_batch(step - 1)))
+                    state, metrics = train_step(state, to_device(train_data.get_batch(step - 1)))
                     watch.add(step, metrics)
                     progress.update(1)
                     row = {}
@@ -183,11 +194,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
                     for every, evaluator in evaluators.values():
                         if (every and step % every == 0) or step == t.steps:
                             with meter.paused():
-                                row.update(evaluator.run(state.params))
+                                row.update(evaluator.run(as_mesh(state).params))
                     if row:
                         writer.write(step, row)
                         last.update(row)
-                    early_stop = best.update(step, row, state)
+                    early_stop = bool(row) and best.update(step, row, as_mesh(state))
                     stopping = stop.agreed(step, t.log_every) or early_stop
                     if (
                         stopping
@@ -195,7 +206,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
                         or (t.checkpoint_every and step % t.checkpoint_every == 0)
                     ):
                         watch.check()
-                        checkpointer.save(step, state, force=True)
+                        checkpointer.save(step, as_mesh(state), force=True)
                     if stopping:
                         logging.warning(
                             'stopped at step %d; rerun the same command to resume', step

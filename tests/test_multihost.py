@@ -1,0 +1,100 @@
+"""Two processes x 4 CPU devices on 127.0.0.1 (launch/local.sh) train like one process with
+8 devices; SIGTERM to the launcher stops every process at one step with a checkpoint, and
+a relaunch finishes with the uninterrupted losses. Slow: each multi-process run compiles
+in every process and runs gloo collectives on a 2-core machine (~1 min per launch)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY_LM, metric_series, run_cli
+
+pytestmark = pytest.mark.slow
+
+STEPS = 8
+ARGS = ['--config', f'experiments/lm.py:steps={STEPS}', *TINY_LM,
+        '--config.train.checkpoint_every=0']
+
+
+def launch(workdir, *extra) -> subprocess.Popen:
+    """launch/local.sh -n 2 -d 4 -- ARGS --workdir WORKDIR, output in workdir/../<name>.log."""
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env.update(PYTHON=sys.executable, JAX_PLATFORMS='cpu')
+    log = open(f'{workdir}.log', 'w')  # noqa: SIM115 (closed in finish)
+    proc = subprocess.Popen(
+        ['bash', 'launch/local.sh', '-n', '2', '-d', '4', '--', *ARGS, '--workdir', str(workdir),
+         *extra],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    return proc
+
+
+def finish(proc: subprocess.Popen, workdir, timeout=400) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        proc.log.close()
+
+
+def log_tail(workdir) -> str:
+    with open(f'{workdir}.log') as f:
+        return f.read()[-6000:]
+
+
+@pytest.fixture(scope='module')
+def reference(tfds_dir, tmp_path_factory):
+    """Losses of one process with 8 devices (data=8)."""
+    ref = tmp_path_factory.mktemp('one_process')
+    run_cli('train', '--workdir', str(ref), *ARGS, devices=8, timeout=400)
+    return metric_series(ref)
+
+
+@pytest.mark.parametrize('strategy', ['mesh', 'pmap'])
+def test_two_processes_match_one_process(reference, tmp_path, strategy):
+    workdir = tmp_path / 'two'
+    rc = finish(launch(workdir, f'--config.parallel.strategy={strategy}'), workdir)
+    assert rc == 0, log_tail(workdir)
+    log = log_tail(workdir)
+    assert '[0] ' in log and '[1] ' in log and '2 process(es)' in log
+    got = metric_series(workdir)
+    assert sorted(got) == sorted(reference) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([got[s] for s in reference], list(reference.values()),
+                               rtol=0, atol=1e-5)
+    assert os.listdir(workdir / 'checkpoints') == [str(STEPS)]
+
+
+def test_sigterm_saves_and_relaunch_continues(reference, tmp_path):
+    workdir = tmp_path / 'split'
+    proc = launch(workdir)
+    deadline = time.monotonic() + 300
+    while len(_rows(workdir)) < 2:  # signal once two steps are logged
+        assert proc.poll() is None, log_tail(workdir)
+        assert time.monotonic() < deadline, log_tail(workdir)
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    rc = finish(proc, workdir)
+    assert rc == 0, log_tail(workdir)
+    saved = [int(s) for s in os.listdir(workdir / 'checkpoints')]
+    assert len(saved) == 1 and 2 <= saved[0] < STEPS, (saved, log_tail(workdir))
+    assert 'rerun the same command to resume' in log_tail(workdir)
+
+    rc = finish(launch(workdir), workdir)  # relaunch: resumes at the saved step
+    assert rc == 0, log_tail(workdir)
+    assert 'resumed from' in log_tail(workdir)
+    got = metric_series(workdir)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([got[s] for s in reference], list(reference.values()),
+                               rtol=0, atol=1e-5)
+
+
+def _rows(workdir) -> dict:
+    try:
+        return metric_series(workdir)
+    except (FileNotFoundError, ValueError):
+        return {}
