@@ -33,7 +33,8 @@ EMBEDDED = {'pystdlib': pystdlib.Pystdlib}
 
 def resolve_data_dir(data_dir: str) -> str:
     """'' -> TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets); expands '~'."""
-    return os.path.expanduser(data_dir or tfds.core.constants.get_default_data_dir())
+    default = tfds.core.constants.get_default_data_dir() or '~/tensorflow_datasets'  # TFDS_DATA_DIR=''
+    return os.path.abspath(os.path.expanduser(data_dir or default))
 
 
 def _not_prepared(name: str, data_dir: str) -> ValueError:
