@@ -1,0 +1,216 @@
+"""Ablation sweeps: helpers and names (instant); a 4-run sweep killed mid-way and relaunched
+(table == each run's metrics.jsonl, PNGs, finished runs not redone); a bad override marked
+failed while the others complete; launcher dry-runs."""
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY_LM
+from jaxbig import sweep, writers
+
+LM = os.path.join(REPO, 'experiments', 'lm.py')
+BASE = [*TINY_LM, '--config.evals.val.num_batches=1']
+SWEEP_4 = '''
+from jaxbig import sweep
+
+def get_sweep():
+    return sweep.product(sweep.axis('optimizer.lr', [1e-3, 3e-3]),
+                         sweep.axis('model.embed_dim', [32, 64]))
+'''
+NAMES = ['lr=0.001,embed_dim=32', 'lr=0.001,embed_dim=64', 'lr=0.003,embed_dim=32',
+         'lr=0.003,embed_dim=64']
+
+
+def _env():
+    return dict(os.environ, JAX_PLATFORMS='cpu',
+                XLA_FLAGS='--xla_force_host_platform_device_count=1')
+
+
+def _sweep_cmd(sweep_file, workdir, *extra, steps=3):
+    return [sys.executable, '-m', 'jaxbig.sweep', '--config', f'{LM}:size=tiny,steps={steps}',
+            '--sweep', str(sweep_file), '--workdir', str(workdir), *extra, *BASE]
+
+
+def _state(workdir):
+    path = os.path.join(workdir, sweep.STATE_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)['runs']
+
+
+# ------------------------------------------------------------------ helpers, names
+
+def test_helpers_compose():
+    lr = sweep.axis('optimizer.lr', [1e-3, 3e-3])
+    width = sweep.zip_(sweep.axis('model.embed_dim', [64, 128]),
+                       sweep.axis('model.mlp_dim', [192, 384]))
+    runs = sweep.chain(sweep.product(lr, width), sweep.fixed(**{'optimizer.lr': 1e-2}))
+    assert runs[:2] == [{'optimizer.lr': 1e-3, 'model.embed_dim': 64, 'model.mlp_dim': 192},
+                        {'optimizer.lr': 1e-3, 'model.embed_dim': 128, 'model.mlp_dim': 384}]
+    assert len(runs) == 5 and runs[-1] == {'optimizer.lr': 1e-2}
+    with pytest.raises(ValueError, match='different lengths'):
+        sweep.zip_(lr, sweep.axis('x', [1]))
+
+
+def test_run_names_are_short_unique_and_safe():
+    runs = [{'model.image.width': 32, 'model.text.width': 8, ':loss': 'clip'},
+            {'model.image.width': 32, 'model.text.width': 8, ':loss': 'a/b c'},
+            {'optimizer.freeze': ['encoder/.*'], 'train.seed': True}]
+    names = sweep.run_names(runs)
+    assert names[0] == 'image.width=32,text.width=8,loss=clip'
+    assert names[1] == 'image.width=32,text.width=8,loss=a_b_c'
+    assert names[2] == "freeze=__encoder_.___,seed=true"
+    assert all('/' not in n for n in names)
+    assert sweep.run_spec('x.py:init=runs/lm,mode=full', {':mode': 'linear_probe'}) == (
+        'x.py:init=runs/lm,mode=linear_probe')
+    assert sweep.run_spec('x.py', {':loss': 'siglip', 'a.b': 1}) == 'x.py:loss=siglip'
+
+
+# ------------------------------------------------------------------ killed, relaunched
+
+@pytest.fixture(scope='module')
+def resumed(tmp_path_factory, tfds_dir):
+    """A 4-run sweep (2 at a time) SIGKILLed once a run is done, then relaunched."""
+    tmp = tmp_path_factory.mktemp('sweep')
+    sweep_file, workdir = tmp / 'lr_width.py', tmp / 'sweep'
+    sweep_file.write_text(SWEEP_4)
+    proc = subprocess.Popen(_sweep_cmd(sweep_file, workdir, '--parallel', '2'), cwd=REPO,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(r['status'] == 'done' for r in _state(workdir).values()):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    before = {n: r for n, r in _state(workdir).items() if r['status'] == 'done'}
+    assert 1 <= len(before) < 4, _state(workdir)
+    mtimes = {n: os.path.getmtime(workdir / n / 'metrics.jsonl') for n in before}
+    again = subprocess.run(_sweep_cmd(sweep_file, workdir), cwd=REPO, env=_env(), check=False,
+                           capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    return {'workdir': workdir, 'before': before, 'mtimes': mtimes, 'stderr': again.stderr}
+
+
+def test_relaunch_finishes_without_redoing(resumed):
+    workdir, state = resumed['workdir'], _state(resumed['workdir'])
+    assert sorted(state) == NAMES and {r['status'] for r in state.values()} == {'done'}
+    for name in resumed['before']:  # finished before the kill: untouched
+        assert state[name]['attempts'] == 1
+        assert os.path.getmtime(workdir / name / 'metrics.jsonl') == resumed['mtimes'][name]
+        log = (workdir / name / sweep.LOG_FILE).read_text()
+        assert log.count('=== jaxbig sweep: attempt') == 1
+    for name in set(NAMES) - set(resumed['before']):
+        assert state[name]['attempts'] >= 1
+        assert writers.read_metrics(str(workdir / name))[-1]['step'] == 3
+    assert '4/4 done, 0 running, 0 failed' in resumed['stderr']
+
+
+def test_table_matches_each_runs_metrics(resumed):
+    workdir = resumed['workdir']
+    with open(workdir / 'results.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['run'] for r in rows] == NAMES
+    for row in rows:
+        metrics = writers.read_metrics(str(workdir / row['run']))
+        last = metrics[-1]
+        assert row['status'] == 'done' and int(row['steps']) == last['step'] == 3
+        assert float(row['train/loss']) == last['train/loss']
+        assert float(row['val/loss']) == last['val/loss']
+        assert float(row['best val/loss']) == min(m['val/loss'] for m in metrics if 'val/loss' in m)
+        assert float(row['best val/token_accuracy']) == max(
+            m['val/token_accuracy'] for m in metrics if 'val/token_accuracy' in m)
+        assert int(row['num_params']) == last['train/num_params']
+        lr, dim = row['run'].replace('lr=', '').replace('embed_dim=', '').split(',')
+        assert float(row['optimizer.lr']) == float(lr) and int(row['model.embed_dim']) == int(dim)
+        assert float(row['wall_s']) > 0
+    params = {r['model.embed_dim']: int(r['num_params']) for r in rows}
+    assert params['32'] < params['64']
+    md = (workdir / 'results.md').read_text()
+    assert md.count('\n| lr=') == 4 and '![loss_curves.png](loss_curves.png)' in md
+
+
+def test_plots_are_images(resumed):
+    import matplotlib.image
+
+    workdir = resumed['workdir']
+    for name in ('loss_curves.png', 'final_vs_optimizer.lr.png', 'final_vs_model.embed_dim.png'):
+        path = workdir / name
+        assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+        image = matplotlib.image.imread(str(path))
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
+
+
+def test_report_and_dry_runs_on_a_finished_sweep(resumed, capsys):
+    workdir = str(resumed['workdir'])
+    os.remove(os.path.join(workdir, 'results.csv'))
+    assert sweep.main(['--workdir', workdir, '--report']) == 0
+    assert os.path.exists(os.path.join(workdir, 'results.csv'))
+    capsys.readouterr()
+    # Done runs are not relaunched: nothing left to print.
+    assert sweep.main(['--workdir', workdir, '--dry-run', *BASE]) == 0
+    assert sweep.main(['--workdir', workdir, '--dry-run']) == 0  # config etc. from sweep.json
+    assert capsys.readouterr().out == ''
+    # A different base config in the same workdir is refused.
+    assert sweep.main(['--workdir', workdir, '--dry-run', '--config.train.seed=1', *BASE]) == 2
+    assert 'holds a sweep of' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ failures
+
+def test_invalid_override_fails_only_that_run(tmp_path, tfds_dir, monkeypatch, capsys):
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    sweep_file = tmp_path / 'bad.py'
+    sweep_file.write_text('''
+def get_sweep():
+    return [{'model.embed_dimm': 32}, {'train.log_every': 0}, {'optimizer.lr': 1e-3}]
+''')
+    workdir = tmp_path / 'sweep'
+    argv = _sweep_cmd(sweep_file, workdir, steps=1)[3:]
+    with pytest.raises(SystemExit) as e:
+        sweep.main(argv)
+    assert e.value.code == 1
+    state = _state(workdir)
+    assert state['embed_dimm=32']['status'] == 'failed'
+    assert "unknown config key 'model.embed_dimm'" in state['embed_dimm=32']['error']
+    assert "did you mean 'model.embed_dim'" in state['embed_dimm=32']['error']
+    assert state['log_every=0']['status'] == 'failed'  # caught by the training process
+    assert state['log_every=0']['error'] == 'train.log_every=0: must be >= 1'
+    assert state['lr=0.001']['status'] == 'done'
+    with open(workdir / 'results.csv') as f:
+        rows = {r['run']: r for r in csv.DictReader(f)}
+    assert rows['embed_dimm=32']['status'] == 'failed' and 'embed_dimm' in rows['embed_dimm=32']['error']
+    assert rows['lr=0.001']['steps'] == '1'
+    assert '2 run(s) failed' in capsys.readouterr().err
+
+
+def test_launcher_dry_runs(tmp_path, capsys):
+    sweep_file = tmp_path / 'lr_width.py'
+    sweep_file.write_text(SWEEP_4)
+    workdir = str(tmp_path / 'sweep')
+    common = ['--config', f'{LM}:size=tiny', '--sweep', str(sweep_file), '--workdir', workdir,
+              '--dry-run', '--config.train.steps=7']
+    assert sweep.main([*common, '--launcher', 'slurm']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for line, name in zip(lines, NAMES):
+        assert line.startswith('sbatch --job-name=') and ' launch/slurm.sbatch --config ' in line
+        assert f'--workdir {shlex.quote(os.path.join(workdir, name))}' in line
+        assert '--config.train.steps=7' in line
+    assert sweep.main([*common, '--launcher', 'tpu']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(ln.startswith('bash launch/tpu_pod.sh run -- ') for ln in lines)
+    assert sweep.main([*common, '--parallel', '2']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(ln.startswith('python -m jaxbig train ') for ln in lines)
+    assert not os.path.exists(workdir)  # a dry run writes nothing
