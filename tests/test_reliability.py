@@ -3,6 +3,7 @@ kill -9 at random moments loses nothing (slow)."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,3 +149,35 @@ def test_kill_9_at_random_moments_resumes_exactly(tfds_dir, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert metric_series(killed) == metric_series(full)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2.5 MB tmpfs: room for about one checkpoint of the test model (needs mount rights)."""
+    path = tmp_path / 'disk'
+    path.mkdir()
+    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2500k', 'tmpfs', str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f'cannot mount a small tmpfs here: {proc.stderr.strip()}')
+    yield path
+    subprocess.run(['umount', str(path)], check=False)
+
+
+def test_disk_full_during_save_keeps_previous_checkpoint(tfds_dir, small_disk):
+    workdir = small_disk / 'run'
+    proc = run_cli('train', '--workdir', str(workdir), '--config', f'{LM}:steps=8', *TINY_LM,
+                   '--config.train.checkpoint_every=2', '--config.train.log_every=2',
+                   check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('jaxbig: error:') and 'No space left' in last, last
+    steps = sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())
+    assert steps and steps[0] == 2
+    # What survived restores: on a roomier disk the same command resumes and finishes.
+    moved = small_disk.parent / 'moved'
+    shutil.copytree(workdir, moved)
+    resumed = run_cli('train', '--workdir', str(moved), '--config', f'{LM}:steps=8', *TINY_LM,
+                      '--config.train.checkpoint_every=2', '--config.train.log_every=2')
+    assert 'resumed from' in resumed.stderr
+    assert max(metric_series(moved)) == 8
