@@ -23,8 +23,8 @@ import os
 
 import ml_collections
 
+from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
-from jaxbig.parallel import DEFAULT_RULES
 
 MODES = ('full', 'linear_probe', 'features')
 
@@ -81,23 +81,10 @@ def get_config(arg=None):
         c.model = dict(name='classifier', backbone=backbone, num_classes=10, pooling='mean')
         c.data = images
     c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
-    c.optimizer = dict(
-        name='adamw',
+    c.optimizer = defaults.optimizer(
         lr=arg.lr,
-        schedule='warmup_cosine',
         warmup_steps=max(arg.steps // 20, 1),
-        min_lr_ratio=0.1,
-        decay_steps=0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
         weight_decay=1e-4,
-        l1=0.0,
-        l2=0.0,
-        clip_norm=1.0,
-        momentum=0.9,
-        nesterov=False,
-        grad_accum_steps=1,
         freeze=['encoder/.*'] if arg.mode == 'linear_probe' else [],
         lr_mults=[['encoder/.*', arg.backbone_lr_mult]]
         if arg.mode == 'full' and arg.backbone_lr_mult != 1.0
@@ -110,32 +97,15 @@ def get_config(arg=None):
         include=['encoder/.*'],
         exclude=[],
     )
-    c.parallel = dict(
-        strategy='mesh',
-        data=-1,
-        fsdp=1,
-        tensor=1,
-        rules=[list(r) for r in DEFAULT_RULES],
-        distributed=False,
-        coordinator_address='',
-        num_processes=0,
-        process_id=-1,
-        local_device_count=0,
-    )
-    c.train = dict(
+    c.parallel = defaults.parallel()
+    c.train = defaults.train(
         steps=arg.steps,
         batch_size=arg.batch,
-        seed=0,
-        log_every=20,
         eval_every=100,
         checkpoint_every=100,
         keep_checkpoints=2,
-        keep_every=0,
-        skip_nonfinite_steps=False,
-        debug_nan_at_step=0,
         best_metric='val/accuracy',
         best_mode='max',
-        patience=0,
     )
     c.evals = dict(val=dict(type='classification', split='test', num_batches=3, batch_size=120))
     return c

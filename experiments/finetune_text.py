@@ -17,27 +17,39 @@ loads every `encoder/...` parameter from the LM checkpoint. linear_probe freezes
 `<workdir>/best/`; training stops early after `patience` evaluations without improvement.
 Expected numbers: see the note of the fine-tuning issue (measured on the default LM run).
 """
+
 import json
 import os
 
 import ml_collections
 
+from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.models.gpt import SIZES
-from jaxbig.parallel import DEFAULT_RULES
 
 MODES = ('full', 'linear_probe')
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, init='', mode='full', steps=300, batch=32, seq=128, lr=1e-3,
-                    backbone_lr_mult=1.0)
+    arg = parse_arg(
+        arg, init='', mode='full', steps=300, batch=32, seq=128, lr=1e-3, backbone_lr_mult=1.0
+    )
     if arg.mode not in MODES:
-        raise ConfigError(f'experiments/finetune_text.py: mode={arg.mode!r}, expected one of '
-                          f'{MODES} (features and lora modes are not implemented yet)')
-    backbone = dict(name='gpt', vocab_size=256, **SIZES['tiny'], dropout=0.0,
-                    tie_embeddings=True, scan_layers=True, remat='none', dtype='float32',
-                    param_dtype='float32')
+        raise ConfigError(
+            f'experiments/finetune_text.py: mode={arg.mode!r}, expected one of '
+            f'{MODES} (features and lora modes are not implemented yet)'
+        )
+    backbone = dict(
+        name='gpt',
+        vocab_size=256,
+        **SIZES['tiny'],
+        dropout=0.0,
+        tie_embeddings=True,
+        scan_layers=True,
+        remat='none',
+        dtype='float32',
+        param_dtype='float32',
+    )
     if arg.init:
         path = os.path.join(arg.init, 'config.json')
         if not os.path.exists(path):
@@ -46,26 +58,39 @@ def get_config(arg=None):
             backbone = json.load(f)['model']
     c = ml_collections.ConfigDict()
     c.model = dict(name='classifier', backbone=backbone, num_classes=9, pooling='last')
-    c.data = dict(pipeline='text_classes', name='pystdlib', data_dir='', seq_len=arg.seq,
-                  min_files=2, train_split='train', val_split='validation')
+    c.data = dict(
+        pipeline='text_classes',
+        name='pystdlib',
+        data_dir='',
+        seq_len=arg.seq,
+        min_files=2,
+        train_split='train',
+        val_split='validation',
+    )
     c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
-    c.optimizer = dict(name='adamw', lr=arg.lr, schedule='warmup_cosine',
-                       warmup_steps=max(arg.steps // 20, 1), min_lr_ratio=0.1, decay_steps=0,
-                       b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, l1=0.0, l2=0.0,
-                       clip_norm=1.0, momentum=0.9, nesterov=False, grad_accum_steps=1,
-                       freeze=['encoder/.*'] if arg.mode == 'linear_probe' else [],
-                       lr_mults=[['encoder/.*', arg.backbone_lr_mult]]
-                       if arg.mode == 'full' and arg.backbone_lr_mult != 1.0 else [])
-    c.init_from = dict(path=arg.init, step=-1, rename=[['^', 'encoder/']],
-                       include=['encoder/.*'], exclude=[])
-    c.parallel = dict(strategy='mesh', data=-1, fsdp=1, tensor=1,
-                      rules=[list(r) for r in DEFAULT_RULES], distributed=False,
-                      coordinator_address='', num_processes=0, process_id=-1,
-                      local_device_count=0)
-    c.train = dict(steps=arg.steps, batch_size=arg.batch, seed=0, log_every=20,
-                   eval_every=100, checkpoint_every=100, keep_checkpoints=2, keep_every=0,
-                   skip_nonfinite_steps=False, debug_nan_at_step=0,
-                   best_metric='val/accuracy', best_mode='max', patience=0)
-    c.evals = dict(val=dict(type='classification', split='validation', num_batches=16,
-                            batch_size=64))
+    c.optimizer = defaults.optimizer(
+        lr=arg.lr,
+        warmup_steps=max(arg.steps // 20, 1),
+        weight_decay=0.01,
+        freeze=['encoder/.*'] if arg.mode == 'linear_probe' else [],
+        lr_mults=[['encoder/.*', arg.backbone_lr_mult]]
+        if arg.mode == 'full' and arg.backbone_lr_mult != 1.0
+        else [],
+    )
+    c.init_from = dict(
+        path=arg.init, step=-1, rename=[['^', 'encoder/']], include=['encoder/.*'], exclude=[]
+    )
+    c.parallel = defaults.parallel()
+    c.train = defaults.train(
+        steps=arg.steps,
+        batch_size=arg.batch,
+        eval_every=100,
+        checkpoint_every=100,
+        keep_checkpoints=2,
+        best_metric='val/accuracy',
+        best_mode='max',
+    )
+    c.evals = dict(
+        val=dict(type='classification', split='validation', num_batches=16, batch_size=64)
+    )
     return c

@@ -1,0 +1,92 @@
+"""Shared config sections, so an experiment file states only what is particular to it.
+
+    c.optimizer = defaults.optimizer(lr=3e-3, weight_decay=0.1)
+    c.parallel = defaults.parallel()
+    c.train = defaults.train(steps=600, batch_size=32)
+
+Every key the loop reads exists in these sections (so `--config.x.y=v` overrides always have
+a key to check against); keyword arguments replace defaults and may not add unknown keys.
+"""
+
+from __future__ import annotations
+
+from jaxbig.config import ConfigError
+from jaxbig.parallel import DEFAULT_RULES
+
+
+def _merge(section: str, base: dict, overrides: dict) -> dict:
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:
+        raise ConfigError(f'defaults.{section}(): unknown keys {unknown}')
+    return {**base, **overrides}
+
+
+def optimizer(**overrides) -> dict:
+    """AdamW, warmup + cosine to 10 % of the peak, global-norm clipping at 1 (see optim.py)."""
+    return _merge(
+        'optimizer',
+        dict(
+            name='adamw',
+            lr=1e-3,
+            schedule='warmup_cosine',
+            warmup_steps=0,
+            min_lr_ratio=0.1,
+            decay_steps=0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            l1=0.0,
+            l2=0.0,
+            clip_norm=1.0,
+            momentum=0.9,
+            nesterov=False,
+            grad_accum_steps=1,
+            freeze=[],
+            lr_mults=[],
+        ),
+        overrides,
+    )
+
+
+def parallel(**overrides) -> dict:
+    """Pure data parallel over every device; multi-host only when asked (see parallel.py)."""
+    return _merge(
+        'parallel',
+        dict(
+            strategy='mesh',
+            data=-1,
+            fsdp=1,
+            tensor=1,
+            rules=[list(r) for r in DEFAULT_RULES],
+            distributed=False,
+            coordinator_address='',
+            num_processes=0,
+            process_id=-1,
+            local_device_count=0,
+        ),
+        overrides,
+    )
+
+
+def train(**overrides) -> dict:
+    """Loop cadences in steps; 0 disables a cadence. best_metric '' = no best checkpoint."""
+    return _merge(
+        'train',
+        dict(
+            steps=1000,
+            batch_size=32,
+            seed=0,
+            log_every=20,
+            eval_every=200,
+            checkpoint_every=200,
+            keep_checkpoints=3,
+            keep_every=0,
+            skip_nonfinite_steps=False,
+            debug_nan_at_step=0,
+            best_metric='',
+            best_mode='max',
+            patience=0,
+        ),
+        overrides,
+    )
