@@ -155,3 +155,18 @@ def test_image_probe_and_features_modes_from_simclr(tfds_dir, tmp_path):
         results[mode] = metric_series(workdir, 'val/accuracy')[30]
     # Both train the same head on the same frozen features: both far above chance (10 %).
     assert results['features'] > 0.3 and results['linear_probe'] > 0.3, results
+
+
+@pytest.mark.slow
+def test_lm_pretraining_beats_scratch_on_text_task(tfds_dir, tmp_path):
+    """At equal steps, fine-tuning the LM-pretrained GPT beats the same GPT from scratch."""
+    lm = tmp_path / 'lm'
+    run_cli('train', '--config', 'experiments/lm.py:steps=400', '--workdir', str(lm),
+            '--config.train.eval_every=0', timeout=1800)
+    acc = {}
+    for name, init in (('pretrained', f'init={lm},'), ('scratch', '')):
+        workdir = tmp_path / name
+        run_cli('train', '--config', f'experiments/finetune_text.py:{init}mode=full,steps=200',
+                '--workdir', str(workdir), '--config.train.eval_every=0', timeout=1800)
+        acc[name] = metric_series(workdir, 'val/accuracy')[200]
+    assert acc['pretrained'] > acc['scratch'], acc
