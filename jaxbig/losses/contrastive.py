@@ -59,3 +59,8 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     z = apply_fn({'params': params}, views, train=train, rngs=rngs)
     loss, stats = nt_xent(z[:n], z[n:], temperature)
     return loss, dict(stats, loss=loss, temperature=jnp.float32(temperature))
+
+
+# The loss couples all examples of the batch (negatives): it must see the global batch,
+# which the mesh strategy gives; pmap's per-device losses would not (train.py refuses it).
+NEEDS_GLOBAL_BATCH = True

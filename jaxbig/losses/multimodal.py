@@ -78,3 +78,8 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
         raise ValueError(f'loss.kind={kind!r}: expected one of {KINDS}')
     scale = jnp.exp(t)
     return loss, dict(metrics, loss=loss, logit_scale=scale, temperature=1.0 / scale)
+
+
+# The loss couples all examples of the batch (negatives): it must see the global batch,
+# which the mesh strategy gives; pmap's per-device losses would not (train.py refuses it).
+NEEDS_GLOBAL_BATCH = True
