@@ -181,3 +181,10 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tfds_dir, small_disk):
                       '--config.train.checkpoint_every=2', '--config.train.log_every=2')
     assert 'resumed from' in resumed.stderr
     assert max(metric_series(moved)) == 8
+
+
+def test_pmap_refuses_losses_that_need_the_global_batch(tfds_dir, tmp_path):
+    config = cli.load_config('experiments/simclr.py:data=digits,steps=1,batch=8',
+                             ['--config.parallel.strategy=pmap'])
+    with pytest.raises(ConfigError, match="needs the global batch"):
+        train.train(config, str(tmp_path))
