@@ -53,6 +53,14 @@ def _eval(args, extra):
     evaluate.evaluate(args.workdir, None if args.step < 0 else args.step)
 
 
+def _generate(args, extra):
+    from jaxbig import generate
+
+    if extra:
+        raise config_lib.ConfigError(f'generate: unrecognised arguments {" ".join(extra)}')
+    generate.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='jaxbig', description=__doc__.splitlines()[0])
     parser.add_argument('--debug', action='store_true', help='show full tracebacks')
@@ -72,6 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--step', type=int, default=-1, help='a checkpoint step (default: best/latest)')
     p.add_argument('--debug', action='store_true', help='show full tracebacks')
     p.set_defaults(run=_eval)
+    p = sub.add_parser('generate', help="sample text from a trained run's latest checkpoint")
+    p.add_argument('--workdir', required=True, help='a training workdir (config.json, checkpoints)')
+    p.add_argument('--prompt', action='append', help='prompt text; repeat for a batch')
+    p.add_argument('--prompt-file', help='a file whose whole text is one more prompt')
+    p.add_argument('--max-new-tokens', type=int, default=200)
+    p.add_argument('--temperature', type=float, default=0.8, help='0 = greedy')
+    p.add_argument('--top-k', type=int, default=0, help='0 = off')
+    p.add_argument('--top-p', type=float, default=1.0, help='1 = off')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
+    p.add_argument('--stop', help=r'stop after this text; backslash escapes work ("\n\n")')
+    p.add_argument('--quantize', choices=['none', 'int8'], default='none')
+    p.add_argument('--debug', action='store_true', help='show full tracebacks')
+    p.set_defaults(run=_generate)
+    from jaxbig import sweep
+
+    sweep.add_parser(sub)
     return parser
 
 
@@ -85,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.run(args, extra)
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as e:
+    except (config_lib.ConfigError, ValueError, OSError) as e:
         if args.debug:
             raise
         print(f'jaxbig: error: {e}', file=sys.stderr)

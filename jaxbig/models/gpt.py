@@ -8,6 +8,10 @@
     features  final RMSNorm                                      [batch, seq, embed]
     logits    tied: embed.attend(features); untied: Linear       [batch, seq, vocab]
 
+Decoding (jaxbig.generate): `Model.decode(tokens, positions, cache)` with the explicit KV
+cache pytree of `init_cache` (k, v [layers, batch, max_len, heads, head_dim], each slot's
+position, the write index); same parameters, so every checkpoint decodes.
+
 Parameters live in `param_dtype`; matmuls run in `dtype`; norm statistics, RoPE and the
 attention softmax run in float32. Logits come back in `dtype` (the loss casts to float32).
 Every parameter and the main activations carry logical axis names
@@ -56,6 +60,23 @@ def causal_attention(q, k, v):
     input dtype; position i attends to positions <= i. Swap this for a fused kernel later.
     """
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+def cached_attention(q, k, v, q_pos, k_pos):
+    """Attention of new queries over a KV cache, masked by positions.
+
+    q: [batch, t, heads, head_dim]; k, v: [batch, S, heads, head_dim] (the whole cache,
+    new entries already written); q_pos int [batch, t]; k_pos int [batch, S], -1 = an empty
+    or padding slot. Query i sees slot j iff 0 <= k_pos[j] <= q_pos[i]. Logits and softmax
+    in float32, scaled by 1/sqrt(head_dim); returns [batch, t, heads, head_dim] in q.dtype.
+    A query that sees nothing (a padding query) gets a uniform average; it is never used.
+    """
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(q.shape[-1])
+    mask = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])  # [b, t, S]
+    scores = jnp.where(mask[:, None], scores, -1e30)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
 
 
 def apply_rope(x, positions, base=10000.0):
@@ -130,7 +151,14 @@ class Linear(nn.Module):
 
 
 class Attention(nn.Module):
-    """Causal multi-head self-attention with RoPE: [batch, seq, embed] -> [batch, seq, embed]."""
+    """Causal multi-head self-attention with RoPE: [batch, seq, embed] -> [batch, seq, embed].
+
+    Training / full forward: `__call__(x)`, positions 0..seq-1, returns out.
+    Decoding: `__call__(x, decode=(positions, kv, k_pos, index))`: positions int [batch, t];
+    kv = (k, v) this layer's cache [batch, S, heads, head_dim]; k_pos int [batch, S] the
+    positions of every slot after this call (-1 = empty); index: the slot the t new
+    entries are written at. Returns (out, (k, v) updated).
+    """
 
     num_heads: int
     head_dim: int
@@ -140,20 +168,29 @@ class Attention(nn.Module):
     param_dtype: Any
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, decode=None):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         heads = (self.num_heads, self.head_dim)
         q, k, v = (  # each [batch, seq, heads, head_dim]
             Linear(heads, ('embed', 'heads', 'kv'), name=name, **dtypes)(x)
             for name in ('query', 'key', 'value')
         )
-        positions = jnp.arange(x.shape[1])
+        positions = jnp.arange(x.shape[1]) if decode is None else decode[0]
         q, k = apply_rope(q, positions, self.rope_base), apply_rope(k, positions, self.rope_base)
         q, k, v = (
             nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
         )
-        out = causal_attention(q, k, v)
-        return Linear(
+        if decode is None:
+            out, new_kv = causal_attention(q, k, v), None
+        else:
+            _, (k_cache, v_cache), k_pos, index = decode
+            write = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+                cache, new.astype(cache.dtype), index, 1
+            )
+            k_cache, v_cache = write(k_cache, k), write(v_cache, v)
+            out = cached_attention(q, k_cache, v_cache, positions, k_pos)
+            new_kv = (k_cache, v_cache)
+        out = Linear(
             (x.shape[-1],),
             ('heads', 'kv', 'embed'),
             contract=2,
@@ -161,6 +198,7 @@ class Attention(nn.Module):
             init_std=self.out_init_std,
             **dtypes,
         )(out)
+        return out if decode is None else (out, new_kv)
 
 
 class Mlp(nn.Module):
@@ -186,6 +224,8 @@ class Block(nn.Module):
     """Pre-norm layer: x + attn(norm(x)), then + mlp(norm(x)). [batch, seq, embed] -> same.
 
     Returns (x, None) so that it can be the body of nn.scan (carry, per-layer output).
+    Decoding: `__call__(x, train, positions, kv, k_pos, index)` (see Attention) returns
+    (x, kv updated); under nn.scan kv is stacked on a leading layers axis.
     """
 
     num_heads: int
@@ -199,18 +239,22 @@ class Block(nn.Module):
     param_dtype: Any
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout, deterministic=not train)
         h = RMSNorm(self.norm_eps, name='attn_norm', **dtypes)(x)
-        h = Attention(
+        attn = Attention(
             self.num_heads, self.head_dim, self.rope_base, self.out_init_std, name='attn', **dtypes
-        )(h)
+        )
+        if kv is None:
+            h = attn(h)
+        else:
+            h, kv = attn(h, decode=(positions, kv, k_pos, index))
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
         h = RMSNorm(self.norm_eps, name='mlp_norm', **dtypes)(x)
         h = Mlp(self.mlp_dim, self.out_init_std, name='mlp', **dtypes)(h)
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
-        return x, None
+        return x, kv
 
 
 class Model(nn.Module):
@@ -288,7 +332,8 @@ class Model(nn.Module):
             self.layers = nn.scan(
                 block,
                 variable_axes={'params': 0},
-                in_axes=(nn.broadcast,),
+                # train, positions, kv (per layer: scanned), k_pos, index
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
                 split_rngs={'params': True, 'dropout': True},
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: 'layers'},
@@ -304,17 +349,59 @@ class Model(nn.Module):
         x = self.embed_dropout(self.embed(tokens), deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         if self.scan_layers:
-            x, _ = self.layers(x, train)
+            x, _ = self.layers(x, train, None, None, None, None)
         else:
             for layer in self.layers:
                 x, _ = layer(x, train)
         return self.final_norm(x)
+
+    def decode(self, tokens, positions, cache):
+        """One decoding call with a KV cache (prefill: t = prompt length; a step: t = 1).
+
+        tokens int32 [batch, t]; positions int32 [batch, t], the RoPE position of each token,
+        -1 for padding (never attended to); cache from `init_cache`. The t new entries are
+        written at slots cache['index'] .. + t. Returns (logits [batch, t, vocab], cache).
+        Inference only (train=False).
+        """
+        x = nn.with_logical_constraint(self.embed(tokens), ('batch', 'length', 'embed'))
+        index = cache['index']
+        k_pos = jax.lax.dynamic_update_slice_in_dim(cache['pos'], positions, index, 1)
+        if self.scan_layers:
+            x, (k, v) = self.layers(x, False, positions, (cache['k'], cache['v']), k_pos, index)
+        else:
+            ks, vs = [], []
+            for i, layer in enumerate(self.layers):
+                x, (k, v) = layer(x, False, positions, (cache['k'][i], cache['v'][i]), k_pos, index)
+                ks.append(k)
+                vs.append(v)
+            k, v = jnp.stack(ks), jnp.stack(vs)
+        x = self.final_norm(x)
+        logits = self.embed.attend(x) if self.tie_embeddings else self.unembed(x)
+        cache = dict(k=k, v=v, pos=k_pos, index=index + tokens.shape[1])
+        return logits, cache
 
     def __call__(self, tokens, *, train: bool = False):
         """tokens int32 [batch, seq] -> logits [batch, seq, vocab] in the compute dtype."""
         x = self.features(tokens, train=train)
         logits = self.embed.attend(x) if self.tie_embeddings else self.unembed(x)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+
+def init_cache(model: Model, batch: int, max_len: int):
+    """An empty KV cache for `Model.decode`, an explicit pytree (not a flax collection):
+
+        k, v   [num_layers, batch, max_len, heads, head_dim] in the compute dtype
+        pos    int32 [batch, max_len], each slot's token position; -1 = empty or padding
+        index  int32 scalar, the next slot to write
+    """
+    shape = (model.num_layers, batch, max_len, model.num_heads, model.resolved_head_dim)
+    dtype = _dtype('dtype', model.dtype)
+    return dict(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        pos=jnp.full((batch, max_len), -1, jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )
 
 
 def count_params(params) -> int:

@@ -1,0 +1,115 @@
+r"""Distillation: a small GPT student learns a trained teacher's softened outputs.
+
+    jaxbig train --config experiments/lm.py --workdir runs/lm                # the teacher
+    jaxbig train --config experiments/distill.py:teacher=runs/lm --workdir runs/student
+
+Arguments (`experiments/distill.py:key=value,...`):
+  teacher       a trained workdir (its config.json and latest checkpoint); data must match
+  size          the student's shape: 'student' (2 layers, 64 wide) or any gpt SIZES name
+  steps, batch, seq, data   as in experiments/lm.py
+  temperature   T of the softened distributions; alpha: weight of T^2 * KL vs hard-label CE
+
+Measured (teacher = the default runs/lm, val 1.453; this student, 150 steps, val loss):
+from scratch 2.270; T=1, alpha=0.5: 2.216; T=1, alpha=0.9: 2.215; T=2, alpha=0.5: 2.334
+(worse than scratch at this short budget), hence the default T=1.
+
+Everything but `model` and `loss` is experiments/lm.py. Train the same student from
+scratch for comparison: `experiments/lm.py` with the student's shape, e.g.
+`--config.model.num_layers=2 --config.model.embed_dim=64 --config.model.num_heads=4
+--config.model.mlp_dim=192`.
+"""
+import ml_collections
+
+from jaxbig.config import ConfigError, parse_arg
+from jaxbig.models.gpt import SIZES
+from jaxbig.parallel import DEFAULT_RULES
+
+
+STUDENT = dict(num_layers=2, num_heads=4, embed_dim=64, mlp_dim=192)
+
+
+def get_config(arg=None):
+    arg = parse_arg(
+        arg, teacher='runs/lm', size='student', steps=600, batch=32, seq=128,
+        data='pystdlib', temperature=1.0, alpha=0.5,
+    )
+    sizes = dict(SIZES, student=STUDENT)
+    if arg.size not in sizes:
+        raise ConfigError(
+            f'experiments/distill.py: size={arg.size!r}, expected one of {list(sizes)}'
+        )
+    c = ml_collections.ConfigDict()
+
+    c.model = dict(
+        name='gpt',
+        vocab_size=256,
+        **sizes[arg.size],
+        dropout=0.0,
+        tie_embeddings=True,
+        scan_layers=True,
+        remat='none',
+        dtype='float32',
+        param_dtype='float32',
+    )
+    c.data = dict(
+        pipeline='lm',  # jaxbig.data.lm: packed token sequences
+        name=arg.data,
+        data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+        path='',
+        text_key='text',
+        seq_len=arg.seq,
+        pack=True,
+        train_split='train',
+        val_split='validation',
+    )
+    c.loss = dict(
+        name='distillation',
+        teacher=arg.teacher,
+        temperature=arg.temperature,
+        alpha=arg.alpha,
+        z_loss=0.0,
+    )
+    c.optimizer = dict(
+        name='adamw',
+        lr=3e-3,
+        schedule='warmup_cosine',
+        warmup_steps=max(arg.steps // 20, 1),
+        min_lr_ratio=0.1,
+        decay_steps=0,  # 0 = train.steps
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=0.1,
+        l1=0.0,
+        l2=0.0,
+        clip_norm=1.0,
+        momentum=0.9,
+        nesterov=False,
+        grad_accum_steps=1,
+    )
+    c.parallel = dict(
+        strategy='mesh',
+        data=-1,
+        fsdp=1,
+        tensor=1,
+        rules=[list(r) for r in DEFAULT_RULES],
+        distributed=False,
+        coordinator_address='',
+        num_processes=0,
+        process_id=-1,
+        local_device_count=0,
+    )
+    c.train = dict(
+        steps=arg.steps,
+        batch_size=arg.batch,
+        seed=0,
+        log_every=20,
+        eval_every=200,
+        checkpoint_every=200,
+        keep_checkpoints=3,
+        keep_every=0,  # also keep every checkpoint whose step is a multiple of this
+        skip_nonfinite_steps=False,  # False: stop on a NaN/Inf loss or gradient norm
+        debug_nan_at_step=0,  # tests: make the loss of this step NaN
+    )
+    c.evals = dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
+    return c

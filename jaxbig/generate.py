@@ -1,0 +1,271 @@
+"""Autoregressive sampling with a cache: prefill the prompt in one pass, then one token per
+step inside one compiled `lax.while_loop`.
+
+The cache is an explicit pytree owned by the model's module (not a flax collection):
+`<model module>.init_cache(model, batch, max_len)` and `Model.decode(tokens, positions,
+cache) -> (logits, cache)`. For the GPT it is the KV cache (jaxbig.models.gpt); for the
+LSTM it is the recurrent state (jaxbig.models.lstm).
+
+Batches of prompts of different lengths are LEFT-padded to the longest: every row writes
+the same cache slot at each step, padding slots get position -1 (never attended to, and
+the LSTM state skips them), and each row's real tokens get positions 0, 1, ... as if alone.
+
+Streaming: the loop body calls `jax.debug.callback(on_tokens, step, tokens)` (ordered) once
+per generated token, so the host prints text while the compiled loop runs; `Streamer`
+prints the newly completed UTF-8 text of one row.
+
+Stop: generation of a row ends after its first `stop` token sequence (or eos_id); the
+loop exits early once every row is done. Returned texts exclude the stop sequence.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def sample_logits(logits, rng, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """Draws one token per row. logits [batch, vocab] -> int32 [batch].
+
+    temperature 0 = greedy (argmax). top_k > 0 keeps the k largest logits (ties at the k-th
+    value are kept too); top_p < 1 keeps the smallest set of most likely tokens whose
+    probability reaches p (the most likely token always). Filters apply to the
+    temperature-scaled distribution, top-k first.
+    """
+    logits = logits.astype(jnp.float32)
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
+        keep = before < top_p
+        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- padding
+
+def left_pad(prompts: list[np.ndarray], pad_id: int = 0):
+    """Token id arrays of different lengths -> (tokens int32 [batch, P], positions int32
+    [batch, P]): left-padded with `pad_id`, positions 0.. on real tokens, -1 on padding."""
+    if not prompts or min(len(p) for p in prompts) == 0:
+        raise ValueError('every prompt needs at least one token')
+    width = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), width), pad_id, np.int32)
+    positions = np.full((len(prompts), width), -1, np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p):] = p
+        positions[i, width - len(p):] = np.arange(len(p))
+    return tokens, positions
+
+
+def _model_module(model):
+    return importlib.import_module(type(model).__module__)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@functools.partial(
+    jax.jit,
+    static_argnames=('model', 'max_new_tokens', 'temperature', 'top_k', 'top_p', 'stop',
+                     'eos_id', 'stream'),
+)
+def _generate(params, tokens, positions, rng, *, model, max_new_tokens, temperature, top_k,
+              top_p, stop, eos_id, stream):
+    """tokens, positions int32 [batch, P] -> (generated int32 [batch, max_new_tokens],
+    lengths int32 [batch]): tokens after a row finished are eos_id (0 if None)."""
+    from jaxbig import quantize  # int8 params are dequantised here, inside the compiled step
+
+    params = quantize.dequantize(params)
+    batch, width = tokens.shape
+    apply = functools.partial(model.apply, {'params': params}, method='decode')
+    cache = _model_module(model).init_cache(model, batch, width + max_new_tokens)
+    sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    stop_ids = jnp.asarray(stop or (), jnp.int32)
+    fill = 0 if eos_id is None else eos_id
+
+    logits, cache = apply(tokens, positions, cache)  # prefill: the whole prompt in one pass
+    out = jnp.full((batch, max_new_tokens), fill, jnp.int32)
+    lengths = jnp.zeros((batch,), jnp.int32)
+    done = jnp.zeros((batch,), bool)
+
+    def emit(i, logits, rng, out, lengths, done):
+        """Samples token i from logits [batch, vocab], records it, updates `done`."""
+        token = jnp.where(done, fill, sample(logits, jax.random.fold_in(rng, i)))
+        out = out.at[:, i].set(token)
+        lengths = lengths + (~done).astype(jnp.int32)
+        finished = jnp.zeros_like(done)
+        if eos_id is not None:
+            finished |= token == eos_id
+        if stop:
+            n = len(stop)
+            tail = jax.lax.dynamic_slice_in_dim(jnp.pad(out, ((0, 0), (n, 0))), i + 1, n, 1)
+            finished |= jnp.all(tail == stop_ids, axis=-1)
+        if stream:
+            jax.debug.callback(_stream_callback, i, token, ordered=True)
+        return token, out, lengths, done | finished
+
+    next_pos = positions[:, -1] + 1
+    token, out, lengths, done = emit(0, logits[:, -1], rng, out, lengths, done)
+
+    def cond(carry):
+        i, _, _, _, _, done, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, token, cache, out, lengths, done, pos = carry
+        logits, cache = apply(token[:, None], pos[:, None], cache)
+        token, out, lengths, done = emit(i, logits[:, 0], rng, out, lengths, done)
+        return i + 1, token, cache, out, lengths, done, pos + 1
+
+    carry = (jnp.int32(1), token, cache, out, lengths, done, next_pos)
+    _, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, carry)[:6]
+    return out, lengths
+
+
+_STREAM_TARGET = [None]  # the host-side receiver of streamed tokens (one generate at a time)
+
+
+def _stream_callback(i, token):
+    if _STREAM_TARGET[0] is not None:
+        _STREAM_TARGET[0](int(i), np.asarray(token))
+
+
+def generate(model, params, prompts, *, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop=None, eos_id=None,
+             on_tokens=None):
+    """Samples continuations of `prompts` (a list of int token arrays, any lengths).
+
+    Returns (tokens int32 [batch, max_new_tokens], lengths int [batch]): row b's
+    continuation is tokens[b, :lengths[b]], including the stop sequence / eos that ended
+    it. `stop`: a token sequence; `on_tokens(i, tokens [batch])` is called on the host for
+    each generated step i while the compiled loop runs (streaming).
+    """
+    tokens, positions = left_pad([np.asarray(p) for p in prompts])
+    _STREAM_TARGET[0] = on_tokens
+    try:
+        out, lengths = _generate(
+            params, jnp.asarray(tokens), jnp.asarray(positions), jax.random.key(seed),
+            model=model, max_new_tokens=max_new_tokens, temperature=float(temperature),
+            top_k=int(top_k), top_p=float(top_p),
+            stop=tuple(int(t) for t in stop) if stop is not None and len(stop) else None,
+            eos_id=eos_id, stream=on_tokens is not None,
+        )
+        out, lengths = jax.device_get((out, lengths))
+    finally:
+        jax.effects_barrier()
+        _STREAM_TARGET[0] = None
+    return np.asarray(out), np.asarray(lengths)
+
+
+def generate_uncached(model, params, prompt, *, max_new_tokens: int):
+    """Greedy reference without a cache: recomputes the full prefix at every step with the
+    model's training forward, on a fixed [1, P + max_new_tokens] buffer (causal, so the
+    logits at the last real token ignore the zeros after it; one compilation).
+    prompt int [P] -> int32 [max_new_tokens]. Slow; for tests and the benchmark."""
+    n = len(prompt)
+    buf = jnp.zeros((1, n + max_new_tokens), jnp.int32).at[0, :n].set(jnp.asarray(prompt))
+
+    @jax.jit
+    def step(i, buf):
+        logits = model.apply({'params': params}, buf, train=False)[0]
+        token = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, n + i - 1, 0, False))
+        return buf.at[0, n + i].set(token.astype(jnp.int32))
+
+    for i in range(max_new_tokens):
+        buf = step(i, buf)
+    return np.asarray(buf[0, n:])
+
+
+class Streamer:
+    """on_tokens for one row: prints each newly completed piece of UTF-8 text to `out`."""
+
+    def __init__(self, tokenizer, row: int = 0, out=None):
+        self.tokenizer, self.row, self.out = tokenizer, row, out or sys.stdout
+        self.ids, self.printed = [], ''
+
+    def __call__(self, i, tokens):
+        self.ids.append(int(tokens[self.row]))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith('\ufffd'):  # maybe an incomplete multi-byte character: wait
+            return
+        self.out.write(text[len(self.printed):])
+        self.out.flush()
+        self.printed = text
+
+
+# ----------------------------------------------------------------------------- from a workdir
+
+def load_run(workdir: str, step: int | None = None):
+    """(config, model, params, step, tokenizer) of a trained run: its config.json, its
+    latest (or `step`) checkpoint's params (no optimizer state), its tokenizer."""
+    from jaxbig import checkpoint, models
+    from jaxbig import config as config_lib
+    from jaxbig.data.tokenizers import ByteTokenizer
+
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{workdir}: no config.json (is it a training workdir?)')
+    with open(path) as f:
+        config = config_lib.from_json(f.read())
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+    model = models.get_model(config.model.name, **kwargs)
+    params, step = checkpoint.restore_params(workdir, step)
+    # The data pipelines of this codebase tokenize bytes; a run with another tokenizer
+    # would name it in config.data.tokenizer.
+    tokenizer_name = config.data.get('tokenizer', 'bytes')
+    if tokenizer_name not in ('bytes', 'byte'):
+        raise ValueError(f'data.tokenizer={tokenizer_name!r}: generate knows only bytes')
+    return config, model, params, step, ByteTokenizer()
+
+
+def main(args) -> int:
+    """`jaxbig generate` (see jaxbig.cli)."""
+    _, model, params, _, tok = load_run(args.workdir, args.step)
+    if args.quantize == 'int8':
+        from jaxbig import quantize
+
+        params = quantize.quantize_params(params)
+    elif args.quantize not in (None, 'none'):
+        raise ValueError(f'--quantize {args.quantize!r}: expected int8')
+    texts = list(args.prompt or [])
+    if args.prompt_file:
+        with open(args.prompt_file) as f:
+            texts.append(f.read())
+    if not texts:
+        raise ValueError('give --prompt TEXT (repeatable) or --prompt-file FILE')
+    stop_text = (args.stop or '').replace('\\n', '\n').replace('\\t', '\t')
+    stop = tok.encode(stop_text) if stop_text else None
+    single = len(texts) == 1
+    stream = Streamer(tok) if single else None
+    if single:
+        sys.stdout.write(texts[0])
+        sys.stdout.flush()
+    out, lengths = generate(
+        model, params, [tok.encode(t) for t in texts], max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        stop=stop, eos_id=tok.eos_id, on_tokens=stream,
+    )
+    if single:
+        sys.stdout.write('\n')
+    else:
+        for text, row, n in zip(texts, out, lengths):
+            ids = row[:n]
+            if stop is not None and n >= len(stop) and (ids[-len(stop):] == stop).all():
+                ids = ids[:-len(stop)]
+            print(f'--- prompt: {text!r}\n{text}{tok.decode(ids)}')
+    return 0

@@ -1,0 +1,94 @@
+"""Knowledge distillation of a language model: a student learns a frozen teacher's softened
+next-token distributions, mixed with the ordinary next-token loss (Hinton et al. 2015).
+
+batch: as jaxbig.losses.autoregressive (inputs, targets, mask [batch, seq]).
+
+    p_T = softmax(teacher_logits / T), q_T = softmax(student_logits / T)   [batch, seq, vocab]
+    kl  = masked mean over tokens of KL(p_T || q_T) = sum_v p_T (log p_T - log q_T)
+    total = alpha * T^2 * kl + (1 - alpha) * hard       (T^2 keeps gradient scales ~ T-free)
+
+`hard` is the student's cross-entropy on the targets. Reported: loss (= hard, so val/loss
+compares with a student trained from scratch), kl, distill_loss (= T^2 kl), perplexity,
+token_accuracy.
+
+`config` (the experiment's `loss` section): name='distillation', teacher (a training
+workdir: its config.json gives the model, its latest checkpoint the params), temperature,
+alpha, z_loss. `bind(config)` loads the teacher once per run; its params are closed over
+by the loss function, so the teacher's forward runs inside the same compiled step (under
+`lax.stop_gradient`, frozen; no optimizer state for it). They enter the step as constants,
+replicated on every device: fine for teachers of a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxbig.config import ConfigError
+from jaxbig.losses import autoregressive
+
+model_inputs = autoregressive.model_inputs
+
+
+def distillation_kl(student_logits, teacher_logits, mask, temperature: float):
+    """Masked mean over tokens of KL(softmax(t/T) || softmax(s/T)) in nats; logits
+    [batch, seq, vocab] (float32 inside), mask [batch, seq]."""
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    mask = mask.astype(jnp.float32)
+    return (kl * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def load_teacher(workdir: str):
+    """(model, params) of a trained run: its config.json and its latest checkpoint."""
+    from jaxbig.generate import load_run
+
+    try:
+        _, model, params, _, _ = load_run(workdir)
+    except FileNotFoundError as e:
+        raise ConfigError(f'loss.teacher={workdir!r}: {e}') from None
+    return model, params
+
+
+def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True, teacher=None):
+    """Returns (loss, metrics); `teacher` = (teacher model, teacher params), set by bind."""
+    if teacher is None:
+        raise ConfigError('loss.name=distillation needs its teacher: use losses.bind(config)')
+    t_model, t_params = teacher
+    t_logits = jax.lax.stop_gradient(
+        t_model.apply({'params': t_params}, batch['inputs'], train=False)
+    )
+    logits = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs)
+    stats = autoregressive.token_cross_entropy(logits, batch['targets'], batch['mask'])
+    temperature, alpha = config.get('temperature', 2.0), config.get('alpha', 0.5)
+    kl = distillation_kl(logits, t_logits, batch['mask'], temperature)
+    soft = temperature**2 * kl
+    total = alpha * soft + (1.0 - alpha) * stats['loss']
+    z_loss = config.get('z_loss', 0.0)
+    if z_loss:
+        total = total + z_loss * stats['log_z_sq']
+    metrics = {
+        'loss': stats['loss'],
+        'perplexity': jnp.exp(stats['loss']),
+        'token_accuracy': stats['accuracy'],
+        'kl': kl,
+        'distill_loss': soft,
+    }
+    return total, metrics
+
+
+def bind(config):
+    """Loads the teacher named by `config.teacher`; returns the loss_fn closing over it."""
+    if not config.get('teacher'):
+        raise ConfigError('loss.teacher: set it to a trained workdir, e.g. runs/lm')
+    if not 0.0 <= config.get('alpha', 0.5) <= 1.0:
+        raise ConfigError(f'loss.alpha={config.alpha}: must be in [0, 1]')
+    if config.get('temperature', 2.0) <= 0:
+        raise ConfigError(f'loss.temperature={config.temperature}: must be > 0')
+    teacher = load_teacher(config.teacher)
+
+    def bound(apply_fn, params, batch, rngs, config, *, train: bool = True):
+        return loss_fn(apply_fn, params, batch, rngs, config, train=train, teacher=teacher)
+
+    return bound

@@ -1,0 +1,192 @@
+"""jaxbig.generate: cached == uncached greedy decoding, sampling filters against NumPy,
+left-padded batches == each prompt alone, stop sequences, streaming, the CLI."""
+
+import functools
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY_LM, run_cli
+from jaxbig import generate as gen
+from jaxbig.data.tokenizers import ByteTokenizer
+from jaxbig.models import gpt, lstm
+
+SMALL = dict(vocab_size=61, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=48)
+PROMPTS = [np.array([5, 7, 11, 13, 2, 40, 9]), np.array([3, 1]), np.array([8, 30, 22, 17])]
+
+
+@functools.cache
+def _params(model):
+    """Random params from NumPy (no init compile): weights N(0, 0.3) so logits are peaked
+    and greedy choices are far from ties; norm scales ~1."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    rng = np.random.default_rng(0)
+
+    def draw(path, x):
+        is_scale = 'scale' in jax.tree_util.keystr(path)
+        return jnp.asarray((1.0 if is_scale else 0.0) + 0.3 * rng.normal(size=x.shape), x.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)['params']
+
+
+def np_masked_attention(q, k, v, q_pos, k_pos):
+    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+    s = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(q.shape[-1])
+    ok = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])
+    s = np.where(ok[:, None], s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum('bhqk,bkhd->bqhd', p / p.sum(-1, keepdims=True), v)
+
+
+def test_cached_attention_matches_numpy():
+    q, k, v = np.random.default_rng(0).normal(size=(3, 2, 6, 2, 8)).astype(np.float32)
+    q = q[:, :2]
+    k_pos = np.array([[-1, -1, 0, 1, 2, 3], [0, 1, 2, 3, 4, -1]])
+    q_pos = np.array([[2, 3], [1, 4]])
+    np.testing.assert_allclose(gpt.cached_attention(q, k, v, q_pos, k_pos),
+                               np_masked_attention(q, k, v, q_pos, k_pos), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('scan_layers', [True, False])
+def test_gpt_cached_equals_uncached_greedy(scan_layers):
+    model = gpt.Model(**SMALL, scan_layers=scan_layers)
+    params = _params(model)
+    out, lengths = gen.generate(model, params, [PROMPTS[0]], max_new_tokens=16)
+    ref = gen.generate_uncached(model, params, PROMPTS[0], max_new_tokens=16)
+    assert lengths.tolist() == [16]
+    np.testing.assert_array_equal(out[0], ref)
+    assert len(set(ref.tolist())) > 3  # not a degenerate repeat of one token
+
+
+def test_gpt_decode_logits_equal_full_forward():
+    """Prefill 5 tokens then 3 single steps == the training forward's logits."""
+    model = gpt.Model(**SMALL)
+    params = _params(model)
+    tokens = jnp.asarray([[5, 7, 11, 13, 2, 40, 9, 1]])
+    full = model.apply({'params': params}, tokens)
+    cache = gpt.init_cache(model, 1, 10)
+    pos = jnp.arange(8)[None]
+    dec = jax.jit(functools.partial(model.apply, {'params': params}, method='decode'))
+    logits, cache = dec(tokens[:, :5], pos[:, :5], cache)
+    steps = [logits]
+    for i in range(5, 8):
+        logits, cache = dec(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+    assert int(cache['index']) == 8
+
+
+@pytest.mark.parametrize('family', ['gpt', 'lstm'])
+def test_batch_of_different_lengths_equals_each_alone(family):
+    if family == 'gpt':
+        model = gpt.Model(**SMALL)
+    else:
+        model = lstm.Model(vocab_size=61, embed_dim=16, hidden_dim=32, num_layers=2)
+    params = _params(model)
+    prompts = PROMPTS[:2]
+    batch, _ = gen.generate(model, params, prompts, max_new_tokens=8)
+    for row, prompt in zip(batch, prompts):
+        alone, _ = gen.generate(model, params, [prompt], max_new_tokens=8)
+        np.testing.assert_array_equal(row, alone[0])
+
+
+def test_left_pad():
+    tokens, positions = gen.left_pad([np.array([4, 5, 6]), np.array([7])])
+    np.testing.assert_array_equal(tokens, [[4, 5, 6], [0, 0, 7]])
+    np.testing.assert_array_equal(positions, [[0, 1, 2], [-1, -1, 0]])
+
+
+# ----------------------------------------------------------------------------- sampling
+
+LOGITS = np.log(np.array([[0.02, 0.30, 0.05, 0.20, 0.01, 0.25, 0.12, 0.05]], np.float32))
+
+
+def _draws(n=4000, **kw):
+    fn = jax.jit(jax.vmap(lambda key: gen.sample_logits(LOGITS, key, **kw)[0]))
+    return np.asarray(fn(jax.random.split(jax.random.key(0), n)))
+
+
+def test_temperature_to_zero_equals_greedy():
+    assert set(_draws(temperature=1e-6).tolist()) == {1}
+    logits = np.random.default_rng(0).normal(size=(64, 61)).astype(np.float32) * 3
+    cold = gen.sample_logits(logits, jax.random.key(1), temperature=1e-6)
+    np.testing.assert_array_equal(cold, np.argmax(logits, -1))
+    np.testing.assert_array_equal(gen.sample_logits(logits, None, temperature=0),
+                                  np.argmax(logits, -1))
+
+
+def test_temperature_to_zero_generation_equals_greedy():
+    model = gpt.Model(**SMALL)
+    params = _params(model)
+    greedy, _ = gen.generate(model, params, PROMPTS[:2], max_new_tokens=8)
+    cold, _ = gen.generate(model, params, PROMPTS[:2], max_new_tokens=8, temperature=1e-6,
+                           seed=3)
+    np.testing.assert_array_equal(cold, greedy)
+
+
+def _renormalised(keep):
+    p = np.exp(LOGITS[0].astype(np.float64)) * keep
+    return p / p.sum()
+
+
+def test_top_k_only_emits_the_k_most_likely():
+    draws = _draws(temperature=1.0, top_k=3)
+    allowed = set(np.argsort(-LOGITS[0])[:3].tolist())  # {1, 5, 3}
+    assert set(draws.tolist()) == allowed
+    freq = np.bincount(draws, minlength=8) / len(draws)
+    np.testing.assert_allclose(freq, _renormalised(np.isin(np.arange(8), list(allowed))),
+                               atol=0.03)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    order = np.argsort(-LOGITS[0])
+    probs = np.exp(LOGITS[0])[order]
+    size = int(np.searchsorted(np.cumsum(probs), 0.7) + 1)  # 0.30+0.25+0.20 = 0.75 >= 0.7
+    allowed = set(order[:size].tolist())
+    draws = _draws(temperature=1.0, top_p=0.7)
+    assert set(draws.tolist()) == allowed == {1, 5, 3}
+    freq = np.bincount(draws, minlength=8) / len(draws)
+    np.testing.assert_allclose(freq, _renormalised(np.isin(np.arange(8), list(allowed))),
+                               atol=0.03)
+    assert set(_draws(temperature=1.0, top_p=0.01).tolist()) == {1}  # the top token always
+
+
+# ----------------------------------------------------------------------------- stop, stream
+
+def test_stop_sequence_and_streaming():
+    model = gpt.Model(**SMALL)
+    params = _params(model)
+    free, _ = gen.generate(model, params, [PROMPTS[0]], max_new_tokens=12)
+    stop = free[0, 3:5]  # a sequence the greedy run emits at steps 3, 4
+    first = next(i for i in range(11) if (free[0, i:i + 2] == stop).all())
+    seen = []
+    out, lengths = gen.generate(model, params, [PROMPTS[0], PROMPTS[0]], max_new_tokens=12,
+                                stop=stop, on_tokens=lambda i, t: seen.append((i, t[0])))
+    assert lengths.tolist() == [first + 2] * 2
+    np.testing.assert_array_equal(out[0, :first + 2], free[0, :first + 2])
+    assert (out[0, first + 2:] == 0).all()
+    assert [i for i, _ in seen] == list(range(first + 2))  # the loop exits early
+    np.testing.assert_array_equal([t for _, t in seen], free[0, :first + 2])
+
+
+def test_streamer_waits_for_whole_utf8_characters():
+    buf = io.StringIO()
+    s = gen.Streamer(ByteTokenizer(), out=buf)
+    for i, b in enumerate('aé€'.encode()):
+        s(i, np.array([b]))
+    assert buf.getvalue() == 'aé€'
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_generate_prints_text(tfds_dir, tmp_path):
+    run_cli('train', '--workdir', str(tmp_path), '--config', 'experiments/lm.py:steps=2',
+            *TINY_LM)
+    proc = run_cli('generate', '--workdir', str(tmp_path), '--prompt', 'def f(x):',
+                   '--max-new-tokens', '24', '--temperature', '0.8', '--top-k', '40',
+                   '--top-p', '0.9', '--quantize', 'int8')
+    assert proc.stdout.startswith('def f(x):')
+    assert len(proc.stdout.strip()) > len('def f(x):')
