@@ -57,9 +57,14 @@ def causal_attention(q, k, v):
     """Causal softmax attention; q, k, v [batch, seq, heads, head_dim] -> same shape.
 
     Logits are scaled by 1/sqrt(head_dim); logits and softmax are float32 whatever the
-    input dtype; position i attends to positions <= i. Swap this for a fused kernel later.
+    input dtype; position i attends to positions <= i. Written as two einsums and a masked
+    softmax: on CPU this is ~18 % faster (fwd+bwd) than `jax.nn.dot_product_attention`
+    (benchmarks/RESULTS.md); on GPU a fused cuDNN kernel would be the better swap.
     """
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    seq = q.shape[1]
+    positions = jnp.arange(seq)
+    return cached_attention(q, k, v, jnp.broadcast_to(positions, q.shape[:2]),
+                            jnp.broadcast_to(positions, k.shape[:2]))
 
 
 def cached_attention(q, k, v, q_pos, k_pos):
