@@ -170,8 +170,9 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tfds_dir, small_disk):
                    '--config.train.checkpoint_every=2', '--config.train.log_every=2',
                    check=False)
     assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('jaxbig: error:') and 'No space left' in last, last
+    # orbax's writer threads log their own tracebacks; the CLI's one-line verdict is there.
+    verdict = [l for l in proc.stderr.splitlines() if l.startswith('jaxbig: error:')]
+    assert verdict and 'No space left' in verdict[-1], proc.stderr[-3000:]
     steps = sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())
     assert steps and steps[0] == 2
     # What survived restores: on a roomier disk the same command resumes and finishes.
