@@ -28,31 +28,61 @@ retrieval i2t R@1/5/10 18.7 / 37.9 / 58.4 %, t2i 20.0 / 67.0 / 83.8 %; exp(t') 1
 b -10 -> -10.1 (t' and b barely move in 600 steps at lr 1e-3). Retrieval trails CLIP's;
 zero-shot matches it.
 """
+
 import math
 
 import ml_collections
 
+from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.data import shapes
-from jaxbig.parallel import DEFAULT_RULES
 
-LOSSES = {'clip': dict(logit_scale_init=math.log(1 / 0.07), use_bias=False, logit_bias_init=0.0),
-          'siglip': dict(logit_scale_init=math.log(10.0), use_bias=True, logit_bias_init=-10.0)}
+LOSSES = {
+    'clip': dict(logit_scale_init=math.log(1 / 0.07), use_bias=False, logit_bias_init=0.0),
+    'siglip': dict(logit_scale_init=math.log(10.0), use_bias=True, logit_bias_init=-10.0),
+}
 
 
 def image_tower(name: str, width: int) -> dict:
     if name == 'vit':
-        return dict(name='vit', patch_size=4, width=width, depth=3, num_heads=4,
-                    mlp_dim=2 * width, pool='mean', dropout=0.0, scan_layers=True, num_classes=0)
+        return dict(
+            name='vit',
+            patch_size=4,
+            width=width,
+            depth=3,
+            num_heads=4,
+            mlp_dim=2 * width,
+            pool='mean',
+            dropout=0.0,
+            scan_layers=True,
+            num_classes=0,
+        )
     if name in ('resnet18', 'cnn'):
-        return dict(name='resnet', variant=name, width=width // 4 if name == 'resnet18' else width,
-                    stem='small', norm_groups=8, cnn_layers=3, num_classes=0)
+        return dict(
+            name='resnet',
+            variant=name,
+            width=width // 4 if name == 'resnet18' else width,
+            stem='small',
+            norm_groups=8,
+            cnn_layers=3,
+            num_classes=0,
+        )
     raise ConfigError(f"experiments/clip.py: image={name!r}, expected 'vit', 'resnet18' or 'cnn'")
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, loss='clip', data='shapes', image='vit', text_pool='eos', width=64,
-                    embed=64, steps=600, batch=128, lr=1e-3)
+    arg = parse_arg(
+        arg,
+        loss='clip',
+        data='shapes',
+        image='vit',
+        text_pool='eos',
+        width=64,
+        embed=64,
+        steps=600,
+        batch=128,
+        lr=1e-3,
+    )
     if arg.loss not in LOSSES:
         raise ConfigError(f'experiments/clip.py: loss={arg.loss!r}, expected one of {list(LOSSES)}')
     is_shapes = arg.data == 'shapes'
@@ -62,9 +92,20 @@ def get_config(arg=None):
     c.model = dict(
         name='two_tower',
         image=image_tower(arg.image, arg.width),
-        text=dict(name='text_encoder', vocab_size=vocab if is_shapes else 258, max_len=max_len,
-                  width=arg.width, depth=2, num_heads=4, mlp_dim=2 * arg.width,
-                  pool=arg.text_pool, pad_id=0, eos_id=1, dropout=0.0, scan_layers=True),
+        text=dict(
+            name='text_encoder',
+            vocab_size=vocab if is_shapes else 258,
+            max_len=max_len,
+            width=arg.width,
+            depth=2,
+            num_heads=4,
+            mlp_dim=2 * arg.width,
+            pool=arg.text_pool,
+            pad_id=0,
+            eos_id=1,
+            dropout=0.0,
+            scan_layers=True,
+        ),
         embed_dim=arg.embed,
         **LOSSES[arg.loss],
     )
@@ -72,7 +113,10 @@ def get_config(arg=None):
         pipeline='image_text',  # jaxbig.data.image_text: image, caption tokens, label
         name=arg.data,
         data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-        resolution=32, num_train=5000, num_test=1000, shapes_seed=0,  # shapes builder config
+        resolution=32,
+        num_train=5000,
+        num_test=1000,
+        shapes_seed=0,  # shapes builder config
         image_key='image',
         text_key='caption' if is_shapes else 'captions/text',
         label_key='label' if is_shapes else '',
@@ -83,54 +127,35 @@ def get_config(arg=None):
         val_split='test' if is_shapes else 'val',
     )
     c.loss = dict(name='multimodal', kind=arg.loss, max_logit_scale=math.log(100.0))
-    c.optimizer = dict(
-        name='adamw',
+    c.optimizer = defaults.optimizer(
         lr=arg.lr,
-        schedule='warmup_cosine',
         warmup_steps=max(arg.steps // 20, 1),
         min_lr_ratio=0.0,
-        decay_steps=0,
-        b1=0.9,
         b2=0.98,
         eps=1e-6,
         weight_decay=1e-4,
-        l1=0.0,
-        l2=0.0,
-        clip_norm=1.0,
-        momentum=0.9,
-        nesterov=False,
-        grad_accum_steps=1,
     )
-    c.parallel = dict(
-        strategy='mesh',
-        data=-1,
-        fsdp=1,
-        tensor=1,
-        rules=[list(r) for r in DEFAULT_RULES],
-        distributed=False,
-        coordinator_address='',
-        num_processes=0,
-        process_id=-1,
-        local_device_count=0,
-    )
-    c.train = dict(
+    c.parallel = defaults.parallel()
+    c.train = defaults.train(
         steps=arg.steps,
         batch_size=arg.batch,
-        seed=0,
-        log_every=20,
         eval_every=max(arg.steps // 2, 1),
         checkpoint_every=max(arg.steps // 2, 1),
-        keep_checkpoints=3,
-        keep_every=0,
-        skip_nonfinite_steps=False,
-        debug_nan_at_step=0,
     )
     c.evals = dict(
-        retrieval=dict(type='retrieval', every=0, split='', max_examples=1000, ks=(1, 5, 10),
-                       batch_size=0),
+        retrieval=dict(
+            type='retrieval', every=0, split='', max_examples=1000, ks=(1, 5, 10), batch_size=0
+        ),
     )
     if is_shapes:
         templates = [f'a {size} {{}} {pos}' for size in shapes.SIZES for pos in shapes.POSITIONS]
-        c.evals.zero_shot = dict(type='zero_shot', every=0, split='', class_names=[],
-                                 templates=templates, max_examples=0, batch_size=0)
+        c.evals.zero_shot = dict(
+            type='zero_shot',
+            every=0,
+            split='',
+            class_names=[],
+            templates=templates,
+            max_examples=0,
+            batch_size=0,
+        )
     return c

@@ -9,10 +9,11 @@ Arguments (`experiments/lstm_lm.py:key=value,...`):
 
 Only `model` differs from experiments/lm.py; loss, data, optimizer and loop are the same.
 """
+
 import ml_collections
 
+from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
-from jaxbig.parallel import DEFAULT_RULES
 
 SIZES = {
     'tiny': dict(num_layers=2, embed_dim=64, hidden_dim=256),
@@ -49,47 +50,10 @@ def get_config(arg=None):
         val_split='validation',
     )
     c.loss = dict(name='autoregressive', z_loss=0.0)
-    c.optimizer = dict(
-        name='adamw',
-        lr=3e-3,
-        schedule='warmup_cosine',
-        warmup_steps=max(arg.steps // 20, 1),
-        min_lr_ratio=0.1,
-        decay_steps=0,  # 0 = train.steps
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        weight_decay=0.1,
-        l1=0.0,
-        l2=0.0,
-        clip_norm=1.0,
-        momentum=0.9,
-        nesterov=False,
-        grad_accum_steps=1,
+    c.optimizer = defaults.optimizer(
+        lr=3e-3, warmup_steps=max(arg.steps // 20, 1), b2=0.95, weight_decay=0.1
     )
-    c.parallel = dict(
-        strategy='mesh',
-        data=-1,
-        fsdp=1,
-        tensor=1,
-        rules=[list(r) for r in DEFAULT_RULES],
-        distributed=False,
-        coordinator_address='',
-        num_processes=0,
-        process_id=-1,
-        local_device_count=0,
-    )
-    c.train = dict(
-        steps=arg.steps,
-        batch_size=arg.batch,
-        seed=0,
-        log_every=20,
-        eval_every=200,
-        checkpoint_every=200,
-        keep_checkpoints=3,
-        keep_every=0,  # also keep every checkpoint whose step is a multiple of this
-        skip_nonfinite_steps=False,  # False: stop on a NaN/Inf loss or gradient norm
-        debug_nan_at_step=0,  # tests: make the loss of this step NaN
-    )
+    c.parallel = defaults.parallel()
+    c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)
     c.evals = dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
     return c
