@@ -194,7 +194,3 @@ def host_batch_rows(global_batch: int, mesh) -> int:
             f'size data*fsdp={dp}'
         )
     return global_batch // jax.process_count()
-
-
-def unreplicate_metrics(metrics) -> dict:
-    return {k: float(np.asarray(v)) for k, v in metrics.items()}

@@ -1,5 +1,4 @@
 """Next-token loss against an independent NumPy reference."""
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

@@ -1,6 +1,5 @@
 """The generic train step: gradient accumulation equals the full batch; donation-safe state."""
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
