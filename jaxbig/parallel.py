@@ -21,7 +21,6 @@ import math
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
