@@ -189,3 +189,11 @@ def test_pmap_refuses_losses_that_need_the_global_batch(tfds_dir, tmp_path):
                              ['--config.parallel.strategy=pmap'])
     with pytest.raises(ConfigError, match="needs the global batch"):
         train.train(config, str(tmp_path))
+
+
+def test_keep_last_n_plus_every_kth(tfds_dir, tmp_path):
+    run_cli('train', '--workdir', str(tmp_path), '--config', f'{LM}:steps=7', *TINY_LM,
+            '--config.train.checkpoint_every=1', '--config.train.keep_checkpoints=2',
+            '--config.train.keep_every=3')
+    kept = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+    assert kept == [3, 6, 7], kept  # the last 2 (6, 7) plus every multiple of 3
