@@ -5,12 +5,19 @@ and k-NN on the frozen backbone features.
     jaxbig train --config experiments/simclr.py:data=digits,backbone=cnn --workdir runs/simclr_cnn
     jaxbig train --config experiments/simclr.py:data=cifar10,width=64,steps=20000 \
         --workdir runs/simclr_cifar     # cifar10 prepared in data.data_dir (array_record)
+    jaxbig train --config \
+        experiments/simclr.py:data=imagenet2012,image_size=224,backbone=resnet50,width=64 \
+        --workdir runs/simclr_in1k      # imagenet2012 prepared; images of any size -> 224
 
 Arguments (`experiments/simclr.py:key=value,...`):
   data      'digits' (embedded: scikit-learn's 1,797 8x8 digits) | any prepared TFDS image
             classification dataset with image/label features (cifar10, ...)
   backbone  'resnet18' | 'resnet50' | 'cnn' (jaxbig.models.resnet) | 'vit' (jaxbig.models.vit)
   width     backbone width (resnet/cnn base channels; vit embedding width)
+  image_size  0 = images as stored (all one size: digits 8, cifar10 32); S = every image
+            (any size) to S x S: training views crop straight to S, evaluation centre-crops.
+            Above 64 pixels ResNets take the ImageNet stem (7x7 stride 2 + max-pool) and
+            ViT 16 x 16 patches.
   steps, batch (global batch of examples; the loss sees 2 x batch views), temperature, lr
 
 Augmentations: random resized crop (digits: area 0.3-1), brightness/contrast jitter, no flip
@@ -32,7 +39,7 @@ BACKBONES = ('resnet18', 'resnet50', 'cnn', 'vit')
 
 def backbone_config(name: str, width: int, image_size: int) -> dict:
     if name == 'vit':
-        patch = 2 if image_size <= 16 else 4
+        patch = 2 if image_size <= 16 else 4 if image_size <= 64 else 16
         return dict(
             name='vit',
             patch_size=patch,
@@ -69,12 +76,15 @@ def get_config(arg=None):
         batch=256,
         temperature=0.2,
         lr=2e-3,
+        image_size=0,
     )
     digits = arg.data == 'digits'
+    if arg.image_size < 0:
+        raise ConfigError(f'experiments/simclr.py: image_size={arg.image_size}, expected >= 0')
     c = ml_collections.ConfigDict()
     c.model = dict(
         name='simclr',
-        backbone=backbone_config(arg.backbone, arg.width, 8 if digits else 32),
+        backbone=backbone_config(arg.backbone, arg.width, arg.image_size or (8 if digits else 32)),
         proj_hidden_dims=(256,),
         proj_dim=64,
     )
@@ -87,6 +97,7 @@ def get_config(arg=None):
         train_split='train',
         val_split='test',
         views=2,
+        image_size=arg.image_size,  # 0 = as stored; see jaxbig/data/views.py
         crop_min_scale=0.3 if digits else 0.08,
         flip=not digits,
         jitter_strength=0.5,

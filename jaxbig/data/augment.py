@@ -6,6 +6,10 @@ Every random choice comes from one `np.random.Generator` per example, seeded by
 example; the image operations are vectorised over the batch.
 
     images float32 [B, H, W, C] in [0, 1]  ->  view float32 [B, H, W, C] in [0, 1]
+    B images of different sizes [H_b, W_b, C] + size (S, S)  ->  view float32 [B, S, S, C]
+
+(the random resized crop of each image goes straight to the output size, so datasets of
+variable-size images such as imagenet2012 need no resize beforehand).
 
 SimCLR's recipe (Chen et al. 2020, appendix A): random resized crop (scale 0.08-1, aspect
 3/4-4/3) -> horizontal flip (p 0.5) -> colour jitter (p 0.8; brightness, contrast,
@@ -129,13 +133,15 @@ def gaussian_blur(images: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return sum(k[:, t] * pad[:, :, t : t + width] for t in range(len(taps)))
 
 
-def draw_view_params(rng, cfg: AugmentConfig, height: int, width: int) -> dict:
-    """All random choices for one view of one example."""
+def draw_view_params(rng, cfg: AugmentConfig, height: int, width: int, out_height=None) -> dict:
+    """All random choices for one view of one example: the crop box in the example's own
+    height x width pixels, the blur sigma in pixels of the output (out_height, default
+    height)."""
     s = cfg.jitter_strength
     jitter = rng.uniform() < cfg.jitter_prob
     factors = rng.uniform(max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, 3) if jitter else np.ones(3)
     blur = rng.uniform() < cfg.blur_prob
-    sigma = rng.uniform(0.1, 2.0) * height / 224 * 10 if blur else 0.0
+    sigma = rng.uniform(0.1, 2.0) * (out_height or height) / 224 * 10 if blur else 0.0
     return dict(
         box=random_crop_boxes(rng, height, width, cfg.crop_min_scale),
         flip=cfg.flip and rng.uniform() < 0.5,
@@ -145,10 +151,19 @@ def draw_view_params(rng, cfg: AugmentConfig, height: int, width: int) -> dict:
     )
 
 
-def apply_view(images: np.ndarray, params: list[dict]) -> np.ndarray:
-    """images float32 [B, H, W, C] in [0, 1] + one params dict per row -> one view."""
+def _same_size(images) -> bool:
+    return isinstance(images, np.ndarray) and images.dtype != object
+
+
+def apply_view(images, params: list[dict], size=None) -> np.ndarray:
+    """images float32 [B, H, W, C] in [0, 1] (or a sequence of B [H_b, W_b, C]) + one params
+    dict per row -> one view float32 [B, *size, C] (size default: H, W)."""
     stack = lambda key: np.array([p[key] for p in params])
-    x = crop_and_resize(images, stack('box'))
+    boxes = stack('box')
+    if _same_size(images):
+        x = crop_and_resize(images, boxes, size)
+    else:  # different sizes: one crop at a time, each resized to `size`
+        x = np.stack([crop_and_resize(im[None], b[None], size)[0] for im, b in zip(images, boxes)])
     x = flip_left_right(x, stack('flip'))
     x = colour_jitter(x, stack('factors'))
     x = to_grayscale(x, stack('gray'))
@@ -158,9 +173,19 @@ def apply_view(images: np.ndarray, params: list[dict]) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def simclr_views(images: np.ndarray, rngs, cfg: AugmentConfig, num_views: int = 2):
-    """images float32 [B, H, W, C] in [0, 1]; rngs: one Generator per row.
-    -> list of `num_views` views, each float32 [B, H, W, C] in [0, 1]."""
-    _, height, width, _ = images.shape
-    params = [[draw_view_params(r, cfg, height, width) for r in rngs] for _ in range(num_views)]
-    return [apply_view(images, p) for p in params]
+def simclr_views(images, rngs, cfg: AugmentConfig, num_views: int = 2, size=None):
+    """images float32 [B, H, W, C] in [0, 1], or a sequence of B float32 [H_b, W_b, C] of
+    different sizes; rngs: one Generator per row; size (out_h, out_w), default the input's
+    H, W (required for images of different sizes).
+    -> list of `num_views` views, each float32 [B, out_h, out_w, C] in [0, 1]."""
+    shapes = [tuple(np.shape(x)[:2]) for x in images]
+    if size is None:
+        if len(set(shapes)) > 1:
+            raise ValueError(f'images of different sizes {sorted(set(shapes))[:3]}...: give size')
+        size = shapes[0]
+    size = tuple(int(v) for v in size)
+    params = [
+        [draw_view_params(r, cfg, h, w, size[0]) for r, (h, w) in zip(rngs, shapes)]
+        for _ in range(num_views)
+    ]
+    return [apply_view(images, p, size) for p in params]

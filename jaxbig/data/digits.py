@@ -5,8 +5,8 @@ digits, 4-bit intensities 0..16), shipped inside scikit-learn, so no download is
 
 Features: `image` uint8[8, 8, 1] (intensity * 255 / 16, rounded), `label` ClassLabel(10)
 ('0'..'9'), `index` int64 (row in `sklearn.datasets.load_digits`).
-Split: a fixed stratified split, `test` = 20 % of each class (360 images: every 5th image of
-each class in file order, starting with the 3rd), `train` = the other 1,437. Deterministic
+Split: a fixed stratified split, `test` = 20 % of each class (359 images: every 5th image of
+each class in file order, starting with the 3rd), `train` = the other 1,438. Deterministic
 and independent of any seed. Prepare with `jaxbig.data.image_sources.prepare(config)`.
 """
 

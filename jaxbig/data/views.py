@@ -11,8 +11,14 @@ seeded shuffle (`image_sources.IndexOrder`); the augmentation of position g in b
 from `augment.example_rng(seed, i, g)`. So batch i is a pure function of (seed, i), however
 many hosts share it.
 
-Data config keys: name ('digits' embedded | any prepared TFDS image dataset, e.g. cifar10),
-data_dir, image_key, label_key, train_split, val_split, views, and the augmentation
+Image size: image_size = 0 keeps the stored H, W (every image must have the same size);
+image_size = S gives S x S from images of any (also varying) size, as imagenet2012 needs:
+each training view's random resized crop is resampled straight to S x S, and plain images
+(views=0, evaluation) are centre-cropped to a square and resized to S x S.
+
+Data config keys: name ('digits' embedded | any prepared TFDS image dataset, e.g. cifar10,
+imagenet2012), data_dir, image_key, label_key, train_split, val_split, views, image_size,
+and the augmentation
 (`augment.AugmentConfig` fields): crop_min_scale, flip, jitter_strength, jitter_prob,
 grayscale_prob, blur_prob.
 """
@@ -23,7 +29,9 @@ import dataclasses
 
 import numpy as np
 
+from jaxbig.config import ConfigError
 from jaxbig.data import augment, image_sources
+from jaxbig.data.image_text import square_resize
 
 
 def prepare(config) -> None:
@@ -46,6 +54,12 @@ class ViewsPipeline:
         self.order = image_sources.IndexOrder(len(self.split), seed)
         self.num_views = config.get('views', 2)
         self.augment = augment_config(config)
+        self.image_size = config.get('image_size', 0)
+        if not isinstance(self.image_size, int) or self.image_size < 0:
+            raise ConfigError(
+                f'data.image_size={self.image_size!r}: expected 0 (as stored) or a size in pixels'
+            )
+        self.name = config.get('name', '')
         self.seed, self.batch_size = int(seed), batch_size
         self.process_index, self.process_count = process_index, process_count
         image_sources.host_rows(0, batch_size, process_index, process_count)  # validates
@@ -53,17 +67,35 @@ class ViewsPipeline:
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
         rows = image_sources.host_rows(i, self.batch_size, self.process_index, self.process_count)
         columns = self.split.read(self.order.ids(rows))
-        images = columns[self.image_key].astype(np.float32) / 255.0
+        images = self._images(columns[self.image_key])
         out = {}
         if self.label_key:
             out['label'] = columns[self.label_key].astype(np.int32)
         if self.num_views == 0:
+            if self.image_size:
+                images = np.stack([square_resize(x, self.image_size) for x in images])
             out['image'] = images * 2.0 - 1.0
             return out
         rngs = [augment.example_rng(self.seed, i, g) for g in rows]
-        for k, view in enumerate(augment.simclr_views(images, rngs, self.augment, self.num_views)):
+        size = (self.image_size, self.image_size) if self.image_size else None
+        views = augment.simclr_views(images, rngs, self.augment, self.num_views, size)
+        for k, view in enumerate(views):
             out[f'view{k + 1}'] = view * 2.0 - 1.0
         return out
+
+    def _images(self, column):
+        """uint8 images -> float32 in [0, 1]: [b, H, W, C], or a list of b [H_i, W_i, C]
+        when image_size is set (they are resized later)."""
+        if self.image_size:
+            return [np.asarray(x, np.float32) / 255.0 for x in column]
+        if column.dtype == object:
+            sizes = sorted({np.shape(x) for x in column})
+            raise ConfigError(
+                f'data.image_size=0 but data.name={self.name!r} has images of different sizes '
+                f'{sizes[:3]}; set data.image_size (e.g. --config.data.image_size=224) to crop '
+                'and resize them to one size'
+            )
+        return column.astype(np.float32) / 255.0
 
 
 def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
