@@ -27,6 +27,24 @@ def recall_at_k(sim: np.ndarray, correct: np.ndarray, ks) -> dict[int, float]:
     return {k: float(np.mean(first < k)) for k in ks}
 
 
+def same_caption(texts: np.ndarray) -> np.ndarray:
+    """texts int [n, L] token rows -> bool [n, n]: rows i and j are the same caption."""
+    _, inverse = np.unique(texts, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return inverse[:, None] == inverse[None, :]
+
+
+def retrieval_metrics(image_emb, text_emb, correct, ks) -> dict[str, float]:
+    """image_emb [n, E], text_emb [m, E] unit-norm; correct bool [n, m] (image i, text j).
+    -> {'i2t_r{k}', 't2i_r{k}' for k in ks, 'i2t_chance_r1'} (fractions, 0-1)."""
+    sim = np.asarray(image_emb) @ np.asarray(text_emb).T
+    out = {'i2t_chance_r1': float(np.mean(correct))}
+    for direction, s, c in (('i2t', sim, correct), ('t2i', sim.T, correct.T)):
+        for k, r in recall_at_k(s, c, ks).items():
+            out[f'{direction}_r{k}'] = r
+    return out
+
+
 class Evaluator:
     def __init__(self, cfg, ctx, *, name: str = 'retrieval'):
         data_cfg = plain_data_config(ctx.config.data)
@@ -37,8 +55,7 @@ class Evaluator:
             max_examples=cfg.get('max_examples', 1000),
         )
         self.texts = self.images.column('text')
-        _, inverse = np.unique(self.texts, axis=0, return_inverse=True)
-        self.correct = inverse.reshape(-1)[:, None] == inverse.reshape(-1)[None, :]
+        self.correct = same_caption(self.texts)
         self.encode_text = jitted_method(ctx, 'encode_text')
         self.ks = tuple(cfg.get('ks', (1, 5, 10)))
         self.ctx, self.prefix = ctx, name
@@ -46,9 +63,5 @@ class Evaluator:
     def run(self, params) -> dict[str, float]:
         image_emb, _ = self.images(params)
         text_emb = run_rows(self.ctx, self.encode_text, params, self.texts, self.batch_size)
-        sim = image_emb @ text_emb.T
-        out = {f'{self.prefix}/i2t_chance_r1': float(self.correct.mean())}
-        for direction, s, c in (('i2t', sim, self.correct), ('t2i', sim.T, self.correct.T)):
-            for k, r in recall_at_k(s, c, self.ks).items():
-                out[f'{self.prefix}/{direction}_r{k}'] = r
-        return out
+        metrics = retrieval_metrics(image_emb, text_emb, self.correct, self.ks)
+        return {f'{self.prefix}/{k}': v for k, v in metrics.items()}

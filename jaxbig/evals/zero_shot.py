@@ -27,6 +27,14 @@ def zero_shot_accuracy(image_emb, class_emb, labels) -> float:
     return float(np.mean(np.argmax(unit(image_emb) @ unit(class_emb).T, axis=1) == labels))
 
 
+def ensemble_prompts(text_emb, num_classes: int, num_templates: int) -> np.ndarray:
+    """text_emb [classes * templates, E] (class-major: class c's templates are rows
+    c*T .. c*T+T-1) -> unit class embeddings [classes, E]: the normalised mean of the
+    normalised template embeddings (CLIP's prompt ensembling)."""
+    text = unit(np.asarray(text_emb)).reshape(num_classes, num_templates, -1).mean(1)
+    return unit(text)
+
+
 class Evaluator:
     def __init__(self, cfg, ctx, *, name: str = 'zero_shot'):
         data_cfg = plain_data_config(ctx.config.data)
@@ -50,8 +58,7 @@ class Evaluator:
 
     def class_embeddings(self, params) -> np.ndarray:
         text = run_rows(self.ctx, self.encode_text, params, self.prompt_tokens, self.batch_size)
-        text = unit(text).reshape(self.num_classes, self.num_templates, -1).mean(1)
-        return unit(text)
+        return ensemble_prompts(text, self.num_classes, self.num_templates)
 
     def run(self, params) -> dict[str, float]:
         image_emb, labels = self.images(params)
