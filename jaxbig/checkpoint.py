@@ -1,19 +1,25 @@
-"""Checkpoints of the whole TrainState with orbax: async save, keep-N, auto-resume.
+"""Checkpoints of the whole TrainState with orbax: async save, keep-N, auto-resume, and the
+best checkpoint by a validation metric (with early stopping).
 
 Layout: `<workdir>/checkpoints/<step>/...`. orbax writes each save into a temporary
 directory and renames it when complete, so an interrupted save never shadows the previous
-checkpoint. All processes call `save`/`restore` together (orbax coordinates multi-host).
+checkpoint; the remains of such a save are removed when the next run starts. All processes
+call `save`/`restore` together (orbax coordinates multi-host).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import shutil
 import time
 
 import jax
 import orbax.checkpoint as ocp
+
+from jaxbig.config import ConfigError
 
 
 class Checkpointer:
@@ -34,8 +40,11 @@ class Checkpointer:
             keep_period=keep_period or None,
             enable_async_checkpointing=async_save,
             create=True,
+            cleanup_tmp_directories=True,  # the remains of saves cut short by a crash
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -54,24 +63,37 @@ class Checkpointer:
         """Restores the newest checkpoint that reads back whole; None if there is none.
 
         A damaged newest checkpoint (e.g. files removed or truncated by hand, a disk that
-        filled) is reported with a warning naming it and skipped for the one before.
+        filled) is reported with a warning naming it and skipped for the one before. A
+        checkpoint whose stored tree differs from `abstract_state` (another model width, another
+        optimizer) raises ConfigError naming the path and both shapes, and nothing is moved.
         """
         for step in sorted(self.all_steps(), reverse=True):
             try:
+                stored = _leaf_shapes(getattr(self._manager.item_metadata(step), 'tree', None))
+                if not stored:
+                    raise ValueError('its tree metadata lists no arrays')
+            except Exception as e:  # unreadable metadata: a damaged checkpoint
+                self._skip_damaged(step, e)
+                continue
+            check_compatible(stored, abstract_state, f'{self.directory}/{step}')
+            try:
                 state = self.restore(step, abstract_state)
             except Exception as e:  # orbax/tensorstore raise many types for damaged data
-                logging.warning(
-                    'checkpoint %s/%d is damaged, skipping it (moved to %s): %s',
-                    self.directory,
-                    step,
-                    self.damaged_directory,
-                    str(e).splitlines()[0][:300],
-                )
-                self._set_aside(step)
+                self._skip_damaged(step, e)
                 continue
             logging.info('resumed from %s/%d', self.directory, step)
             return state
         return None
+
+    def _skip_damaged(self, step: int, error: Exception):
+        logging.warning(
+            'checkpoint %s/%d is damaged, skipping it (moved to %s): %s',
+            self.directory,
+            step,
+            self.damaged_directory,
+            (str(error).splitlines() or [type(error).__name__])[0][:300],
+        )
+        self._set_aside(step)
 
     def _set_aside(self, step: int):
         """Moves a damaged step out of the way (kept for inspection, never deleted), so the
@@ -86,11 +108,150 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f'jaxbig: set aside checkpoint {step}')
         self._manager.reload()
 
+    def delete(self, step: int):
+        self._manager.delete(step)
+
     def wait(self):
         self._manager.wait_until_finished()
 
     def close(self):
         self._manager.close()
+
+
+class BestCheckpoint:
+    """Keeps the best checkpoint by `metric` in `<workdir>/best/` and signals early stopping
+    after `patience` evaluations without improvement (0 = never); `metric=''` = off.
+
+    Every evaluation (step, value) is recorded in `<workdir>/best/tracker.json` (written
+    atomically by process 0), so a resumed run compares against the best value seen before
+    and keeps counting patience. `resume(step)` forgets evaluations (and best checkpoints)
+    after the restored step: the resumed run recomputes them. A run that stopped early stays
+    stopped when rerun, whatever `train.steps`; raise `train.patience` (or set 0) to train
+    on. A different metric or mode starts a fresh record.
+    """
+
+    FILE = 'tracker.json'
+
+    def __init__(self, workdir: str, *, metric: str = '', mode: str = 'max', patience: int = 0):
+        if mode not in ('max', 'min'):
+            raise ConfigError(f"train.best_mode={mode!r}: expected 'max' or 'min'")
+        self.metric, self.mode, self.patience = metric, mode, patience
+        self.history: list[tuple[int, float]] = []  # every evaluation: (step, value)
+        self._ckpt = None
+        if not metric:
+            return
+        directory = os.path.join(workdir, 'best')
+        self._ckpt = Checkpointer(directory, keep=1)
+        self._path = os.path.join(directory, self.FILE)
+        if os.path.exists(self._path):
+            with open(self._path) as f:
+                saved = json.load(f)
+            if (saved['metric'], saved['mode']) == (metric, mode):
+                self.history = [(int(s), float(v)) for s, v in saved['history']]
+            else:
+                logging.info('best checkpoint: now by %s (%s); previous record ignored',
+                             metric, mode)
+
+    def _better(self, value: float, than: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        return than is None or (value > than if self.mode == 'max' else value < than)
+
+    def best(self) -> tuple[int, float] | None:
+        """(step, value) of the earliest best finite evaluation; None before any."""
+        out = None
+        for step, value in self.history:
+            if self._better(value, out and out[1]):
+                out = (step, value)
+        return out
+
+    def evals_without_improvement(self) -> int:
+        best = self.best()
+        return sum(1 for s, _ in self.history if best is None or s > best[0])
+
+    def stopped_early(self) -> bool:
+        return bool(self.metric and self.patience) and (
+            self.evals_without_improvement() >= self.patience
+        )
+
+    def resume(self, step: int):
+        """Forgets what happened after `step` (the step training resumes from)."""
+        self.history = [(s, v) for s, v in self.history if s <= step]
+        if self._ckpt is not None:
+            for s in self._ckpt.all_steps():
+                if s > step:
+                    self._ckpt.delete(s)
+
+    def update(self, step: int, row: dict, state) -> bool:
+        """Records `row[metric]` (if evaluated), saves `state` if it is the best so far;
+        returns True when patience has run out."""
+        if not self.metric or self.metric not in row:
+            return False
+        value = float(row[self.metric])
+        best = self.best()
+        self.history.append((step, value))
+        self._write()
+        if self._better(value, best and best[1]):
+            self._ckpt.save(step, state, force=True)
+        return self.stopped_early()
+
+    def summary(self) -> str:
+        best = self.best()
+        where = f'{best[1]:.4f} at step {best[0]}' if best else 'none yet'
+        return (f'best {self.metric}={where}; {self.evals_without_improvement()} evaluations '
+                f'without improvement (train.patience={self.patience})')
+
+    def _write(self):
+        if jax.process_index() != 0:
+            return
+        record = {'metric': self.metric, 'mode': self.mode, 'history': self.history}
+        os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        with open(self._path + '.tmp', 'w') as f:
+            json.dump(record, f)
+        os.replace(self._path + '.tmp', self._path)
+
+    def close(self):
+        if self._ckpt is not None:
+            self._ckpt.wait()
+            self._ckpt.close()
+
+
+def _leaf_shapes(tree) -> dict[str, tuple]:
+    """{'params/block_0/mlp/kernel': shape} for every array leaf (shape-less leaves skipped).
+    Dict keys, attribute names and sequence indices all become path parts, so a saved tree
+    (dicts and lists) and the live TrainState (dataclasses, named tuples) compare."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if getattr(leaf, 'shape', None) is None:
+            continue
+        parts = (getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))) for k in path)
+        out['/'.join(str(p) for p in parts)] = tuple(leaf.shape)
+    return out
+
+
+def check_compatible(stored: dict[str, tuple], abstract_state, where: str):
+    """Raises a one-line ConfigError if the checkpoint at `where` (`stored`: its arrays'
+    shapes by path, from `_leaf_shapes` of its orbax tree metadata) does not hold exactly the
+    arrays of `abstract_state`, naming the first differing path and both shapes."""
+    wanted = _leaf_shapes(abstract_state)
+    fix = 'use another --workdir (or init_from to load just the params)'
+    for path, shape in wanted.items():
+        if path not in stored:
+            raise ConfigError(
+                f'checkpoint {where} has no {path} (shape {shape} in this model): it was '
+                f'written by another model or optimizer; {fix}'
+            )
+        if stored[path] != shape:
+            raise ConfigError(
+                f'checkpoint {where} is from an incompatible model: {path} has shape '
+                f'{stored[path]} there but {shape} in this model; {fix}'
+            )
+    extra = [p for p in stored if p not in wanted]
+    if extra:
+        raise ConfigError(
+            f'checkpoint {where} holds {extra[0]} (shape {stored[extra[0]]}), which this '
+            f'model/optimizer lacks: it was written by another one; {fix}'
+        )
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -109,7 +109,8 @@ class NonFiniteWatch:
             if self.skip:
                 self.skipped += int(values.get('skipped', 0))
                 continue
-            for key, value in values.items():
+            for key in (k for k in self.KEYS if k in values):  # device_get sorts dict keys
+                value = values[key]
                 if not math.isfinite(float(value)):
                     raise TrainingDiverged(
                         f'non-finite train/{key}={float(value)} at step {step}; stopped without '

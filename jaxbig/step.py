@@ -95,13 +95,19 @@ def make_train_step(
       metrics['skipped'].
     pmap_axis: under `jax.pmap`, the mapped axis name: gradients, loss and metrics are
       averaged over it (`lax.pmean`) before the update, so replicas stay identical.
-    poison_step: for tests of the guards, the loss of update number `poison_step` (1-based)
-      is made NaN. 0 = off; not compiled in when off.
+    poison_step: for tests of the guards, update number `poison_step` (1-based) multiplies
+      the loss by NaN inside the differentiated function, so the loss *and* every gradient
+      are NaN (as in a real divergence). 0 = off; not compiled in when off.
     """
 
-    def loss_and_grads(params, batch, rng):
+    def loss_and_grads(params, batch, rng, poisoned):
         def f(p):
-            return loss_fn(model.apply, p, batch, {'dropout': rng}, loss_config, train=True)
+            loss, metrics = loss_fn(
+                model.apply, p, batch, {'dropout': rng}, loss_config, train=True
+            )
+            if poison_step:
+                loss = loss * jnp.where(poisoned, jnp.nan, 1.0)
+            return loss, metrics
 
         (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, metrics, grads
@@ -110,43 +116,43 @@ def make_train_step(
         rng = jax.random.fold_in(state.rng, state.step)
         if pmap_axis is not None:  # each device's rows get their own dropout masks
             rng = jax.random.fold_in(rng, jax.lax.axis_index(pmap_axis))
+        poisoned = state.step + 1 == poison_step
         if accum_steps == 1:
-            loss, metrics, grads = loss_and_grads(state.params, batch, rng)
+            loss, metrics, grads = loss_and_grads(state.params, batch, rng, poisoned)
         else:
             micro = _split_micro_batches(batch, accum_steps)
 
             def body(carry, xs):
                 i, mb = xs
-                out = loss_and_grads(state.params, mb, jax.random.fold_in(rng, i))
+                out = loss_and_grads(state.params, mb, jax.random.fold_in(rng, i), poisoned)
                 return jax.tree.map(jnp.add, carry, out), None
 
             zeros = jax.tree.map(
                 jnp.zeros_like,
                 jax.eval_shape(
-                    loss_and_grads, state.params, jax.tree.map(lambda x: x[0], micro), rng
+                    loss_and_grads,
+                    state.params,
+                    jax.tree.map(lambda x: x[0], micro),
+                    rng,
+                    poisoned,
                 ),
             )
             total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
             loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
         if pmap_axis is not None:
             loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), pmap_axis)
-        if poison_step:
-            loss = jnp.where(state.step + 1 == poison_step, jnp.nan, loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
         metrics = dict(
-            metrics,
-            total_loss=loss,
-            grad_norm=grad_norm,
-            param_norm=optax.tree.norm(params),
-            update_norm=optax.tree.norm(updates),
+            metrics, total_loss=loss, grad_norm=grad_norm, update_norm=optax.tree.norm(updates)
         )
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
             params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
             metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
+        metrics['param_norm'] = optax.tree.norm(params)  # of the params kept (after a skip)
         if schedule is not None:
             metrics['learning_rate'] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

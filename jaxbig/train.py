@@ -33,7 +33,9 @@ def validate(config):
     for key in ('steps', 'batch_size', 'log_every'):
         if t[key] < 1:
             raise config_lib.ConfigError(f'train.{key}={t[key]}: must be >= 1')
-    for key in ('eval_every', 'checkpoint_every', 'keep_checkpoints', 'keep_every'):
+    if t.get('best_mode', 'max') not in ('max', 'min'):
+        raise config_lib.ConfigError(f"train.best_mode={t.best_mode!r}: expected 'max' or 'min'")
+    for key in ('eval_every', 'checkpoint_every', 'keep_checkpoints', 'keep_every', 'patience'):
         if t.get(key, 0) < 0:
             raise config_lib.ConfigError(f'train.{key}={t[key]}: must be >= 0 (0 = never)')
     optim.validate(config.optimizer)
@@ -173,11 +175,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         tokens_per_batch = _tokens_per_batch(train_data.get_batch(0)) * jax.process_count()
         progress = _progress_bar(first, t.steps, enabled=is_main)
         meter = _Throughput(first)
-        best = _BestTracker(workdir, t)
+        best = ckpt_lib.BestCheckpoint(
+            workdir,
+            metric=t.get('best_metric', ''),
+            mode=t.get('best_mode', 'max'),
+            patience=t.get('patience', 0),
+        )
+        best.resume(first)
+        last_step = t.steps
+        if best.stopped_early():  # remembered from an earlier launch
+            logging.warning('this run stopped early (%s); raise train.patience to train on',
+                            best.summary())
+            last_step = first
         last = {}
         try:
             with safety.StopRequest() as stop:
-                for step in range(first + 1, t.steps + 1):
+                for step in range(first + 1, last_step + 1):
                     state, metrics = train_step(state, to_device(train_data.get_batch(step - 1)))
                     watch.add(step, metrics)
                     progress.update(1)
@@ -195,10 +208,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
                             tok_s=f'{row.get("train/tokens_per_sec", 0):,.0f}',
                             refresh=False,
                         )
-                    for every, evaluator in evaluators.values():
-                        if (every and step % every == 0) or step == t.steps:
-                            with meter.paused():
-                                row.update(evaluator.run(as_mesh(state).params))
+                    due = [ev for every, ev in evaluators.values()
+                           if (every and step % every == 0) or step == t.steps]
+                    if due:
+                        watch.check()  # never evaluate (or keep as best) a diverged state
+                    for evaluator in due:
+                        with meter.paused():
+                            row.update(evaluator.run(as_mesh(state).params))
                     if row:
                         writer.write(step, row)
                         last.update(row)
@@ -211,6 +227,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
                     ):
                         watch.check()
                         checkpointer.save(step, as_mesh(state), force=True)
+                    if early_stop:
+                        logging.warning('early stop at step %d: %s', step, best.summary())
+                        break
                     if stopping:
                         logging.warning(
                             'stopped at step %d; rerun the same command to resume', step
@@ -225,44 +244,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
     if is_main:
         writers.plot_loss_curve(workdir)
     return last
-
-
-class _BestTracker:
-    """Keeps the best checkpoint by `train.best_metric` (in `<workdir>/best/`) and signals
-    early stopping after `train.patience` evaluations without improvement (0 = never)."""
-
-    def __init__(self, workdir: str, t):
-        self.metric = t.get('best_metric', '')
-        self.mode = t.get('best_mode', 'max')
-        if self.mode not in ('max', 'min'):
-            raise config_lib.ConfigError(f"train.best_mode={self.mode!r}: expected 'max' or 'min'")
-        self.patience = t.get('patience', 0)
-        self.best, self.best_step, self.bad = None, None, 0
-        self._ckpt = (
-            ckpt_lib.Checkpointer(os.path.join(workdir, 'best'), keep=1) if (self.metric) else None
-        )
-
-    def update(self, step: int, row: dict, state) -> bool:
-        if not self.metric or self.metric not in row:
-            return False
-        value = row[self.metric]
-        better = self.best is None or (
-            value > self.best if self.mode == 'max' else value < self.best
-        )
-        if better:
-            self.best, self.best_step, self.bad = value, step, 0
-            self._ckpt.save(step, state, force=True)
-            return False
-        self.bad += 1
-        return bool(self.patience) and self.bad >= self.patience
-
-    def summary(self) -> str:
-        return f'best {self.metric}={self.best:.4f} at step {self.best_step}'
-
-    def close(self):
-        if self._ckpt is not None:
-            self._ckpt.wait()
-            self._ckpt.close()
 
 
 class _Throughput:

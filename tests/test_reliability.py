@@ -1,6 +1,7 @@
 """Bad input gives one-line errors; NaN guard; SIGTERM saves; damaged checkpoints skipped;
 kill -9 at random moments loses nothing (slow)."""
 import json
+import math
 import os
 import random
 import shutil
@@ -60,54 +61,92 @@ def test_bad_config_names_the_problem(tfds_dir, tmp_path, overrides, expected):
     assert len(BAD_CONFIGS) >= 20
 
 
-def test_nan_guard_stops_before_checkpointing(tfds_dir, tmp_path):
+def test_nan_guard_stops_before_checkpointing_or_evaluating(tfds_dir, tmp_path):
+    # Step 5 is poisoned (loss and gradients NaN) and is an eval step but not a log step: the
+    # guard must fire before the evaluator sees the NaN params or keeps them as best.
     proc = run_cli('train', '--workdir', str(tmp_path), '--config', f'{LM}:steps=8', *TINY_LM,
                    '--config.train.debug_nan_at_step=5', '--config.train.log_every=4',
-                   '--config.train.checkpoint_every=2', check=False)
+                   '--config.train.checkpoint_every=2', '--config.train.eval_every=5',
+                   '--config.evals.val.num_batches=1', '--config.train.best_metric=val/loss',
+                   '--config.train.best_mode=min', check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert 'non-finite train/total_loss=nan at step 5' in last, last
     assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints')) == [2, 4]
+    assert not metric_series(tmp_path, 'val/loss')
+    best = tmp_path / 'best' / 'checkpoints'
+    assert not best.exists() or not os.listdir(best)
 
 
 def test_skip_nonfinite_steps_counts_and_continues(tfds_dir, tmp_path):
     run_cli('train', '--workdir', str(tmp_path), '--config', f'{LM}:steps=4', *TINY_LM,
             '--config.train.debug_nan_at_step=2', '--config.train.skip_nonfinite_steps=true')
     assert metric_series(tmp_path, 'train/skipped_steps')[4] == 1.0
-    loss = metric_series(tmp_path)
-    assert all(loss[s] == loss[s] for s in (3, 4))  # finite again after the skipped step
+    total, grad_norm = metric_series(tmp_path, 'train/total_loss'), metric_series(
+        tmp_path, 'train/grad_norm')
+    assert math.isnan(total[2]) and math.isnan(grad_norm[2])  # the poison reached the grads
+    params = metric_series(tmp_path, 'train/param_norm')
+    assert params[2] == params[1]  # the skipped update left the params as they were
+    assert params[3] != params[2] and all(math.isfinite(params[s]) for s in (1, 2, 3, 4))
+    assert all(math.isfinite(total[s]) for s in (1, 3, 4))
 
 
-def _popen_train(workdir, *args):
+def _popen_train(workdir, *args, log=None):
+    """Starts `jaxbig train` on the tiny LM; stderr to the file `log` (read while it runs)
+    or a pipe."""
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
     return subprocess.Popen([sys.executable, '-m', 'jaxbig', 'train', '--workdir', str(workdir),
                              '--config', LM, *TINY_LM, *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE if log is None else open(log, 'w'), text=True)
 
 
-def _wait_for_logged_step(workdir, step, proc, timeout=120):
-    path = os.path.join(workdir, 'metrics.jsonl')
+def _wait_for(condition, proc, what, timeout=180):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(path) and any(json.loads(l)['step'] >= step for l in open(path)):
+        if condition():
             return
-        time.sleep(0.05)
-    raise AssertionError(f'step {step} never logged')
+        time.sleep(0.02)
+    raise AssertionError(f'{what} never happened (exit code {proc.poll()})')
 
 
-def test_sigterm_saves_current_step_and_exits_zero(tfds_dir, tmp_path):
-    proc = _popen_train(tmp_path, '--config.train.steps=100000', '--config.train.checkpoint_every=0')
-    _wait_for_logged_step(tmp_path, 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    saved = [int(s) for s in os.listdir(tmp_path / 'checkpoints')]
-    logged = max(metric_series(tmp_path))
-    assert len(saved) == 1 and saved[0] >= logged >= 3
-    assert f'stopped at step {saved[0]}' in err
-    run_cli('train', '--workdir', str(tmp_path), '--config', LM, *TINY_LM,
-            f'--config.train.steps={saved[0] + 2}', '--config.train.checkpoint_every=0')
-    assert max(metric_series(tmp_path)) == saved[0] + 2
+def _logged_steps(workdir):
+    path = os.path.join(workdir, 'metrics.jsonl')
+    return [json.loads(l)['step'] for l in open(path)] if os.path.exists(path) else []
+
+
+def _wait_for_logged_step(workdir, step, proc, timeout=180):
+    _wait_for(lambda: any(s >= step for s in _logged_steps(workdir)), proc,
+              f'logging step {step}', timeout)
+
+
+def _checkpoint_steps(workdir):
+    return sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+
+
+def test_sigterm_or_sigint_saves_current_step_and_exits_zero(tfds_dir, tmp_path):
+    args = ['--config.train.steps=100000', '--config.train.checkpoint_every=0']
+    for n, sig in enumerate((signal.SIGTERM, signal.SIGINT)):
+        before = max(_logged_steps(tmp_path), default=0)
+        proc = _popen_train(tmp_path, *args, log=tmp_path / f'{n}.log')
+        _wait_for_logged_step(tmp_path, before + 3, proc)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+        err = (tmp_path / f'{n}.log').read_text()
+        assert proc.returncode == 0, err[-2000:]
+        assert n == 0 or f'resumed from {tmp_path}/checkpoints/{before}' in err
+        saved, logged = _checkpoint_steps(tmp_path)[-1], max(_logged_steps(tmp_path))
+        assert saved >= logged >= before + 3 and f'stopped at step {saved}' in err
+        assert not (tmp_path / 'checkpoints_damaged').exists()
+    # A second SIGINT while the first one's save is under way aborts at once, non-zero.
+    proc = _popen_train(tmp_path, *args, log=tmp_path / 'twice.log')
+    _wait_for_logged_step(tmp_path, saved + 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _wait_for(lambda: 'received signal 2' in (tmp_path / 'twice.log').read_text(), proc,
+              'the first SIGINT')
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0, (tmp_path / 'twice.log').read_text()[-2000:]
 
 
 def _damage(checkpoint_dir):
@@ -131,24 +170,95 @@ def test_damaged_newest_checkpoint_is_skipped(tfds_dir, tmp_path):
     assert metric_series(part) == metric_series(full)
 
 
+@pytest.fixture(scope='module')
+def one_step_run(tfds_dir, tmp_path_factory):
+    """A workdir holding the tiny LM's checkpoint after 1 step; tests copy it."""
+    path = tmp_path_factory.mktemp('one_step')
+    run_cli('train', '--workdir', str(path), '--config', f'{LM}:steps=1', *TINY_LM)
+    return path
+
+
+def test_incompatible_checkpoint_is_one_line_error_and_left_alone(one_step_run, tmp_path):
+    workdir = tmp_path / 'w'
+    shutil.copytree(one_step_run, workdir)
+    proc = run_cli('train', '--workdir', str(workdir), '--config', f'{LM}:steps=2', *TINY_LM,
+                   '--config.model.mlp_dim=96', '--force', check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('jaxbig: error: checkpoint') and 'incompatible model' in last, last
+    assert ('params/layers_0/mlp/down/kernel has shape (128, 64) there but (96, 64) in this '
+            'model' in last), last
+    assert _checkpoint_steps(workdir) == [1]
+    assert not (workdir / 'checkpoints_damaged').exists()
+
+
+def test_force_resumes_a_workdir_of_another_experiment(one_step_run, tmp_path):
+    workdir = tmp_path / 'w'
+    shutil.copytree(one_step_run, workdir)
+    other = ['--config', f'{LM}:steps=2', *TINY_LM, '--config.loss.z_loss=0.001']
+    refused = run_cli('train', '--workdir', str(workdir), *other, check=False)
+    assert refused.returncode == 2 and 'loss.z_loss' in refused.stderr
+    proc = run_cli('train', '--workdir', str(workdir), *other, '--force')
+    assert f'resumed from {workdir}/checkpoints/1' in proc.stderr
+    assert sorted(metric_series(workdir)) == [1, 2] and _checkpoint_steps(workdir)[-1] == 2
+
+
+def test_batch_not_divisible_by_data_parallel_size_is_one_line_error(tfds_dir, tmp_path):
+    proc = run_cli('train', '--workdir', str(tmp_path), '--config', f'{LM}:steps=1', *TINY_LM,
+                   '--config.train.batch_size=15', devices=2, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'jaxbig: error: train.batch_size=15 is not divisible by the data-parallel size '
+        'data*fsdp=2')
+
+
+def _orbax_tmp_dirs(workdir):
+    try:
+        return [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in n]
+    except FileNotFoundError:
+        return []
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_exactly(tfds_dir, tmp_path):
-    steps = 40
-    common = [f'--config.train.steps={steps}', '--config.optimizer.decay_steps=40',
-              '--config.train.checkpoint_every=3']
+    """Each trial relaunches, waits until it has resumed (every trial but the first) or
+    has written its first checkpoint (the first), then SIGKILLs it: either a random moment
+    later, or while orbax is writing a checkpoint (its temporary directory is there, and still
+    is after the kill). At least 6 trials, at least 2 of them mid-save."""
+    steps = 400
+    common = [f'--config.train.steps={steps}', f'--config.optimizer.decay_steps={steps}',
+              '--config.train.checkpoint_every=7']
     full = tmp_path / 'full'
     run_cli('train', '--workdir', str(full), '--config', LM, *TINY_LM, *common)
     killed = tmp_path / 'killed'
     rng = random.Random(0)
-    for trial in range(6):
-        proc = _popen_train(killed, *common)
-        time.sleep(rng.uniform(4.0, 12.0))
+    trials, mid_save = 0, 0
+    while trials < 6 or mid_save < 2:
+        assert trials < 20, f'only {mid_save} of {trials} kills landed during a save'
+        log = tmp_path / f'trial{trials}.log'
+        resumable = os.path.isdir(killed / 'checkpoints') and _checkpoint_steps(killed)
+        proc = _popen_train(killed, *common, log=log)
+        if resumable:
+            _wait_for(lambda: 'resumed from' in log.read_text(), proc, 'resuming')
+        else:
+            _wait_for(lambda: _checkpoint_steps(killed), proc, 'a first checkpoint')
+        if trials % 2:  # during a save, at a random point of it
+            _wait_for(lambda: _orbax_tmp_dirs(killed), proc, 'a save', timeout=60)
+            time.sleep(rng.uniform(0.0, 0.05))
+        else:
+            time.sleep(rng.uniform(0.0, 4.0))
+        assert proc.poll() is None, 'the run finished before it was killed; raise `steps`'
         proc.kill()
         proc.wait()
-    proc = _popen_train(killed, *common)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+        mid_save += bool(_orbax_tmp_dirs(killed))  # relaunches clear these before resuming
+        trials += 1
+    log = tmp_path / 'last.log'
+    proc = _popen_train(killed, *common, log=log)
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    assert 'resumed from' in log.read_text() and not _orbax_tmp_dirs(killed)
     assert metric_series(killed) == metric_series(full)
+    assert sorted(metric_series(killed)) == list(range(1, steps + 1))
 
 
 @pytest.fixture
