@@ -1,18 +1,27 @@
-"""LM train-step throughput and MFU against this machine's own measured matmul peak.
+"""LM train-step throughput and MFU, jaxbig against a PyTorch reference, in one run.
 
-    python benchmarks/train_step.py                        # tiny (the default experiment)
-    python benchmarks/train_step.py --size small --batch 8 --seq 256
-    python benchmarks/train_step.py --size gpt2_small --batch 4 --seq 512 --steps 5
+    python benchmarks/train_step.py                              # tiny (the default experiment)
+    python benchmarks/train_step.py --size gpt2_small --batch 4 --seq 512 --steps 3
+    python benchmarks/train_step.py --torch                      # + PyTorch eager / compiled
+    python benchmarks/train_step.py --json --override model.remat=dots   # one JSON line
 
-The step is built exactly as `jaxbig train` builds it (experiments/lm.py -> model, loss,
-optax chain -> step.make_train_step -> jit with donation), fed a fixed random batch so
-input time is excluded. Model FLOPs follow MaxText (`gpt.flops_per_token`). The peak is a
-jitted float32 square matmul timed in the same process, so the ratio (MFU) is comparable
-across machines and runs. Prints one table; nothing here is a test.
+The jaxbig step is built exactly as `jaxbig train` builds it (experiments/lm.py -> model,
+loss, optax chain -> step.make_train_step -> jit with donation), fed a fixed random batch
+so input time is excluded. `--torch` adds benchmarks/torch_gpt.py, the identical model
+(same architecture and parameter count, checked and printed) with the same optimizer,
+in eager mode and under `torch.compile` (needs `pip install -e '.[bench]'`).
+
+Model FLOPs follow MaxText (`gpt.flops_per_token`). The peak is a float32 2048^2 matmul
+timed in the same process, so MFU and the jaxbig/PyTorch ratios are comparable across
+runs. Every figure is a best-of-`--repeats` mean over `--steps` steps after warm-up.
+Nothing here is a test.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 import time
 
 import jax
@@ -40,66 +49,125 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def random_batch(batch: int, seq: int, seed: int = 0) -> np.ndarray:
+    """int32 [batch, seq + 1] random bytes (never 0, the document separator)."""
+    return np.random.default_rng(seed).integers(1, 256, size=(batch, seq + 1)).astype(np.int32)
+
+
 def build_lm_step(size: str, batch: int, seq: int, overrides=()):
-    """(jitted train_step, state, batch, config) through the real config -> step path."""
+    """(jitted train_step, state, batch, config, model) through the real config -> step path."""
     config = config_lib.load(f'experiments/lm.py:size={size},batch={batch},seq={seq}')
     config_lib.apply_overrides(config, overrides)
     model = models.get_model(config.model.name,
                              **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
     loss_module = losses.get_loss_module(config.loss.name)
     tx, schedule = optim.build_optimizer(config.optimizer, config.train.steps)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(1, 256, size=(batch, seq + 1)).astype(np.int32)
+    tokens = random_batch(batch, seq)
     data = {'inputs': jnp.asarray(tokens[:, :-1]), 'targets': jnp.asarray(tokens[:, 1:]),
             'mask': jnp.ones((batch, seq), jnp.float32)}
     init = step_lib.init_fn(model, tx, loss_module.model_inputs(
         jax.tree.map(lambda x: x[:1], data)), seed=0)
     state = jax.jit(init)()
-    train_step = jax.jit(step_lib.make_train_step(model, loss_module.loss_fn, config.loss, tx,
-                                                  schedule), donate_argnums=(0,))
+    train_step = jax.jit(step_lib.make_train_step(model, losses.bind(loss_module, config.loss),
+                                                  config.loss, tx, schedule),
+                         donate_argnums=(0,))
     return train_step, state, data, config, model
 
 
-def time_train_step(size: str, batch: int, seq: int, steps: int, overrides=()) -> dict:
+def time_loop(step, state, batch, steps: int, repeats: int) -> tuple[float, float]:
+    """(first-call seconds incl. compile, best mean seconds per step). step(state, batch)."""
+    t0 = time.perf_counter()
+    state, out = step(state, batch)
+    jax.block_until_ready(out)
+    first = time.perf_counter() - t0
+    state, out = step(state, batch)  # warm-up
+    jax.block_until_ready(out)
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, out = step(state, batch)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return first, best
+
+
+def time_jaxbig(size, batch, seq, steps, repeats, overrides=()) -> dict:
     train_step, state, data, config, model = build_lm_step(size, batch, seq, overrides)
-    t0 = time.perf_counter()
-    state, metrics = train_step(state, data)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - t0
-    for _ in range(2):  # warm-up
-        state, metrics = train_step(state, data)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = train_step(state, data)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - t0) / steps
-    tokens = batch * seq
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    return {'size': size, 'params': n_params, 'batch': batch, 'seq': seq,
-            'compile_s': compile_s, 'step_s': seconds, 'tokens_per_s': tokens / seconds,
-            'model_flops_per_s': tokens * gpt.flops_per_token(model, seq) / seconds}
+    compile_s, step_s = time_loop(train_step, state, data, steps, repeats)
+    return dict(params=gpt.count_params(state.params), compile_s=compile_s, step_s=step_s,
+                flops_per_token=gpt.flops_per_token(model, seq))
+
+
+def time_torch(size, batch, seq, steps, repeats, compiled: bool) -> dict:
+    """The PyTorch reference on the same shapes; torch's own threads = this process's cores."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_gpt
+
+    torch.manual_seed(0)
+    model = torch_gpt.GPT(256, **gpt.SIZES[size], max_len=seq)
+    step = torch_gpt.make_train_step(model, compile_step=compiled)
+    tokens = torch.from_numpy(random_batch(batch, seq).astype(np.int64))
+    inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+    def run(_, batch):
+        return None, step(*batch)
+
+    first, step_s = time_loop(run, None, (inputs, targets), steps, repeats)
+    return dict(params=torch_gpt.count_params(model), compile_s=first, step_s=step_s,
+                threads=torch.get_num_threads(), version=torch.__version__)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--size', default='tiny')
+    parser.add_argument('--size', default='tiny', choices=list(gpt.SIZES))
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--seq', type=int, default=128)
-    parser.add_argument('--steps', type=int, default=10)
+    parser.add_argument('--steps', type=int, default=5, help='steps per timed repeat')
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--torch', action='store_true', help='also time the PyTorch reference')
+    parser.add_argument('--json', action='store_true', help='print one JSON object only')
     parser.add_argument('--override', action='append', default=[],
                         help='config override a.b=v (repeatable)')
     args = parser.parse_args()
     overrides = [tuple(o.split('=', 1)) for o in args.override]
-    print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} x {jax.device_count()}')
+    tokens = args.batch * args.seq
     peak = matmul_peak_flops()
-    r = time_train_step(args.size, args.batch, args.seq, args.steps, overrides)
-    print(f'matmul peak (float32, 2048^2): {peak / 1e9:8.1f} GFLOP/s')
-    print(f'model {r["size"]}: {r["params"]:,} params, batch {r["batch"]} x seq {r["seq"]}, '
-          f'compile {r["compile_s"]:.1f} s')
-    print(f'train step: {r["step_s"] * 1e3:8.1f} ms   {r["tokens_per_s"]:10,.0f} tokens/s   '
-          f'{r["model_flops_per_s"] / 1e9:8.1f} model GFLOP/s')
-    print(f'MFU against the measured peak: {r["model_flops_per_s"] / peak:.1%}')
+    runs = {'jaxbig': time_jaxbig(args.size, args.batch, args.seq, args.steps, args.repeats,
+                                  overrides)}
+    flops = runs['jaxbig']['flops_per_token'] * tokens
+    if args.torch:
+        for name, compiled in (('torch_eager', False), ('torch_compile', True)):
+            runs[name] = time_torch(args.size, args.batch, args.seq, args.steps, args.repeats,
+                                    compiled)
+            if runs[name]['params'] != runs['jaxbig']['params']:
+                raise SystemExit(f'{name} has {runs[name]["params"]:,} parameters, jaxbig '
+                                 f'{runs["jaxbig"]["params"]:,}: not the same model')
+    for r in runs.values():
+        r.update(tokens_per_s=tokens / r['step_s'], model_flops_per_s=flops / r['step_s'],
+                 mfu=flops / r['step_s'] / peak)
+    result = dict(size=args.size, batch=args.batch, seq=args.seq, overrides=args.override,
+                  jax=jax.__version__, devices=jax.device_count(), peak_flops=peak, runs=runs)
+    if args.json:
+        print(json.dumps(result))
+        return
+    j = runs['jaxbig']
+    print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}; '
+          f'matmul peak (float32, 2048^2): {peak / 1e9:.1f} GFLOP/s')
+    print(f'model {args.size}: {j["params"]:,} params, batch {args.batch} x seq {args.seq}, '
+          f'{j["flops_per_token"] * tokens / 1e9:.2f} GFLOP per step (MaxText counting)'
+          + (f', overrides {args.override}' if args.override else ''))
+    print(f'{"":14s} {"step ms":>9s} {"tokens/s":>10s} {"GFLOP/s":>8s} {"MFU":>6s} '
+          f'{"first call s":>12s}')
+    for name, r in runs.items():
+        print(f'{name:14s} {r["step_s"] * 1e3:9.1f} {r["tokens_per_s"]:10,.0f} '
+              f'{r["model_flops_per_s"] / 1e9:8.1f} {r["mfu"]:6.1%} {r["compile_s"]:12.1f}')
+    for name in runs:
+        if name != 'jaxbig':
+            print(f'jaxbig / {name}: {j["tokens_per_s"] / runs[name]["tokens_per_s"]:.2f}x '
+                  'tokens/s')
 
 
 if __name__ == '__main__':
