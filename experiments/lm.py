@@ -42,6 +42,7 @@ def get_config(arg=None):
         # flat in depth (benchmarks/RESULTS.md), so deeper presets scan.
         scan_layers=SIZES[arg.size]['num_layers'] > 6,
         remat='none',
+        attention='einsum',  # 'xla' | 'cudnn': jax.nn.dot_product_attention (cudnn on GPU)
         dtype='float32',
         param_dtype='float32',
     )

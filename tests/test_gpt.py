@@ -207,7 +207,17 @@ def test_remat_without_scan():
                                rtol=1e-6, atol=1e-6)
 
 
+def test_fused_attention_entry_point_matches_einsum():
+    """model.attention='xla' (jax.nn.dot_product_attention) computes the same model."""
+    variables = _variables()
+    np.testing.assert_allclose(_apply(Model(**SMALL), variables, _tokens()),
+                               _apply(Model(**SMALL, attention='xla'), variables, _tokens()),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_bad_remat_and_shapes_raise():
+    with pytest.raises(ValueError, match="model.attention='flash'"):
+        _init(Model(**SMALL, attention='flash'))
     with pytest.raises(ValueError, match="model.remat='bogus'"):
         _init(Model(**SMALL, remat='bogus'))
     with pytest.raises(ValueError, match="model.dtype='bf16' is not a dtype"):

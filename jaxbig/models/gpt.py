@@ -47,6 +47,10 @@ SIZES = {
     '1b': dict(num_layers=16, num_heads=16, embed_dim=2048, mlp_dim=8192),
 }
 
+# 'einsum': causal_attention below (fastest on CPU); 'xla' / 'cudnn': jax.nn.dot_product_attention
+# with that implementation ('cudnn' = the fused flash kernel on NVIDIA GPUs, bfloat16/float16).
+ATTENTION_IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
+
 REMAT_POLICIES = {
     'full': jax.checkpoint_policies.nothing_saveable,
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -171,6 +175,7 @@ class Attention(nn.Module):
     out_init_std: float
     dtype: Any
     param_dtype: Any
+    attention: str = 'einsum'
 
     @nn.compact
     def __call__(self, x, decode=None):
@@ -185,8 +190,12 @@ class Attention(nn.Module):
         q, k, v = (
             nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
         )
-        if decode is None:
+        if decode is None and self.attention == 'einsum':
             out, new_kv = causal_attention(q, k, v), None
+        elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                               implementation=self.attention)
+            new_kv = None
         else:
             _, (k_cache, v_cache), k_pos, index = decode
             write = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
@@ -242,15 +251,15 @@ class Block(nn.Module):
     out_init_std: float
     dtype: Any
     param_dtype: Any
+    attention: str = 'einsum'
 
     @nn.compact
     def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout, deterministic=not train)
         h = RMSNorm(self.norm_eps, name='attn_norm', **dtypes)(x)
-        attn = Attention(
-            self.num_heads, self.head_dim, self.rope_base, self.out_init_std, name='attn', **dtypes
-        )
+        attn = Attention(self.num_heads, self.head_dim, self.rope_base, self.out_init_std,
+                         name='attn', attention=self.attention, **dtypes)
         if kv is None:
             h = attn(h)
         else:
@@ -268,7 +277,8 @@ class Model(nn.Module):
     Fields are plain config values (`config.model`); see the module docstring and SIZES.
     head_dim=0 means embed_dim // num_heads. remat: 'none' | 'full' (save nothing) |
     'dots' (save matmul outputs without batch dims). dtype: compute dtype name;
-    param_dtype: storage dtype name.
+    param_dtype: storage dtype name. attention: 'einsum' | 'xla' | 'cudnn' (training
+    forward only; decoding always uses the cached einsum path).
     """
 
     vocab_size: int = 256
@@ -285,12 +295,16 @@ class Model(nn.Module):
     param_dtype: str = 'float32'
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
+    attention: str = 'einsum'
 
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.embed_dim // self.num_heads
 
     def setup(self):
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f'model.attention={self.attention!r}: expected one of '
+                             f'{ATTENTION_IMPLEMENTATIONS}')
         if self.remat != 'none' and self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r}: expected one of 'none', 'full', 'dots'")
         if not self.head_dim and self.embed_dim % self.num_heads:
@@ -322,6 +336,7 @@ class Model(nn.Module):
             dropout=self.dropout,
             rope_base=self.rope_base,
             norm_eps=self.norm_eps,
+            attention=self.attention,
             **dtypes,
             out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
         )
