@@ -121,7 +121,8 @@ def _wait_for_logged_step(workdir, step, proc, timeout=180):
 
 
 def _checkpoint_steps(workdir):
-    return sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+    path = os.path.join(workdir, 'checkpoints')
+    return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if os.path.isdir(path) else []
 
 
 def test_sigterm_or_sigint_saves_current_step_and_exits_zero(tfds_dir, tmp_path):
@@ -222,9 +223,10 @@ def _orbax_tmp_dirs(workdir):
 @pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_exactly(tfds_dir, tmp_path):
     """Each trial relaunches, waits until it has resumed (every trial but the first) or
-    has written its first checkpoint (the first), then SIGKILLs it: either a random moment
-    later, or while orbax is writing a checkpoint (its temporary directory is there, and still
-    is after the kill). At least 6 trials, at least 2 of them mid-save."""
+    has written its first checkpoint (the first) and trained a random number of steps, then
+    SIGKILLs it: either a random moment later, or while orbax is writing a checkpoint (its
+    temporary directory is there, and still is after the kill). At least 6 trials, at least 2
+    of them mid-save."""
     steps = 400
     common = [f'--config.train.steps={steps}', f'--config.optimizer.decay_steps={steps}',
               '--config.train.checkpoint_every=7']
@@ -236,17 +238,21 @@ def test_kill_9_at_random_moments_resumes_exactly(tfds_dir, tmp_path):
     while trials < 6 or mid_save < 2:
         assert trials < 20, f'only {mid_save} of {trials} kills landed during a save'
         log = tmp_path / f'trial{trials}.log'
-        resumable = os.path.isdir(killed / 'checkpoints') and _checkpoint_steps(killed)
+        resumable = bool(_checkpoint_steps(killed))
+        rows = len(_logged_steps(killed))
         proc = _popen_train(killed, *common, log=log)
         if resumable:
             _wait_for(lambda: 'resumed from' in log.read_text(), proc, 'resuming')
         else:
             _wait_for(lambda: _checkpoint_steps(killed), proc, 'a first checkpoint')
+        # Past compilation, a random number of steps into this launch's training.
+        more = rng.randint(1, 20)
+        _wait_for(lambda: len(_logged_steps(killed)) >= rows + more, proc, f'{more} steps')
         if trials % 2:  # during a save, at a random point of it
             _wait_for(lambda: _orbax_tmp_dirs(killed), proc, 'a save', timeout=60)
             time.sleep(rng.uniform(0.0, 0.05))
         else:
-            time.sleep(rng.uniform(0.0, 4.0))
+            time.sleep(rng.uniform(0.0, 1.0))
         assert proc.poll() is None, 'the run finished before it was killed; raise `steps`'
         proc.kill()
         proc.wait()
