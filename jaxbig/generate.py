@@ -15,7 +15,9 @@ per generated token, so the host prints text while the compiled loop runs; `Stre
 prints the newly completed UTF-8 text of one row.
 
 Stop: generation of a row ends after its first `stop` token sequence (or eos_id); the
-loop exits early once every row is done. Returned texts exclude the stop sequence.
+loop exits early once every row is done. `generate` returns the tokens including the stop
+sequence; the texts `jaxbig generate` prints, streamed or not, exclude it (the streamer
+holds back tokens that may begin the stop sequence until they turn out not to).
 """
 
 from __future__ import annotations
@@ -192,20 +194,49 @@ def generate_uncached(model, params, prompt, *, max_new_tokens: int):
 
 
 class Streamer:
-    """on_tokens for one row: prints each newly completed piece of UTF-8 text to `out`."""
+    """on_tokens for one row: prints each newly completed piece of UTF-8 text to `out`.
 
-    def __init__(self, tokenizer, row: int = 0, out=None):
+    With `stop` (a token sequence), a tail of tokens that could be the start of the stop
+    sequence is held back until it is not; the stop sequence itself and anything after it
+    are never printed. Call `finish()` at the end to print what is still held back.
+    """
+
+    def __init__(self, tokenizer, row: int = 0, out=None, stop=None):
         self.tokenizer, self.row, self.out = tokenizer, row, out or sys.stdout
-        self.ids, self.printed = [], ''
+        self.stop = [] if stop is None else [int(t) for t in stop]
+        self.ids, self.printed, self.stopped = [], '', False
 
     def __call__(self, i, tokens):
-        self.ids.append(int(tokens[self.row]))
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith('\ufffd'):  # maybe an incomplete multi-byte character: wait
+        if self.stopped:
             return
-        self.out.write(text[len(self.printed):])
-        self.out.flush()
-        self.printed = text
+        self.ids.append(int(tokens[self.row]))
+        n = len(self.stop)
+        if n and self.ids[-n:] == self.stop:
+            del self.ids[-n:]
+            self.stopped = True
+            self._print(len(self.ids))
+        else:
+            self._print(len(self.ids) - self._held())
+
+    def finish(self):
+        """Prints the held-back tail (generation ended inside a partial stop match)."""
+        self._print(len(self.ids), final=True)
+
+    def _held(self) -> int:
+        """Length of the longest tail of ids that is a proper prefix of the stop sequence."""
+        for k in range(min(len(self.stop) - 1, len(self.ids)), 0, -1):
+            if self.ids[-k:] == self.stop[:k]:
+                return k
+        return 0
+
+    def _print(self, upto: int, final: bool = False):
+        text = self.tokenizer.decode(self.ids[:upto])
+        if text.endswith('\ufffd') and not final:  # maybe an incomplete character: wait
+            return
+        if len(text) > len(self.printed):
+            self.out.write(text[len(self.printed):])
+            self.out.flush()
+            self.printed = text
 
 
 # ----------------------------------------------------------------------------- from a workdir
@@ -224,6 +255,14 @@ def load_run(workdir: str, step: int | None = None):
         config = config_lib.from_json(f.read())
     kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
     model = models.get_model(config.model.name, **kwargs)
+    if step is not None:
+        directory = os.path.join(workdir, 'checkpoints')
+        available = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if (
+            os.path.isdir(directory)) else []
+        if step not in available:
+            raise FileNotFoundError(
+                f'--step {step}: no checkpoint of that step in {directory} '
+                f'(available steps: {available}; leave --step out for the latest)')
     params, step = checkpoint.restore_params(workdir, step)
     # The data pipelines of this codebase tokenize bytes; a run with another tokenizer
     # would name it in config.data.tokenizer.
@@ -235,11 +274,15 @@ def load_run(workdir: str, step: int | None = None):
 
 def main(args) -> int:
     """`jaxbig generate` (see jaxbig.cli)."""
-    _, model, params, _, tok = load_run(args.workdir, args.step)
+    _, model, params, step, tok = load_run(args.workdir, args.step)
     if args.quantize == 'int8':
         from jaxbig import quantize
 
-        params = quantize.quantize_params(params)
+        before, params = quantize.kernel_bytes(params), quantize.quantize_params(params)
+        after = quantize.kernel_bytes(params)
+        print(f'int8 (step {step}): kernel bytes {before:,} float32 -> {after:,} int8+scales '
+              f'({before / after:.2f}x smaller); the validation loss change: '
+              f'python -m jaxbig.quantize --workdir {args.workdir}', file=sys.stderr)
     elif args.quantize not in (None, 'none'):
         raise ValueError(f'--quantize {args.quantize!r}: expected int8')
     texts = list(args.prompt or [])
@@ -251,7 +294,7 @@ def main(args) -> int:
     stop_text = (args.stop or '').replace('\\n', '\n').replace('\\t', '\t')
     stop = tok.encode(stop_text) if stop_text else None
     single = len(texts) == 1
-    stream = Streamer(tok) if single else None
+    stream = Streamer(tok, stop=stop) if single else None
     if single:
         sys.stdout.write(texts[0])
         sys.stdout.flush()
@@ -261,6 +304,7 @@ def main(args) -> int:
         stop=stop, eos_id=tok.eos_id, on_tokens=stream,
     )
     if single:
+        stream.finish()
         sys.stdout.write('\n')
     else:
         for text, row, n in zip(texts, out, lengths):

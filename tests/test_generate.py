@@ -1,8 +1,10 @@
 """jaxbig.generate: cached == uncached greedy decoding, sampling filters against NumPy,
-left-padded batches == each prompt alone, stop sequences, streaming, the CLI."""
+left-padded batches == each prompt alone, stop sequences, streaming, and the CLI on one
+briefly trained run (two checkpoints): --seed, --step, --stop as streamed, --quantize."""
 
 import functools
 import io
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_LM, run_cli
+from jaxbig import checkpoint, cli, quantize
 from jaxbig import generate as gen
 from jaxbig.data.tokenizers import ByteTokenizer
 from jaxbig.models import gpt, lstm
@@ -180,13 +183,94 @@ def test_streamer_waits_for_whole_utf8_characters():
     assert buf.getvalue() == 'aé€'
 
 
+def _stream(text, stop):
+    """(printed before finish(), printed in all) streaming `text` byte by byte."""
+    buf = io.StringIO()
+    s = gen.Streamer(ByteTokenizer(), out=buf, stop=ByteTokenizer().encode(stop))
+    for i, b in enumerate(text.encode()):
+        s(i, np.array([b, 0]))
+    before = buf.getvalue()
+    s.finish()
+    return before, buf.getvalue()
+
+
+def test_streamer_never_prints_the_stop_sequence():
+    assert _stream('x = 1\n\ny = 2', '\n\n') == ('x = 1', 'x = 1')
+    assert _stream('ab\nc\n\nzz', '\n\n') == ('ab\nc', 'ab\nc')  # a partial match released
+    assert _stream('done\n', '\n\n') == ('done', 'done\n')  # held back, printed at the end
+    assert _stream('€€ab€', 'b€') == ('€€a', '€€a')  # multi-byte stop
+    assert _stream('plain', '') == ('plain', 'plain')
+
+
 # ----------------------------------------------------------------------------- CLI
 
-def test_cli_generate_prints_text(tfds_dir, tmp_path):
-    run_cli('train', '--workdir', str(tmp_path), '--config', 'experiments/lm.py:steps=2',
-            *TINY_LM)
-    proc = run_cli('generate', '--workdir', str(tmp_path), '--prompt', 'def f(x):',
+@pytest.fixture(scope='module')
+def trained(tfds_dir, tmp_path_factory):
+    """A tiny LM trained 4 steps at a high learning rate, checkpoints at steps 2 and 4."""
+    workdir = str(tmp_path_factory.mktemp('generate_run'))
+    run_cli('train', '--workdir', workdir, '--config', 'experiments/lm.py:steps=4', *TINY_LM,
+            '--config.train.checkpoint_every=2', '--config.optimizer.lr=0.03',
+            '--config.optimizer.warmup_steps=1')
+    return workdir
+
+
+def _main(workdir, capsys, *args):
+    """`jaxbig generate` in this process (its compiled loop is cached across calls)."""
+    capsys.readouterr()
+    parsed = cli.build_parser().parse_args(['generate', '--workdir', workdir, *args])
+    gen.main(parsed)
+    return capsys.readouterr()
+
+
+SAMPLE = ('--prompt', 'def f(x):', '--max-new-tokens', '16', '--temperature', '1.0')
+
+
+def test_cli_generate_prints_text_and_int8_size(trained):
+    proc = run_cli('generate', '--workdir', trained, '--prompt', 'def f(x):',
                    '--max-new-tokens', '24', '--temperature', '0.8', '--top-k', '40',
                    '--top-p', '0.9', '--quantize', 'int8')
     assert proc.stdout.startswith('def f(x):')
     assert len(proc.stdout.strip()) > len('def f(x):')
+    params, step = checkpoint.restore_params(trained)
+    before, after = quantize.kernel_bytes(params), quantize.kernel_bytes(
+        quantize.quantize_params(params))
+    match = re.search(r'int8 \(step (\d+)\): kernel bytes ([\d,]+) float32 -> ([\d,]+) '
+                      r'int8\+scales \(([\d.]+)x smaller\)', proc.stderr)
+    assert match, proc.stderr[-2000:]
+    assert int(match[1]) == step == 4
+    assert [int(match[k].replace(',', '')) for k in (2, 3)] == [before, after]
+    assert float(match[4]) == pytest.approx(before / after, abs=0.01) and float(match[4]) > 3.5
+
+
+def test_cli_seed(trained, capsys):
+    first = _main(trained, capsys, *SAMPLE, '--seed', '1').out
+    assert first.startswith('def f(x):') and first.endswith('\n')
+    assert _main(trained, capsys, *SAMPLE, '--seed', '1').out == first
+    assert _main(trained, capsys, *SAMPLE, '--seed', '2').out != first
+
+
+def test_cli_step_chooses_the_checkpoint(trained, capsys):
+    tok = ByteTokenizer()
+    config, model, _, _, _ = gen.load_run(trained)
+    outputs = {}
+    for step in (2, 4):
+        params, restored = checkpoint.restore_params(trained, step)
+        assert restored == step
+        out, n = gen.generate(model, params, [tok.encode('def f(x):')], max_new_tokens=16,
+                              temperature=1.0, seed=0, eos_id=tok.eos_id,
+                              on_tokens=lambda i, t: None)
+        outputs[step] = 'def f(x):' + tok.decode(out[0, :n[0]]) + '\n'
+    assert outputs[2] != outputs[4]  # the checkpoints really differ
+    assert _main(trained, capsys, *SAMPLE, '--step', '2').out == outputs[2]
+    assert _main(trained, capsys, *SAMPLE).out == outputs[4]  # default: the latest
+    with pytest.raises(FileNotFoundError, match=r'--step 3: .*available steps: \[2, 4\]'):
+        _main(trained, capsys, *SAMPLE, '--step', '3')
+
+
+def test_cli_stop_sequence_is_not_streamed(trained, capsys):
+    free = _main(trained, capsys, *SAMPLE).out[len('def f(x):'):-1]  # compiled loop cached
+    assert len(free) > 8, free
+    stop = free[5:7]
+    cut = free.index(stop)
+    out = _main(trained, capsys, *SAMPLE, '--stop', stop.replace('\n', '\\n')).out
+    assert out == 'def f(x):' + free[:cut] + '\n'
