@@ -106,19 +106,54 @@ def _path_key(path) -> tuple:
     return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
 
 
-def state_logical_specs(abstract_state, param_specs, params_attr: str = 'params'):
+def _mesh_axes_size(axes, mesh_shape) -> int:
+    if axes is None:
+        return 1
+    return math.prod(mesh_shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+
+
+def fit_spec(spec: P, shape: tuple, mesh_shape: dict, rules, name: str = '') -> P:
+    """Drops the logical names of `spec` whose mesh axes do not divide their dimension of
+    `shape` (e.g. a 25-word vocabulary under tensor=2): that dimension is replicated instead
+    (logged). Repeated until stable, since a freed mesh axis may go to another dimension."""
+    names = list(spec) + [None] * (len(shape) - len(spec))
+    while True:
+        mesh_axes = nn.logical_to_mesh_axes(P(*names), rules)
+        bad = [
+            i for i, (dim, axes) in enumerate(zip(shape, mesh_axes))
+            if dim % _mesh_axes_size(axes, mesh_shape)
+        ]
+        if not bad:
+            return P(*names)
+        i = bad[0]
+        logging.info(
+            'sharding: %s dimension %d (%s, size %d) does not split over mesh axes %s; '
+            'replicated along it', name or 'array', i, names[i], shape[i], mesh_axes[i],
+        )
+        names[i] = None
+
+
+def state_logical_specs(abstract_state, param_specs, params_attr: str = 'params',
+                        mesh_shape: dict | None = None, rules=None):
     """Logical PartitionSpecs for a whole train state.
 
     Parameters take `param_specs` (from `nn.get_partition_spec` on the boxed init); any other
     leaf whose tree path ends with a parameter's path and has its shape (optimizer moments)
-    takes that parameter's spec; everything else (counters, rng) is replicated.
+    takes that parameter's spec; everything else (counters, rng) is replicated. Dimensions
+    their mesh axes do not divide are replicated (`fit_spec`); `mesh_shape` ({axis: size})
+    and `rules` default to the current `jax.set_mesh` mesh and `nn.logical_axis_rules`.
     """
+    if mesh_shape is None:
+        mesh_shape = dict(jax.sharding.get_abstract_mesh().shape)
+    rules = nn.get_logical_axis_rules() if rules is None else rules
     params = getattr(abstract_state, params_attr)
     by_path = {}
     for (path, leaf), (_, spec) in zip(
         jax.tree_util.tree_flatten_with_path(params)[0],
         jax.tree_util.tree_flatten_with_path(param_specs, is_leaf=lambda x: isinstance(x, P))[0],
     ):
+        if mesh_shape:
+            spec = fit_spec(spec, leaf.shape, mesh_shape, rules, '/'.join(_path_key(path)))
         by_path[_path_key(path)] = (leaf.shape, spec)
     lengths = sorted({len(k) for k in by_path}, reverse=True)
 

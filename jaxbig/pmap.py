@@ -3,7 +3,9 @@
 Every local device holds a full copy of the TrainState (leading axis = local devices) and
 its own slice of the host batch; `make_train_step(..., pmap_axis=AXIS)` averages loss,
 metrics and gradients over all devices of all processes with `lax.pmean`, so the replicas
-stay identical and the losses equal the mesh path's.
+stay identical and the losses equal the mesh path's. Losses whose examples interact
+(contrastive negatives) gather the embeddings of every device with `global_rows` and so see
+the global batch, as under the mesh path.
 
     state = replicate(state)                  # mesh (global, replicated) -> [n, ...]
     train_step = pmap_train_step(make_train_step(..., pmap_axis=AXIS))
@@ -21,6 +23,7 @@ are removed, so this module builds the replicated arrays with `jax.device_put` a
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import flax.linen as nn
 import jax
@@ -31,6 +34,28 @@ from jax.sharding import PartitionSpec as P
 from jaxbig.config import ConfigError
 
 AXIS = 'batch'
+
+
+def in_pmap() -> bool:
+    """True while tracing under `pmap_train_step` / `pmap_eval_step` (AXIS is bound)."""
+    try:
+        jax.lax.axis_size(AXIS)
+    except NameError:  # unbound axis name: jit on a mesh, or eager
+        return False
+    return True
+
+
+def global_rows(x):
+    """Under pmap, this device's rows x [n, ...] -> the global batch's [devices * n, ...]
+    (`all_gather` over AXIS, tiled, in device order; all processes' devices); elsewhere x.
+
+    For losses that couple the examples of a batch (contrastive negatives). Every device
+    then computes the global loss L. The gradient of the gather is a `psum_scatter`, so
+    device d's parameter gradient is n_dev * dL/dparams through d's rows (plus dL/dparams
+    for parameters used outside the gather, e.g. a logit scale); `step.py`'s `pmean`
+    divides by n_dev and sums over d: exactly the one-device gradient of L.
+    """
+    return jax.lax.all_gather(x, AXIS, tiled=True) if in_pmap() else x
 
 
 def local_sharding() -> NamedSharding:
@@ -69,23 +94,40 @@ def _outside_mesh():
         yield
 
 
-def _replicate_leaf(x, sharding: NamedSharding):
-    devices = list(sharding.mesh.devices.flat)
-    shape = (len(devices), *np.shape(x))
+@functools.cache
+def _reshaper(mesh: Mesh, add: bool):
+    """One compiled function for a whole tree on this process's devices: add=True maps
+    leaves replicated over `mesh` to their [devices, ...] stack (each device its own copy);
+    add=False the reverse (each device keeps its replica). Per-leaf, per-device eager ops
+    instead would compile once per (shape, device): seconds for a model's state."""
+    fn = (lambda x: x[None]) if add else (lambda x: x[0])  # noqa: E731
+    specs = (P(), P(AXIS)) if add else (P(AXIS), P())
+    return jax.jit(
+        jax.shard_map(
+            lambda tree: jax.tree.map(fn, tree),
+            mesh=mesh, in_specs=specs[0], out_specs=specs[1], check_vma=False,
+        )
+    )
+
+
+def _on_devices(x, sharding: NamedSharding):
+    """x's per-device copies as an array with `sharding` (fully replicated, same shape), no
+    transfer when x is a replicated array on those devices; else from the host."""
+    devices = sharding.addressable_devices
     if isinstance(x, jax.Array) and x.is_fully_replicated:
         by_device = {s.device: s.data for s in x.addressable_shards}
-        if all(d in by_device for d in devices):  # no host round trip
-            return jax.make_array_from_single_device_arrays(
-                shape, sharding, [by_device[d][None] for d in devices]
-            )
-    return jax.device_put(np.broadcast_to(np.asarray(x)[None], shape), sharding)
+        if all(d in by_device for d in devices):
+            arrays = [by_device[d] for d in devices]
+            return jax.make_array_from_single_device_arrays(x.shape, sharding, arrays)
+    return jax.device_put(np.asarray(x), sharding)
 
 
 def replicate(tree):
     """Each leaf (global replicated array, or host value) -> [local devices, ...]."""
-    sharding = local_sharding()
+    mesh = local_sharding().mesh
     with _outside_mesh():
-        return jax.tree.map(lambda x: _replicate_leaf(x, sharding), tree)
+        local = jax.tree.map(lambda x: _on_devices(x, NamedSharding(mesh, P())), tree)
+        return _reshaper(mesh, True)(local)
 
 
 def unreplicate(tree):
@@ -94,19 +136,16 @@ def unreplicate(tree):
         return jax.tree.map(lambda x: x[0], tree)
 
 
-def _to_mesh_leaf(x, sharding: NamedSharding):
-    if not sharding.is_fully_replicated:
-        raise ValueError(f'pmap state can only become a replicated array, not {sharding}')
-    by_device = {s.device: s.data for s in x.addressable_shards}
-    arrays = [by_device[d].reshape(x.shape[1:]) for d in sharding.addressable_devices]
-    return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, arrays)
-
-
 def to_mesh(tree, shardings):
     """Replicated pmap state -> global arrays with `shardings` (fully replicated ones), the
     mesh path's layout: what checkpoints hold. Uses each device's own copy (no transfer)."""
+    for s in jax.tree.leaves(shardings):
+        if not s.is_fully_replicated:
+            raise ValueError(f'pmap state can only become a replicated array, not {s}')
+    mesh = local_sharding().mesh
     with _outside_mesh():
-        return jax.tree.map(_to_mesh_leaf, tree, shardings)
+        local = _reshaper(mesh, False)(tree)
+        return jax.tree.map(_on_devices, local, shardings)
 
 
 def shard_batch(batch: dict) -> dict:

@@ -8,7 +8,8 @@ The model maps the 2N views to z [2N, D]; z is L2-normalised and, for each of th
 where p is i's other view (i <-> i + N) and the sum runs over the other 2N - 1 views
 (self-similarity excluded). The loss is the mean over the 2N rows (Chen et al. 2020, eq. 1).
 The batch here is the global batch: under jit over a sharded batch every view meets the
-negatives of every device and host.
+negatives of every device and host; under `parallel.strategy='pmap'` each device gathers
+every device's embeddings (`pmap.global_rows`) and computes the same global loss.
 
 `config` (the experiment's `loss` section): name='contrastive', temperature (tau > 0).
 Metrics: loss, pos_sim (mean cosine of positive pairs), neg_sim (mean over negatives),
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from jaxbig.pmap import global_rows
 
 
 def l2_normalize(x, eps=1e-12):
@@ -57,10 +60,5 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     n = batch['view1'].shape[0]
     views = jnp.concatenate([batch['view1'], batch['view2']], axis=0)  # [2N, H, W, C]
     z = apply_fn({'params': params}, views, train=train, rngs=rngs)
-    loss, stats = nt_xent(z[:n], z[n:], temperature)
+    loss, stats = nt_xent(global_rows(z[:n]), global_rows(z[n:]), temperature)
     return loss, dict(stats, loss=loss, temperature=jnp.float32(temperature))
-
-
-# The loss couples all examples of the batch (negatives): it must see the global batch,
-# which the mesh strategy gives; pmap's per-device losses would not (train.py refuses it).
-NEEDS_GLOBAL_BATCH = True

@@ -10,8 +10,9 @@ The model (`models.two_tower`) returns unit-norm embeddings x (images), y (texts
           loss = -(1 / N) sum_ij log sigmoid(z_ij * (exp(t) x_i.y_j + b))
 
 N is the global batch (under jit over a sharded batch the negatives come from every device
-and host). `config`: name='multimodal', kind='clip' | 'siglip', max_logit_scale (clip: CLIP
-clamps exp(t) at 100, so log 100). Metrics: loss, logit_scale (= exp(t)), temperature
+and host; under `parallel.strategy='pmap'` each device gathers every device's embeddings
+with `pmap.global_rows`). `config`: name='multimodal', kind='clip' | 'siglip',
+max_logit_scale (clip: CLIP clamps exp(t) at 100, so log 100). Metrics: loss, logit_scale (= exp(t)), temperature
 (= 1 / exp(t)), logit_bias (siglip), pos_sim / neg_sim / sim_gap (cosines of matching /
 non-matching pairs), i2t_accuracy and t2i_accuracy (in-batch top-1).
 """
@@ -22,6 +23,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from jaxbig.pmap import global_rows
 
 KINDS = ('clip', 'siglip')
 
@@ -66,7 +69,7 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics); see the module docstring."""
     kind = config.get('kind', 'clip')
     out = apply_fn({'params': params}, batch['image'], batch['text'], train=train, rngs=rngs)
-    x, y, t = out['image'], out['text'], out['logit_scale']
+    x, y, t = global_rows(out['image']), global_rows(out['text']), out['logit_scale']
     metrics = similarity_stats(x, y)
     if kind == 'clip':
         t = jnp.minimum(t, config.get('max_logit_scale', math.log(100.0)))
@@ -78,8 +81,3 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
         raise ValueError(f'loss.kind={kind!r}: expected one of {KINDS}')
     scale = jnp.exp(t)
     return loss, dict(metrics, loss=loss, logit_scale=scale, temperature=1.0 / scale)
-
-
-# The loss couples all examples of the batch (negatives): it must see the global batch,
-# which the mesh strategy gives; pmap's per-device losses would not (train.py refuses it).
-NEEDS_GLOBAL_BATCH = True
