@@ -27,18 +27,30 @@ from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.models.gpt import SIZES
 
-MODES = ('full', 'linear_probe')
+MODES = ('full', 'linear_probe', 'features', 'lora')
+LORA_TARGETS = ['.*attn/(query|value)/kernel']
 
 
 def get_config(arg=None):
     arg = parse_arg(
-        arg, init='', mode='full', steps=300, batch=32, seq=128, lr=1e-3, backbone_lr_mult=1.0
+        arg,
+        init='',
+        mode='full',
+        steps=300,
+        batch=32,
+        seq=128,
+        lr=1e-3,
+        backbone_lr_mult=1.0,
+        rank=8,
+        alpha=16.0,
+        examples=4096,
     )
     if arg.mode not in MODES:
         raise ConfigError(
-            f'experiments/finetune_text.py: mode={arg.mode!r}, expected one of '
-            f'{MODES} (features and lora modes are not implemented yet)'
+            f'experiments/finetune_text.py: mode={arg.mode!r}, expected one of {MODES}'
         )
+    if arg.mode == 'features' and not arg.init:
+        raise ConfigError('experiments/finetune_text.py: mode=features needs init=<workdir>')
     backbone = dict(
         name='gpt',
         vocab_size=256,
@@ -56,9 +68,7 @@ def get_config(arg=None):
             raise ConfigError(f'init={arg.init!r}: no config.json there (not a jaxbig workdir)')
         with open(path) as f:
             backbone = json.load(f)['model']
-    c = ml_collections.ConfigDict()
-    c.model = dict(name='classifier', backbone=backbone, num_classes=9, pooling='last')
-    c.data = dict(
+    snippets = dict(
         pipeline='text_classes',
         name='pystdlib',
         data_dir='',
@@ -67,18 +77,41 @@ def get_config(arg=None):
         train_split='train',
         val_split='validation',
     )
+    evals = dict(type='classification', split='validation', num_batches=16, batch_size=64)
+    c = ml_collections.ConfigDict()
+    if arg.mode == 'features':
+        c.model = dict(name='linear', num_classes=9)
+        c.data = dict(
+            pipeline='features',
+            source=snippets,
+            backbone_from=arg.init,
+            backbone_step=-1,
+            pooling='last',
+            train_split='train',
+            val_split='validation',
+            embed_batch=256,
+            embed_examples=dict(
+                train=arg.examples, validation=evals['num_batches'] * evals['batch_size']
+            ),
+        )
+    else:
+        c.model = dict(name='classifier', backbone=backbone, num_classes=9, pooling='last')
+        c.data = snippets
+    if arg.mode == 'lora':
+        c.lora = dict(targets=LORA_TARGETS, rank=arg.rank, alpha=arg.alpha)
     c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
     c.optimizer = defaults.optimizer(
         lr=arg.lr,
         warmup_steps=max(arg.steps // 20, 1),
         weight_decay=0.01,
-        freeze=['encoder/.*'] if arg.mode == 'linear_probe' else [],
+        freeze=['encoder/.*'] if arg.mode in ('linear_probe', 'lora') else [],
         lr_mults=[['encoder/.*', arg.backbone_lr_mult]]
         if arg.mode == 'full' and arg.backbone_lr_mult != 1.0
         else [],
     )
     c.init_from = dict(
-        path=arg.init, step=-1, rename=[['^', 'encoder/']], include=['encoder/.*'], exclude=[]
+        path=arg.init if arg.mode != 'features' else '',
+        step=-1, rename=[['^', 'encoder/']], include=['encoder/.*'], exclude=[]
     )
     c.parallel = defaults.parallel()
     c.train = defaults.train(
@@ -90,7 +123,5 @@ def get_config(arg=None):
         best_metric='val/accuracy',
         best_mode='max',
     )
-    c.evals = dict(
-        val=dict(type='classification', split='validation', num_batches=16, batch_size=64)
-    )
+    c.evals = dict(val=evals)
     return c

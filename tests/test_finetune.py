@@ -170,3 +170,49 @@ def test_lm_pretraining_beats_scratch_on_text_task(tfds_dir, tmp_path):
                 '--workdir', str(workdir), '--config.train.eval_every=0', timeout=1800)
         acc[name] = metric_series(workdir, 'val/accuracy')[200]
     assert acc['pretrained'] > acc['scratch'], acc
+
+
+def fake_lm_workdir(path, seed=0):
+    """A workdir with a tiny GPT's config.json and a checkpoint of random params."""
+    import json
+
+    import flax.linen as nn
+
+    from jaxbig import models
+    cfg = dict(name='gpt', vocab_size=256, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
+    model = models.get_model(**cfg)
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                                     jnp.zeros((1, 4), jnp.int32))['params'])
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda s: np.asarray(rng.normal(size=s.shape), np.float32), shapes)
+    saver = checkpoint.Checkpointer(str(path), keep=1, async_save=False)
+    saver.save(1, {'params': params, 'step': np.int32(1)}, force=True)
+    saver.close()
+    (path / 'config.json').write_text(json.dumps({'model': cfg}))
+    return model, params
+
+
+def test_text_features_mode_embeds_pooled_gpt_features(tfds_dir, tmp_path):
+    """finetune_text.py mode=features: each row is the LM's feature at the snippet's last real
+    byte (NumPy indexing by the mask, on rows that include snippets shorter than seq)."""
+    from jaxbig import data
+    from jaxbig.config import load
+    model, params = fake_lm_workdir(tmp_path / 'lm')
+    config = load(f'experiments/finetune_text.py:init={tmp_path / "lm"},mode=features,'
+                  'examples=64')
+    assert config.model.name == 'linear' and not config.init_from.path
+    config.data.embed_batch = 32
+    pipe = data.build_pipeline(config.data, split='train', batch_size=64, seed=0)
+    assert pipe.features.shape == (64, 16) and pipe.features.dtype == np.float32
+    source = data.build_pipeline(config.data.source, split='train', batch_size=32, seed=0)
+    rows = [source.get_batch(i) for i in range(2)]
+    inputs, mask = (np.concatenate([r[k] for r in rows]) for k in ('inputs', 'mask'))
+    np.testing.assert_array_equal(pipe.labels, np.concatenate([r['label'] for r in rows]))
+    last = mask.sum(1).astype(int) - 1
+    assert (last < inputs.shape[1] - 1).any()  # some short snippets: the mask matters
+    hidden = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x, method='features'))(
+        params, inputs))
+    np.testing.assert_allclose(pipe.features, hidden[np.arange(64), last], atol=1e-5)
+    config.data.embed_examples.train = 0  # snippets have no end: the count must be set
+    with pytest.raises(ConfigError, match='data.embed_examples'):
+        data.build_pipeline(config.data, split='train', batch_size=16, seed=0)

@@ -1,9 +1,14 @@
 """Frozen-backbone features, computed once (`data.pipeline='features'`), for fine-tuning a
 head without running the backbone per step (the `features` fine-tuning mode).
 
-Data config: source (the image/text data config the backbone reads, e.g. views=0 digits),
-backbone_from (a workdir: its config.json builds the model, its checkpoint gives params),
-backbone_step (-1 = latest), embed_batch. Each split is embedded once per process with the
+Data config: source (the image/text data config the backbone reads, e.g. views=0 digits,
+or the text_classes task), backbone_from (a workdir: its config.json builds the model — with
+its LoRA adapters if it has any —, its checkpoint gives params), backbone_step (-1 =
+latest), embed_batch, embed_examples ({split: n} or one n for every split: embed the first n
+examples, rounded up to whole embed batches; 0 = the whole split, which needs a finite
+source — the text task samples snippets without end, so it must set n), pooling ('last' |
+'mean': how [b, T, E] per-token features, e.g. a GPT's, become [b, E] under the source's
+mask; `jaxbig.models.classifier.pool`). Each split is embedded once per process with the
 model's `features` method (jitted, float32) and cached in memory; then batches are
 `inputs float32[b, E]`, `label int32[b]` in a seeded per-epoch shuffle, a pure function of
 (seed, i) like every pipeline. Every process embeds the whole split (fine for the embedded
@@ -13,6 +18,7 @@ datasets; shard it before using this on ImageNet-sized data).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 
@@ -30,8 +36,18 @@ def prepare(config) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _embedded(source_json: str, backbone_from: str, step: int, split: str, batch: int):
-    from jaxbig import checkpoint, data, models
+def _embedded(
+    source_json: str,
+    backbone_from: str,
+    step: int,
+    split: str,
+    batch: int,
+    examples: int = 0,
+    pooling: str = 'last',
+):
+    """(features float32[n, E], labels int32[n]) of the first n examples of `split`."""
+    from jaxbig import checkpoint, data, lora, models
+    from jaxbig.models.classifier import pool
 
     source = from_json(source_json)
     path = os.path.join(backbone_from, 'config.json')
@@ -41,16 +57,32 @@ def _embedded(source_json: str, backbone_from: str, step: int, split: str, batch
         run = json.load(f)
     model_cfg = dict(run['model'])
     model = models.get_model(model_cfg.pop('name'), **model_cfg)
+    model = lora.wrap(model, from_json(json.dumps(run)).get('lora'))
     params, _ = checkpoint.restore_params(backbone_from, None if step < 0 else step)
     pipe = data.build_pipeline(source, split=split, batch_size=batch, seed=0)
-    n = len(pipe.split)
-    features_of = jax.jit(lambda p, x: model.apply({'params': p}, x, method='features'))
+    if hasattr(pipe, 'split'):
+        n = min(examples, len(pipe.split)) if examples > 0 else len(pipe.split)
+    elif examples > 0:
+        n = examples
+    else:
+        raise ConfigError(
+            f'data.embed_examples: data.source.pipeline={source.get("pipeline", "lm")!r} has '
+            f'no fixed size; set how many {split!r} examples to embed (e.g. 4096)'
+        )
+    takes_mask = 'mask' in inspect.signature(model.features).parameters  # classifier: pools
+
+    def features_of(p, x, mask):
+        y = model.apply({'params': p}, x, **({'mask': mask} if takes_mask else {}),
+                        method='features')
+        return pool(y, mask, pooling) if y.ndim == 3 else y
+
+    features_of = jax.jit(features_of)
     feats, labels = [], []
     for i in range((n + batch - 1) // batch):
         rows = pipe.get_batch(i)
         keep = min(batch, n - i * batch)
         x = rows['image'] if 'image' in rows else rows['inputs']
-        feats.append(np.asarray(features_of(params, x), np.float32)[:keep])
+        feats.append(np.asarray(features_of(params, x, rows.get('mask')), np.float32)[:keep])
         labels.append(rows['label'][:keep])
     return np.concatenate(feats), np.concatenate(labels).astype(np.int32)
 
@@ -72,6 +104,11 @@ class FeaturePipeline:
         return {'inputs': self.features[ids], 'label': self.labels[ids]}
 
 
+def _examples(config, split: str) -> int:
+    n = config.get('embed_examples', 0)
+    return int(n.get(split, 0)) if hasattr(n, 'get') else int(n)
+
+
 def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
     from jaxbig.config import to_json
 
@@ -81,6 +118,8 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
         config.get('backbone_step', -1),
         split,
         config.get('embed_batch', 256),
+        _examples(config, split),
+        config.get('pooling', 'last'),
     )
     return FeaturePipeline(
         features,
