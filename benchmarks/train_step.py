@@ -33,6 +33,9 @@ from jaxbig import losses, models, optim
 from jaxbig import step as step_lib
 from jaxbig.models import gpt
 
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'experiments')
+
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
     """float32 FLOP/s of a jitted n x n matmul (best of `repeats`)."""
@@ -54,9 +57,10 @@ def random_batch(batch: int, seq: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(1, 256, size=(batch, seq + 1)).astype(np.int32)
 
 
-def build_lm_step(size: str, batch: int, seq: int, overrides=()):
-    """(jitted train_step, state, batch, config, model) through the real config -> step path."""
-    config = config_lib.load(f'experiments/lm.py:size={size},batch={batch},seq={seq}')
+def build_lm_step(size: str, batch: int, seq: int, overrides=(), *, abstract: bool = False):
+    """(jitted train_step, state, batch, config, model) through the real config -> step path.
+    abstract: state and batch are ShapeDtypeStructs (enough to lower and compile)."""
+    config = config_lib.load(f'{EXPERIMENTS}/lm.py:size={size},batch={batch},seq={seq}')
     config_lib.apply_overrides(config, overrides)
     model = models.get_model(config.model.name,
                              **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
@@ -67,7 +71,7 @@ def build_lm_step(size: str, batch: int, seq: int, overrides=()):
             'mask': jnp.ones((batch, seq), jnp.float32)}
     init = step_lib.init_fn(model, tx, loss_module.model_inputs(
         jax.tree.map(lambda x: x[:1], data)), seed=0)
-    state = jax.jit(init)()
+    state = jax.eval_shape(init) if abstract else jax.jit(init)()
     train_step = jax.jit(step_lib.make_train_step(model, losses.bind(loss_module, config.loss),
                                                   config.loss, tx, schedule),
                          donate_argnums=(0,))
@@ -128,6 +132,8 @@ def main():
     parser.add_argument('--steps', type=int, default=5, help='steps per timed repeat')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--torch', action='store_true', help='also time the PyTorch reference')
+    parser.add_argument('--no-compile', action='store_true',
+                        help='with --torch: skip torch.compile (its first call takes minutes)')
     parser.add_argument('--json', action='store_true', help='print one JSON object only')
     parser.add_argument('--override', action='append', default=[],
                         help='config override a.b=v (repeatable)')
@@ -139,7 +145,8 @@ def main():
                                   overrides)}
     flops = runs['jaxbig']['flops_per_token'] * tokens
     if args.torch:
-        for name, compiled in (('torch_eager', False), ('torch_compile', True)):
+        modes = (('torch_eager', False),) + (() if args.no_compile else (('torch_compile', True),))
+        for name, compiled in modes:
             runs[name] = time_torch(args.size, args.batch, args.seq, args.steps, args.repeats,
                                     compiled)
             if runs[name]['params'] != runs['jaxbig']['params']:

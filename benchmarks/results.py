@@ -1,0 +1,152 @@
+"""Regenerates benchmarks/RESULTS.md: every figure in it is measured by this run.
+
+    python benchmarks/results.py                 # ~20 min on a 2-core CPU; needs '.[bench]'
+    python benchmarks/results.py --quick         # tiny model only, no torch.compile
+
+Runs, each in a fresh process (so XLA flags can differ): the jaxbig train step against the
+PyTorch reference at two sizes (train_step.py --torch), each candidate change in `CHANGES`
+against the baseline measured in the same invocation, compile time against depth
+(compile_time.py) and the whole-loop throughput cases (loop_throughput.py). A change's
+prediction is written before it is measured; its effect and verdict come from the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHAPES = {'tiny': dict(batch=32, seq=128), 'gpt2_small': dict(batch=4, seq=512)}
+YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
+
+# (size, name, prediction, config overrides, XLA_FLAGS)
+CHANGES = [
+    ('tiny', 'attention via jax.nn.dot_product_attention (xla)',
+     'slower: its CPU path materialises a mask and unfused softmax', ['model.attention=xla'], ''),
+    ('tiny', 'nn.scan over layers instead of unrolled',
+     'slower at 4 layers: scan carries stacked params through a while loop',
+     ['model.scan_layers=true'], ''),
+    ('tiny', "remat='dots'", 'slower: recomputes elementwise work, memory is not the limit',
+     ['model.remat=dots'], ''),
+    ('tiny', 'XLA: YNNPACK fusions off', 'unknown: YNN kernels vs XLA-emitted loops + Eigen dots',
+     [], YNN_OFF),
+    ('tiny', 'XLA: --xla_cpu_use_xnnpack=true', 'small gain on small matmuls', [],
+     '--xla_cpu_use_xnnpack=true'),
+    ('tiny', 'XLA: --xla_cpu_use_onednn=true', 'matches PyTorch, which calls oneDNN', [],
+     '--xla_cpu_use_onednn=true'),
+    ('gpt2_small', 'attention via jax.nn.dot_product_attention (xla)', 'slower, as at tiny',
+     ['model.attention=xla'], ''),
+    ('gpt2_small', "remat='dots'", 'slower by the recomputed elementwise work',
+     ['model.remat=dots'], ''),
+    ('gpt2_small', 'XLA: YNNPACK fusions off', 'unknown', [], YNN_OFF),
+]
+
+
+def run_json(script: str, *args: str, xla_flags: str = '') -> dict:
+    env = dict(os.environ)
+    if xla_flags:
+        env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + xla_flags).strip()
+    out = subprocess.run([sys.executable, os.path.join(HERE, script), '--json', *args],
+                         check=True, env=env, capture_output=True, text=True, cwd=HERE).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def step_args(size: str, overrides=(), steps: int = 5) -> list[str]:
+    shape = SHAPES[size]
+    args = ['--size', size, '--batch', str(shape['batch']), '--seq', str(shape['seq']),
+            '--steps', str(steps if size == 'tiny' else 2)]
+    return args + [a for o in overrides for a in ('--override', o)]
+
+
+def headline(size: str, compiled: bool) -> tuple[dict, list[str]]:
+    r = run_json('train_step.py', *step_args(size), '--torch',
+                 *([] if compiled else ['--no-compile']))
+    rows = [f'### {size}: batch {r["batch"]} x seq {r["seq"]}, '
+            f'{r["runs"]["jaxbig"]["params"]:,} parameters (same in both frameworks)', '',
+            f'Matmul peak measured in the same run: {r["peak_flops"] / 1e9:.0f} GFLOP/s '
+            '(float32 2048^2).', '',
+            '| implementation | step | tokens/s | model GFLOP/s | MFU | jaxbig / this |',
+            '|---|---|---|---|---|---|']
+    j = r['runs']['jaxbig']
+    for name, x in r['runs'].items():
+        ratio = '' if name == 'jaxbig' else f'{j["tokens_per_s"] / x["tokens_per_s"]:.2f}x'
+        rows.append(f'| {name} | {x["step_s"] * 1e3:,.0f} ms | {x["tokens_per_s"]:,.0f} | '
+                    f'{x["model_flops_per_s"] / 1e9:.1f} | {x["mfu"]:.1%} | {ratio} |')
+    return r, rows + ['']
+
+
+def changes(sizes) -> list[str]:
+    rows = ['| size | change | prediction | baseline | with change | effect | verdict |',
+            '|---|---|---|---|---|---|---|']
+    baselines = {}
+    for size, name, prediction, overrides, flags in CHANGES:
+        if size not in sizes:
+            continue
+        if size not in baselines:
+            baselines[size] = run_json('train_step.py', *step_args(size))['runs']['jaxbig']
+        base = baselines[size]['step_s']
+        new = run_json('train_step.py', *step_args(size, overrides),
+                       xla_flags=flags)['runs']['jaxbig']['step_s']
+        effect = base / new - 1
+        verdict = 'pays' if effect > 0.03 else ('costs' if effect < -0.03 else 'no change')
+        rows.append(f'| {size} | {name} | {prediction} | {base * 1e3:,.0f} ms | '
+                    f'{new * 1e3:,.0f} ms | {effect:+.0%} speed | {verdict} |')
+    return rows + ['']
+
+
+def compile_section(size: str, layers: list[int]) -> list[str]:
+    r = run_json('compile_time.py', '--size', size, '--layers', *map(str, layers))
+    rows = [f'Train-step compile seconds at {size} width (batch 1 x seq 128):', '',
+            '| layers | nn.scan | unrolled |', '|---|---|---|']
+    rows += [f'| {x["layers"]} | {x["scan_s"]:.1f} s | {x["unrolled_s"]:.1f} s |'
+             for x in r['rows']]
+    return rows + ['']
+
+
+def loop_section() -> list[str]:
+    r = run_json('loop_throughput.py')
+    rows = ['| case | steps/s | tokens/s |', '|---|---|---|']
+    for name, x in r.items():
+        tokens = f'{x["tokens_per_s"]:,.0f}' if x['tokens_per_s'] else '-'
+        rows.append(f'| {name} | {x["steps_per_s"]:.2f} | {tokens} |')
+    return rows + ['']
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true')
+    parser.add_argument('--out', default=os.path.join(HERE, 'RESULTS.md'))
+    args = parser.parse_args()
+    sizes = ['tiny'] if args.quick else ['tiny', 'gpt2_small']
+    import jax
+
+    lines = ['# Measured results', '',
+             f'Written by `python benchmarks/results.py{" --quick" if args.quick else ""}` on '
+             f'{datetime.date.today()}: {platform.machine()}, {os.cpu_count()} cores, '
+             f'Python {platform.python_version()}, jax {jax.__version__}, float32, one CPU '
+             'device unless stated. Ratios compare numbers measured in the same invocation; '
+             'absolute figures move with the load on the machine.', '',
+             '## jaxbig against PyTorch, identical model (train_step.py --torch)', '']
+    for size in sizes:
+        lines += headline(size, compiled=not args.quick)[1]
+    lines += ['## Candidate changes, each against the baseline of the same invocation', '']
+    lines += changes(sizes)
+    lines += ['## Compile time against depth (compile_time.py)', '']
+    lines += compile_section(sizes[-1], [2, 4, 8, 12] if not args.quick else [2, 4, 8])
+    lines += ['## The whole loop (loop_throughput.py)', '']
+    lines += loop_section()
+    notes = os.path.join(HERE, 'RESULTS_NOTES.md')
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines += [f.read()]
+    with open(args.out, 'w') as f:
+        f.write('\n'.join(lines).rstrip() + '\n')
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
