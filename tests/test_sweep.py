@@ -1,9 +1,13 @@
-"""Ablation sweeps: helpers and names (instant); a 4-run sweep killed mid-way and relaunched
-(table == each run's metrics.jsonl, PNGs, finished runs not redone); a bad override marked
-failed while the others complete; launcher dry-runs."""
+"""Ablation sweeps: helpers and names (instant); every sweep in experiments/sweeps/ plans;
+a 4-run sweep killed while a run is mid-way and relaunched (finished runs not redone, the
+interrupted run resumed from its checkpoint; table == each run's metrics.jsonl, PNGs); a bad
+override marked failed while the others complete; launcher dry-runs."""
+import ast
 import csv
+import glob
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -13,10 +17,12 @@ import time
 import pytest
 
 from conftest import REPO, TINY_LM
+from jaxbig import config as config_lib
 from jaxbig import sweep, writers
 
 LM = os.path.join(REPO, 'experiments', 'lm.py')
-BASE = [*TINY_LM, '--config.evals.val.num_batches=1']
+BASE = [*TINY_LM, '--config.evals.val.num_batches=1', '--config.train.checkpoint_every=10']
+STEPS = 20  # long enough to catch a run mid-way
 SWEEP_4 = '''
 from jaxbig import sweep
 
@@ -33,7 +39,7 @@ def _env():
                 XLA_FLAGS='--xla_force_host_platform_device_count=1')
 
 
-def _sweep_cmd(sweep_file, workdir, *extra, steps=3):
+def _sweep_cmd(sweep_file, workdir, *extra, steps=STEPS):
     return [sys.executable, '-m', 'jaxbig.sweep', '--config', f'{LM}:size=tiny,steps={steps}',
             '--sweep', str(sweep_file), '--workdir', str(workdir), *extra, *BASE]
 
@@ -74,31 +80,95 @@ def test_run_names_are_short_unique_and_safe():
     assert sweep.run_spec('x.py', {':loss': 'siglip', 'a.b': 1}) == 'x.py:loss=siglip'
 
 
+# ------------------------------------------------------------------ the real sweeps
+
+def documented_config(sweep_file: str) -> str:
+    """The --config of the `jaxbig sweep` command in a sweep file's docstring."""
+    with open(sweep_file) as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ''
+    match = re.search(r'jaxbig sweep --config (\S+)', doc)
+    assert match, f'{sweep_file}: its docstring shows no `jaxbig sweep --config ...` command'
+    return match[1]
+
+
+SWEEP_FILES = sorted(glob.glob(os.path.join(REPO, 'experiments', 'sweeps', '*.py')))
+
+
+@pytest.mark.parametrize('sweep_file', SWEEP_FILES, ids=os.path.basename)
+def test_every_sweep_file_plans(sweep_file, tmp_path, capsys):
+    """Its documented command, as a dry run: one valid `jaxbig train` per run. A pretrained
+    `init=` workdir is stood in for by one holding the LM's config.json (all that planning
+    reads)."""
+    spec = documented_config(sweep_file)
+    lm = tmp_path / 'lm'
+    lm.mkdir()
+    (lm / 'config.json').write_text(config_lib.to_json(config_lib.load(
+        os.path.join(REPO, 'experiments', 'lm.py'))))
+    spec = os.path.join(REPO, re.sub(r'\binit=[^,]+', f'init={lm}', spec))
+    runs = sweep.load_sweep(sweep_file)
+    workdir = tmp_path / 'sweep'
+    capsys.readouterr()
+    assert sweep.main(['--config', spec, '--sweep', sweep_file, '--workdir', str(workdir),
+                       '--dry-run']) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert not [ln for ln in lines if ln.startswith('# invalid')], lines
+    assert len(lines) == len(runs) >= 2
+    assert all(' -m jaxbig train --config ' in ln for ln in lines)
+    assert len({ln.split('--workdir ')[-1] for ln in lines}) == len(runs)  # distinct run dirs
+    assert not workdir.exists()
+
+
 # ------------------------------------------------------------------ killed, relaunched
+
+def _mid_run(workdir, state):
+    """A run that is training (logged a step, at least 5 steps from the end), or None."""
+    for name, entry in state.items():
+        if entry['status'] != 'running':
+            continue
+        rows = writers.read_metrics(str(workdir / name))
+        if rows and rows[-1]['step'] <= STEPS - 5:
+            return name
+    return None
+
 
 @pytest.fixture(scope='module')
 def resumed(tmp_path_factory, tfds_dir):
-    """A 4-run sweep (2 at a time) SIGKILLed once a run is done, then relaunched."""
+    """A 4-run sweep (2 at a time) SIGKILLed once a run is done and another is mid-way
+    (its training gets SIGTERM, saves a checkpoint and exits), then relaunched."""
     tmp = tmp_path_factory.mktemp('sweep')
     sweep_file, workdir = tmp / 'lr_width.py', tmp / 'sweep'
     sweep_file.write_text(SWEEP_4)
     proc = subprocess.Popen(_sweep_cmd(sweep_file, workdir, '--parallel', '2'), cwd=REPO,
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 240
+    deadline, interrupted = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
-        if any(r['status'] == 'done' for r in _state(workdir).values()):
-            break
-        time.sleep(0.1)
+        state = _state(workdir)
+        if any(r['status'] == 'done' for r in state.values()):
+            interrupted = _mid_run(workdir, state)
+            if interrupted:
+                break
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    before = {n: r for n, r in _state(workdir).items() if r['status'] == 'done'}
-    assert 1 <= len(before) < 4, _state(workdir)
+    state = _state(workdir)
+    assert interrupted, state
+    before = {n: r for n, r in state.items() if r['status'] == 'done'}
+    assert 1 <= len(before) < 4, state
+    # The killed sweep's trainings stop by themselves (SIGTERM from the kernel when their
+    # parent died); wait for them so that the row counts below are final.
+    for name, r in state.items():
+        while r['status'] == 'running' and sweep._alive(r.get('pid'), str(workdir / name)):
+            assert time.time() < deadline + 120, f'{name} did not stop'
+            time.sleep(0.1)
     mtimes = {n: os.path.getmtime(workdir / n / 'metrics.jsonl') for n in before}
-    again = subprocess.run(_sweep_cmd(sweep_file, workdir), cwd=REPO, env=_env(), check=False,
-                           capture_output=True, text=True, timeout=400)
+    rows_before = {n: len((workdir / n / 'metrics.jsonl').read_text().splitlines())
+                   for n in NAMES if (workdir / n / 'metrics.jsonl').exists()}
+    again = subprocess.run(_sweep_cmd(sweep_file, workdir, '--parallel', '2'), cwd=REPO,
+                           env=_env(), check=False, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
-    return {'workdir': workdir, 'before': before, 'mtimes': mtimes, 'stderr': again.stderr}
+    return {'workdir': workdir, 'before': before, 'mtimes': mtimes, 'stderr': again.stderr,
+            'interrupted': interrupted, 'rows_before': rows_before}
 
 
 def test_relaunch_finishes_without_redoing(resumed):
@@ -111,8 +181,28 @@ def test_relaunch_finishes_without_redoing(resumed):
         assert log.count('=== jaxbig sweep: attempt') == 1
     for name in set(NAMES) - set(resumed['before']):
         assert state[name]['attempts'] >= 1
-        assert writers.read_metrics(str(workdir / name))[-1]['step'] == 3
+        assert writers.read_metrics(str(workdir / name))[-1]['step'] == STEPS
     assert '4/4 done, 0 running, 0 failed' in resumed['stderr']
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(resumed):
+    """The run that was mid-way: its second attempt restores the checkpoint its first one
+    saved when stopped and trains only the remaining steps."""
+    workdir, name = resumed['workdir'], resumed['interrupted']
+    assert _state(workdir)[name]['attempts'] == 2
+    log = (workdir / name / sweep.LOG_FILE).read_text()
+    first, second = log.split('=== jaxbig sweep: attempt')[1:]
+    assert 'saving a checkpoint and stopping' in first
+    match = re.search(r'resumed from \S+/checkpoints/(\d+)', second)
+    assert match, second[-3000:]
+    resumed_at = int(match[1])
+    assert 0 < resumed_at < STEPS
+    rows = [json.loads(ln) for ln in (workdir / name / 'metrics.jsonl').read_text().splitlines()]
+    split = resumed['rows_before'][name]
+    first_rows, second_rows = rows[:split], rows[split:]
+    assert first_rows[-1]['step'] == resumed_at  # stopped there, checkpoint of that step
+    assert [r['step'] for r in second_rows] == list(range(resumed_at + 1, STEPS + 1))
+    assert len(second_rows) < STEPS
 
 
 def test_table_matches_each_runs_metrics(resumed):
@@ -123,7 +213,7 @@ def test_table_matches_each_runs_metrics(resumed):
     for row in rows:
         metrics = writers.read_metrics(str(workdir / row['run']))
         last = metrics[-1]
-        assert row['status'] == 'done' and int(row['steps']) == last['step'] == 3
+        assert row['status'] == 'done' and int(row['steps']) == last['step'] == STEPS
         assert float(row['train/loss']) == last['train/loss']
         assert float(row['val/loss']) == last['val/loss']
         assert float(row['best val/loss']) == min(m['val/loss'] for m in metrics if 'val/loss' in m)
