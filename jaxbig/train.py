@@ -89,10 +89,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
     model = models.get_model(config.model.name, **model_kwargs)
     loss_module = losses.get_loss_module(config.loss.name)
     loss_fn = losses.bind(loss_module, config.loss)
-    if use_pmap and getattr(loss_module, 'NEEDS_GLOBAL_BATCH', False):
-        raise config_lib.ConfigError(
-            f"parallel.strategy='pmap': loss.name={config.loss.name!r} needs the global batch "
-            "(its negatives); pmap computes per-device losses. Use parallel.strategy='mesh'")
     tx, schedule = optim.build_optimizer(config.optimizer, t.steps)
     example = loss_module.model_inputs(jax.tree.map(lambda x: x[:1], train_data.get_batch(0)))
 

@@ -14,7 +14,6 @@ import pytest
 
 from conftest import REPO, TINY_LM, metric_series, run_cli
 from jaxbig import cli, train
-from jaxbig.config import ConfigError
 
 LM = 'experiments/lm.py'
 
@@ -32,6 +31,8 @@ BAD_CONFIGS = [
     (['--config.train.log_every=0'], 'train.log_every=0'),
     (['--config.train.eval_every=-1'], 'train.eval_every=-1'),
     (['--config.train.stepz=3'], "did you mean 'train.steps'"),
+    (['--config.train.best_mode=best'], "train.best_mode='best': expected 'max' or 'min'"),
+    (['--config.train.patience=-1'], 'train.patience=-1: must be >= 0'),
     (['--config.model.scan_layers=maybe'], 'expected a boolean'),
     (['--config.parallel.data=4'], 'needs 4 devices but 1 are available'),
     (['--config.parallel.data=-1', '--config.parallel.fsdp=-1'], 'only one of data/fsdp/tensor'),
@@ -298,13 +299,6 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tfds_dir, small_disk):
                       '--config.train.checkpoint_every=2', '--config.train.log_every=2')
     assert 'resumed from' in resumed.stderr
     assert max(metric_series(moved)) == 8
-
-
-def test_pmap_refuses_losses_that_need_the_global_batch(tfds_dir, tmp_path):
-    config = cli.load_config('experiments/simclr.py:data=digits,steps=1,batch=8',
-                             ['--config.parallel.strategy=pmap'])
-    with pytest.raises(ConfigError, match="needs the global batch"):
-        train.train(config, str(tmp_path))
 
 
 def test_keep_last_n_plus_every_kth(tfds_dir, tmp_path):
