@@ -6,8 +6,13 @@ devices). Model parameters and activations carry *logical* axis names ('embed', 
 strategy is a config choice:
 
     pure data parallel   data=-1                 (params replicated, batch split)
-    FSDP                 fsdp=-1                 (params split along 'embed', batch split)
-    tensor parallel      tensor=N                (heads / mlp / vocab split)
+    FSDP                 fsdp=-1                 (params split along 'embed' / 'conv_out' /
+                                                  'lstm_in', batch split)
+    tensor parallel      tensor=N                (heads / mlp / vocab / lstm_hidden split)
+
+Each model's logical names need a rule here (tests/test_sharding.py checks the GPT, LSTM,
+ResNet and MLP: every parameter named, every name ruled). A dimension its mesh axes do not
+divide (a 25-word vocabulary under tensor=2) is replicated instead (`fit_spec`).
 
 A mesh axis is used at most once per array: flax skips a rule whose mesh axis an earlier
 rule of the same array already took (so 'batch' -> (data, fsdp) wins over 'embed' -> fsdp
@@ -35,6 +40,10 @@ DEFAULT_RULES = (
     ('heads', 'tensor'),
     ('mlp', 'tensor'),
     ('embed', 'fsdp'),
+    ('conv_out', 'fsdp'),  # ResNet conv kernels [kh, kw, in, out] and GroupNorm [out]
+    ('conv_in', None),
+    ('lstm_hidden', 'tensor'),  # LSTM kernels [in, hidden] per gate and biases [hidden]
+    ('lstm_in', 'fsdp'),
     ('kv', None),
     ('length', None),
     ('layers', None),
@@ -131,6 +140,16 @@ def fit_spec(spec: P, shape: tuple, mesh_shape: dict, rules, name: str = '') -> 
             'replicated along it', name or 'array', i, names[i], shape[i], mesh_axes[i],
         )
         names[i] = None
+
+
+def fit_specs(specs, abstract, mesh, rules):
+    """`fit_spec` over a tree: `specs` (PartitionSpecs, e.g. `nn.get_partition_spec` of a
+    boxed init) and `abstract` (arrays or ShapeDtypeStructs of the same structure)."""
+    mesh_shape = dict(mesh.shape)
+    return jax.tree.map(
+        lambda spec, x: fit_spec(spec, x.shape, mesh_shape, rules),
+        specs, abstract, is_leaf=lambda x: isinstance(x, P),
+    )
 
 
 def state_logical_specs(abstract_state, param_specs, params_attr: str = 'params',

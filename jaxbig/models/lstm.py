@@ -10,7 +10,11 @@ Generation: the recurrent state is the cache (`init_cache`, `Model.decode`), the
 interface as the GPT's KV cache. `decode` runs the very same scanned cells from a given
 state, so the full-sequence forward is `decode` from the zero state. Positions < 0 mark
 padding: the state passes through such a step unchanged (left-padded batches).
-Parameters are not logically partitioned (replicated under any mesh).
+
+Logical axes (parallel.DEFAULT_RULES maps them to mesh axes): embedding ('vocab', 'embed');
+cell kernels, input and recurrent, ('lstm_in', 'lstm_hidden') [in, hidden] per gate, biases
+('lstm_hidden',); head kernel ('embed', 'vocab'), bias ('vocab',). So fsdp splits every
+kernel along its input dimension and tensor splits the hidden units (gates).
 """
 
 from typing import Any
@@ -18,6 +22,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.linear import default_embed_init
+
+KERNEL_AXES = ('lstm_in', 'lstm_hidden')
 
 
 class Recurrence(nn.Module):
@@ -43,8 +50,15 @@ class Recurrence(nn.Module):
             in_axes=1,
             out_axes=1,
         )
-        cell = nn.OptimizedLSTMCell(
-            self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='cell'
+        part = nn.with_logical_partitioning
+        cell = nn.OptimizedLSTMCell(  # flax's default initialisers, with logical axes
+            self.hidden_dim,
+            kernel_init=part(nn.initializers.lecun_normal(), KERNEL_AXES),
+            recurrent_kernel_init=part(nn.initializers.orthogonal(), KERNEL_AXES),
+            bias_init=part(nn.initializers.zeros_init(), ('lstm_hidden',)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='cell',
         )
         return scan(cell, carry, xs)
 
@@ -62,10 +76,21 @@ class Model(nn.Module):
 
     def setup(self):
         dtypes = dict(dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype))
-        self.embed = nn.Embed(self.vocab_size, self.embed_dim, **dtypes)
+        part = nn.with_logical_partitioning
+        self.embed = nn.Embed(
+            self.vocab_size,
+            self.embed_dim,
+            embedding_init=part(default_embed_init, ('vocab', 'embed')),
+            **dtypes,
+        )
         self.layers = [Recurrence(self.hidden_dim, **dtypes) for _ in range(self.num_layers)]
         self.drop = nn.Dropout(self.dropout)
-        self.head = nn.Dense(self.vocab_size, **dtypes)
+        self.head = nn.Dense(
+            self.vocab_size,
+            kernel_init=part(nn.initializers.lecun_normal(), ('embed', 'vocab')),
+            bias_init=part(nn.initializers.zeros_init(), ('vocab',)),
+            **dtypes,
+        )
 
     def _run(self, tokens, valid, cache, train):
         x = self.embed(tokens)

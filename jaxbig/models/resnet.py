@@ -143,7 +143,8 @@ class Model(nn.Module):
         )
         if self.num_classes:
             init = nn.with_logical_partitioning(nn.initializers.zeros, ('embed', 'vocab'))
-            self.head = nn.Dense(self.num_classes, kernel_init=init)
+            bias = nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',))
+            self.head = nn.Dense(self.num_classes, kernel_init=init, bias_init=bias)
 
     def features(self, images, *, train: bool = False):
         """images [B, H, W, C] -> pooled features [B, D]."""
