@@ -1,9 +1,13 @@
 """Two processes x 4 CPU devices on 127.0.0.1 (launch/local.sh) train like one process with
-8 devices; SIGTERM to the launcher stops every process at one step with a checkpoint, and
-a relaunch finishes with the uninterrupted losses. Slow: each multi-process run compiles
-in every process and runs gloo collectives on a 2-core machine (~1 min per launch)."""
+8 devices; SIGTERM to the launcher (forwarded to every process), or to one process only
+(as when a scheduler preempts one host: `safety.StopRequest.agreed` spreads the request),
+stops every process at one step with a checkpoint, and a relaunch finishes with the
+uninterrupted losses. Slow: each multi-process run compiles in every process and runs
+gloo collectives on a 2-core machine (~1 min per launch)."""
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,6 +87,69 @@ def test_sigterm_saves_and_relaunch_continues(reference, tmp_path):
     saved = [int(s) for s in os.listdir(workdir / 'checkpoints')]
     assert len(saved) == 1 and 2 <= saved[0] < STEPS, (saved, log_tail(workdir))
     assert 'rerun the same command to resume' in log_tail(workdir)
+
+    rc = finish(launch(workdir), workdir)  # relaunch: resumes at the saved step
+    assert rc == 0, log_tail(workdir)
+    assert 'resumed from' in log_tail(workdir)
+    got = metric_series(workdir)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([got[s] for s in reference], list(reference.values()),
+                               rtol=0, atol=1e-5)
+
+
+def launch_direct(workdir) -> list[subprocess.Popen]:
+    """The two processes of `launch` started here (no launcher to forward signals), each
+    logging to workdir.<i>.log."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i in range(2):
+        env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+        env.update(JAX_PLATFORMS='cpu', JAXBIG_COORDINATOR=f'127.0.0.1:{port}',
+                   JAXBIG_NUM_PROCESSES='2', JAXBIG_PROCESS_ID=str(i))
+        log = open(f'{workdir}.{i}.log', 'w')  # noqa: SIM115 (closed below)
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'jaxbig', 'train', *ARGS, '--workdir', str(workdir),
+             '--config.parallel.local_device_count=4'],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc.log = log
+        procs.append(proc)
+    return procs
+
+
+def direct_logs(workdir) -> list[str]:
+    out = []
+    for i in range(2):
+        with open(f'{workdir}.{i}.log') as f:
+            out.append(f.read())
+    return out
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(reference, tmp_path):
+    workdir = tmp_path / 'one_signal'
+    procs = launch_direct(workdir)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_rows(workdir)) < 2:  # signal once two steps are logged
+            assert all(p.poll() is None for p in procs), direct_logs(workdir)
+            assert time.monotonic() < deadline, direct_logs(workdir)
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)  # process 1 only; process 0 is not signalled
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.log.close()
+    logs = direct_logs(workdir)
+    assert codes == [0, 0], (codes, [log[-3000:] for log in logs])
+    assert 'received signal' in logs[1] and 'received signal' not in logs[0]
+    stops = [re.findall(r'stopped at step (\d+)', log) for log in logs]
+    assert stops[0] and stops[0] == stops[1], stops  # both stopped at the same step
+    saved = [int(s) for s in os.listdir(workdir / 'checkpoints')]
+    assert saved == [int(stops[0][0])] and 2 <= saved[0] < STEPS, (saved, stops)
 
     rc = finish(launch(workdir), workdir)  # relaunch: resumes at the saved step
     assert rc == 0, log_tail(workdir)
