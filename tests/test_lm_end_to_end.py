@@ -19,7 +19,7 @@ def bigram_entropy(stream: np.ndarray) -> float:
 def test_default_experiment_beats_bigram_entropy(tfds_dir, tmp_path):
     config = config_lib.load('experiments/lm.py')
     pipe = data.build_pipeline(config.data, split='validation', batch_size=1, seed=0)
-    bigram = bigram_entropy(pipe.corpus.tokens)
+    bigram = bigram_entropy(pipe.corpus.stream())
     assert 2.0 < bigram < 3.0  # CPython 3.11's standard library: ~2.43 nats/byte
 
     # The default run's first 150 steps (its learning-rate schedule spans the default 600).
