@@ -210,7 +210,7 @@ def test_pystdlib_hosts_read_far_less_than_the_split(tfds_dir):
     for pipe, counting in host_pipes(corpus, hosts=4, pack=True, seq_len=128, batch_size=32):
         batch = pipe.get_batch(7)
         fetched = [r for call in counting.calls for r in call]
-        assert len(fetched) == len(set(fetched)) <= 2 * 8  # 8 rows of 129 bytes each
+        assert len(fetched) == len(set(fetched)) < len(corpus.ends) // 20  # 8 rows of 129 bytes
         assert set(fetched) == ref.overlapping_records(pipe.sequence_ids(7), 128, True)
         assert_batch_equal(batch, ref.batch(pipe.sequence_ids(7), 128, True))
 
