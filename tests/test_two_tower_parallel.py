@@ -107,7 +107,9 @@ def assert_match_one_device(losses, layouts):
         np.testing.assert_allclose(losses[name], one, rtol=0, atol=1e-5, err_msg=name)
 
 
-def test_clip_pmap_matches_one_device(images_dir, tmp_path):
+def test_clip_pmap_matches_one_device(images_dir, tmp_path, gather_run):
+    # gather_run: starts the (independent) gradient check's subprocess now, so that it runs
+    # beside these workers on the spare CPU; test_gathered_losses_... reads its result.
     losses = run_workers('clip', ['pmap'], tmp_path, images_dir)
     assert_match_one_device(losses, ['pmap'])
 
@@ -187,13 +189,23 @@ print(json.dumps(dict(devices=ndev, in_pmap_outside=pmap_lib.in_pmap(), out=out)
 '''
 
 
-def test_gathered_losses_and_gradients_equal_one_device():
+@pytest.fixture(scope='module')
+def gather_run():
+    """GATHER_SCRIPT running in an 8-device subprocess (started on first request)."""
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
                JAX_PLATFORMS='cpu')
-    proc = subprocess.run([sys.executable, '-c', GATHER_SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen([sys.executable, '-c', GATHER_SCRIPT], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def test_gathered_losses_and_gradients_equal_one_device(gather_run):
+    stdout, stderr = gather_run.communicate(timeout=300)
+    assert gather_run.returncode == 0, stderr[-4000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
     assert result['devices'] == 8 and not result['in_pmap_outside']
     assert set(result['out']) == {'simclr', 'clip', 'siglip'}
     for name, r in result['out'].items():
