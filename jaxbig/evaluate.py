@@ -48,7 +48,8 @@ def evaluate(workdir: str, step: int | None = None) -> dict[str, float]:
                 train=False,
             )['params']
         )
-        shardings = parallel.logical_to_shardings(nn.get_partition_spec(boxed), mesh, rules)
+        specs = parallel.fit_specs(nn.get_partition_spec(boxed), boxed, mesh, rules)
+        shardings = parallel.logical_to_shardings(specs, mesh, rules)
         params = jax.device_put(jax.device_get(params), shardings)
         eval_step = step_lib.jit_eval_step(
             step_lib.make_eval_step(model, loss_fn, config.loss), shardings, batch_sharding

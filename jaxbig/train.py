@@ -208,13 +208,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
                            if (every and step % every == 0) or step == t.steps]
                     if due:
                         watch.check()  # never evaluate (or keep as best) a diverged state
+                    eval_params = as_mesh(state).params if due else None
                     for evaluator in due:
                         with meter.paused():
-                            row.update(evaluator.run(as_mesh(state).params))
+                            row.update(evaluator.run(eval_params))
                     if row:
                         writer.write(step, row)
                         last.update(row)
-                    early_stop = bool(row) and best.update(step, row, as_mesh(state))
+                    early_stop = best.metric in row and best.update(step, row, as_mesh(state))
                     stopping = stop.agreed(step, t.log_every) or early_stop
                     if (
                         stopping

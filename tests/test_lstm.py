@@ -3,6 +3,7 @@ trains through the autoregressive loss; the experiment through the CLI (slow).""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,7 @@ ARGS = dict(vocab_size=40, embed_dim=12, hidden_dim=16, num_layers=2)
 def _setup():
     model = lstm.Model(**ARGS)
     tokens = jax.random.randint(jax.random.key(0), (3, 9), 0, ARGS['vocab_size'])
-    params = jax.jit(model.init)(jax.random.key(1), tokens)['params']
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(1), tokens)['params'])
     return model, params, tokens
 
 
