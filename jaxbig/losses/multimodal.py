@@ -12,9 +12,9 @@ The model (`models.two_tower`) returns unit-norm embeddings x (images), y (texts
 N is the global batch (under jit over a sharded batch the negatives come from every device
 and host; under `parallel.strategy='pmap'` each device gathers every device's embeddings
 with `pmap.global_rows`). `config`: name='multimodal', kind='clip' | 'siglip',
-max_logit_scale (clip: CLIP clamps exp(t) at 100, so log 100). Metrics: loss, logit_scale (= exp(t)), temperature
-(= 1 / exp(t)), logit_bias (siglip), pos_sim / neg_sim / sim_gap (cosines of matching /
-non-matching pairs), i2t_accuracy and t2i_accuracy (in-batch top-1).
+max_logit_scale (clip: CLIP clamps exp(t) at 100, so log 100). Metrics: loss, logit_scale
+(= exp(t)), temperature (= 1 / exp(t)), logit_bias (siglip), pos_sim / neg_sim / sim_gap
+(cosines of matching / non-matching pairs), i2t_accuracy and t2i_accuracy (in-batch top-1).
 """
 
 from __future__ import annotations
