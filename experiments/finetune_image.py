@@ -16,6 +16,16 @@ Modes: `full` trains everything; `linear_probe` trains the new head on the froze
 (bit-identical after training); `features` embeds the dataset once with the frozen backbone
 (`jaxbig.data.features`) and trains the head on the stored features — no backprop and no
 forward pass through the backbone per step. The best checkpoint by val/accuracy is kept.
+
+Measured (2-core CPU; backbone: `jaxbig train --config experiments/simclr.py:data=digits
+--workdir runs/simclr`, its defaults, 300 steps; every mode with its defaults, 300 steps of
+batch 128, lr 1e-2; val/accuracy on the 359 held-out digits, chance 0.1):
+
+    mode           val/accuracy   notes
+    features           0.967      11 s wall in all; 111 steps/s
+    linear_probe       0.964      31 s wall; 21 steps/s
+    full               0.986      33 s wall; 18 steps/s
+    full, no init      0.994      from scratch: on 8 x 8 digits pretraining does not help
 """
 
 import json
@@ -36,7 +46,8 @@ def get_config(arg=None):
     if arg.mode not in MODES:
         raise ConfigError(
             f'experiments/finetune_image.py: mode={arg.mode!r}, expected one of '
-            f'{MODES} (lora is not implemented for image backbones)'
+            f'{MODES} (lora adapts Dense/Linear kernels: the ResNet backbones are convolutions; '
+            'see experiments/finetune_text.py for lora)'
         )
     backbone = dict(
         name='resnet',
