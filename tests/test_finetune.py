@@ -193,26 +193,31 @@ def fake_lm_workdir(path, seed=0):
 
 
 def test_text_features_mode_embeds_pooled_gpt_features(tfds_dir, tmp_path):
-    """finetune_text.py mode=features: each row is the LM's feature at the snippet's last real
-    byte (NumPy indexing by the mask, on rows that include snippets shorter than seq)."""
+    """finetune_text.py mode=features: each row is the LM's features pooled under the mask,
+    at the last real byte or their mean (NumPy, on rows that include short snippets)."""
     from jaxbig import data
     from jaxbig.config import load
     model, params = fake_lm_workdir(tmp_path / 'lm')
-    config = load(f'experiments/finetune_text.py:init={tmp_path / "lm"},mode=features,'
-                  'examples=64')
-    assert config.model.name == 'linear' and not config.init_from.path
-    config.data.embed_batch = 32
-    pipe = data.build_pipeline(config.data, split='train', batch_size=64, seed=0)
-    assert pipe.features.shape == (64, 16) and pipe.features.dtype == np.float32
-    source = data.build_pipeline(config.data.source, split='train', batch_size=32, seed=0)
-    rows = [source.get_batch(i) for i in range(2)]
-    inputs, mask = (np.concatenate([r[k] for r in rows]) for k in ('inputs', 'mask'))
-    np.testing.assert_array_equal(pipe.labels, np.concatenate([r['label'] for r in rows]))
-    last = mask.sum(1).astype(int) - 1
-    assert (last < inputs.shape[1] - 1).any()  # some short snippets: the mask matters
-    hidden = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x, method='features'))(
-        params, inputs))
-    np.testing.assert_allclose(pipe.features, hidden[np.arange(64), last], atol=1e-5)
+    source, expected = None, {}
+    for pooling in ('last', 'mean'):
+        config = load(f'experiments/finetune_text.py:init={tmp_path / "lm"},mode=features,'
+                      f'examples=64,pooling={pooling}')
+        assert config.model.name == 'linear' and not config.init_from.path
+        config.data.embed_batch = 32
+        pipe = data.build_pipeline(config.data, split='train', batch_size=64, seed=0)
+        if source is None:
+            source = data.build_pipeline(config.data.source, split='train', batch_size=32, seed=0)
+            rows = [source.get_batch(i) for i in range(2)]
+            inputs, mask = (np.concatenate([r[k] for r in rows]) for k in ('inputs', 'mask'))
+            np.testing.assert_array_equal(pipe.labels, np.concatenate([r['label'] for r in rows]))
+            last = mask.sum(1).astype(int) - 1
+            assert (last < inputs.shape[1] - 1).any()  # some short snippets: the mask matters
+            hidden = np.asarray(jax.jit(
+                lambda p, x: model.apply({'params': p}, x, method='features'))(params, inputs))
+            expected['last'] = hidden[np.arange(64), last]
+            expected['mean'] = (hidden * mask[..., None]).sum(1) / mask.sum(1)[:, None]
+        assert pipe.features.shape == (64, 16) and pipe.features.dtype == np.float32
+        np.testing.assert_allclose(pipe.features, expected[pooling], atol=1e-5)
     config.data.embed_examples.train = 0  # snippets have no end: the count must be set
     with pytest.raises(ConfigError, match='data.embed_examples'):
         data.build_pipeline(config.data, split='train', batch_size=16, seed=0)
