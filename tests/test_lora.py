@@ -207,7 +207,6 @@ hooked = pytest.mark.skipif(
     reason='jaxbig/train.py and evaluate.py do not call jaxbig.lora.wrap yet (one-line hooks)')
 
 
-@pytest.mark.slow
 @hooked
 def test_lora_mode_through_the_cli_then_merge_and_eval(tfds_dir, tmp_path):
     lm = tmp_path / 'lm'
