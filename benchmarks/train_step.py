@@ -62,8 +62,7 @@ def build_lm_step(size: str, batch: int, seq: int, overrides=(), *, abstract: bo
     abstract: state and batch are ShapeDtypeStructs (enough to lower and compile)."""
     config = config_lib.load(f'{EXPERIMENTS}/lm.py:size={size},batch={batch},seq={seq}')
     config_lib.apply_overrides(config, overrides)
-    model = models.get_model(config.model.name,
-                             **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
+    model = models.from_config(config)
     loss_module = losses.get_loss_module(config.loss.name)
     tx, schedule = optim.build_optimizer(config.optimizer, config.train.steps)
     tokens = random_batch(batch, seq)

@@ -30,9 +30,7 @@ def evaluate(workdir: str, step: int | None = None) -> dict[str, float]:
     rules = parallel.rules_from_config(config.parallel)
     if jax.process_index() == 0:
         data_lib.prepare(config.data)
-    model = models.get_model(
-        config.model.name, **{k: v for k, v in config.model.to_dict().items() if k != 'name'}
-    )
+    model = models.from_config(config)
     loss_module = losses.get_loss_module(config.loss.name)
     loss_fn = losses.bind(loss_module, config.loss)
     best = os.path.join(workdir, 'best')
@@ -48,7 +46,9 @@ def evaluate(workdir: str, step: int | None = None) -> dict[str, float]:
                 train=False,
             )['params']
         )
-        specs = parallel.fit_specs(nn.get_partition_spec(boxed), boxed, mesh, rules)
+        shapes = jax.tree.map(lambda x: getattr(x, 'value', x), boxed,
+                              is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        specs = parallel.fit_specs(nn.get_partition_spec(boxed), shapes, mesh, rules)
         shardings = parallel.logical_to_shardings(specs, mesh, rules)
         params = jax.device_put(jax.device_get(params), shardings)
         eval_step = step_lib.jit_eval_step(

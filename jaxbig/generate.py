@@ -253,8 +253,7 @@ def load_run(workdir: str, step: int | None = None):
         raise FileNotFoundError(f'{workdir}: no config.json (is it a training workdir?)')
     with open(path) as f:
         config = config_lib.from_json(f.read())
-    kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-    model = models.get_model(config.model.name, **kwargs)
+    model = models.from_config(config)
     if step is not None:
         directory = os.path.join(workdir, 'checkpoints')
         available = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if (

@@ -85,8 +85,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         return parallel.to_global(batch, batch_sharding)
 
     # ---------------------------------------------------------------- Model, loss, optimizer
-    model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-    model = models.get_model(config.model.name, **model_kwargs)
+    model = models.from_config(config)
     loss_module = losses.get_loss_module(config.loss.name)
     loss_fn = losses.bind(loss_module, config.loss)
     tx, schedule = optim.build_optimizer(config.optimizer, t.steps)

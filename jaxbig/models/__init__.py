@@ -23,3 +23,14 @@ def get_model(name: str, **kwargs):
             f'model.name={name!r}: no module {module_name} (available: {", ".join(available)})'
         ) from None
     return module.Model(**kwargs)
+
+
+def from_config(config):
+    """The experiment's model: `config.model` built by `get_model`, with LoRA adapters when
+    `config.lora` names targets (see jaxbig/lora.py). Train, eval, generate and the
+    benchmarks all build their model here, so a config means the same model everywhere."""
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+    model = get_model(config.model.name, **kwargs)
+    from jaxbig import lora  # noqa: PLC0415 (lora imports finetune, which imports models)
+
+    return lora.wrap(model, config.get('lora'))
