@@ -11,8 +11,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxbig.models import get_model
-from jaxbig.models.gpt import (SIZES, Model, RMSNorm, apply_rope, causal_attention,
-                               count_params, flops_per_token)
+from jaxbig.models.gpt import (SIZES, Model, RMSNorm, apply_rope, attention_blocks,
+                               causal_attention, count_params, flops_per_token)
 
 SMALL = dict(vocab_size=61, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=48)
 BATCH, SEQ = 2, 12
@@ -91,6 +91,25 @@ def test_causal_attention_matches_numpy():
     bf16 = causal_attention(*(jnp.asarray(t, jnp.bfloat16) for t in (q, k, v)))
     assert bf16.dtype == jnp.bfloat16
     np.testing.assert_allclose(bf16.astype(np.float32), np_causal_attention(q, k, v), atol=5e-2)
+
+
+@pytest.mark.parametrize('num_blocks', [1, 2, 3, 4])
+def test_blocked_causal_attention_matches_numpy_values_and_gradients(num_blocks):
+    """Query blocks that skip the masked keys give the same outputs and gradients."""
+    q, k, v = np.random.default_rng(1).normal(size=(3, 2, 12, 2, 4)).astype(np.float32)
+    out = causal_attention(q, k, v, num_blocks=num_blocks)
+    np.testing.assert_allclose(out, np_causal_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    loss = lambda nb: lambda *t: jnp.sum(causal_attention(*t, num_blocks=nb) ** 2)
+    grads = jax.grad(loss(num_blocks), argnums=(0, 1, 2))(q, k, v)
+    for got, want in zip(grads, jax.grad(loss(1), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_blocks_rule_and_bad_block_count():
+    assert [attention_blocks(s) for s in (7, 64, 128, 256, 512, 1001, 2048)] == [1, 1, 2, 4, 4, 1, 4]
+    q = np.zeros((1, 12, 1, 4), np.float32)
+    with pytest.raises(ValueError, match='seq=12 is not divisible by num_blocks=5'):
+        causal_attention(q, q, q, num_blocks=5)
 
 
 def test_rmsnorm_matches_numpy():
