@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --size gpt2_small --batch 4 --seq 512 --steps 3
     python benchmarks/train_step.py --torch                      # + PyTorch eager / compiled
     python benchmarks/train_step.py --json --override model.remat=dots   # one JSON line
+    python benchmarks/train_step.py --compare model.remat=dots --compare model.attention=xla
 
 The jaxbig step is built exactly as `jaxbig train` builds it (experiments/lm.py -> model,
 loss, optax chain -> step.make_train_step -> jit with donation), fed a fixed random batch
@@ -102,6 +103,29 @@ def time_jaxbig(size, batch, seq, steps, repeats, overrides=()) -> dict:
                 flops_per_token=gpt.flops_per_token(model, seq))
 
 
+def compare_jaxbig(size, batch, seq, steps, rounds, variants) -> list[float]:
+    """Best seconds per step of each variant (a list of overrides), timed in interleaved
+    rounds (A B C A B C ...) in this one process, so slow drifts of the machine's speed
+    hit every variant alike. Each round times `steps` steps of every variant."""
+    built = []
+    for overrides in variants:
+        step, state, data, _, _ = build_lm_step(size, batch, seq, overrides)
+        state, out = step(state, data)  # compile
+        state, out = step(state, data)  # warm-up
+        jax.block_until_ready(out)
+        built.append([step, state, data])
+    best = [float('inf')] * len(variants)
+    for _ in range(rounds):
+        for i, (step, state, data) in enumerate(built):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                state, out = step(state, data)
+            jax.block_until_ready(out)
+            best[i] = min(best[i], (time.perf_counter() - t0) / steps)
+            built[i][1] = state  # the old state was donated
+    return best
+
+
 def time_torch(size, batch, seq, steps, repeats, compiled: bool) -> dict:
     """The PyTorch reference on the same shapes; torch's own threads = this process's cores."""
     import torch
@@ -136,8 +160,16 @@ def main():
     parser.add_argument('--json', action='store_true', help='print one JSON object only')
     parser.add_argument('--override', action='append', default=[],
                         help='config override a.b=v (repeatable)')
+    parser.add_argument('--compare', action='append', default=[], metavar='OVERRIDES',
+                        help="a variant: space-separated overrides added to --override's "
+                             '(repeatable); times the baseline and each variant in '
+                             'interleaved rounds in this process and prints each one\'s '
+                             'speed relative to the baseline')
+    parser.add_argument('--rounds', type=int, default=3, help='with --compare')
     args = parser.parse_args()
     overrides = [tuple(o.split('=', 1)) for o in args.override]
+    if args.compare:
+        return compare_main(args, overrides)
     tokens = args.batch * args.seq
     peak = matmul_peak_flops()
     runs = {'jaxbig': time_jaxbig(args.size, args.batch, args.seq, args.steps, args.repeats,
@@ -174,6 +206,24 @@ def main():
         if name != 'jaxbig':
             print(f'jaxbig / {name}: {j["tokens_per_s"] / runs[name]["tokens_per_s"]:.2f}x '
                   'tokens/s')
+
+
+def compare_main(args, overrides):
+    variants = [overrides] + [overrides + [tuple(o.split('=', 1)) for o in c.split()]
+                              for c in args.compare]
+    best = compare_jaxbig(args.size, args.batch, args.seq, args.steps, args.rounds, variants)
+    result = dict(size=args.size, batch=args.batch, seq=args.seq, overrides=args.override,
+                  baseline_s=best[0], rounds=args.rounds,
+                  variants=[dict(compare=c, step_s=t, speedup=best[0] / t)
+                            for c, t in zip(args.compare, best[1:])])
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f'{args.size}, batch {args.batch} x seq {args.seq}, best of {args.rounds} interleaved '
+          f'rounds of {args.steps} steps' + (f', overrides {args.override}' if overrides else ''))
+    print(f'{"baseline":40s} {best[0] * 1e3:9.1f} ms')
+    for v in result['variants']:
+        print(f'{v["compare"]:40s} {v["step_s"] * 1e3:9.1f} ms  {v["speedup"] - 1:+.1%} speed')
 
 
 if __name__ == '__main__':

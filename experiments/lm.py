@@ -41,8 +41,11 @@ def get_config(arg=None):
         # Unrolled layers run ~12 % faster on CPU at 4-6 layers; nn.scan keeps compile time
         # flat in depth (benchmarks/RESULTS.md), so deeper presets scan.
         scan_layers=SIZES[arg.size]['num_layers'] > 6,
-        remat='none',
+        # Saving only the matmul outputs is faster at GPT-2-small width (fewer activations
+        # written and read back) and slower at tiny (benchmarks/RESULTS.md).
+        remat='dots' if SIZES[arg.size]['embed_dim'] >= 768 else 'none',
         attention='einsum',  # 'xla' | 'cudnn': jax.nn.dot_product_attention (cudnn on GPU)
+        attention_blocks=0,  # einsum path: 0 = query blocks of max(64, seq/4); 1 = no split
         dtype='float32',
         param_dtype='float32',
     )

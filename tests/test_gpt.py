@@ -234,7 +234,20 @@ def test_fused_attention_entry_point_matches_einsum():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_attention_blocks_field_reaches_the_model():
+    """model.attention_blocks=3 (blocks of 4 of SEQ=12) computes the same logits as one
+    [seq, seq] product; a block count that does not divide seq is an error."""
+    variables = _variables()
+    np.testing.assert_allclose(_apply(Model(**SMALL, attention_blocks=1), variables, _tokens()),
+                               _apply(Model(**SMALL, attention_blocks=3), variables, _tokens()),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='seq=12 is not divisible by num_blocks=5'):
+        _apply(Model(**SMALL, attention_blocks=5), variables, _tokens())
+
+
 def test_bad_remat_and_shapes_raise():
+    with pytest.raises(ValueError, match='model.attention_blocks=-1'):
+        _init(Model(**SMALL, attention_blocks=-1))
     with pytest.raises(ValueError, match="model.attention='flash'"):
         _init(Model(**SMALL, attention='flash'))
     with pytest.raises(ValueError, match="model.remat='bogus'"):

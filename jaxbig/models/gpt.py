@@ -202,6 +202,7 @@ class Attention(nn.Module):
     dtype: Any
     param_dtype: Any
     attention: str = 'einsum'
+    attention_blocks: int = 0
 
     @nn.compact
     def __call__(self, x, decode=None):
@@ -217,7 +218,7 @@ class Attention(nn.Module):
             nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
         )
         if decode is None and self.attention == 'einsum':
-            out, new_kv = causal_attention(q, k, v), None
+            out, new_kv = causal_attention(q, k, v, self.attention_blocks or None), None
         elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                                implementation=self.attention)
@@ -278,6 +279,7 @@ class Block(nn.Module):
     dtype: Any
     param_dtype: Any
     attention: str = 'einsum'
+    attention_blocks: int = 0
 
     @nn.compact
     def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None):
@@ -285,7 +287,8 @@ class Block(nn.Module):
         drop = nn.Dropout(self.dropout, deterministic=not train)
         h = RMSNorm(self.norm_eps, name='attn_norm', **dtypes)(x)
         attn = Attention(self.num_heads, self.head_dim, self.rope_base, self.out_init_std,
-                         name='attn', attention=self.attention, **dtypes)
+                         name='attn', attention=self.attention,
+                         attention_blocks=self.attention_blocks, **dtypes)
         if kv is None:
             h = attn(h)
         else:
@@ -304,7 +307,9 @@ class Model(nn.Module):
     head_dim=0 means embed_dim // num_heads. remat: 'none' | 'full' (save nothing) |
     'dots' (save matmul outputs without batch dims). dtype: compute dtype name;
     param_dtype: storage dtype name. attention: 'einsum' | 'xla' | 'cudnn' (training
-    forward only; decoding always uses the cached einsum path).
+    forward only; decoding always uses the cached einsum path). attention_blocks: query
+    blocks of the einsum path (see causal_attention); 0 = `attention_blocks(seq)`, 1 = one
+    [seq, seq] product.
     """
 
     vocab_size: int = 256
@@ -322,6 +327,7 @@ class Model(nn.Module):
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     attention: str = 'einsum'
+    attention_blocks: int = 0
 
     @property
     def resolved_head_dim(self) -> int:
@@ -331,6 +337,9 @@ class Model(nn.Module):
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f'model.attention={self.attention!r}: expected one of '
                              f'{ATTENTION_IMPLEMENTATIONS}')
+        if self.attention_blocks < 0:
+            raise ValueError(f'model.attention_blocks={self.attention_blocks}: expected 0 '
+                             '(automatic) or a number of query blocks that divides seq')
         if self.remat != 'none' and self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r}: expected one of 'none', 'full', 'dots'")
         if not self.head_dim and self.embed_dim % self.num_heads:
@@ -363,6 +372,7 @@ class Model(nn.Module):
             rope_base=self.rope_base,
             norm_eps=self.norm_eps,
             attention=self.attention,
+            attention_blocks=self.attention_blocks,
             **dtypes,
             out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
         )
