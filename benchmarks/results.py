@@ -1,12 +1,13 @@
 """Regenerates benchmarks/RESULTS.md: every figure in it is measured by this run.
 
-    python benchmarks/results.py                 # ~20 min on a 2-core CPU; needs '.[bench]'
+    python benchmarks/results.py                 # ~25 min on a 2-core CPU; needs '.[bench]'
     python benchmarks/results.py --quick         # tiny model only, no torch.compile
 
 Runs, each in a fresh process (so XLA flags can differ): the jaxbig train step against the
 PyTorch reference at two sizes (train_step.py --torch), each candidate change in `CHANGES`
-against the baseline measured in the same invocation, compile time against depth
-(compile_time.py) and the whole-loop throughput cases (loop_throughput.py). A change's
+against the current defaults measured in the same invocation, the projection-layout
+microbenchmark (matmul_layout.py), compile time against depth (compile_time.py) and the
+whole-loop throughput cases (loop_throughput.py). A change's
 prediction is written before it is measured; its effect and verdict come from the numbers.
 """
 from __future__ import annotations
@@ -23,10 +24,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = {'tiny': dict(batch=32, seq=128), 'gpt2_small': dict(batch=4, seq=512)}
 YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
 
-# (size, name, prediction, config overrides, XLA_FLAGS)
+# (size, name, prediction, config overrides, XLA_FLAGS), each against the current defaults.
+# Override-only changes of one size are timed in one process, in interleaved rounds with the
+# baseline (train_step.py --compare); an XLA-flag change needs its own processes, alternated
+# with baseline processes.
 CHANGES = [
+    ('tiny', 'one [seq, seq] attention product instead of 2 query blocks',
+     'slower: computes and masks the logits of the upper-right quarter',
+     ['model.attention_blocks=1'], ''),
+    ('tiny', '4 query blocks of 32 instead of 2 of 64',
+     'about the same: skips 1/8 more logits, but in smaller matmuls',
+     ['model.attention_blocks=4'], ''),
     ('tiny', 'attention via jax.nn.dot_product_attention (xla)',
-     'slower: its CPU path materialises a mask and unfused softmax', ['model.attention=xla'], ''),
+     'slower: its CPU path materialises a mask and an unfused softmax over all [seq, seq]',
+     ['model.attention=xla'], ''),
     ('tiny', 'nn.scan over layers instead of unrolled',
      'slower at 4 layers: scan carries stacked params through a while loop',
      ['model.scan_layers=true'], ''),
@@ -34,15 +45,16 @@ CHANGES = [
      ['model.remat=dots'], ''),
     ('tiny', 'XLA: YNNPACK fusions off', 'unknown: YNN kernels vs XLA-emitted loops + Eigen dots',
      [], YNN_OFF),
-    ('tiny', 'XLA: --xla_cpu_use_xnnpack=true', 'small gain on small matmuls', [],
-     '--xla_cpu_use_xnnpack=true'),
-    ('tiny', 'XLA: --xla_cpu_use_onednn=true', 'matches PyTorch, which calls oneDNN', [],
-     '--xla_cpu_use_onednn=true'),
+    ('tiny', 'XLA: concurrency-optimised scheduler off',
+     'unknown: fewer ops run side by side on the 2 cores', [],
+     '--xla_cpu_enable_concurrency_optimized_scheduler=false'),
+    ('gpt2_small', "remat='none' instead of 'dots'",
+     'slower: every saved activation is written, then read back in the backward pass',
+     ['model.remat=none'], ''),
+    ('gpt2_small', 'one [seq, seq] attention product instead of 4 query blocks',
+     'slower: 8/5 of the logits, and the [512, 512] softmax', ['model.attention_blocks=1'], ''),
     ('gpt2_small', 'attention via jax.nn.dot_product_attention (xla)', 'slower, as at tiny',
      ['model.attention=xla'], ''),
-    ('gpt2_small', "remat='dots'", 'slower by the recomputed elementwise work',
-     ['model.remat=dots'], ''),
-    ('gpt2_small', 'XLA: YNNPACK fusions off', 'unknown', [], YNN_OFF),
 ]
 
 
@@ -82,19 +94,43 @@ def headline(size: str, compiled: bool) -> tuple[dict, list[str]]:
 def changes(sizes) -> list[str]:
     rows = ['| size | change | prediction | baseline | with change | effect | verdict |',
             '|---|---|---|---|---|---|---|']
-    baselines = {}
-    for size, name, prediction, overrides, flags in CHANGES:
-        if size not in sizes:
-            continue
-        if size not in baselines:
-            baselines[size] = run_json('train_step.py', *step_args(size))['runs']['jaxbig']
-        base = baselines[size]['step_s']
-        new = run_json('train_step.py', *step_args(size, overrides),
-                       xla_flags=flags)['runs']['jaxbig']['step_s']
-        effect = base / new - 1
-        verdict = 'pays' if effect > 0.03 else ('costs' if effect < -0.03 else 'no change')
-        rows.append(f'| {size} | {name} | {prediction} | {base * 1e3:,.0f} ms | '
-                    f'{new * 1e3:,.0f} ms | {effect:+.0%} speed | {verdict} |')
+    for size in sizes:
+        picked = [c for c in CHANGES if c[0] == size]
+        rounds = 3 if size == 'tiny' else 2
+        measured = {}
+        compare = [c for c in picked if not c[4]]
+        if compare:
+            r = run_json('train_step.py', *step_args(size), '--rounds', str(rounds),
+                         *[a for c in compare for a in ('--compare', ' '.join(c[3]))])
+            for c, v in zip(compare, r['variants']):
+                measured[c[1]] = (r['baseline_s'], v['step_s'])
+        for c in picked:
+            if c[4]:  # alternate baseline and flagged processes; best of each
+                base = new = float('inf')
+                for _ in range(rounds):
+                    base = min(base, run_json('train_step.py', *step_args(size))['runs']
+                               ['jaxbig']['step_s'])
+                    new = min(new, run_json('train_step.py', *step_args(size, c[3]),
+                                            xla_flags=c[4])['runs']['jaxbig']['step_s'])
+                measured[c[1]] = (base, new)
+        for _, name, prediction, _, _ in picked:
+            base, new = measured[name]
+            effect = base / new - 1
+            verdict = 'pays' if effect > 0.03 else ('costs' if effect < -0.03 else 'no change')
+            rows.append(f'| {size} | {name} | {prediction} | {base * 1e3:,.0f} ms | '
+                        f'{new * 1e3:,.0f} ms | {effect:+.0%} speed | {verdict} |')
+    return rows + ['']
+
+
+def layout_section() -> list[str]:
+    r = run_json('matmul_layout.py')
+    rows = ['SwiGLU MLP fwd+bwd on x [batch, seq, embed], same weights and results '
+            "(flax nn.Dense's 3-D dot_general vs gpt.Linear's one 2-D matmul):", '',
+            '| shape | 3-D dot_general | 2-D matmul | 2-D speedup |', '|---|---|---|---|']
+    for name, x in r.items():
+        b, s, e, m = x['shape']
+        rows.append(f'| {name}: x [{b}, {s}, {e}], mlp {m} | {x["dot_general_3d"]:,.1f} ms | '
+                    f'{x["matmul_2d"]:,.1f} ms | {x["speedup"]:.2f}x |')
     return rows + ['']
 
 
@@ -133,8 +169,11 @@ def main():
              '## jaxbig against PyTorch, identical model (train_step.py --torch)', '']
     for size in sizes:
         lines += headline(size, compiled=not args.quick)[1]
-    lines += ['## Candidate changes, each against the baseline of the same invocation', '']
+    lines += ['## Candidate changes, each against the current defaults in the same invocation',
+              '', 'A row that "costs" confirms the default it departs from.', '']
     lines += changes(sizes)
+    lines += ['## Weight layout of the projections (matmul_layout.py)', '']
+    lines += layout_section()
     lines += ['## Compile time against depth (compile_time.py)', '']
     lines += compile_section(sizes[-1], [2, 4, 8, 12] if not args.quick else [2, 4, 8])
     lines += ['## The whole loop (loop_throughput.py)', '']
