@@ -35,6 +35,7 @@ def optimizer(**overrides) -> dict:
             b1=0.9,
             b2=0.999,
             eps=1e-8,
+            mu_dtype='',
             weight_decay=0.0,
             l1=0.0,
             l2=0.0,

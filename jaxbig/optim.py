@@ -10,6 +10,8 @@
     warmup_steps  linear warmup from 0 (all schedules)
     min_lr_ratio  final lr as a fraction of `lr` (cosine / linear decay)
     b1, b2, eps   Adam / RMSprop (b2 is RMSprop's decay)
+    mu_dtype      Adam's first-moment storage dtype ('' = the parameter dtype; 'bfloat16'
+                  halves its memory, as MaxText's mu_dtype; the update math stays float32)
     momentum, nesterov   SGD
     weight_decay  decoupled (AdamW-style) decay, applied to parameters with ndim >= 2
     l2            coupled L2 penalty: grad += l2 * param (all parameters)
@@ -98,7 +100,8 @@ def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation
     elif name in ('adam', 'adamw'):
         parts.append(
             optax.scale_by_adam(
-                b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), eps=cfg.get('eps', 1e-8)
+                b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), eps=cfg.get('eps', 1e-8),
+                mu_dtype=cfg.get('mu_dtype', '') or None,
             )
         )
     elif name == 'rmsprop':
@@ -167,6 +170,18 @@ def validate(cfg):
     for key in ('weight_decay', 'l1', 'l2', 'clip_norm', 'warmup_steps', 'momentum', 'decay_steps'):
         if cfg.get(key, 0) < 0:
             raise ConfigError(f'optimizer.{key}={cfg[key]}: must be >= 0')
+    mu_dtype = cfg.get('mu_dtype', '')
+    if mu_dtype:
+        if cfg.name not in ('adam', 'adamw'):
+            raise ConfigError(f'optimizer.mu_dtype={mu_dtype!r}: only Adam / AdamW keep a '
+                              f'first moment (optimizer.name={cfg.name!r})')
+        try:
+            ok = jnp.issubdtype(jnp.dtype(mu_dtype), jnp.floating)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"optimizer.mu_dtype={mu_dtype!r}: expected a float dtype such "
+                              "as 'bfloat16' or 'float32', or '' for the parameter dtype")
     if cfg.get('grad_accum_steps', 1) < 1:
         raise ConfigError(f'optimizer.grad_accum_steps={cfg.grad_accum_steps}: must be >= 1')
     if not 0 <= cfg.get('min_lr_ratio', 0.0) <= 1:

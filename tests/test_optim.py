@@ -1,4 +1,5 @@
 """Optimizer chain pieces against closed forms."""
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -39,6 +40,28 @@ def test_adamw_decoupled_decay_only_on_matrices():
     # First Adam step: m_hat/sqrt(v_hat) = sign(g) (eps negligible).
     np.testing.assert_allclose(u['w'], -0.1 * (np.sign(G['w']) + 0.5 * np.asarray(P['w'])), atol=1e-5)
     np.testing.assert_allclose(u['b'], -0.1 * np.sign(G['b']), atol=1e-5)
+
+
+def test_adam_mu_dtype_stores_the_first_moment_in_bfloat16():
+    """mu in bfloat16, nu and the update in float32; three steps stay within bfloat16
+    rounding of the float32 optimizer."""
+    def run(**kw):
+        tx, _ = optim.build_optimizer(cfg(name='adamw', **kw), 100)
+        state, params = tx.init(P), P
+        for _ in range(3):
+            updates, state = tx.update(G, state, params)
+            params = optax.apply_updates(params, updates)
+        return state, updates, params
+
+    state, updates, params = run(mu_dtype='bfloat16')
+    adam = next(s for s in state if isinstance(s, optax.ScaleByAdamState))
+    assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves(updates)} == {jnp.dtype(jnp.float32)}
+    _, _, reference = run()
+    for k in P:
+        np.testing.assert_allclose(params[k], reference[k], rtol=1e-2, atol=1e-3)
+        assert not np.array_equal(params[k], P[k])
 
 
 def test_clip_by_global_norm():
@@ -84,6 +107,9 @@ def test_schedules():
     (dict(name='adam', weight_decay=0.1), 'adamw'),
     (dict(clip_norm=-1.0), 'optimizer.clip_norm'),
     (dict(grad_accum_steps=0), 'optimizer.grad_accum_steps'),
+    (dict(name='adamw', mu_dtype='bf16'), "optimizer.mu_dtype='bf16': expected a float dtype"),
+    (dict(name='adamw', mu_dtype='int8'), "optimizer.mu_dtype='int8'"),
+    (dict(name='sgd', mu_dtype='bfloat16'), 'only Adam / AdamW keep a first moment'),
 ])
 def test_bad_optimizer_configs(kw, message):
     with pytest.raises(ConfigError, match=None) as e:
