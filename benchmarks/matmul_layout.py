@@ -13,7 +13,8 @@ weights and return the same values and gradients (checked):
   matmul_2d       jaxbig's `gpt.Linear`: reshape to [batch * seq, embed], one 2-D matmul,
                   reshape back. The weight gradient contracts one dim; no copy.
 
-Prints the best-of-`--repeats` milliseconds of each and the speed ratio. Nothing here is a
+jaxbig is imported first, so its XLA defaults (jaxbig/xla_defaults.py) apply, as in a
+jaxbig run. Prints the best-of-`--repeats` milliseconds of each and the speed ratio. Nothing here is a
 test.
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import jaxbig  # noqa: F401  (jaxbig's XLA defaults, as in a jaxbig run)
 
 # (name, batch, seq, embed, mlp): the MLP of the tiny and GPT-2-small LM presets.
 SHAPES = [('tiny', 32, 128, 128, 384), ('gpt2_small', 4, 512, 768, 2048)]

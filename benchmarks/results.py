@@ -22,12 +22,12 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = {'tiny': dict(batch=32, seq=128), 'gpt2_small': dict(batch=4, seq=512)}
-YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
+YNN_ON = {'JAXBIG_XLA_DEFAULTS': '0'}  # jaxbig's XLA defaults (jaxbig/xla_defaults.py) off
 
-# (size, name, prediction, config overrides, XLA_FLAGS), each against the current defaults.
+# (size, name, prediction, config overrides, environment), each against the current defaults.
 # Override-only changes of one size are timed in one process, in interleaved rounds with the
-# baseline (train_step.py --compare); an XLA-flag change needs its own processes, alternated
-# with baseline processes.
+# baseline (train_step.py --compare); a change of environment (XLA flags, appended to
+# XLA_FLAGS) needs its own processes, alternated with baseline processes.
 CHANGES = [
     ('tiny', 'one [seq, seq] attention product instead of 2 query blocks',
      'slower: computes and masks the logits of the upper-right quarter',
@@ -43,11 +43,12 @@ CHANGES = [
      ['model.scan_layers=true'], ''),
     ('tiny', "remat='dots'", 'slower: recomputes elementwise work, memory is not the limit',
      ['model.remat=dots'], ''),
-    ('tiny', 'XLA: YNNPACK fusions off', 'unknown: YNN kernels vs XLA-emitted loops + Eigen dots',
-     [], YNN_OFF),
+    ('tiny', "XLA: YNNPACK fusions on (XLA's default; jaxbig turns them off)",
+     'slower: YNN runs the small matmuls and elementwise fusions slower than Eigen + XLA loops',
+     [], YNN_ON),
     ('tiny', 'XLA: concurrency-optimised scheduler off',
      'unknown: fewer ops run side by side on the 2 cores', [],
-     '--xla_cpu_enable_concurrency_optimized_scheduler=false'),
+     {'XLA_FLAGS': '--xla_cpu_enable_concurrency_optimized_scheduler=false'}),
     ('gpt2_small', "remat='none' instead of 'dots'",
      'slower: every saved activation is written, then read back in the backward pass',
      ['model.remat=none'], ''),
@@ -58,13 +59,15 @@ CHANGES = [
     ('gpt2_small', "Adam's first moment in bfloat16 (optimizer.mu_dtype)",
      'about the same: the optimizer is a few % of the step; saves 1/4 of its state memory',
      ['optimizer.mu_dtype=bfloat16'], ''),
+    ('gpt2_small', "XLA: YNNPACK fusions on (XLA's default; jaxbig turns them off)",
+     'about the same: large matmuls run near peak either way', [], YNN_ON),
 ]
 
 
-def run_json(script: str, *args: str, xla_flags: str = '') -> dict:
+def run_json(script: str, *args: str, env_change: dict | None = None) -> dict:
     env = dict(os.environ)
-    if xla_flags:
-        env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + xla_flags).strip()
+    for key, value in (env_change or {}).items():
+        env[key] = (env.get(key, '') + ' ' + value).strip() if key == 'XLA_FLAGS' else value
     out = subprocess.run([sys.executable, os.path.join(HERE, script), '--json', *args],
                          check=True, env=env, capture_output=True, text=True, cwd=HERE).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -108,13 +111,13 @@ def changes(sizes) -> list[str]:
             for c, v in zip(compare, r['variants']):
                 measured[c[1]] = (r['baseline_s'], v['step_s'])
         for c in picked:
-            if c[4]:  # alternate baseline and flagged processes; best of each
+            if c[4]:  # alternate baseline and changed-environment processes; best of each
                 base = new = float('inf')
                 for _ in range(rounds):
                     base = min(base, run_json('train_step.py', *step_args(size))['runs']
                                ['jaxbig']['step_s'])
                     new = min(new, run_json('train_step.py', *step_args(size, c[3]),
-                                            xla_flags=c[4])['runs']['jaxbig']['step_s'])
+                                            env_change=c[4])['runs']['jaxbig']['step_s'])
                 measured[c[1]] = (base, new)
         for _, name, prediction, _, _ in picked:
             base, new = measured[name]
