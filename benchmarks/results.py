@@ -4,11 +4,12 @@
     python benchmarks/results.py --quick         # tiny model only, no torch.compile
 
 Runs, each in a fresh process (so XLA flags can differ): the jaxbig train step against the
-PyTorch reference at two sizes (train_step.py --torch), each candidate change in `CHANGES`
-against the current defaults measured in the same invocation, the projection-layout
-microbenchmark (matmul_layout.py), compile time against depth (compile_time.py) and the
-whole-loop throughput cases (loop_throughput.py). A change's
-prediction is written before it is measured; its effect and verdict come from the numbers.
+PyTorch reference at two sizes (train_step.py --torch), one layer's pieces against PyTorch
+(layer_parts.py), each candidate change in `CHANGES` against the current defaults measured
+in the same invocation, the projection-layout microbenchmark (matmul_layout.py), compile
+time against depth (compile_time.py) and the whole-loop throughput cases
+(loop_throughput.py). A change's prediction is written before it is measured; its effect
+and verdict come from the numbers.
 """
 from __future__ import annotations
 
@@ -140,6 +141,18 @@ def layout_section() -> list[str]:
     return rows + ['']
 
 
+def parts_section() -> list[str]:
+    r = run_json('layer_parts.py')
+    rows = ['One layer, forward + backward, at the training shapes above:', '',
+            '| size | piece | jaxbig | PyTorch eager | jaxbig / PyTorch speed |',
+            '|---|---|---|---|---|']
+    for size, x in r.items():
+        for name, p in x['pieces'].items():
+            rows.append(f'| {size} | {name} | {p["jaxbig_ms"]:,.1f} ms | {p["torch_ms"]:,.1f} ms '
+                        f'| {p["ratio"]:.2f}x |')
+    return rows + ['']
+
+
 def compile_section(size: str, layers: list[int]) -> list[str]:
     r = run_json('compile_time.py', '--size', size, '--layers', *map(str, layers))
     rows = [f'Train-step compile seconds at {size} width (batch 1 x seq 128):', '',
@@ -175,6 +188,9 @@ def main():
              '## jaxbig against PyTorch, identical model (train_step.py --torch)', '']
     for size in sizes:
         lines += headline(size, compiled=not args.quick)[1]
+    if not args.quick:
+        lines += ['## Where the time goes: one layer against PyTorch (layer_parts.py)', '']
+        lines += parts_section()
     lines += ['## Candidate changes, each against the current defaults in the same invocation',
               '', 'A row that "costs" confirms the default it departs from.', '']
     lines += changes(sizes)

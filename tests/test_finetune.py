@@ -142,6 +142,7 @@ def test_linear_probe_from_lm_checkpoint_keeps_backbone(tfds_dir, tmp_path):
     assert proc.returncode == 2 and 'has shape' in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # ~50 s: three ResNet CLI runs; the text task covers the modes by default
 def test_image_probe_and_features_modes_from_simclr(tfds_dir, tmp_path):
     pre = tmp_path / 'simclr'
     run_cli('train', '--config', 'experiments/simclr.py:data=digits,steps=2,batch=32,width=8',

@@ -1,0 +1,142 @@
+"""Where the step's time goes: one GPT layer's pieces, jaxbig against PyTorch, fwd+bwd.
+
+    python benchmarks/layer_parts.py                 # tiny and GPT-2-small widths
+    python benchmarks/layer_parts.py --json
+
+Each piece runs forward and backward (gradients of sum(y**2) with respect to the input and
+the piece's parameters) on x [batch, seq, embed] at a preset's training shape:
+
+  attention  gpt.Attention (projections, RoPE, causal attention, output projection) vs
+             torch_gpt.Block's (fused QKV Linear, RoPE, F.scaled_dot_product_attention)
+  mlp        gpt.Mlp (SwiGLU) vs torch_gpt.Block's (fused gate/up Linear, down Linear)
+  norm       gpt.RMSNorm vs torch_gpt.RMSNorm
+  block      gpt.Block vs torch_gpt.Block (norms, attention, MLP, residuals)
+
+Same shapes and parameter counts; weights are random. Prints the best-of-`--repeats`
+milliseconds and jaxbig's speed relative to PyTorch per piece. Needs '.[bench]'. Nothing
+here is a test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxbig  # noqa: F401  (jaxbig's XLA defaults, as in a jaxbig run)
+from jaxbig.models import gpt
+
+# (size, batch, seq) as in train_step.py's two headline shapes
+SHAPES = [('tiny', 32, 128), ('gpt2_small', 4, 512)]
+
+
+def best_ms(fn, steps: int, repeats: int) -> float:
+    jax.block_until_ready(fn())
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = fn()
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return best * 1e3
+
+
+def jax_pieces(size: str, x):
+    s = gpt.SIZES[size]
+    heads, embed, mlp = s['num_heads'], s['embed_dim'], s['mlp_dim']
+    f32 = dict(dtype=jnp.float32, param_dtype=jnp.float32)
+    return {
+        'attention': gpt.Attention(heads, embed // heads, 10000.0, 0.02, **f32),
+        'mlp': gpt.Mlp(mlp, 0.02, **f32),
+        'norm': gpt.RMSNorm(**f32),
+        'block': gpt.Block(heads, embed // heads, mlp, 0.0, 10000.0, 1e-6, 0.02, **f32),
+    }
+
+
+def time_jax(size: str, batch: int, seq: int, steps: int, repeats: int) -> dict:
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, seq, gpt.SIZES[size]
+                                                          ['embed_dim'])), jnp.float32)
+    out = {}
+    for name, module in jax_pieces(size, x).items():
+        kwargs = {'train': True} if name == 'block' else {}
+        params = module.init(jax.random.key(0), x, **kwargs)
+
+        def loss(p, x, module=module, kwargs=kwargs):
+            y = module.apply(p, x, **kwargs)
+            return jnp.sum((y[0] if isinstance(y, tuple) else y) ** 2)
+
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        out[name] = best_ms(lambda: grad(params, x), steps, repeats)
+    return out
+
+
+def time_torch(size: str, batch: int, seq: int, steps: int, repeats: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_gpt
+
+    s = gpt.SIZES[size]
+    heads, embed, mlp = s['num_heads'], s['embed_dim'], s['mlp_dim']
+    torch.manual_seed(0)
+    block = torch_gpt.Block(embed, heads, mlp)
+    rope = torch_gpt.GPT(256, 1, heads, embed, mlp, max_len=seq)
+    sin, cos = rope.sin, rope.cos
+    x = torch.randn(batch, seq, embed, requires_grad=True)
+
+    def attention(x):
+        b, t, d = x.shape
+        q, k, v = block.qkv(x).view(b, t, 3, heads, d // heads).unbind(2)
+        q, k, v = (u.transpose(1, 2) for u in (q, k, v))
+        q, k = torch_gpt.rope(q, sin, cos), torch_gpt.rope(k, sin, cos)
+        h = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return block.out(h.transpose(1, 2).reshape(b, t, d))
+
+    def swiglu(x):
+        gate, up = block.gate_up(x).chunk(2, dim=-1)
+        return block.down(F.silu(gate) * up)
+
+    pieces = {'attention': attention, 'mlp': swiglu, 'norm': block.attn_norm,
+              'block': lambda x: block(x, sin, cos)}
+    out = {}
+    for name, fn in pieces.items():
+        def step(fn=fn):
+            x.grad = None
+            block.zero_grad(set_to_none=True)
+            (fn(x) ** 2).sum().backward()
+        out[name] = best_ms(step, steps, repeats)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--json', action='store_true')
+    args = parser.parse_args()
+    rows = {}
+    for size, batch, seq in SHAPES:
+        j = time_jax(size, batch, seq, args.steps, args.repeats)
+        t = time_torch(size, batch, seq, args.steps, args.repeats)
+        rows[size] = dict(batch=batch, seq=seq,
+                          pieces={k: dict(jaxbig_ms=j[k], torch_ms=t[k], ratio=t[k] / j[k])
+                                  for k in j})
+    if args.json:
+        print(json.dumps(rows))
+        return
+    for size, r in rows.items():
+        print(f'{size}: x [{r["batch"]}, {r["seq"]}, {gpt.SIZES[size]["embed_dim"]}], fwd+bwd')
+        for name, p in r['pieces'].items():
+            print(f'  {name:10s} jaxbig {p["jaxbig_ms"]:8.2f} ms   torch {p["torch_ms"]:8.2f} ms'
+                  f'   jaxbig / torch speed {p["ratio"]:.2f}x')
+
+
+if __name__ == '__main__':
+    main()
