@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,21 +29,10 @@ import numpy as np
 
 import jaxbig  # noqa: F401  (jaxbig's XLA defaults, as in a jaxbig run)
 from jaxbig.models import gpt
+from matmul_layout import best_ms
 
 # (size, batch, seq) as in train_step.py's two headline shapes
 SHAPES = [('tiny', 32, 128), ('gpt2_small', 4, 512)]
-
-
-def best_ms(fn, steps: int, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    best = float('inf')
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            out = fn()
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - t0) / steps)
-    return best * 1e3
 
 
 def jax_pieces(size: str, x):

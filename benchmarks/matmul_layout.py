@@ -47,13 +47,14 @@ def mlp_loss(dot):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
 
 
-def best_ms(fn, args, steps: int, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
+def best_ms(fn, steps: int, repeats: int) -> float:
+    """Best-of-`repeats` mean milliseconds of `steps` calls of fn() (after one warm call)."""
+    jax.block_until_ready(fn())
     best = float('inf')
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(steps):
-            out = fn(*args)
+            out = fn()
         jax.block_until_ready(out)
         best = min(best, (time.perf_counter() - t0) / steps)
     return best * 1e3
@@ -71,7 +72,8 @@ def measure(batch, seq, embed, mlp, steps, repeats) -> dict:
     ms = {}
     for _ in range(repeats):  # interleaved, so drifts in the machine's speed hit both
         for name, fn in fns.items():
-            ms[name] = min(ms.get(name, float('inf')), best_ms(fn, (x, *weights), steps, 1))
+            ms[name] = min(ms.get(name, float('inf')),
+                           best_ms(lambda fn=fn: fn(x, *weights), steps, 1))
     return dict(ms, speedup=ms['dot_general_3d'] / ms['matmul_2d'])
 
 

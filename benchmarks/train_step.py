@@ -78,21 +78,24 @@ def build_lm_step(size: str, batch: int, seq: int, overrides=(), *, abstract: bo
     return train_step, state, data, config, model
 
 
+def run_steps(step, state, batch, steps: int):
+    """Runs `steps` steps; returns (mean seconds per step, the final state: the state
+    passed in may have been donated)."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, out = step(state, batch)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / steps, state
+
+
 def time_loop(step, state, batch, steps: int, repeats: int) -> tuple[float, float]:
     """(first-call seconds incl. compile, best mean seconds per step). step(state, batch)."""
-    t0 = time.perf_counter()
-    state, out = step(state, batch)
-    jax.block_until_ready(out)
-    first = time.perf_counter() - t0
-    state, out = step(state, batch)  # warm-up
-    jax.block_until_ready(out)
+    first, state = run_steps(step, state, batch, 1)
+    _, state = run_steps(step, state, batch, 1)  # warm-up
     best = float('inf')
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, out = step(state, batch)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - t0) / steps)
+        seconds, state = run_steps(step, state, batch, steps)
+        best = min(best, seconds)
     return first, best
 
 
@@ -110,19 +113,13 @@ def compare_jaxbig(size, batch, seq, steps, rounds, variants) -> list[float]:
     built = []
     for overrides in variants:
         step, state, data, _, _ = build_lm_step(size, batch, seq, overrides)
-        state, out = step(state, data)  # compile
-        state, out = step(state, data)  # warm-up
-        jax.block_until_ready(out)
+        _, state = run_steps(step, state, data, 2)  # compile and warm up
         built.append([step, state, data])
     best = [float('inf')] * len(variants)
     for _ in range(rounds):
         for i, (step, state, data) in enumerate(built):
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                state, out = step(state, data)
-            jax.block_until_ready(out)
-            best[i] = min(best[i], (time.perf_counter() - t0) / steps)
-            built[i][1] = state  # the old state was donated
+            seconds, built[i][1] = run_steps(step, state, data, steps)
+            best[i] = min(best[i], seconds)
     return best
 
 

@@ -80,17 +80,26 @@ def causal_attention(q, k, v, num_blocks: int | None = None):
     if seq % num_blocks:
         raise ValueError(f'causal_attention: seq={seq} is not divisible by num_blocks={num_blocks}')
     size = seq // num_blocks
-    scale = 1.0 / math.sqrt(q.shape[-1])
     outs = []
     for i in range(num_blocks):
         lo, hi = i * size, (i + 1) * size
-        scores = jnp.einsum('bqhd,bkhd->bhqk', q[:, lo:hi], k[:, :hi],
-                            preferred_element_type=jnp.float32) * scale
         visible = np.arange(hi)[None, :] <= np.arange(lo, hi)[:, None]  # static [size, hi]
-        scores = jnp.where(visible, scores, -1e30)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        outs.append(jnp.einsum('bhqk,bkhd->bqhd', probs, v[:, :hi]))
+        outs.append(masked_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], visible))
     return outs[0] if num_blocks == 1 else jnp.concatenate(outs, axis=1)
+
+
+def masked_attention(q, k, v, visible):
+    """Softmax attention where query i sees key j iff visible[..., i, j].
+
+    q: [batch, t, heads, head_dim]; k, v: [batch, S, heads, head_dim]; visible: bool,
+    broadcastable to [batch, heads, t, S]. Logits (scaled by 1/sqrt(head_dim)) and softmax
+    in float32; returns [batch, t, heads, head_dim] in v.dtype. A query that sees nothing
+    gets a uniform average (never used: such queries are padding).
+    """
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(visible, scores / math.sqrt(q.shape[-1]), -1e30)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
 
 
 def cached_attention(q, k, v, q_pos, k_pos):
@@ -102,12 +111,8 @@ def cached_attention(q, k, v, q_pos, k_pos):
     in float32, scaled by 1/sqrt(head_dim); returns [batch, t, heads, head_dim] in q.dtype.
     A query that sees nothing (a padding query) gets a uniform average; it is never used.
     """
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(q.shape[-1])
     mask = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])  # [b, t, S]
-    scores = jnp.where(mask[:, None], scores, -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+    return masked_attention(q, k, v, mask[:, None])
 
 
 def apply_rope(x, positions, base=10000.0):
