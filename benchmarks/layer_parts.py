@@ -8,11 +8,15 @@ the piece's parameters) on x [batch, seq, embed] at a preset's training shape:
 
   attention  gpt.Attention (projections, RoPE, causal attention, output projection) vs
              torch_gpt.Block's (fused QKV Linear, RoPE, F.scaled_dot_product_attention)
+  core       the attention core alone, q, k, v -> softmax(q k^T) v with the causal mask:
+             gpt.causal_attention (query blocks of two einsums each) vs PyTorch's fused
+             F.scaled_dot_product_attention (gradients with respect to q, k and v)
   mlp        gpt.Mlp (SwiGLU) vs torch_gpt.Block's (fused gate/up Linear, down Linear)
   norm       gpt.RMSNorm vs torch_gpt.RMSNorm
   block      gpt.Block vs torch_gpt.Block (norms, attention, MLP, residuals)
 
-Same shapes and parameter counts; weights are random. Prints the best-of-`--repeats`
+Same shapes and parameter counts; weights are random. PyTorch runs in a child process with
+the same environment (see train_step.py). Prints the best-of-`--repeats`
 milliseconds and jaxbig's speed relative to PyTorch per piece. Needs '.[bench]'. Nothing
 here is a test.
 """
@@ -27,20 +31,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxbig  # noqa: F401  (jaxbig's XLA defaults, as in a jaxbig run)
+from jaxbig import xla_defaults  # importing jaxbig sets its XLA defaults, as in a jaxbig run
 from jaxbig.models import gpt
 from matmul_layout import best_ms
+from train_step import torch_in_child
 
 # (size, batch, seq) as in train_step.py's two headline shapes
 SHAPES = [('tiny', 32, 128), ('gpt2_small', 4, 512)]
 
 
 def jax_pieces(size: str, x):
+    """The pieces as flax modules; "core" is None: a function of q, k, v (see time_jax)."""
     s = gpt.SIZES[size]
     heads, embed, mlp = s['num_heads'], s['embed_dim'], s['mlp_dim']
     f32 = dict(dtype=jnp.float32, param_dtype=jnp.float32)
     return {
         'attention': gpt.Attention(heads, embed // heads, 10000.0, 0.02, **f32),
+        'core': None,
         'mlp': gpt.Mlp(mlp, 0.02, **f32),
         'norm': gpt.RMSNorm(**f32),
         'block': gpt.Block(heads, embed // heads, mlp, 0.0, 10000.0, 1e-6, 0.02, **f32),
@@ -50,9 +57,15 @@ def jax_pieces(size: str, x):
 def time_jax(size: str, batch: int, seq: int, steps: int, repeats: int) -> dict:
     x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, seq, gpt.SIZES[size]
                                                           ['embed_dim'])), jnp.float32)
-    out = {}
+    out, heads = {}, gpt.SIZES[size]['num_heads']
     for name, module in jax_pieces(size, x).items():
         kwargs = {'train': True} if name == 'block' else {}
+        if name == 'core':  # q, k, v [batch, seq, heads, head_dim] from x; no parameters
+            qkv = [x.reshape(*x.shape[:2], heads, -1) * (i + 1) for i in range(3)]
+            core = jax.jit(jax.value_and_grad(
+                lambda q, k, v: jnp.sum(gpt.causal_attention(q, k, v) ** 2), argnums=(0, 1, 2)))
+            out[name] = best_ms(lambda: core(*qkv), steps, repeats)
+            continue
         params = module.init(jax.random.key(0), x, **kwargs)
 
         def loss(p, x, module=module, kwargs=kwargs):
@@ -91,12 +104,21 @@ def time_torch(size: str, batch: int, seq: int, steps: int, repeats: int) -> dic
         gate, up = block.gate_up(x).chunk(2, dim=-1)
         return block.down(F.silu(gate) * up)
 
-    pieces = {'attention': attention, 'mlp': swiglu, 'norm': block.attn_norm,
+    b, t, d = x.shape
+    qkv = [(x.detach().view(b, t, heads, d // heads) * (i + 1)).transpose(1, 2).contiguous()
+           .requires_grad_() for i in range(3)]
+
+    def core(_):
+        return F.scaled_dot_product_attention(*qkv, is_causal=True)
+
+    pieces = {'attention': attention, 'core': core, 'mlp': swiglu, 'norm': block.attn_norm,
               'block': lambda x: block(x, sin, cos)}
     out = {}
     for name, fn in pieces.items():
         def step(fn=fn):
             x.grad = None
+            for t in qkv:
+                t.grad = None
             block.zero_grad(set_to_none=True)
             (fn(x) ** 2).sum().backward()
         out[name] = best_ms(step, steps, repeats)
@@ -108,11 +130,17 @@ def main():
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--json', action='store_true')
+    parser.add_argument('--torch-only', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.torch_only:  # the child process: PyTorch's pieces, one JSON line
+        print(json.dumps({size: time_torch(size, batch, seq, args.steps, args.repeats)
+                          for size, batch, seq in SHAPES}))
+        return
+    torch_ms = torch_in_child(__file__, sys.argv[1:])
     rows = {}
     for size, batch, seq in SHAPES:
         j = time_jax(size, batch, seq, args.steps, args.repeats)
-        t = time_torch(size, batch, seq, args.steps, args.repeats)
+        t = torch_ms[size]
         rows[size] = dict(batch=batch, seq=seq,
                           pieces={k: dict(jaxbig_ms=j[k], torch_ms=t[k], ratio=t[k] / j[k])
                                   for k in j})
@@ -127,4 +155,5 @@ def main():
 
 
 if __name__ == '__main__':
+    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/xla_defaults.py)
     main()

@@ -23,7 +23,15 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = {'tiny': dict(batch=32, seq=128), 'gpt2_small': dict(batch=4, seq=512)}
-YNN_ON = {'JAXBIG_XLA_DEFAULTS': '0'}  # jaxbig's XLA defaults (jaxbig/xla_defaults.py) off
+sys.path.insert(0, os.path.dirname(HERE))
+from jaxbig import xla_defaults  # noqa: E402
+
+# jaxbig's XLA flag off (JAXBIG_XLA_DEFAULTS=0 turns all its defaults off), its allocator
+# setting kept by naming it explicitly; see jaxbig/xla_defaults.py
+YNN_ON = {'JAXBIG_XLA_DEFAULTS': '0',
+          'GLIBC_TUNABLES': xla_defaults.malloc_tunables(os.environ) or
+          os.environ.get('GLIBC_TUNABLES', '')}
+HUGE_PAGES_OFF = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}  # glibc's default; a user's wins
 
 # (size, name, prediction, config overrides, environment), each against the current defaults.
 # Override-only changes of one size are timed in one process, in interleaved rounds with the
@@ -44,6 +52,10 @@ CHANGES = [
      ['model.scan_layers=true'], ''),
     ('tiny', "remat='dots'", 'slower: recomputes elementwise work, memory is not the limit',
      ['model.remat=dots'], ''),
+    ('tiny', "glibc malloc without transparent huge pages (glibc's default; jaxbig sets "
+     'glibc.malloc.hugetlb=1)',
+     "slower: XLA maps its 256 MB buffer of the step's temporaries afresh on every call, "
+     '65,000 page faults per step in 4 KB pages', [], HUGE_PAGES_OFF),
     ('tiny', "XLA: YNNPACK fusions on (XLA's default; jaxbig turns them off)",
      'slower: YNN runs the small matmuls and elementwise fusions slower than Eigen + XLA loops',
      [], YNN_ON),
@@ -60,6 +72,8 @@ CHANGES = [
     ('gpt2_small', "Adam's first moment in bfloat16 (optimizer.mu_dtype)",
      'about the same: the optimizer is a few % of the step; saves 1/4 of its state memory',
      ['optimizer.mu_dtype=bfloat16'], ''),
+    ('gpt2_small', "glibc malloc without transparent huge pages (glibc's default)",
+     'about the same: 8 s of compute per step dwarfs the page faults', [], HUGE_PAGES_OFF),
     ('gpt2_small', "XLA: YNNPACK fusions on (XLA's default; jaxbig turns them off)",
      'about the same: large matmuls run near peak either way', [], YNN_ON),
 ]
@@ -183,7 +197,10 @@ def main():
              f'Written by `python benchmarks/results.py{" --quick" if args.quick else ""}` on '
              f'{datetime.date.today()}: {platform.machine()}, {os.cpu_count()} cores, '
              f'Python {platform.python_version()}, jax {jax.__version__}, float32, one CPU '
-             'device unless stated. Ratios compare numbers measured in the same invocation; '
+             'device unless stated. Every process runs with jaxbig\'s defaults '
+             f'(jaxbig/xla_defaults.py): GLIBC_TUNABLES={YNN_ON["GLIBC_TUNABLES"] or "unset"}, '
+             'YNNPACK fusions off; PyTorch is timed in its own process with the same '
+             'environment. Ratios compare numbers measured in the same invocation; '
              'absolute figures move with the load on the machine.', '',
              '## jaxbig against PyTorch, identical model (train_step.py --torch)', '']
     for size in sizes:

@@ -10,7 +10,11 @@ The jaxbig step is built exactly as `jaxbig train` builds it (experiments/lm.py 
 loss, optax chain -> step.make_train_step -> jit with donation), fed a fixed random batch
 so input time is excluded. `--torch` adds benchmarks/torch_gpt.py, the identical model
 (same architecture and parameter count, checked and printed) with the same optimizer,
-in eager mode and under `torch.compile` (needs `pip install -e '.[bench]'`).
+in eager mode and under `torch.compile` (needs `pip install -e '.[bench]'`), timed in a
+child process of its own with the same environment, so neither framework shares a process
+with the other's threads. Like `jaxbig train`, the script first restarts itself with
+jaxbig's allocator setting (GLIBC_TUNABLES, see jaxbig/xla_defaults.py; the child inherits
+it); JAXBIG_XLA_DEFAULTS=0 measures both without jaxbig's defaults.
 
 Model FLOPs follow MaxText (`gpt.flops_per_token`). The peak is a float32 2048^2 matmul
 timed in the same process, so MFU and the jaxbig/PyTorch ratios are comparable across
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -30,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbig import config as config_lib
-from jaxbig import losses, models, optim
+from jaxbig import losses, models, optim, xla_defaults
 from jaxbig import step as step_lib
 from jaxbig.models import gpt
 
@@ -144,6 +149,16 @@ def time_torch(size, batch, seq, steps, repeats, compiled: bool) -> dict:
                 threads=torch.get_num_threads(), version=torch.__version__)
 
 
+def torch_in_child(script: str, argv: list[str]) -> dict:
+    """`script --torch-only argv --json` in a child process, parsed: the PyTorch reference
+    timed in a process of its own (no JAX threads beside it) with this process's environment
+    (the same allocator setting as jaxbig's step)."""
+    argv = [a for a in argv if a not in ('--torch', '--json')]
+    out = subprocess.run([sys.executable, script, '--torch-only', '--json', *argv],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--size', default='tiny', choices=list(gpt.SIZES))
@@ -163,20 +178,24 @@ def main():
                              'interleaved rounds in this process and prints each one\'s '
                              'speed relative to the baseline')
     parser.add_argument('--rounds', type=int, default=3, help='with --compare')
+    parser.add_argument('--torch-only', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
     overrides = [tuple(o.split('=', 1)) for o in args.override]
     if args.compare:
         return compare_main(args, overrides)
+    if args.torch_only:  # the child process of --torch: one JSON line of PyTorch runs
+        modes = (('torch_eager', False),) + (() if args.no_compile else (('torch_compile', True),))
+        print(json.dumps({name: time_torch(args.size, args.batch, args.seq, args.steps,
+                                           args.repeats, compiled) for name, compiled in modes}))
+        return
     tokens = args.batch * args.seq
     peak = matmul_peak_flops()
     runs = {'jaxbig': time_jaxbig(args.size, args.batch, args.seq, args.steps, args.repeats,
                                   overrides)}
     flops = runs['jaxbig']['flops_per_token'] * tokens
     if args.torch:
-        modes = (('torch_eager', False),) + (() if args.no_compile else (('torch_compile', True),))
-        for name, compiled in modes:
-            runs[name] = time_torch(args.size, args.batch, args.seq, args.steps, args.repeats,
-                                    compiled)
+        runs.update(torch_in_child(__file__, sys.argv[1:]))
+        for name in runs:
             if runs[name]['params'] != runs['jaxbig']['params']:
                 raise SystemExit(f'{name} has {runs[name]["params"]:,} parameters, jaxbig '
                                  f'{runs["jaxbig"]["params"]:,}: not the same model')
@@ -224,4 +243,5 @@ def compare_main(args, overrides):
 
 
 if __name__ == '__main__':
+    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/xla_defaults.py)
     main()

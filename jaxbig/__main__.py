@@ -1,5 +1,16 @@
+"""`python -m jaxbig ...` and the `jaxbig` console script (see jaxbig/cli.py)."""
 import sys
 
-from jaxbig.cli import main
+from jaxbig import xla_defaults
 
-sys.exit(main())
+
+def entry():
+    # Before anything else: may start this command again with jaxbig's allocator setting.
+    xla_defaults.restart_with_malloc_defaults()
+    from jaxbig.cli import main
+
+    sys.exit(main())
+
+
+if __name__ == '__main__':
+    entry()

@@ -52,3 +52,58 @@ def test_warns_when_the_backend_started_first():
     err = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                          check=True).stderr
     assert 'do not apply to this process' in err
+
+
+GLIBC, THP = ('glibc', '2.36'), 'madvise'
+
+
+def test_malloc_tunables_added_only_where_they_apply():
+    assert xla_defaults.malloc_tunables({}, GLIBC, THP) == 'glibc.malloc.hugetlb=1'
+    assert xla_defaults.malloc_tunables({}, GLIBC, 'always') == 'glibc.malloc.hugetlb=1'
+    kept = {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}
+    assert (xla_defaults.malloc_tunables(kept, GLIBC, THP)
+            == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1')
+    assert xla_defaults.malloc_tunables({}, GLIBC, 'never') is None
+    assert xla_defaults.malloc_tunables({}, GLIBC, '') is None  # no THP file
+    assert xla_defaults.malloc_tunables({}, ('glibc', '2.31'), THP) is None  # no hugetlb tunable
+    assert xla_defaults.malloc_tunables({}, ('', ''), THP) is None  # musl, macOS
+    assert xla_defaults.malloc_tunables({'JAXBIG_XLA_DEFAULTS': '0'}, GLIBC, THP) is None
+    users = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}
+    assert xla_defaults.malloc_tunables(users, GLIBC, THP) is None
+
+
+def test_restart_execs_the_same_command_once_and_recovers_from_failure(monkeypatch):
+    monkeypatch.setattr(xla_defaults, 'malloc_tunables', lambda env: 'glibc.malloc.hugetlb=1')
+    monkeypatch.setattr(sys, 'orig_argv', ['python', '-m', 'jaxbig', 'train'])
+    calls, env = [], {}
+    xla_defaults.restart_with_malloc_defaults(env, lambda path, argv: calls.append((path, argv)))
+    assert calls == [(sys.executable, ['python', '-m', 'jaxbig', 'train'])]
+    assert env == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+
+    def fails(path, argv):
+        raise OSError('exec not allowed')
+
+    env = {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}
+    xla_defaults.restart_with_malloc_defaults(env, fails)  # warns, goes on unchanged
+    assert env == {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}
+    env = {}
+    xla_defaults.restart_with_malloc_defaults(env, fails)
+    assert env == {}
+
+    monkeypatch.setattr(xla_defaults, 'malloc_tunables', lambda env: None)
+    xla_defaults.restart_with_malloc_defaults({}, lambda path, argv: calls.append(argv))
+    assert len(calls) == 1  # nothing to change: no restart
+
+
+def test_entry_point_restarts_with_the_tunable_in_a_real_process():
+    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+    expected = xla_defaults.malloc_tunables(env)
+    code = ('import os, sys; from jaxbig import xla_defaults; print("start", flush=True); '
+            'xla_defaults.restart_with_malloc_defaults(); '
+            'print(os.environ.get("GLIBC_TUNABLES"))')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    if expected is None:  # this machine has no glibc >= 2.35 or no transparent huge pages
+        assert out == ['start', 'None']
+    else:  # started twice (once restarted), then ran on with the tunable set
+        assert out == ['start', 'start', expected]
