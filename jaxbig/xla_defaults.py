@@ -5,7 +5,8 @@ XLA flags, added to $XLA_FLAGS when jaxbig is imported:
 
     xla_cpu_experimental_ynn_fusion_type=''   CPU only: matmuls and elementwise work go to
         XLA's own emitters and Eigen instead of YNNPACK fusions. The default `tiny` LM
-        step ran 5-10 % faster; at GPT-2-small width within 1 % either way.
+        step ran 5-12 % faster with 4 KB pages; with the allocator setting below, 1-2 %
+        (within noise) at both `tiny` and GPT-2-small width.
 
 The allocator, set by the entry points (`jaxbig ...`, `python -m jaxbig`, the benchmarks),
 which start themselves again once with it, because glibc reads it only at process start:
