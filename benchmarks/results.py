@@ -26,17 +26,17 @@ SHAPES = {'tiny': dict(batch=32, seq=128), 'gpt2_small': dict(batch=4, seq=512)}
 sys.path.insert(0, os.path.dirname(HERE))
 from jaxbig import xla_defaults  # noqa: E402
 
+# the allocator setting every jaxbig process here runs with (jaxbig/xla_defaults.py)
+TUNABLES = xla_defaults.malloc_tunables(os.environ) or os.environ.get('GLIBC_TUNABLES', '')
 # jaxbig's XLA flag off (JAXBIG_XLA_DEFAULTS=0 turns all its defaults off), its allocator
-# setting kept by naming it explicitly; see jaxbig/xla_defaults.py
-YNN_ON = {'JAXBIG_XLA_DEFAULTS': '0',
-          'GLIBC_TUNABLES': xla_defaults.malloc_tunables(os.environ) or
-          os.environ.get('GLIBC_TUNABLES', '')}
+# setting kept by naming it explicitly
+YNN_ON = {'JAXBIG_XLA_DEFAULTS': '0', 'GLIBC_TUNABLES': TUNABLES}
 HUGE_PAGES_OFF = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}  # glibc's default; a user's wins
 
 # (size, name, prediction, config overrides, environment), each against the current defaults.
 # Override-only changes of one size are timed in one process, in interleaved rounds with the
 # baseline (train_step.py --compare); a change of environment (XLA flags, appended to
-# XLA_FLAGS) needs its own processes, alternated with baseline processes.
+# XLA_FLAGS; other variables, set) needs its own processes, alternated with baseline ones.
 CHANGES = [
     ('tiny', 'one [seq, seq] attention product instead of 2 query blocks',
      'slower: computes and masks the logits of the upper-right quarter',
@@ -198,7 +198,7 @@ def main():
              f'{datetime.date.today()}: {platform.machine()}, {os.cpu_count()} cores, '
              f'Python {platform.python_version()}, jax {jax.__version__}, float32, one CPU '
              'device unless stated. Every process runs with jaxbig\'s defaults '
-             f'(jaxbig/xla_defaults.py): GLIBC_TUNABLES={YNN_ON["GLIBC_TUNABLES"] or "unset"}, '
+             f'(jaxbig/xla_defaults.py): GLIBC_TUNABLES={TUNABLES or "unset"}, '
              'YNNPACK fusions off; PyTorch is timed in its own process with the same '
              'environment. Ratios compare numbers measured in the same invocation; '
              'absolute figures move with the load on the machine.', '',
