@@ -1,6 +1,7 @@
 """Steps/s of the whole `jaxbig train` loop (input, step, logging), measured in one run:
-the default LM on 1 device, on 8 simulated CPU devices as data=8 and as fsdp=8, and the
-CLIP two-tower model.
+the default LM on 1 device (also with one update per compiled call instead of its
+train.steps_per_call=4), on 8 simulated CPU devices as data=8 and as fsdp=8, and the CLIP
+two-tower model.
 
     python benchmarks/loop_throughput.py [--steps 40] [--json]
 
@@ -23,6 +24,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
     'lm, 1 device': ('experiments/lm.py', [], 1),
+    'lm, 1 device, 1 update per call': ('experiments/lm.py', ['train.steps_per_call=1'], 1),
     'lm, 8 devices, data=8': ('experiments/lm.py', ['parallel.data=8'], 8),
     'lm, 8 devices, fsdp=8': ('experiments/lm.py', ['parallel.data=1', 'parallel.fsdp=8'], 8),
     'clip two-tower, 1 device': ('experiments/clip.py', [], 1),
@@ -34,7 +36,7 @@ def run_case(config: str, overrides: list[str], devices: int, steps: int) -> dic
     if devices > 1:
         env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
                             f' --xla_force_host_platform_device_count={devices}').strip()
-    flags = [f'train.steps={steps}', f'train.log_every={max(steps // 8, 1)}',
+    flags = [f'train.steps={steps}', f'train.log_every={max(steps // 5, 1)}',
              'train.checkpoint_every=0', f'train.eval_every={steps}', *overrides]
     with tempfile.TemporaryDirectory() as workdir:
         cmd = [sys.executable, '-m', 'jaxbig', 'train', '--config', config, '--workdir', workdir,

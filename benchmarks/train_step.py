@@ -65,7 +65,9 @@ def random_batch(batch: int, seq: int, seed: int = 0) -> np.ndarray:
 
 def build_lm_step(size: str, batch: int, seq: int, overrides=(), *, abstract: bool = False):
     """(jitted train_step, state, batch, config, model) through the real config -> step path.
-    abstract: state and batch are ShapeDtypeStructs (enough to lower and compile)."""
+    With the config's train.steps_per_call = k > 1, one call runs k updates
+    (step.multi_step) on the batch stacked k times, as `jaxbig train` runs it; `updates`
+    says k. abstract: state and batch are ShapeDtypeStructs (enough to lower and compile)."""
     config = config_lib.load(f'{EXPERIMENTS}/lm.py:size={size},batch={batch},seq={seq}')
     config_lib.apply_overrides(config, overrides)
     model = models.from_config(config)
@@ -77,53 +79,67 @@ def build_lm_step(size: str, batch: int, seq: int, overrides=(), *, abstract: bo
     init = step_lib.init_fn(model, tx, loss_module.model_inputs(
         jax.tree.map(lambda x: x[:1], data)), seed=0)
     state = jax.eval_shape(init) if abstract else jax.jit(init)()
-    train_step = jax.jit(step_lib.make_train_step(model, losses.bind(loss_module, config.loss),
-                                                  config.loss, tx, schedule),
-                         donate_argnums=(0,))
-    return train_step, state, data, config, model
+    fn = step_lib.make_train_step(model, losses.bind(loss_module, config.loss), config.loss, tx,
+                                  schedule)
+    if updates(config) > 1:
+        fn = step_lib.multi_step(fn)
+        data = jax.tree.map(lambda x: jnp.stack([x] * updates(config)), data)
+    return jax.jit(fn, donate_argnums=(0,)), state, data, config, model
 
 
-def run_steps(step, state, batch, steps: int):
-    """Runs `steps` steps; returns (mean seconds per step, the final state: the state
-    passed in may have been donated)."""
+def updates(config) -> int:
+    """Updates per call of build_lm_step's train_step (train.steps_per_call)."""
+    return config.train.get('steps_per_call', 1)
+
+
+def run_steps(step, state, batch, calls: int, per_call: int = 1):
+    """Runs `calls` calls of `per_call` updates each; returns (mean seconds per update, the
+    final state: the state passed in may have been donated)."""
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
         state, out = step(state, batch)
     jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / steps, state
+    return (time.perf_counter() - t0) / (calls * per_call), state
 
 
-def time_loop(step, state, batch, steps: int, repeats: int) -> tuple[float, float]:
-    """(first-call seconds incl. compile, best mean seconds per step). step(state, batch)."""
-    first, state = run_steps(step, state, batch, 1)
+def time_loop(step, state, batch, calls: int, repeats: int,
+              per_call: int = 1) -> tuple[float, float]:
+    """(first-call seconds incl. compile, best mean seconds per update). step(state, batch)
+    runs `per_call` updates."""
+    t0 = time.perf_counter()
+    _, state = run_steps(step, state, batch, 1)
+    first = time.perf_counter() - t0
     _, state = run_steps(step, state, batch, 1)  # warm-up
     best = float('inf')
     for _ in range(repeats):
-        seconds, state = run_steps(step, state, batch, steps)
+        seconds, state = run_steps(step, state, batch, calls, per_call)
         best = min(best, seconds)
     return first, best
 
 
 def time_jaxbig(size, batch, seq, steps, repeats, overrides=()) -> dict:
+    """`steps` updates per repeat (rounded up to whole calls of train.steps_per_call)."""
     train_step, state, data, config, model = build_lm_step(size, batch, seq, overrides)
-    compile_s, step_s = time_loop(train_step, state, data, steps, repeats)
+    k = updates(config)
+    compile_s, step_s = time_loop(train_step, state, data, -(-steps // k), repeats, k)
     return dict(params=gpt.count_params(state.params), compile_s=compile_s, step_s=step_s,
-                flops_per_token=gpt.flops_per_token(model, seq))
+                flops_per_token=gpt.flops_per_token(model, seq), steps_per_call=k)
 
 
 def compare_jaxbig(size, batch, seq, steps, rounds, variants) -> list[float]:
-    """Best seconds per step of each variant (a list of overrides), timed in interleaved
+    """Best seconds per update of each variant (a list of overrides), timed in interleaved
     rounds (A B C A B C ...) in this one process, so slow drifts of the machine's speed
-    hit every variant alike. Each round times `steps` steps of every variant."""
+    hit every variant alike. Each round times `steps` updates of every variant (rounded up
+    to whole calls of its train.steps_per_call)."""
     built = []
     for overrides in variants:
-        step, state, data, _, _ = build_lm_step(size, batch, seq, overrides)
+        step, state, data, config, _ = build_lm_step(size, batch, seq, overrides)
         _, state = run_steps(step, state, data, 2)  # compile and warm up
-        built.append([step, state, data])
+        built.append([step, state, data, updates(config)])
     best = [float('inf')] * len(variants)
     for _ in range(rounds):
-        for i, (step, state, data) in enumerate(built):
-            seconds, built[i][1] = run_steps(step, state, data, steps)
+        for i, (step, state, data, k) in enumerate(built):
+            seconds, built[i][1] = run_steps(step, state, data, -(-steps // k), k)
             best[i] = min(best[i], seconds)
     return best
 
@@ -164,7 +180,7 @@ def main():
     parser.add_argument('--size', default='tiny', choices=list(gpt.SIZES))
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--seq', type=int, default=128)
-    parser.add_argument('--steps', type=int, default=5, help='steps per timed repeat')
+    parser.add_argument('--steps', type=int, default=5, help='updates per timed repeat (rounded up to whole calls of train.steps_per_call)')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--torch', action='store_true', help='also time the PyTorch reference')
     parser.add_argument('--no-compile', action='store_true',

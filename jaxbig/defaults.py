@@ -71,13 +71,22 @@ def parallel(**overrides) -> dict:
 
 
 def train(**overrides) -> dict:
-    """Loop cadences in steps; 0 disables a cadence. best_metric '' = no best checkpoint."""
+    """Loop cadences in steps; 0 disables a cadence. best_metric '' = no best checkpoint.
+
+    steps_per_call: updates per compiled call (`step.multi_step`: a `lax.scan` over that
+    many batches). Above 1 it spreads each call's fixed costs (dispatch; XLA CPU maps and
+    zeroes a program's temporaries afresh every call) over several updates: on CPU the tiny
+    LM step is ~7 % faster at 4 (benchmarks/RESULTS.md). Calls end at every log, eval and
+    checkpoint step, so results are the same updates whatever its value; pick a divisor of
+    the cadences (other call lengths compile once each).
+    """
     return _merge(
         'train',
         dict(
             steps=1000,
             batch_size=32,
             seed=0,
+            steps_per_call=1,
             log_every=20,
             eval_every=200,
             checkpoint_every=200,

@@ -97,9 +97,10 @@ def rules_from_config(cfg) -> tuple:
     return tuple(out)
 
 
-def batch_sharding(mesh) -> NamedSharding:
-    """Leading (batch) dimension split over data x fsdp."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh, *, stacked: bool = False) -> NamedSharding:
+    """Leading (batch) dimension split over data x fsdp. stacked: batches stacked on a
+    leading steps axis [steps, batch, ...] (step.multi_step); the steps axis is not split."""
+    return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
 def data_parallel_size(mesh) -> int:

@@ -148,15 +148,21 @@ def to_mesh(tree, shardings):
         return jax.tree.map(_on_devices, local, shardings)
 
 
-def shard_batch(batch: dict) -> dict:
-    """Host-local numpy batch [rows, ...] -> [local devices, rows / devices, ...] on device."""
+def shard_batch(batch: dict, *, stacked: bool = False) -> dict:
+    """Host-local numpy batch [rows, ...] -> [local devices, rows / devices, ...] on device.
+    stacked: batches stacked on a leading steps axis (step.multi_step), [steps, rows, ...]
+    -> [local devices, steps, rows / devices, ...]."""
     sharding = local_sharding()
     n = sharding.mesh.size
 
     def split(x):
-        if x.shape[0] % n:
-            raise ValueError(f'host batch of {x.shape[0]} rows does not split over {n} devices')
-        return jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding)
+        rows = x.shape[1] if stacked else x.shape[0]
+        if rows % n:
+            raise ValueError(f'host batch of {rows} rows does not split over {n} devices')
+        if stacked:
+            x = x.reshape(x.shape[0], n, rows // n, *x.shape[2:]).swapaxes(0, 1)
+            return jax.device_put(np.ascontiguousarray(x), sharding)
+        return jax.device_put(x.reshape(n, rows // n, *x.shape[1:]), sharding)
 
     return jax.tree.map(split, batch)
 

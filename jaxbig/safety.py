@@ -100,20 +100,25 @@ class NonFiniteWatch:
         self._pending = []
 
     def add(self, step: int, metrics):
+        """metrics of update number `step`; or, stacked on a leading axis of n updates (one
+        `step.multi_step` call), of the updates step - n + 1 .. step."""
         keys = ('skipped',) if self.skip else self.KEYS
         self._pending.append((step, {k: metrics[k] for k in keys if k in metrics}))
 
     def check(self):
         pending, self._pending = jax.device_get(self._pending), []
-        for step, values in pending:
+        for last, values in pending:
+            values = {k: np.atleast_1d(v) for k, v in values.items()}
             if self.skip:
-                self.skipped += int(values.get('skipped', 0))
+                self.skipped += int(np.sum(values.get('skipped', 0)))
                 continue
-            for key in (k for k in self.KEYS if k in values):  # device_get sorts dict keys
-                value = values[key]
-                if not math.isfinite(float(value)):
-                    raise TrainingDiverged(
-                        f'non-finite train/{key}={float(value)} at step {step}; stopped without '
-                        'checkpointing it (set train.skip_nonfinite_steps=true to skip such '
-                        'updates instead)'
-                    )
+            n = max((len(v) for v in values.values()), default=0)
+            for i in range(n):
+                for key in (k for k in self.KEYS if k in values):  # device_get sorts dict keys
+                    value = float(values[key][i])
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(
+                            f'non-finite train/{key}={value} at step {last - n + 1 + i}; '
+                            'stopped without checkpointing it (set '
+                            'train.skip_nonfinite_steps=true to skip such updates instead)'
+                        )

@@ -3,6 +3,8 @@
         train_step(state, batch) -> (state, metrics)      one optimizer update
         eval_step(params, batch) -> metrics               no gradients, train=False
 
+`multi_step(train_step)` runs several updates in one compiled call (`train.steps_per_call`).
+
 Both are built from (model, loss_fn, optax chain); nothing here knows which task it runs.
 Gradient accumulation splits the batch into `accum_steps` micro-batches inside the step
 (a `lax.scan`), so one call is always one update whatever the accumulation.
@@ -159,6 +161,19 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def multi_step(train_step):
+    """train_step -> multi(state, batches) -> (state, metrics): one update per batch of
+    `batches` (every leaf stacked on a leading steps axis [n, ...]) in one `lax.scan`, so
+    one compiled call runs n updates. metrics come back stacked, [n] per key. The updates
+    are those of n train_step calls: the step counter, and so the rng and the schedule,
+    advance inside the scan."""
+
+    def multi(state, batches):
+        return jax.lax.scan(train_step, state, batches)
+
+    return multi
 
 
 def make_eval_step(model: nn.Module, loss_fn, loss_config):

@@ -30,8 +30,8 @@ from jaxbig import step as step_lib
 def validate(config):
     """Config checks that need no devices; mesh-dependent checks happen in `train`."""
     t = config.train
-    for key in ('steps', 'batch_size', 'log_every'):
-        if t[key] < 1:
+    for key in ('steps', 'batch_size', 'log_every', 'steps_per_call'):
+        if t.get(key, 1) < 1:
             raise config_lib.ConfigError(f'train.{key}={t[key]}: must be >= 1')
     if t.get('best_mode', 'max') not in ('max', 'min'):
         raise config_lib.ConfigError(f"train.best_mode={t.best_mode!r}: expected 'max' or 'min'")
@@ -134,15 +134,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
             pmap_axis=pmap_lib.AXIS if use_pmap else None,
         )
         first = int(jax.device_get(state.step))
+        steps_per_call = t.get('steps_per_call', 1)
+        stacked = steps_per_call > 1  # batches stacked [steps, batch, ...], one scan per call
+        if stacked:
+            train_fn = step_lib.multi_step(train_fn)
         if use_pmap:  # state replicated per local device, batch split over them; evals
             # and checkpoints see the mesh layout (`as_mesh`, no copies)
             train_step = pmap_lib.pmap_train_step(train_fn)
             state = pmap_lib.replicate(state)
-            to_device = pmap_lib.shard_batch
+            to_device = functools.partial(pmap_lib.shard_batch, stacked=stacked)
             as_mesh = functools.partial(pmap_lib.to_mesh, shardings=state_shardings)
         else:
-            train_step = step_lib.jit_train_step(train_fn, state_shardings, batch_sharding)
-            to_device, as_mesh = to_global, lambda s: s  # noqa: E731
+            sharding = parallel.batch_sharding(mesh, stacked=stacked)
+            train_step = step_lib.jit_train_step(train_fn, state_shardings, sharding)
+            to_device = functools.partial(parallel.to_global, sharding=sharding)
+            as_mesh = lambda s: s  # noqa: E731
         eval_step = step_lib.jit_eval_step(
             step_lib.make_eval_step(model, loss_fn, config.loss),
             state_shardings.params,
@@ -182,17 +188,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
             logging.warning('this run stopped early (%s); raise train.patience to train on',
                             best.summary())
             last_step = first
-        last = {}
+        cadences = [t.log_every, t.checkpoint_every, *(every for every, _ in evaluators.values())]
+        last, step = {}, first
         try:
             with safety.StopRequest() as stop:
-                for step in range(first + 1, last_step + 1):
-                    state, metrics = train_step(state, to_device(train_data.get_batch(step - 1)))
+                while step < last_step:
+                    n = steps_in_call(step, last_step, steps_per_call, cadences)
+                    batch = _host_batches(train_data, step, n, stacked=stacked)
+                    state, metrics = train_step(state, to_device(batch))
+                    step += n  # updates applied so far; below, everything due at `step`
                     watch.add(step, metrics)
-                    progress.update(1)
+                    progress.update(n)
                     row = {}
                     if step % t.log_every == 0 or step == t.steps:
                         watch.check()
-                        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                        metrics = {  # the last update's (a call of n updates returns [n])
+                            k: float(np.asarray(v).reshape(-1)[-1])
+                            for k, v in jax.device_get(metrics).items()
+                        }
                         if metrics.pop('skipped', None) is not None:
                             metrics['skipped_steps'] = watch.skipped
                         row.update({f'train/{k}': v for k, v in metrics.items()})
@@ -240,6 +253,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
     if is_main:
         writers.plot_loss_curve(workdir)
     return last
+
+
+def steps_in_call(step: int, last_step: int, steps_per_call: int, cadences) -> int:
+    """Updates the next compiled call runs, after update `step`: `steps_per_call`, cut short
+    at `last_step` and at the next multiple of each nonzero cadence (log, eval, checkpoint),
+    so whatever is due at a step sees exactly the state after that step. A cadence that
+    `steps_per_call` does not divide makes calls of other lengths (each compiles once)."""
+    end = min(step + steps_per_call, last_step)
+    for every in cadences:
+        if every:
+            end = min(end, (step // every + 1) * every)
+    return end - step
+
+
+def _host_batches(data, step: int, n: int, *, stacked: bool):
+    """The host batches of updates step + 1 .. step + n (batch index = update - 1): one
+    batch, or with `stacked` all n stacked on a leading steps axis [n, batch, ...]."""
+    if not stacked:
+        return data.get_batch(step)
+    batches = [data.get_batch(i) for i in range(step, step + n)]
+    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
 class _Throughput:

@@ -29,6 +29,7 @@ BAD_CONFIGS = [
     (['--config.train.batch_size=0'], 'train.batch_size=0: must be >= 1'),
     (['--config.train.steps=-5'], 'train.steps=-5: must be >= 1'),
     (['--config.train.log_every=0'], 'train.log_every=0'),
+    (['--config.train.steps_per_call=0'], 'train.steps_per_call=0: must be >= 1'),
     (['--config.train.eval_every=-1'], 'train.eval_every=-1'),
     (['--config.train.stepz=3'], "did you mean 'train.steps'"),
     (['--config.train.best_mode=best'], "train.best_mode='best': expected 'max' or 'min'"),
