@@ -1,6 +1,6 @@
 """Regenerates benchmarks/RESULTS.md: every figure in it is measured by this run.
 
-    python benchmarks/results.py                 # ~25 min on a 2-core CPU; needs '.[bench]'
+    python benchmarks/results.py                 # ~40 min on a 2-core CPU; needs '.[bench]'
     python benchmarks/results.py --quick         # tiny model only, no torch.compile
 
 Runs, each in a fresh process (so XLA flags can differ): the jaxbig train step against the
