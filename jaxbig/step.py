@@ -7,7 +7,7 @@
 
 Both are built from (model, loss_fn, optax chain); nothing here knows which task it runs.
 Gradient accumulation splits the batch into `accum_steps` micro-batches inside the step
-(a `lax.scan`), so one call is always one update whatever the accumulation.
+(a `lax.scan`), so one train_step is always one update whatever the accumulation.
 """
 
 from __future__ import annotations
