@@ -180,7 +180,9 @@ def main():
     parser.add_argument('--size', default='tiny', choices=list(gpt.SIZES))
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--seq', type=int, default=128)
-    parser.add_argument('--steps', type=int, default=5, help='updates per timed repeat (rounded up to whole calls of train.steps_per_call)')
+    parser.add_argument('--steps', type=int, default=5,
+                        help='updates per timed repeat (rounded up to whole calls of '
+                             'train.steps_per_call)')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--torch', action='store_true', help='also time the PyTorch reference')
     parser.add_argument('--no-compile', action='store_true',

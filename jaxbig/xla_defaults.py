@@ -114,4 +114,3 @@ def restart_with_malloc_defaults(environ=os.environ, execv=os.execv) -> None:
             del environ['GLIBC_TUNABLES']
         else:
             environ['GLIBC_TUNABLES'] = original
-
