@@ -2,8 +2,9 @@
 confusion matrix (saved as `<workdir>/confusion_<name>_<step>.{json,png}`).
 
 Config: type='classification', split (default data.val_split), num_batches, batch_size
-(0 = train.batch_size). Macro averages run over the classes present in the labels; a class
-never predicted has precision 0 (so F1 0), as sklearn's zero_division=0.
+(0 = train.batch_size). Macro averages run over the classes present in the labels or in the
+predictions, exactly as scikit-learn's `average='macro'`; a class never predicted has
+precision 0 and a class absent from the labels recall 0 (so F1 0), as its zero_division=0.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
 def scores(cm: np.ndarray) -> dict[str, float]:
     tp = np.diag(cm).astype(np.float64)
     support, predicted = cm.sum(1), cm.sum(0)
-    present = support > 0
-    recall = np.where(present, tp / np.maximum(support, 1), 0.0)
+    present = (support > 0) | (predicted > 0)  # sklearn: labels present in y_true or y_pred
+    recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
     precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
     denom = precision + recall
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
