@@ -1,6 +1,10 @@
 """Command line: `jaxbig train --config experiments/lm.py[:arg] --workdir DIR [--config.a.b=v]`.
 
-Config problems exit with status 2 and one line naming the key; `--debug` shows tracebacks.
+Config problems exit with status 2 and one line naming the key; `--debug` (before or after the
+subcommand) shows tracebacks. `jaxbig quantize ARGS` and `jaxbig lora merge ARGS` hand ARGS
+verbatim to `python -m jaxbig.quantize` / `python -m jaxbig.lora merge` (same help, same exits).
+No option may be abbreviated (`--work` is not `--workdir`); `--config.a.b=v` overrides reach
+`train`/`sweep` as unparsed extras.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def _split_overrides(extra: list[str]) -> list[tuple[str, str]]:
 def load_config(spec: str, extra: list[str]):
     config = config_lib.load(spec)
     config_lib.apply_overrides(config, _split_overrides(extra))
-    return config
+    return config_lib.resolve_auto(config)
 
 
 def _train(args, extra):
@@ -61,42 +65,134 @@ def _generate(args, extra):
     generate.main(args)
 
 
+TRAIN_EPILOG = """\
+the config:
+  --config FILE.py[:ARG]    FILE.py defines get_config(arg); the text after ':' is passed to it
+                            verbatim (None without ':'). jaxbig's experiments read it as
+                            key=value,... (documented in each file's docstring), e.g.
+                            --config experiments/lm.py:size=small,steps=200
+overrides:
+  --config.a.b=VALUE        (or --config.a.b VALUE; repeatable) sets any key of the config
+                            get_config returned, e.g. --config.optimizer.lr=1e-3
+                            --config.train.batch_size=64. VALUE is converted to the key's type
+                            (int, float, bool true/false, str, tuple literal like (1, 2)); a
+                            value of the wrong type, or an unknown key (the message names the
+                            nearest valid key), exits with status 2 and one line.
+resuming:
+  Running the same command again resumes from the newest checkpoint in --workdir, exactly
+  (the same batches and losses as an uninterrupted run); raise --config.train.steps to train
+  longer. SIGTERM / Ctrl-C saves a checkpoint and exits 0. A workdir holding a different
+  experiment (its model, data or loss config differ) is refused; --force resumes it anyway.
+errors:
+  config problems exit with status 2 and one line; --debug (before or after the subcommand)
+  shows the full traceback.
+"""
+
+
+class _HelpFormatter(
+    argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter
+):
+    """Shows `(default: X)` for options with a real default (not None/False or required)."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is False:
+            return action.help or ''
+        return super()._get_help_string(action)
+
+
+def _run_quantize(args, extra):
+    """`jaxbig quantize ARGS` = `python -m jaxbig.quantize ARGS`."""
+    from jaxbig import quantize
+
+    old, sys.argv[0] = sys.argv[0], 'jaxbig quantize'  # its parser's prog (usage, errors)
+    try:
+        quantize.main(extra)
+    finally:
+        sys.argv[0] = old
+
+
+def _run_lora(args, extra):
+    """`jaxbig lora merge ARGS` = `python -m jaxbig.lora merge ARGS`."""
+    from jaxbig import lora
+
+    lora.main(extra)
+
+
+def _add_passthrough(sub, name: str, run, help: str):
+    """A subcommand whose arguments (including --help) go verbatim to another module's main."""
+    p = sub.add_parser(name, help=help, add_help=False, allow_abbrev=False)
+    p.set_defaults(run=run, passthrough=True)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='jaxbig', description=__doc__.splitlines()[0])
+    from jaxbig import __version__
+
+    common = dict(formatter_class=_HelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog='jaxbig', description=__doc__.splitlines()[0], **common
+    )
+    parser.add_argument('--version', action='version', version=f'jaxbig {__version__}')
     parser.add_argument('--debug', action='store_true', help='show full tracebacks')
-    sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('train', help='train (or resume) an experiment config in a workdir')
-    p.add_argument('--config', required=True, help='experiments/file.py[:key=value,...]')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    def add(name, help, **kwargs):
+        return sub.add_parser(name, help=help, description=help, **common, **kwargs)
+
+    p = add('train', 'train (or resume) an experiment config in a workdir', epilog=TRAIN_EPILOG)
+    p.add_argument(
+        '--config', required=True, metavar='FILE.py[:ARG]',
+        help='the experiment file (its get_config(ARG) builds the config); see below',
+    )
     p.add_argument('--workdir', required=True, help='outputs, checkpoints; resumes if present')
     p.add_argument(
         '--force',
         action='store_true',
         help='resume a workdir even if it holds a different experiment',
     )
-    p.add_argument('--debug', action='store_true', help='show full tracebacks')
     p.set_defaults(run=_train)
-    p = sub.add_parser('eval', help="re-run a run's evaluators on its best (or latest) checkpoint")
-    p.add_argument('--workdir', required=True)
-    p.add_argument('--step', type=int, default=-1, help='a checkpoint step (default: best/latest)')
-    p.add_argument('--debug', action='store_true', help='show full tracebacks')
+    p = add('eval', "re-run a run's evaluators on its best (or latest) checkpoint")
+    p.add_argument('--workdir', required=True, help='a training workdir')
+    p.add_argument('--step', type=int, default=-1, help='a checkpoint step; -1 = best/latest')
     p.set_defaults(run=_eval)
-    p = sub.add_parser('generate', help="sample text from a trained run's latest checkpoint")
+    p = add('generate', "sample text from a trained run's latest checkpoint")
     p.add_argument('--workdir', required=True, help='a training workdir (config.json, checkpoints)')
     p.add_argument('--prompt', action='append', help='prompt text; repeat for a batch')
     p.add_argument('--prompt-file', help='a file whose whole text is one more prompt')
-    p.add_argument('--max-new-tokens', type=int, default=200)
+    p.add_argument('--max-new-tokens', type=int, default=200, help='tokens to sample per prompt')
     p.add_argument('--temperature', type=float, default=0.8, help='0 = greedy')
     p.add_argument('--top-k', type=int, default=0, help='0 = off')
     p.add_argument('--top-p', type=float, default=1.0, help='1 = off')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='sampling seed')
     p.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
     p.add_argument('--stop', help=r'stop after this text; backslash escapes work ("\n\n")')
-    p.add_argument('--quantize', choices=['none', 'int8'], default='none')
-    p.add_argument('--debug', action='store_true', help='show full tracebacks')
+    p.add_argument(
+        '--quantize', choices=['none', 'int8'], default='none',
+        help='int8: sample with int8 weight-only quantized kernels',
+    )
     p.set_defaults(run=_generate)
     from jaxbig import sweep
 
-    sweep.add_parser(sub)
+    p = sweep.add_parser(sub)
+    p.formatter_class, p.allow_abbrev = _HelpFormatter, False
+    _add_passthrough(
+        sub, 'quantize', _run_quantize,
+        'int8 weight-only quantization report of a run (see jaxbig quantize --help)',
+    )
+    _add_passthrough(
+        sub, 'lora', _run_lora,
+        'lora merge: write a LoRA run\'s merged plain weights (see jaxbig lora merge --help)',
+    )
+    # `--debug` works before or after the subcommand: each subcommand's own --debug leaves the
+    # value alone unless given (a subparser's default would overwrite `jaxbig --debug CMD`).
+    for name, p in sub.choices.items():
+        if p.get_default('passthrough'):
+            continue
+        if not any(a.dest == 'debug' for a in p._actions):
+            p.add_argument('--debug', action='store_true', help='show full tracebacks')
+        for action in p._actions:
+            if action.dest == 'debug':
+                action.default = argparse.SUPPRESS
     return parser
 
 
