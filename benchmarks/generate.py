@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbig import generate as gen
+from jaxbig import run as run_lib
 from jaxbig.models import gpt
 
 
@@ -67,7 +68,8 @@ def main():
     args = parser.parse_args()
 
     if args.workdir:
-        _, model, params, _, _ = gen.load_run(args.workdir)
+        run = run_lib.load_run(args.workdir)
+        model, params = run.model, run.params
     else:
         model = gpt.Model(vocab_size=256, **gpt.SIZES[args.size])
         params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params']

@@ -12,7 +12,6 @@ Nothing in `jaxbig/` imports this file; torch is never a runtime dependency.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -129,7 +129,7 @@ def get_config(arg=None):
     c.loss = dict(name='multimodal', kind=arg.loss, max_logit_scale=math.log(100.0))
     c.optimizer = defaults.optimizer(
         lr=arg.lr,
-        warmup_steps=max(arg.steps // 20, 1),
+        warmup_steps='auto',
         min_lr_ratio=0.0,
         b2=0.98,
         eps=1e-6,

@@ -28,12 +28,11 @@ batch 128, lr 1e-2; val/accuracy on the 359 held-out digits, chance 0.1):
     full, no init      0.994      from scratch: on 8 x 8 digits pretraining does not help
 """
 
-import json
-import os
 
 import ml_collections
 
 from jaxbig import defaults
+from jaxbig.run import read_config
 from jaxbig.config import ConfigError, parse_arg
 
 MODES = ('full', 'linear_probe', 'features')
@@ -59,11 +58,7 @@ def get_config(arg=None):
         num_classes=0,
     )
     if arg.init:
-        path = os.path.join(arg.init, 'config.json')
-        if not os.path.exists(path):
-            raise ConfigError(f'init={arg.init!r}: no config.json there (not a jaxbig workdir)')
-        with open(path) as f:
-            backbone = json.load(f)['model'].get('backbone', backbone)
+        backbone = read_config(arg.init).model.to_dict().get('backbone', backbone)
     images = dict(
         pipeline='views',
         name='digits',
@@ -94,7 +89,7 @@ def get_config(arg=None):
     c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
     c.optimizer = defaults.optimizer(
         lr=arg.lr,
-        warmup_steps=max(arg.steps // 20, 1),
+        warmup_steps='auto',
         weight_decay=1e-4,
         freeze=['encoder/.*'] if arg.mode == 'linear_probe' else [],
         lr_mults=[['encoder/.*', arg.backbone_lr_mult]]

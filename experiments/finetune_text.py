@@ -43,12 +43,11 @@ At equal load lora ran ~2.4 steps/s and full ~1.5. With last-token pooling the f
 reach only 0.19-0.21, hence mean pooling for them.
 """
 
-import json
-import os
 
 import ml_collections
 
 from jaxbig import defaults
+from jaxbig.run import read_config
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.models.gpt import SIZES
 
@@ -92,11 +91,7 @@ def get_config(arg=None):
         param_dtype='float32',
     )
     if arg.init:
-        path = os.path.join(arg.init, 'config.json')
-        if not os.path.exists(path):
-            raise ConfigError(f'init={arg.init!r}: no config.json there (not a jaxbig workdir)')
-        with open(path) as f:
-            backbone = json.load(f)['model']
+        backbone = read_config(arg.init).model.to_dict()
     snippets = dict(
         pipeline='text_classes',
         name='pystdlib',
@@ -131,7 +126,7 @@ def get_config(arg=None):
     c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
     c.optimizer = defaults.optimizer(
         lr=lr,
-        warmup_steps=max(arg.steps // 20, 1),
+        warmup_steps='auto',
         weight_decay=0.01,
         freeze=['encoder/.*'] if arg.mode in ('linear_probe', 'lora') else [],
         lr_mults=[['encoder/.*', arg.backbone_lr_mult]]

@@ -38,12 +38,12 @@ def get_config(arg=None):
         **SIZES[arg.size],
         dropout=0.0,
         tie_embeddings=True,
-        # Unrolled layers run ~12 % faster on CPU at 4-6 layers; nn.scan keeps compile time
-        # flat in depth (benchmarks/RESULTS.md), so deeper presets scan.
-        scan_layers=SIZES[arg.size]['num_layers'] > 6,
-        # Saving only the matmul outputs is faster at GPT-2-small width (fewer activations
-        # written and read back) and slower at tiny (benchmarks/RESULTS.md).
-        remat='dots' if SIZES[arg.size]['embed_dim'] >= 768 else 'none',
+        # 'auto' is resolved after --config overrides (jaxbig.config.resolve_auto): scan
+        # over depth above 6 layers (unrolled runs ~12 % faster on CPU at 4-6, scan keeps
+        # compile time flat); remat 'dots' from GPT-2-small width up, where saving only the
+        # matmul outputs is faster, 'none' below (benchmarks/RESULTS.md).
+        scan_layers='auto',
+        remat='auto',
         attention='einsum',  # 'xla' | 'cudnn': jax.nn.dot_product_attention (cudnn on GPU)
         attention_blocks=0,  # einsum path: 0 = query blocks of max(64, seq/4); 1 = no split
         dtype='float32',
@@ -62,7 +62,7 @@ def get_config(arg=None):
     )
     c.loss = dict(name='autoregressive', z_loss=0.0)
     c.optimizer = defaults.optimizer(
-        lr=3e-3, warmup_steps=max(arg.steps // 20, 1), b2=0.95, weight_decay=0.1
+        lr=3e-3, warmup_steps='auto', b2=0.95, weight_decay=0.1
     )
     c.parallel = defaults.parallel()
     # 4 updates per compiled call: the tiny step is ~7 % faster (XLA CPU maps and zeroes a

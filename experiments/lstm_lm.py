@@ -51,7 +51,7 @@ def get_config(arg=None):
     )
     c.loss = dict(name='autoregressive', z_loss=0.0)
     c.optimizer = defaults.optimizer(
-        lr=3e-3, warmup_steps=max(arg.steps // 20, 1), b2=0.95, weight_decay=0.1
+        lr=3e-3, warmup_steps='auto', b2=0.95, weight_decay=0.1
     )
     c.parallel = defaults.parallel()
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)

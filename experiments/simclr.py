@@ -107,7 +107,7 @@ def get_config(arg=None):
     )
     c.loss = dict(name='contrastive', temperature=arg.temperature)
     c.optimizer = defaults.optimizer(
-        lr=arg.lr, warmup_steps=max(arg.steps // 20, 1), min_lr_ratio=0.0, weight_decay=1e-4
+        lr=arg.lr, warmup_steps='auto', min_lr_ratio=0.0, weight_decay=1e-4
     )
     c.parallel = defaults.parallel()
     c.train = defaults.train(

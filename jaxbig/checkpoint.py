@@ -17,6 +17,7 @@ import shutil
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxbig.config import ConfigError
@@ -260,11 +261,14 @@ def abstract_with_shardings(abstract_tree, shardings):
     )
 
 
-def restore_params(path: str, step: int | None = None):
-    """Loads only the params of a checkpoint (for fine-tuning, evaluation, generation).
+def restore_params(path: str, step: int | None = None, *, shardings=None):
+    """Reads only the params of a checkpoint (an orbax partial restore: the optimizer state
+    is never read), for fine-tuning, evaluation, generation.
 
     `path` is a workdir (uses `<path>/checkpoints`) or a checkpoints directory; `step=None`
-    takes the latest. Returns (params as numpy-backed arrays, step).
+    takes the latest complete one; a missing step names the available ones. `shardings` (a
+    tree matching the params) places each array straight into its sharding; otherwise they
+    are numpy arrays on the host. Returns (params, step).
     """
     directory = (
         path
@@ -273,9 +277,35 @@ def restore_params(path: str, step: int | None = None):
     )
     if not os.path.isdir(directory):
         raise FileNotFoundError(f'no checkpoints directory at {directory}')
-    with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
-        step = manager.latest_step() if step is None else step
+    with ocp.CheckpointManager(
+        os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler()
+    ) as manager:
+        available = sorted(manager.all_steps())
         if step is None:
-            raise FileNotFoundError(f'no complete checkpoint in {directory}')
-        restored = manager.restore(step, args=ocp.args.StandardRestore())
+            step = manager.latest_step()
+            if step is None:
+                raise FileNotFoundError(f'no complete checkpoint in {directory}')
+        elif step not in available:
+            raise FileNotFoundError(
+                f'step {step}: no checkpoint of that step in {directory} '
+                f'(available steps: {available})'
+            )
+        stored = getattr(manager.item_metadata(step), 'tree', None)
+    if not stored or 'params' not in stored:
+        raise FileNotFoundError(f'{directory}/{step}: the checkpoint holds no params')
+    stored = stored['params']
+    if shardings is None:
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+    else:
+        target = jax.tree.map(
+            lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), stored, shardings
+        )
+        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), shardings)
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(os.path.abspath(directory), str(step), 'default'),
+        args=ocp.args.PyTreeRestore(
+            item={'params': target}, restore_args={'params': restore_args}, partial_restore=True
+        ),
+    )
     return restored['params'], step

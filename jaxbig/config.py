@@ -81,9 +81,40 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[tuple
                 f'--config.{key}: is a section, set one of its keys '
                 f'({", ".join(sorted(old.keys()))})'
             )
+        if old == AUTO and raw != AUTO:  # typed as the value 'auto' stands for
+            old = _AUTO_TYPES.get(leaf, old)
         value = _coerce(raw, old, f'--config.{key}')
         with parent.ignore_type():
             parent[leaf] = value
+    return config
+
+
+AUTO = 'auto'
+_AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0}  # what 'auto' resolves to
+
+
+def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fills the keys left at 'auto' from the values they depend on, after overrides (so
+    `--config.model.num_layers=12` on a 4-layer preset scans, and `--config.train.steps`
+    moves the warmup). In place; idempotent; the resolved values go to config.json.
+
+        model.scan_layers        'auto' -> nn.scan over depth when num_layers > 6 (unrolled
+                                 layers run ~12 % faster on CPU at 4-6 layers; scan keeps
+                                 compile time flat in depth)
+        model.remat              'auto' -> 'dots' when embed_dim >= 768 (GPT-2-small width
+                                 and up), else 'none' (benchmarks/RESULTS.md)
+        optimizer.warmup_steps   'auto' -> 5 % of train.steps (at least 1)
+    """
+    model, opt = config.get('model'), config.get('optimizer')
+    if model is not None:
+        with model.ignore_type():
+            if model.get('scan_layers') == AUTO:
+                model.scan_layers = model.get('num_layers', model.get('depth', 0)) > 6
+            if model.get('remat') == AUTO:
+                model.remat = 'dots' if model.get('embed_dim', 0) >= 768 else 'none'
+    if opt is not None and opt.get('warmup_steps') == AUTO:
+        with opt.ignore_type():
+            opt.warmup_steps = max(config.train.steps // 20, 1)
     return config
 
 

@@ -79,6 +79,10 @@ def train(**overrides) -> dict:
     LM step is ~7 % faster at 4 (benchmarks/RESULTS.md). Calls end at every log, eval and
     checkpoint step, so results are the same updates whatever its value; pick a divisor of
     the cadences (other call lengths compile once each).
+
+    profile_steps: (first, last) writes a `jax.profiler` trace of updates first+1 .. last to
+    `<workdir>/profile/` (open with `tensorboard --logdir WORKDIR` and its profile tab, or
+    the `.trace.json.gz` in Perfetto); () = off.
     """
     return _merge(
         'train',
@@ -97,6 +101,7 @@ def train(**overrides) -> dict:
             best_metric='',
             best_mode='max',
             patience=0,
+            profile_steps=(),
         ),
         overrides,
     )

@@ -70,16 +70,14 @@ def merge_pretrained(target, source, *, rename=(), include=(), exclude=()):
 
 def load_init_from(cfg, params, shardings):
     """Loads `cfg` (config.init_from) into `params`; returns params placed by `shardings`."""
-    source, step = checkpoint.restore_params(
-        cfg.path, None if cfg.get('step', -1) < 0 else cfg.step
-    )
+    source, step = checkpoint.restore_params(cfg.path, None if cfg.step < 0 else cfg.step)
     host_target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     merged, loaded = merge_pretrained(
         host_target,
         jax.device_get(source),
-        rename=[tuple(r) for r in cfg.get('rename', [])],
-        include=list(cfg.get('include', [])),
-        exclude=list(cfg.get('exclude', [])),
+        rename=[tuple(r) for r in cfg.rename],
+        include=list(cfg.include),
+        exclude=list(cfg.exclude),
     )
     fresh = flatten(params)
     merged = unflatten({k: (v if k in loaded else fresh[k]) for k, v in flatten(merged).items()})

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import sys
 
 import jax
@@ -75,8 +74,13 @@ def left_pad(prompts: list[np.ndarray], pad_id: int = 0):
     return tokens, positions
 
 
-def _model_module(model):
-    return importlib.import_module(type(model).__module__)
+def init_cache(model, batch: int, max_len: int):
+    """The model family's empty cache (`<family module>.init_cache`); a LoRA-wrapped model
+    uses its base model's (the adapters change weights, not the cache's shape)."""
+    from jaxbig import lora
+
+    base = lora.unwrap(model)
+    return importlib.import_module(type(base).__module__).init_cache(base, batch, max_len)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -95,7 +99,7 @@ def _generate(params, tokens, positions, rng, *, model, max_new_tokens, temperat
     params = quantize.dequantize(params)
     batch, width = tokens.shape
     apply = functools.partial(model.apply, {'params': params}, method='decode')
-    cache = _model_module(model).init_cache(model, batch, width + max_new_tokens)
+    cache = init_cache(model, batch, width + max_new_tokens)
     sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
     stop_ids = jnp.asarray(stop or (), jnp.int32)
     fill = 0 if eos_id is None else eos_id
@@ -239,41 +243,12 @@ class Streamer:
             self.printed = text
 
 
-# ----------------------------------------------------------------------------- from a workdir
-
-def load_run(workdir: str, step: int | None = None):
-    """(config, model, params, step, tokenizer) of a trained run: its config.json, its
-    latest (or `step`) checkpoint's params (no optimizer state), its tokenizer."""
-    from jaxbig import checkpoint, models
-    from jaxbig import config as config_lib
-    from jaxbig.data.tokenizers import ByteTokenizer
-
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{workdir}: no config.json (is it a training workdir?)')
-    with open(path) as f:
-        config = config_lib.from_json(f.read())
-    model = models.from_config(config)
-    if step is not None:
-        directory = os.path.join(workdir, 'checkpoints')
-        available = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if (
-            os.path.isdir(directory)) else []
-        if step not in available:
-            raise FileNotFoundError(
-                f'--step {step}: no checkpoint of that step in {directory} '
-                f'(available steps: {available}; leave --step out for the latest)')
-    params, step = checkpoint.restore_params(workdir, step)
-    # The data pipelines of this codebase tokenize bytes; a run with another tokenizer
-    # would name it in config.data.tokenizer.
-    tokenizer_name = config.data.get('tokenizer', 'bytes')
-    if tokenizer_name not in ('bytes', 'byte'):
-        raise ValueError(f'data.tokenizer={tokenizer_name!r}: generate knows only bytes')
-    return config, model, params, step, ByteTokenizer()
-
-
 def main(args) -> int:
     """`jaxbig generate` (see jaxbig.cli)."""
-    _, model, params, step, tok = load_run(args.workdir, args.step)
+    from jaxbig import run as run_lib
+
+    run = run_lib.load_run(args.workdir, args.step)
+    model, params, step, tok = run.model, run.params, run.step, run.tokenizer
     if args.quantize == 'int8':
         from jaxbig import quantize
 

@@ -56,6 +56,11 @@ def wrap(model, cfg):
     )
 
 
+def unwrap(model):
+    """The model inside a LoRA wrapper (`wrap`); any other model itself."""
+    return model.model if isinstance(model, LoraModel) else model
+
+
 def merge(params, scale: float):
     """Base params (no `lora` subtree) with every adapted kernel W -> W + scale * A B.
 
@@ -226,17 +231,14 @@ def merge_run(workdir: str, out: str, step: int | None = None, *, best: bool = F
     import os
 
     from jaxbig import checkpoint
+    from jaxbig import run as run_lib
 
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        raise ConfigError(f'{workdir}: no config.json (not a jaxbig workdir)')
-    with open(path) as f:
-        config = json.load(f)
+    config = run_lib.read_config(workdir).to_dict()
     cfg = config.pop(KEY, None) or {}
     if not cfg.get('targets'):
         raise ConfigError(f'{workdir}: its config has no lora.targets (nothing to merge)')
-    source = os.path.join(workdir, 'best') if best else workdir
-    params, step = checkpoint.restore_params(source, step)
+    run = run_lib.load_run(workdir, step, best=best)
+    params, step, source = run.params, run.step, os.path.dirname(run.checkpoint_dir)
     if KEY not in params:
         raise ConfigError(f'{source}: the checkpoint has no {KEY!r} parameters')
     merged = jax.device_get(merge(jax.tree.map(jnp.asarray, params), cfg['alpha'] / cfg['rank']))

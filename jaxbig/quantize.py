@@ -122,9 +122,10 @@ def eval_loss(config, model, params, *, num_batches: int = 0, batch_size: int = 
 
 def report(workdir: str, step: int | None = None, num_batches: int = 0) -> dict:
     """Kernel bytes float vs int8 and validation loss float vs int8 of a trained run."""
-    from jaxbig.generate import load_run
+    from jaxbig import run as run_lib
 
-    config, model, params, step, _ = load_run(workdir, step)
+    run = run_lib.load_run(workdir, step)
+    config, model, params, step = run.config, run.model, run.params, run.step
     qparams = quantize_params(params)
     out = dict(step=step, kernel_bytes_float=kernel_bytes(params),
                kernel_bytes_int8=kernel_bytes(qparams))

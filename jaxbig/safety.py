@@ -122,3 +122,39 @@ class NonFiniteWatch:
                             'stopped without checkpointing it (set '
                             'train.skip_nonfinite_steps=true to skip such updates instead)'
                         )
+
+
+class FreshWorkdirGuard:
+    """Undoes what a fresh run wrote to its workdir if it fails before its first update.
+
+    A workdir counts as fresh when it holds no config.json yet. `commit()` (called after
+    the first completed update) makes the run's outputs permanent; `undo()` after a failure
+    before that removes the entries created since the guard was made (the whole directory
+    if it did not exist), so the corrected command is not refused as another experiment.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self.workdir = workdir
+        self.existed = os.path.isdir(workdir)
+        fresh = not os.path.exists(os.path.join(workdir, CONFIG_FILE))
+        self.active = enabled and fresh
+        self.before = set(os.listdir(workdir)) if self.existed else set()
+
+    def commit(self):
+        self.active = False
+
+    def undo(self):
+        if not self.active or not os.path.isdir(self.workdir):
+            return
+        import shutil
+
+        if not self.existed:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.workdir)) - self.before:
+            path = os.path.join(self.workdir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+        logging.info('removed the outputs of a run that failed before its first update')

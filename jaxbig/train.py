@@ -21,8 +21,8 @@ import numpy as np
 from jaxbig import checkpoint as ckpt_lib
 from jaxbig import config as config_lib
 from jaxbig import data as data_lib
-from jaxbig import evals as evals_lib
-from jaxbig import finetune, losses, models, optim, parallel, safety, writers
+from jaxbig import finetune, optim, parallel, safety, writers
+from jaxbig import run as run_lib
 from jaxbig import pmap as pmap_lib
 from jaxbig import step as step_lib
 
@@ -31,15 +31,20 @@ def validate(config):
     """Config checks that need no devices; mesh-dependent checks happen in `train`."""
     t = config.train
     for key in ('steps', 'batch_size', 'log_every', 'steps_per_call'):
-        if t.get(key, 1) < 1:
+        if t[key] < 1:
             raise config_lib.ConfigError(f'train.{key}={t[key]}: must be >= 1')
-    if t.get('best_mode', 'max') not in ('max', 'min'):
+    if t.best_mode not in ('max', 'min'):
         raise config_lib.ConfigError(f"train.best_mode={t.best_mode!r}: expected 'max' or 'min'")
     for key in ('eval_every', 'checkpoint_every', 'keep_checkpoints', 'keep_every', 'patience'):
-        if t.get(key, 0) < 0:
+        if t[key] < 0:
             raise config_lib.ConfigError(f'train.{key}={t[key]}: must be >= 0 (0 = never)')
+    profile = tuple(t.profile_steps)
+    if profile and (len(profile) != 2 or not 0 <= profile[0] < profile[1]):
+        raise config_lib.ConfigError(
+            f'train.profile_steps={t.profile_steps}: expected (first, last) with '
+            f'0 <= first < last (trace updates first+1 .. last), or () for off')
     optim.validate(config.optimizer)
-    accum = config.optimizer.get('grad_accum_steps', 1)
+    accum = config.optimizer.grad_accum_steps
     if t.batch_size % accum:
         raise config_lib.ConfigError(
             f'train.batch_size={t.batch_size} is not divisible by '
@@ -48,25 +53,27 @@ def validate(config):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False) -> dict:
-    """Trains (or resumes) `config` in `workdir`; returns the last logged metrics."""
+    """Trains (or resumes) `config` in `workdir`; returns the last logged metrics.
+
+    A fresh run that fails before its first update (a config error found while building
+    the mesh, data, model or evaluators, or while compiling) leaves the workdir as it found
+    it, so the corrected command starts cleanly.
+    """
+    config_lib.resolve_auto(config)
     validate(config)
     parallel.maybe_initialize_distributed(config.parallel)
-    is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
     safety.check_workdir_config(workdir, config, force=force)
-    t = config.train
+    guard = safety.FreshWorkdirGuard(workdir, enabled=jax.process_index() == 0)
+    try:
+        return _train(config, workdir, guard)
+    except Exception:
+        guard.undo()  # only while no update has completed in a fresh workdir
+        raise
 
-    # ---------------------------------------------------------------- Mesh
-    mesh = parallel.make_mesh(config.parallel)
-    rules = parallel.rules_from_config(config.parallel)
-    parallel.host_batch_rows(t.batch_size, mesh)
-    use_pmap = pmap_lib.uses_pmap(config.parallel, mesh)  # strategy 'pmap' (else 'mesh')
-    if is_main:
-        path = os.path.join(workdir, safety.CONFIG_FILE)
-        with open(path + '.tmp', 'w') as f:  # atomic: other processes may be reading it
-            f.write(config_lib.to_json(config))
-        os.replace(path + '.tmp', path)
-    logging.info('mesh: %s', parallel.describe_mesh(mesh))
+
+def _train(config, workdir: str, guard) -> dict:
+    is_main = jax.process_index() == 0
+    t = config.train
 
     # ---------------------------------------------------------------- Input
     if is_main:
@@ -75,45 +82,40 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices('jaxbig: data prepared')
-    host = {'process_index': jax.process_index(), 'process_count': jax.process_count()}
+    host = run_lib.host_info()
     train_data = data_lib.build_pipeline(
         config.data, split=config.data.train_split, batch_size=t.batch_size, seed=t.seed, **host
     )
-    batch_sharding = parallel.batch_sharding(mesh)
 
-    def to_global(batch):
-        return parallel.to_global(batch, batch_sharding)
+    # ---------------------------------------------------------------- Mesh, model, loss, optimizer,
+    # shardings, eval step, evaluators: everything that can reject a config, before any write
+    s = run_lib.setup(config, workdir, example_batch=train_data.get_batch(0))
+    mesh, state_shardings = s.mesh, s.state_shardings
+    use_pmap = pmap_lib.uses_pmap(config.parallel, mesh)  # strategy 'pmap' (else 'mesh')
+    logging.info('mesh: %s', parallel.describe_mesh(mesh))
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, safety.CONFIG_FILE)
+        with open(path + '.tmp', 'w') as f:  # atomic: other processes may be reading it
+            f.write(config_lib.to_json(config))
+        os.replace(path + '.tmp', path)
 
-    # ---------------------------------------------------------------- Model, loss, optimizer
-    model = models.from_config(config)
-    loss_module = losses.get_loss_module(config.loss.name)
-    loss_fn = losses.bind(loss_module, config.loss)
-    tx, schedule = optim.build_optimizer(config.optimizer, t.steps)
-    example = loss_module.model_inputs(jax.tree.map(lambda x: x[:1], train_data.get_batch(0)))
-
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        # ------------------------------------------------------------ Shard
-        init = step_lib.init_fn(model, tx, example, t.seed)
-        abstract_state = jax.eval_shape(init)
-        boxed_params = jax.eval_shape(step_lib.init_fn(model, tx, example, t.seed, boxed=True))
-        logical = parallel.state_logical_specs(abstract_state, nn.get_partition_spec(boxed_params))
-        state_shardings = parallel.logical_to_shardings(logical, mesh, rules)
-
+    with jax.set_mesh(mesh), nn.logical_axis_rules(s.rules):
         # ------------------------------------------------------------ Resume or init
         checkpointer = ckpt_lib.Checkpointer(
-            workdir, keep=t.get('keep_checkpoints', 3), keep_period=t.get('keep_every', 0) or None
+            workdir, keep=t.keep_checkpoints, keep_period=t.keep_every or None
         )
         state = checkpointer.restore_latest(
-            ckpt_lib.abstract_with_shardings(abstract_state, state_shardings)
+            ckpt_lib.abstract_with_shardings(s.abstract_state, state_shardings)
         )
         if state is None:
-            state = jax.jit(init, out_shardings=state_shardings)()
+            state = jax.jit(s.init, out_shardings=state_shardings)()
             if config.get('init_from') and config.init_from.get('path'):
                 params, _ = finetune.load_init_from(
                     config.init_from, state.params, state_shardings.params
                 )
                 state = state.replace(params=params)
-        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.abstract_state.params))
         logging.info(
             'parameters: %s; per device: params %.2f MB, optimizer state %.2f MB',
             f'{num_params:,}',
@@ -123,18 +125,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
 
         # ------------------------------------------------------------ Compile steps
         train_fn = step_lib.make_train_step(
-            model,
-            loss_fn,
+            s.model,
+            s.loss_fn,
             config.loss,
-            tx,
-            schedule,
-            config.optimizer.get('grad_accum_steps', 1),
-            skip_nonfinite=t.get('skip_nonfinite_steps', False),
-            poison_step=t.get('debug_nan_at_step', 0),
+            s.tx,
+            s.schedule,
+            config.optimizer.grad_accum_steps,
+            skip_nonfinite=t.skip_nonfinite_steps,
+            poison_step=t.debug_nan_at_step,
             pmap_axis=pmap_lib.AXIS if use_pmap else None,
         )
         first = int(jax.device_get(state.step))
-        steps_per_call = t.get('steps_per_call', 1)
+        steps_per_call = t.steps_per_call
         stacked = steps_per_call > 1  # batches stacked [steps, batch, ...], one scan per call
         if stacked:
             train_fn = step_lib.multi_step(train_fn)
@@ -149,38 +151,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
             train_step = step_lib.jit_train_step(train_fn, state_shardings, sharding)
             to_device = functools.partial(parallel.to_global, sharding=sharding)
             as_mesh = lambda s: s  # noqa: E731
-        eval_step = step_lib.jit_eval_step(
-            step_lib.make_eval_step(model, loss_fn, config.loss),
-            state_shardings.params,
-            batch_sharding,
-        )
-
-        # ------------------------------------------------------------ Evals
-        ctx = evals_lib.EvalContext(
-            config=config,
-            model=model,
-            loss_module=loss_module,
-            mesh=mesh,
-            rules=rules,
-            params_shardings=state_shardings.params,
-            to_global=to_global,
-            eval_step=eval_step,
-            workdir=workdir,
-            **host,
-        )
-        evaluators = evals_lib.build_evaluators(config, ctx)
+        evaluators = s.evaluators
 
         # ------------------------------------------------------------ Loop
         writer = writers.MetricWriter(workdir)
-        watch = safety.NonFiniteWatch(skip=t.get('skip_nonfinite_steps', False))
+        watch = safety.NonFiniteWatch(skip=t.skip_nonfinite_steps)
         tokens_per_batch = _tokens_per_batch(train_data.get_batch(0)) * jax.process_count()
         progress = _progress_bar(first, t.steps, enabled=is_main)
         meter = _Throughput(first)
         best = ckpt_lib.BestCheckpoint(
             workdir,
-            metric=t.get('best_metric', ''),
-            mode=t.get('best_mode', 'max'),
-            patience=t.get('patience', 0),
+            metric=t.best_metric,
+            mode=t.best_mode,
+            patience=t.patience,
         )
         best.resume(first)
         last_step = t.steps
@@ -189,14 +172,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
                             best.summary())
             last_step = first
         cadences = [t.log_every, t.checkpoint_every, *(every for every, _ in evaluators.values())]
+        profiler = _Profiler(workdir, t.profile_steps, enabled=is_main)
         last, step = {}, first
         try:
             with safety.StopRequest() as stop:
                 while step < last_step:
-                    n = steps_in_call(step, last_step, steps_per_call, cadences)
+                    n = steps_in_call(step, last_step, steps_per_call, cadences, profiler.marks)
                     batch = _host_batches(train_data, step, n, stacked=stacked)
+                    profiler.before(step)
                     state, metrics = train_step(state, to_device(batch))
                     step += n  # updates applied so far; below, everything due at `step`
+                    profiler.after(step, metrics)
+                    guard.commit()  # an update completed: the workdir is this run's now
                     watch.add(step, metrics)
                     progress.update(n)
                     row = {}
@@ -245,6 +232,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
                         )
                         break
         finally:
+            profiler.close()
             progress.close()
             checkpointer.wait()
             checkpointer.close()
@@ -252,19 +240,72 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
             writer.close()
     if is_main:
         writers.plot_loss_curve(workdir)
+        print(summary(config, workdir, last, step, best), flush=True)
     return last
 
 
-def steps_in_call(step: int, last_step: int, steps_per_call: int, cadences) -> int:
+def summary(config, workdir: str, last: dict, step: int, best) -> str:
+    """The lines a finished launch prints: final metrics, best checkpoint, outputs, next."""
+    lines = [f'jaxbig: trained {config.model.name} to step {step} of {config.train.steps} '
+             f'in {workdir}']
+    shown = [k for k in sorted(last) if k.startswith(('train/loss', 'train/total_loss'))]
+    shown += [k for k in sorted(last) if not k.startswith('train/')]
+    for k in shown:
+        lines.append(f'  {k:28s} {last[k]:.6g}')
+    if best.metric:
+        lines.append(f'  best checkpoint: {best.summary()} ({os.path.join(workdir, "best")})')
+    lines.append(f'  outputs: {os.path.join(workdir, "metrics.jsonl")}, '
+                 f'{os.path.join(workdir, "loss_curve.png")}, '
+                 f'{os.path.join(workdir, "checkpoints")}/ (tensorboard --logdir {workdir})')
+    lines.append(f'  next: jaxbig eval --workdir {workdir}')
+    if config.loss.name in ('autoregressive', 'distillation'):
+        lines.append(f'        jaxbig generate --workdir {workdir} --prompt "def " '
+                     f'--max-new-tokens 200')
+    return '\n'.join(lines)
+
+
+def steps_in_call(step: int, last_step: int, steps_per_call: int, cadences, marks=()) -> int:
     """Updates the next compiled call runs, after update `step`: `steps_per_call`, cut short
-    at `last_step` and at the next multiple of each nonzero cadence (log, eval, checkpoint),
-    so whatever is due at a step sees exactly the state after that step. A cadence that
-    `steps_per_call` does not divide makes calls of other lengths (each compiles once)."""
+    at `last_step`, at the next multiple of each nonzero cadence (log, eval, checkpoint) and
+    at the next of `marks` (absolute steps, e.g. a profile window's ends), so whatever is
+    due at a step sees exactly the state after that step. A cadence that `steps_per_call`
+    does not divide makes calls of other lengths (each compiles once)."""
     end = min(step + steps_per_call, last_step)
     for every in cadences:
         if every:
             end = min(end, (step // every + 1) * every)
+    for mark in marks:
+        if mark > step:
+            end = min(end, mark)
     return end - step
+
+
+class _Profiler:
+    """`train.profile_steps = (first, last)`: a `jax.profiler` trace of updates first+1 ..
+    last in `<workdir>/profile/` (TensorBoard's profile tab or Perfetto open it)."""
+
+    def __init__(self, workdir: str, steps, *, enabled: bool):
+        self.window = tuple(steps) if enabled and steps else ()
+        self.marks = self.window
+        self.directory = os.path.join(workdir, 'profile')
+        self.active = False
+
+    def before(self, step: int):
+        if self.window and step == self.window[0] and not self.active:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after(self, step: int, metrics):
+        if self.active and step >= self.window[1]:
+            jax.block_until_ready(metrics)
+            self.close()
+            logging.info('profile of updates %d..%d written to %s', self.window[0] + 1,
+                         self.window[1], self.directory)
+
+    def close(self):
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
 
 
 def _host_batches(data, step: int, n: int, *, stacked: bool):

@@ -14,6 +14,7 @@ import pytest
 from conftest import TINY_LM, run_cli
 from jaxbig import checkpoint, cli, quantize
 from jaxbig import generate as gen
+from jaxbig import run as run_lib
 from jaxbig.data.tokenizers import ByteTokenizer
 from jaxbig.models import gpt, lstm
 
@@ -251,7 +252,7 @@ def test_cli_seed(trained, capsys):
 
 def test_cli_step_chooses_the_checkpoint(trained, capsys):
     tok = ByteTokenizer()
-    config, model, _, _, _ = gen.load_run(trained)
+    model = run_lib.load_run(trained).model
     outputs = {}
     for step in (2, 4):
         params, restored = checkpoint.restore_params(trained, step)
@@ -263,7 +264,7 @@ def test_cli_step_chooses_the_checkpoint(trained, capsys):
     assert outputs[2] != outputs[4]  # the checkpoints really differ
     assert _main(trained, capsys, *SAMPLE, '--step', '2').out == outputs[2]
     assert _main(trained, capsys, *SAMPLE).out == outputs[4]  # default: the latest
-    with pytest.raises(FileNotFoundError, match=r'--step 3: .*available steps: \[2, 4\]'):
+    with pytest.raises(FileNotFoundError, match=r'step 3: .*available steps: \[2, 4\]'):
         _main(trained, capsys, *SAMPLE, '--step', '3')
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 
 import jax
@@ -46,19 +45,16 @@ def _embedded(
     pooling: str = 'last',
 ):
     """(features float32[n, E], labels int32[n]) of the first n examples of `split`."""
-    from jaxbig import checkpoint, data, lora, models
+    from jaxbig import data
+    from jaxbig import run as run_lib
     from jaxbig.models.classifier import pool
 
     source = from_json(source_json)
-    path = os.path.join(backbone_from, 'config.json')
-    if not os.path.exists(path):
-        raise ConfigError(f'data.backbone_from={backbone_from!r}: no config.json there')
-    with open(path) as f:
-        run = json.load(f)
-    model_cfg = dict(run['model'])
-    model = models.get_model(model_cfg.pop('name'), **model_cfg)
-    model = lora.wrap(model, from_json(json.dumps(run)).get('lora'))
-    params, _ = checkpoint.restore_params(backbone_from, None if step < 0 else step)
+    try:
+        run = run_lib.load_run(backbone_from, None if step < 0 else step)
+    except (ConfigError, FileNotFoundError) as e:
+        raise ConfigError(f'data.backbone_from={backbone_from!r}: {e}') from None
+    model, params = run.model, run.params
     pipe = data.build_pipeline(source, split=split, batch_size=batch, seed=0)
     if hasattr(pipe, 'split'):
         n = min(examples, len(pipe.split)) if examples > 0 else len(pipe.split)

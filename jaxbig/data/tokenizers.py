@@ -25,3 +25,13 @@ class ByteTokenizer:
 
     def __repr__(self) -> str:
         return 'ByteTokenizer(vocab_size=256, eos_id=0)'
+
+
+def from_config(data_config):
+    """The tokenizer a data section names (`data.tokenizer`; absent = 'bytes')."""
+    from jaxbig.config import ConfigError
+
+    name = data_config.get('tokenizer', 'bytes')
+    if name in ('bytes', 'byte'):
+        return ByteTokenizer()
+    raise ConfigError(f"data.tokenizer={name!r}: expected 'bytes'")

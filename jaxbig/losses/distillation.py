@@ -42,13 +42,13 @@ def distillation_kl(student_logits, teacher_logits, mask, temperature: float):
 
 def load_teacher(workdir: str):
     """(model, params) of a trained run: its config.json and its latest checkpoint."""
-    from jaxbig.generate import load_run
+    from jaxbig import run as run_lib
 
     try:
-        _, model, params, _, _ = load_run(workdir)
-    except FileNotFoundError as e:
+        run = run_lib.load_run(workdir)
+    except (FileNotFoundError, ConfigError) as e:
         raise ConfigError(f'loss.teacher={workdir!r}: {e}') from None
-    return model, params
+    return run.model, run.params
 
 
 def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True, teacher=None):

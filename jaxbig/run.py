@@ -1,0 +1,180 @@
+"""A run, built and read back, one way for every command.
+
+    setup(config, workdir)        -> Setup: mesh, rules, model, loss, optimizer, the state's
+                                     abstract shapes and shardings, the compiled eval step,
+                                     the evaluators and their context. `jaxbig train` and
+                                     `jaxbig eval` both start here, so they agree on the
+                                     model, its shardings and the evaluators.
+    load_run(workdir, step, best) -> Run: config, model, params, step, tokenizer. Everything
+                                     that reads a trained run back (eval, generate, lora
+                                     merge, quantize, the features pipeline, the distillation
+                                     teacher, init_from) uses it: config.json is read in one
+                                     place, and only the params are read from the checkpoint
+                                     (an orbax partial restore: no optimizer moments).
+
+A workdir holds `config.json` (the resolved config), `checkpoints/<step>/` and, when
+`train.best_metric` is set, `best/checkpoints/<step>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from jaxbig import checkpoint
+from jaxbig import config as config_lib
+
+CONFIG_FILE = 'config.json'
+
+
+# ----------------------------------------------------------------------------- reading back
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run read back: params are host (numpy) arrays unless shardings were given."""
+
+    config: ml_collections.ConfigDict
+    model: nn.Module  # with LoRA adapters when the run trained them
+    params: Any
+    step: int
+    tokenizer: Any
+    checkpoint_dir: str  # the `checkpoints/` directory the params came from
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote (`<workdir>/config.json`); one-line error if absent."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise config_lib.ConfigError(f'{workdir}: no {CONFIG_FILE} (not a jaxbig workdir)')
+    with open(path) as f:
+        return config_lib.from_json(f.read())
+
+
+def checkpoint_dir(workdir: str, *, best: bool = False) -> str:
+    """`<workdir>/checkpoints` (or `<workdir>/best/checkpoints` with `best`)."""
+    directory = os.path.join(workdir, 'best', 'checkpoints') if best else (
+        os.path.join(workdir, 'checkpoints'))
+    if not os.path.isdir(directory):
+        what = 'best checkpoint (train.best_metric unset?)' if best else 'checkpoints'
+        raise config_lib.ConfigError(f'{workdir}: no {what} at {directory}')
+    return directory
+
+
+def load_run(workdir: str, step: int | None = None, *, best: bool = False,
+             params_shardings=None) -> Run:
+    """Reads back the run in `workdir`: its config, model, the params of checkpoint `step`
+    (None = latest; with `best`, of `<workdir>/best/`) and its tokenizer.
+
+    `params_shardings` (a tree matching the params) places them straight into their
+    shardings; otherwise they are numpy arrays on the host. A missing step names the
+    available ones.
+    """
+    from jaxbig import models
+    from jaxbig.data import tokenizers
+
+    config = read_config(workdir)
+    model = models.from_config(config)
+    directory = checkpoint_dir(workdir, best=best)
+    params, step = checkpoint.restore_params(directory, step, shardings=params_shardings)
+    return Run(config=config, model=model, params=params, step=step,
+               tokenizer=tokenizers.from_config(config.data),
+               checkpoint_dir=directory)
+
+
+# ----------------------------------------------------------------------------- building
+
+@dataclasses.dataclass
+class Setup:
+    """What a config builds before the first step (see `setup`)."""
+
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    model: nn.Module
+    loss_module: Any  # jaxbig.losses.<name>
+    loss_fn: Any  # the bound loss function
+    tx: Any  # the optax chain
+    schedule: Any  # step -> learning rate
+    init: Any  # () -> TrainState (fresh, unsharded)
+    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct
+    state_shardings: Any  # TrainState of NamedSharding
+    batch_sharding: jax.sharding.NamedSharding
+    eval_step: Any  # jitted (params, global batch) -> metrics, train=False
+    eval_context: Any  # jaxbig.evals.EvalContext
+    evaluators: dict  # {name: (every, evaluator)}
+
+    def to_global(self, batch):
+        from jaxbig import parallel
+
+        return parallel.to_global(batch, self.batch_sharding)
+
+
+def host_info() -> dict[str, int]:
+    return {'process_index': jax.process_index(), 'process_count': jax.process_count()}
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None) -> Setup:
+    """Builds mesh, model, loss, optimizer, state shardings, eval step and evaluators for
+    `config` (resolved: see `config.resolve_auto`). Reads, never writes, `workdir`.
+
+    `example_batch`: a host batch of the training split (its first row shapes the model's
+    init); None reads one. The data must be prepared (`jaxbig.data.prepare`).
+    """
+    from jaxbig import evals, losses, models, optim, parallel
+    from jaxbig import step as step_lib
+
+    mesh = parallel.make_mesh(config.parallel)
+    rules = parallel.rules_from_config(config.parallel)
+    parallel.host_batch_rows(config.train.batch_size, mesh)
+    if example_batch is None:
+        example_batch = _one_batch(config)
+    model = models.from_config(config)
+    loss_module = losses.get_loss_module(config.loss.name)
+    loss_fn = losses.bind(loss_module, config.loss)
+    tx, schedule = optim.build_optimizer(config.optimizer, config.train.steps)
+    example = loss_module.model_inputs(jax.tree.map(lambda x: x[:1], example_batch))
+    batch_sharding = parallel.batch_sharding(mesh)
+    seed = config.train.seed
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        init = step_lib.init_fn(model, tx, example, seed)
+        abstract_state = jax.eval_shape(init)
+        boxed_params = jax.eval_shape(step_lib.init_fn(model, tx, example, seed, boxed=True))
+        logical = parallel.state_logical_specs(abstract_state, nn.get_partition_spec(boxed_params))
+        state_shardings = parallel.logical_to_shardings(logical, mesh, rules)
+        eval_step = step_lib.jit_eval_step(
+            step_lib.make_eval_step(model, loss_fn, config.loss),
+            state_shardings.params,
+            batch_sharding,
+        )
+        ctx = evals.EvalContext(
+            config=config,
+            model=model,
+            loss_module=loss_module,
+            mesh=mesh,
+            rules=rules,
+            params_shardings=state_shardings.params,
+            to_global=lambda b: parallel.to_global(b, batch_sharding),
+            eval_step=eval_step,
+            workdir=workdir,
+            **host_info(),
+        )
+        evaluators = evals.build_evaluators(config, ctx)
+    return Setup(mesh=mesh, rules=rules, model=model, loss_module=loss_module, loss_fn=loss_fn,
+                 tx=tx, schedule=schedule, init=init, abstract_state=abstract_state,
+                 state_shardings=state_shardings, batch_sharding=batch_sharding,
+                 eval_step=eval_step, eval_context=ctx, evaluators=evaluators)
+
+
+def _one_batch(config):
+    """One small host batch of the training split (shapes the model's init)."""
+    from jaxbig import data
+
+    host = host_info()
+    pipe = data.build_pipeline(config.data, split=config.data.train_split,
+                               batch_size=host['process_count'], seed=0, **host)
+    return jax.tree.map(lambda x: np.asarray(x[:1]), pipe.get_batch(0))
