@@ -70,4 +70,8 @@ def get_config(arg=None):
     # log / eval / checkpoint step, so the updates are those of steps_per_call=1.
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch, steps_per_call=4)
     c.evals = dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
+    # LoRA adapters on the LM (jaxbig/lora.py; targets [] = off). To train adapters only:
+    #   --config.lora.targets="['.*attn/(query|value)/kernel']" \
+    #   --config.optimizer.freeze="['(?!lora/).*']"
+    c.lora = dict(targets=[], rank=8, alpha=16.0)
     return c

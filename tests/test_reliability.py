@@ -60,7 +60,24 @@ def test_bad_config_names_the_problem(tfds_dir, tmp_path, overrides, expected):
     message = str(e.value)
     assert expected in message, message
     assert '\n' not in message.strip()
+    assert not (tmp_path / 'w').exists()  # nothing left behind: the corrected command starts clean
     assert len(BAD_CONFIGS) >= 20
+
+
+def test_bad_configs_leave_the_workdir_as_found_then_the_corrected_command_trains(
+        tfds_dir, tmp_path):
+    """Every error of the table in one workdir (fresh, then existing but empty): each leaves
+    it as it was, so the corrected command is not refused as 'a different experiment'."""
+    workdir = tmp_path / 'w'
+    for make_first in (False, True):
+        if make_first:
+            workdir.mkdir()
+        for overrides, _ in BAD_CONFIGS:
+            with pytest.raises(ValueError):
+                train.train(cli.load_config(f'{LM}:steps=2', [*TINY_LM, *overrides]), str(workdir))
+            assert workdir.exists() == make_first and (not make_first or not any(workdir.iterdir()))
+    train.train(cli.load_config(f'{LM}:steps=2', TINY_LM), str(workdir))
+    assert len(metric_series(str(workdir))) == 2
 
 
 def test_nan_guard_stops_before_checkpointing_or_evaluating(tfds_dir, tmp_path):
