@@ -1,9 +1,15 @@
 """Optimizer from config: an optax chain of small, named pieces.
 
         clip (global norm) -> L1 penalty -> coupled L2 penalty -> preconditioner
-        (sgd momentum / adam / rmsprop) -> decoupled weight decay -> -lr(step)
+        (sgd momentum / adam / rmsprop) -> decoupled weight decay -> -lr(step) -> lr_mults
 
-`config.optimizer` keys:
+With `freeze`, that whole chain runs on the trainable parameters only, and frozen ones get
+zero updates and carry no optimizer state (optax.MaskedNode in the state, no arrays):
+
+        multi_transform({'trainable': <the chain above>, 'frozen': set_to_zero()}, labels)
+
+`config.optimizer` keys (every one is read; `jaxbig.defaults.optimizer()` gives the defaults,
+the only place they are set):
     name          'sgd' | 'adam' | 'adamw' | 'rmsprop'
     lr            peak learning rate (> 0)
     schedule      'constant' | 'warmup_cosine' | 'warmup_linear' | 'inverse_sqrt'
@@ -21,11 +27,12 @@
                 extend a run by raising train.steps, so the schedule of the first part is unchanged
   grad_accum_steps  micro-batches per update (handled by `step.py`, read here for checks)
   freeze        list of regexes on '/'-joined parameter paths: matching parameters are never
-                updated (bit-identical; their gradients are zeroed before clipping)
+                updated (bit-identical), keep no optimizer state, and take no part in
+                clipping (the global norm is the trainable gradients' norm)
   lr_mults      list of [regex, multiplier]: learning-rate multiplier for matching
-                parameters (first match wins); the rest use multiplier 1
+                parameters (first match wins, freeze patterns first); the rest use 1
 Every freeze / lr_mults regex must match at least one parameter (a typo is an error), and
-the chosen group of every parameter is logged once.
+the number of parameters in each group ('frozen', 'mult_<i>', 'default') is logged.
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ import functools
 import logging
 import re
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -47,9 +53,9 @@ SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'inverse_sqrt')
 
 def build_schedule(cfg, total_steps: int) -> optax.Schedule:
     """Learning rate as a function of the update step."""
-    lr, warmup = cfg.lr, cfg.get('warmup_steps', 0)
-    end = lr * cfg.get('min_lr_ratio', 0.0)
-    name = cfg.get('schedule', 'constant')
+    lr, warmup = cfg.lr, cfg.warmup_steps
+    end = lr * cfg.min_lr_ratio
+    name = cfg.schedule
     if name == 'constant':
         main = optax.constant_schedule(lr)
     elif name == 'warmup_cosine':
@@ -82,78 +88,120 @@ def _matrices_only(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def scale_by_lr_mults(mults) -> optax.GradientTransformation:
+    """updates *= the multiplier of the first `[regex, multiplier]` matching the leaf's path.
+
+    Leaves no pattern matches are unchanged. Masked leaves (optax.MaskedNode, as inside the
+    trainable branch of a freeze partition) have no array and are skipped.
+    """
+    mults = [(pattern, float(m)) for pattern, m in mults]
+
+    def scale(path, u):
+        name = _path_name(path)
+        for pattern, m in mults:
+            if re.fullmatch(pattern, name):
+                return m * u  # as optax.scale(m)
+        return u
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(scale, updates), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optax chain, learning-rate schedule) for `config.optimizer`."""
     validate(cfg)
-    schedule = build_schedule(cfg, cfg.get('decay_steps', 0) or total_steps)
+    schedule = build_schedule(cfg, cfg.decay_steps or total_steps)
     parts = []
-    if cfg.get('clip_norm', 0.0) > 0:
+    if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    if cfg.get('l1', 0.0) > 0:
+    if cfg.l1 > 0:
         parts.append(add_l1_penalty(cfg.l1))
-    if cfg.get('l2', 0.0) > 0:
+    if cfg.l2 > 0:
         parts.append(optax.add_decayed_weights(cfg.l2))
     name = cfg.name
     if name == 'sgd':
-        if cfg.get('momentum', 0.0) > 0:
-            parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.get('nesterov', False)))
+        if cfg.momentum > 0:
+            parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
     elif name in ('adam', 'adamw'):
         parts.append(
-            optax.scale_by_adam(
-                b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), eps=cfg.get('eps', 1e-8),
-                mu_dtype=cfg.get('mu_dtype', '') or None,
-            )
+            optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mu_dtype=cfg.mu_dtype or None)
         )
     elif name == 'rmsprop':
-        parts.append(optax.scale_by_rms(decay=cfg.get('b2', 0.9), eps=cfg.get('eps', 1e-8)))
-    if cfg.get('weight_decay', 0.0) > 0:
+        parts.append(optax.scale_by_rms(decay=cfg.b2, eps=cfg.eps))
+    if cfg.weight_decay > 0:
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_matrices_only))
     parts.append(optax.scale_by_learning_rate(schedule))
-    freeze, mults = list(cfg.get('freeze', [])), [tuple(m) for m in cfg.get('lr_mults', [])]
+    freeze, mults = list(cfg.freeze), [tuple(m) for m in cfg.lr_mults]
+    if mults:
+        parts.append(scale_by_lr_mults(mults))
+    chain = optax.chain(*parts)
     if not freeze and not mults:
-        return optax.chain(*parts), schedule
-    labels = functools.partial(param_groups, freeze=freeze, mults=mults)
-    groups = {'default': optax.identity(), 'frozen': optax.set_to_zero()}
-    groups.update({f'mult_{i}': optax.scale(float(m)) for i, (_, m) in enumerate(mults)})
-    zero_frozen = optax.multi_transform(
-        {
-            'default': optax.identity(),
-            'frozen': optax.set_to_zero(),
-            **{f'mult_{i}': optax.identity() for i in range(len(mults))},
-        },
-        labels,
+        return chain, schedule
+    groups = functools.partial(param_groups, freeze=freeze, mults=mults)
+    if not freeze:
+        return _checking_groups(chain, groups), schedule
+
+    def trainable_or_frozen(params):
+        return jax.tree.map(lambda g: 'frozen' if g == 'frozen' else 'trainable', groups(params))
+
+    tx = optax.multi_transform(
+        {'trainable': chain, 'frozen': optax.set_to_zero()}, trainable_or_frozen
     )
-    return optax.chain(zero_frozen, *parts, optax.multi_transform(groups, labels)), schedule
+    return tx, schedule
+
+
+def _checking_groups(tx, groups) -> optax.GradientTransformation:
+    """`tx` whose init first runs `groups(params)` (pattern checks and the group log)."""
+
+    def init(params):
+        groups(params)
+        return tx.init(params)
+
+    return optax.GradientTransformation(init, tx.update)
+
+
+def _path_name(path) -> str:
+    """A tree path as '/'-joined keys ('encoder/block_0/attn/query/kernel')."""
+    return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
 def param_groups(params, *, freeze, mults):
-    """Tree of group labels ('frozen', 'mult_<i>' or 'default') for `params`."""
-    flat = flax.traverse_util.flatten_dict(params, sep='/')
+    """Tree of group labels ('frozen', 'mult_<i>' or 'default') for `params`.
+
+    First match wins, freeze patterns before lr_mults patterns. Raises ConfigError when a
+    pattern matches no parameter; logs the number of parameters in each group.
+    """
     used = set()
 
-    def label(path):
+    def label(path, _):
+        name = _path_name(path)
         for pattern in freeze:
-            if re.fullmatch(pattern, path):
+            if re.fullmatch(pattern, name):
                 used.add(pattern)
                 return 'frozen'
-        for i, (pattern, _) in enumerate(mults):
-            if re.fullmatch(pattern, path):
+        for i, (pattern, _m) in enumerate(mults):
+            if re.fullmatch(pattern, name):
                 used.add(pattern)
                 return f'mult_{i}'
         return 'default'
 
-    labels = {path: label(path) for path in flat}
+    labels = jax.tree_util.tree_map_with_path(label, params)
     for pattern in [*freeze, *(p for p, _ in mults)]:
         if pattern not in used:
+            flat = jax.tree_util.tree_flatten_with_path(params)[0]
+            names = sorted(_path_name(p) for p, _ in flat)
             raise ConfigError(
                 f'optimizer freeze/lr_mults pattern {pattern!r} matches no '
-                f'parameter (paths look like {", ".join(sorted(flat)[:3])})'
+                f'parameter (paths look like {", ".join(names[:3])})'
             )
     counts = {}
-    for g in labels.values():
+    for g in jax.tree.leaves(labels):
         counts[g] = counts.get(g, 0) + 1
-    logging.info('optimizer parameter groups: %s', counts)
-    return flax.traverse_util.unflatten_dict(labels, sep='/')
+    logging.info('optimizer parameter groups: %s', dict(sorted(counts.items())))
+    return labels
 
 
 def validate(cfg):
@@ -162,15 +210,15 @@ def validate(cfg):
         raise ConfigError(f'optimizer.name={cfg.name!r}: expected one of {OPTIMIZERS}')
     if not cfg.lr > 0:
         raise ConfigError(f'optimizer.lr={cfg.lr}: must be > 0')
-    if cfg.name == 'adam' and cfg.get('weight_decay', 0.0) > 0:
+    if cfg.name == 'adam' and cfg.weight_decay > 0:
         raise ConfigError(
             'optimizer.weight_decay: decoupled decay is AdamW; '
             "use optimizer.name='adamw', or optimizer.l2 for coupled L2 with Adam"
         )
     for key in ('weight_decay', 'l1', 'l2', 'clip_norm', 'warmup_steps', 'momentum', 'decay_steps'):
-        if cfg.get(key, 0) < 0:
+        if cfg[key] < 0:
             raise ConfigError(f'optimizer.{key}={cfg[key]}: must be >= 0')
-    mu_dtype = cfg.get('mu_dtype', '')
+    mu_dtype = cfg.mu_dtype
     if mu_dtype:
         if cfg.name not in ('adam', 'adamw'):
             raise ConfigError(f'optimizer.mu_dtype={mu_dtype!r}: only Adam / AdamW keep a '
@@ -182,7 +230,7 @@ def validate(cfg):
         if not ok:
             raise ConfigError(f"optimizer.mu_dtype={mu_dtype!r}: expected a float dtype such "
                               "as 'bfloat16' or 'float32', or '' for the parameter dtype")
-    if cfg.get('grad_accum_steps', 1) < 1:
+    if cfg.grad_accum_steps < 1:
         raise ConfigError(f'optimizer.grad_accum_steps={cfg.grad_accum_steps}: must be >= 1')
-    if not 0 <= cfg.get('min_lr_ratio', 0.0) <= 1:
+    if not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError(f'optimizer.min_lr_ratio={cfg.min_lr_ratio}: must be in [0, 1]')

@@ -83,7 +83,7 @@ def load_run(workdir: str, step: int | None = None, *, best: bool = False,
     directory = checkpoint_dir(workdir, best=best)
     params, step = checkpoint.restore_params(directory, step, shardings=params_shardings)
     return Run(config=config, model=model, params=params, step=step,
-               tokenizer=tokenizers.from_config(config.data),
+               tokenizer=tokenizers.from_config(config.get('data') or {}),
                checkpoint_dir=directory)
 
 

@@ -76,10 +76,12 @@ def test_merge_nothing_loaded_is_an_error():
 
 
 def opt_cfg(**kw):
+    from jaxbig import defaults
+
     base = dict(name='adamw', lr=0.1, schedule='constant', warmup_steps=0, weight_decay=0.1,
                 clip_norm=1.0, freeze=[], lr_mults=[])
     base.update(kw)
-    return ml_collections.ConfigDict(base)
+    return ml_collections.ConfigDict(defaults.optimizer(**base))
 
 
 def test_frozen_params_bit_identical_and_lr_mults():

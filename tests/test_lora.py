@@ -16,7 +16,7 @@ from jaxbig import config as config_lib
 from jaxbig import step as step_lib
 from jaxbig.config import ConfigError
 from jaxbig.losses import classification as cls_loss
-from jaxbig.models import gpt
+from jaxbig.models import layers
 
 TINY_GPT = dict(name='gpt', vocab_size=64, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32)
 
@@ -44,7 +44,7 @@ def random_params(model, *inputs, seed=0):
 
 @pytest.mark.parametrize('contract,features', [(1, (3, 4)), (2, (5,))])
 def test_linear_layer_matches_numpy(contract, features):
-    layer = gpt.Linear(features, ('embed',) * (contract + len(features)), contract=contract)
+    layer = layers.Linear(features, ('embed',) * (contract + len(features)), contract=contract)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, *(6, 2)[:contract])), jnp.float32)
     model = lora.wrap(layer, lora_cfg(['kernel']))
     params = random_params(model, x)
@@ -87,7 +87,7 @@ def test_init_starts_at_the_base_model_with_kaiming_a_and_logical_axes():
     assert shapes['encoder/layers/attn/out/kernel/a'].shape == (2, 2, 8, 8)  # in = heads x kv
     assert shapes['encoder/layers/attn/query/kernel/b'].shape == (2, 8, 2, 8)
     # Values on one Linear layer contracting [6, 2] (fan_in 12): A ~ N(0, 1/12), B = 0.
-    layer = gpt.Linear((5,), ('heads', 'kv', 'embed'), contract=2)
+    layer = layers.Linear((5,), ('heads', 'kv', 'embed'), contract=2)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 2)), jnp.float32)
     model = lora.wrap(layer, lora_cfg(['kernel'], rank=64))
     params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), x)['params'])
@@ -180,7 +180,8 @@ def test_parameter_count_reduction_is_reported(caplog):
 
 def test_lora_train_steps_change_only_adapters_and_head(tfds_dir):
     """Real updates with the text task's lora config: the backbone stays bit-identical."""
-    config = config_lib.load('experiments/finetune_text.py:mode=lora,steps=3,seq=32,batch=8')
+    config = config_lib.resolve_auto(
+        config_lib.load('experiments/finetune_text.py:mode=lora,steps=3,seq=32,batch=8'))
     config.model.backbone.update(num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64)
     pipe = data.build_pipeline(config.data, split='train', batch_size=8, seed=0)
     kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}

@@ -6,16 +6,15 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbig import optim
+from jaxbig import defaults, optim
 from jaxbig.config import ConfigError
 
 
 def cfg(**kw):
-    base = dict(name='sgd', lr=0.1, schedule='constant', warmup_steps=0, min_lr_ratio=0.0,
-                b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, l1=0.0, l2=0.0, clip_norm=0.0,
-                momentum=0.0, nesterov=False, grad_accum_steps=1)
-    base.update(kw)
-    return ml_collections.ConfigDict(base)
+    """The full optimizer section (`defaults.optimizer`), plain SGD at a constant 0.1."""
+    base = dict(name='sgd', lr=0.1, schedule='constant', min_lr_ratio=0.0, clip_norm=0.0,
+                momentum=0.0)
+    return ml_collections.ConfigDict(defaults.optimizer(**{**base, **kw}))
 
 
 def one_update(c, params, grads, steps=100):
@@ -115,3 +114,18 @@ def test_bad_optimizer_configs(kw, message):
     with pytest.raises(ConfigError, match=None) as e:
         optim.build_optimizer(cfg(**kw), 10)
     assert message in str(e.value)
+
+
+def test_defaults_come_from_defaults_py_only():
+    """optim.py has no fallbacks of its own: the full section gives defaults.py's warmup +
+    cosine to 10 % and clipping at 1; a partial section is an error, not other defaults."""
+    full = ml_collections.ConfigDict(defaults.optimizer(lr=1.0, warmup_steps=10))
+    _, s = optim.build_optimizer(full, 110)
+    np.testing.assert_allclose([s(0), s(10), s(110)], [0.0, 1.0, 0.1], atol=1e-6)
+    sgd = ml_collections.ConfigDict(defaults.optimizer(name='sgd', lr=1.0, schedule='constant',
+                                                       momentum=0.0))
+    big = jax.tree.map(lambda g: 100.0 * g, G)
+    np.testing.assert_allclose(optax.tree.norm(one_update(sgd, P, big)), 1.0, rtol=1e-6)
+    for partial in (dict(name='adamw', lr=1e-3), dict(name='sgd', lr=0.5, schedule='constant')):
+        with pytest.raises((AttributeError, KeyError)):
+            optim.build_optimizer(ml_collections.ConfigDict(partial), 10)

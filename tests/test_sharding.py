@@ -40,9 +40,10 @@ import json, sys
 import flax.linen as nn, jax, ml_collections, numpy as np
 sys.path.insert(0, 'tests')
 from test_sharding import MODELS, example
-from jaxbig import models, optim, parallel, step as step_lib
+from jaxbig import defaults, models, optim, parallel, step as step_lib
 
-tx, _ = optim.build_optimizer(ml_collections.ConfigDict(dict(name='adamw', lr=1e-3)), 10)
+tx, _ = optim.build_optimizer(ml_collections.ConfigDict(defaults.optimizer(
+    name='adamw', lr=1e-3, schedule='constant', clip_norm=0.0, min_lr_ratio=0.0)), 10)
 out = {}
 for case in sys.argv[1:]:
     name, mesh_name, how = case.split(':')

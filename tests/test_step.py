@@ -3,6 +3,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxbig import defaults
 from jaxbig import models, optim
 from jaxbig import step as step_lib
 from jaxbig.losses import autoregressive
@@ -11,8 +12,9 @@ from jaxbig.losses import autoregressive
 def _setup(accum):
     model = models.get_model('gpt', vocab_size=32, num_layers=1, num_heads=2, embed_dim=16,
                              mlp_dim=32)
-    opt = ml_collections.ConfigDict(dict(name='sgd', lr=0.5, schedule='constant',
-                                         grad_accum_steps=accum))
+    opt = ml_collections.ConfigDict(defaults.optimizer(
+        name='sgd', lr=0.5, schedule='constant', momentum=0.0, clip_norm=0.0,
+        grad_accum_steps=accum))
     tx, schedule = optim.build_optimizer(opt, 10)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 32, size=(8, 9)).astype(np.int32)
