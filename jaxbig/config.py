@@ -89,6 +89,27 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[tuple
     return config
 
 
+def resolve(package: str, name: str, what: str):
+    """The module `<package>.<name>`: how a config's names pick code, with no registry
+    (`model.name='gpt'` -> `jaxbig.models.gpt`). `what` names the config key for the error:
+    an unknown name raises ConfigError listing the package's modules; an import error
+    inside an existing module propagates unchanged."""
+    import pkgutil
+
+    module_name = f'{package}.{name}'
+    if isinstance(name, str) and name.isidentifier():
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:  # the module exists; one of its own imports failed
+                raise
+    path = importlib.import_module(package).__path__
+    available = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith('_'))
+    raise ConfigError(
+        f'{what}={name!r}: no module {module_name} (available: {", ".join(available)})'
+    )
+
+
 AUTO = 'auto'
 _AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0}  # what 'auto' resolves to
 

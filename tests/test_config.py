@@ -70,3 +70,22 @@ def test_cli_exits_nonzero_with_one_line(tmp_path, args, expected):
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('package, what', [
+    ('jaxbig.models', 'model.name'), ('jaxbig.losses', 'loss.name'),
+    ('jaxbig.data', 'data.pipeline'), ('jaxbig.evals', 'evals.val.type')])
+def test_one_resolution_rule_and_error_type(package, what):
+    """Every config name -> module lookup goes through config.resolve: one ConfigError
+    naming the key and listing the package's modules."""
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf"{what}='nope': no module {package}.nope \(available: .+\)"):
+        config_lib.resolve(package, 'nope', what)
+    with pytest.raises(config_lib.ConfigError, match=rf"{what}='': no module"):
+        config_lib.resolve(package, '', what)
+    from jaxbig import data, evals, losses, models
+    assert models.get_model('gpt', vocab_size=8, num_layers=1, num_heads=1, embed_dim=8,
+                            mlp_dim=8).__class__.__module__ == 'jaxbig.models.gpt'
+    assert losses.get_loss_module('autoregressive').__name__ == 'jaxbig.losses.autoregressive'
+    assert data.pipeline_module({'pipeline': 'lm'}).__name__ == 'jaxbig.data.lm'
+    assert evals.resolve is config_lib.resolve

@@ -11,10 +11,8 @@ index-based pipelines -> host-local numpy batches. No TensorFlow needed.
 is a new module with `prepare(config)` and `build_pipeline(config, ...)`.
 """
 
-import importlib
-import pkgutil
 
-from jaxbig.config import ConfigError
+from jaxbig.config import resolve
 from jaxbig.data.tokenizers import ByteTokenizer
 
 __all__ = ['ByteTokenizer', 'build_pipeline', 'prepare', 'pipeline_module']
@@ -22,17 +20,7 @@ __all__ = ['ByteTokenizer', 'build_pipeline', 'prepare', 'pipeline_module']
 
 def pipeline_module(config):
     """The module `jaxbig.data.<config.pipeline>` (default 'lm')."""
-    name = config.get('pipeline', 'lm')
-    try:
-        return importlib.import_module(f'{__name__}.{name}')
-    except ModuleNotFoundError as e:
-        if e.name != f'{__name__}.{name}':
-            raise
-        available = sorted(m.name for m in pkgutil.iter_modules(__path__))
-        raise ConfigError(
-            f'data.pipeline={name!r}: no module jaxbig.data.{name} '
-            f'(available: {", ".join(available)})'
-        ) from None
+    return resolve(__name__, config.get('pipeline', 'lm'), 'data.pipeline')
 
 
 def prepare(config) -> None:

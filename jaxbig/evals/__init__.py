@@ -11,11 +11,9 @@ evaluators need from the run. Metric names are prefixed with the evaluator's nam
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from typing import Any, Callable
 
-from jaxbig.config import ConfigError
+from jaxbig.config import resolve
 
 
 @dataclasses.dataclass
@@ -50,16 +48,7 @@ def build_evaluators(config, ctx: EvalContext) -> dict[str, tuple[int, Any]]:
     out = {}
     for name, cfg in (config.get('evals') or {}).items():
         kind = cfg.get('type', '')
-        try:
-            module = importlib.import_module(f'{__name__}.{kind}')
-        except ModuleNotFoundError as e:
-            if e.name != f'{__name__}.{kind}':
-                raise
-            available = sorted(m.name for m in pkgutil.iter_modules(__path__))
-            raise ConfigError(
-                f'evals.{name}.type={kind!r}: no module jaxbig.evals.{kind} '
-                f'(available: {", ".join(available)})'
-            ) from None
+        module = resolve(__name__, kind, f'evals.{name}.type')
         every = cfg.get('every', 0) or config.train.eval_every
         out[name] = (every, module.Evaluator(cfg, ctx, name=name))
     return out

@@ -10,25 +10,12 @@
 (`'autoregressive'` -> `jaxbig.losses.autoregressive`).
 """
 
-import importlib
-import pkgutil
-
-from jaxbig.config import ConfigError
+from jaxbig.config import resolve
 
 
 def get_loss_module(name: str):
     """The module `jaxbig.losses.<name>` (has `loss_fn` and `model_inputs`)."""
-    try:
-        module = importlib.import_module(f'jaxbig.losses.{name}')
-    except ModuleNotFoundError as e:
-        if e.name != f'jaxbig.losses.{name}':
-            raise
-        available = sorted(m.name for m in pkgutil.iter_modules(__path__))
-        raise ConfigError(
-            f'loss.name={name!r}: no module jaxbig.losses.{name} '
-            f'(available: {", ".join(available)})'
-        ) from None
-    return module
+    return resolve(__name__, name, 'loss.name')
 
 
 def bind(module, config):
