@@ -17,28 +17,9 @@ from jaxbig import config as config_lib
 from jaxbig.safety import TrainingDiverged
 
 
-def _split_overrides(extra: list[str]) -> list[tuple[str, str]]:
-    """['--config.a.b=1', '--config.c', '2'] -> [('a.b', '1'), ('c', '2')]."""
-    out, i = [], 0
-    while i < len(extra):
-        arg = extra[i]
-        if not arg.startswith('--config.'):
-            raise config_lib.ConfigError(
-                f'unrecognised argument {arg!r} (overrides look like --config.optimizer.lr=1e-3)'
-            )
-        key, sep, value = arg[len('--config.') :].partition('=')
-        if not sep:
-            if i + 1 >= len(extra):
-                raise config_lib.ConfigError(f'--config.{key}: missing value')
-            value, i = extra[i + 1], i + 1
-        out.append((key, value))
-        i += 1
-    return out
-
-
 def load_config(spec: str, extra: list[str]):
     config = config_lib.load(spec)
-    config_lib.apply_overrides(config, _split_overrides(extra))
+    config_lib.apply_overrides(config, config_lib.split_overrides(extra))
     return config_lib.resolve_auto(config)
 
 

@@ -139,6 +139,25 @@ def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return config
 
 
+def split_overrides(extra: list[str]) -> list[tuple[str, str]]:
+    """['--config.a.b=1', '--config.c', '2'] -> [('a.b', '1'), ('c', '2')]."""
+    out, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith('--config.'):
+            raise ConfigError(
+                f'unrecognised argument {arg!r} (overrides look like --config.optimizer.lr=1e-3)'
+            )
+        key, sep, value = arg[len('--config.') :].partition('=')
+        if not sep:
+            if i + 1 >= len(extra):
+                raise ConfigError(f'--config.{key}: missing value')
+            value, i = extra[i + 1], i + 1
+        out.append((key, value))
+        i += 1
+    return out
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 

@@ -7,6 +7,7 @@ import pytest
 
 import jaxbig
 from jaxbig import cli
+from jaxbig import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM = os.path.join(REPO, 'experiments', 'lm.py')
@@ -78,7 +79,7 @@ def test_config_overrides_pass_through_as_extras(name):
                      '--config.model.num_layers=2']
     if name == 'train':
         assert args.config == 'c.py'
-    assert cli._split_overrides(extra) == [('optimizer.lr', '1e-3'), ('train.seed', '3'),
+    assert config_lib.split_overrides(extra) == [('optimizer.lr', '1e-3'), ('train.seed', '3'),
                                            ('model.num_layers', '2')]
 
 

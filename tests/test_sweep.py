@@ -158,7 +158,7 @@ def resumed(tmp_path_factory, tfds_dir):
     # The killed sweep's trainings stop by themselves (SIGTERM from the kernel when their
     # parent died); wait for them so that the row counts below are final.
     for name, r in state.items():
-        while r['status'] == 'running' and sweep._alive(r.get('pid'), str(workdir / name)):
+        while r['status'] == 'running' and sweep.runner._alive(r.get('pid'), str(workdir / name)):
             assert time.time() < deadline + 120, f'{name} did not stop'
             time.sleep(0.1)
     mtimes = {n: os.path.getmtime(workdir / n / 'metrics.jsonl') for n in before}
