@@ -9,10 +9,10 @@ the piece's parameters) on x [batch, seq, embed] at a preset's training shape:
   attention  gpt.Attention (projections, RoPE, causal attention, output projection) vs
              torch_gpt.Block's (fused QKV Linear, RoPE, F.scaled_dot_product_attention)
   core       the attention core alone, q, k, v -> softmax(q k^T) v with the causal mask:
-             gpt.causal_attention (query blocks of two einsums each) vs PyTorch's fused
+             layers.causal_attention (query blocks of two einsums each) vs PyTorch's fused
              F.scaled_dot_product_attention (gradients with respect to q, k and v)
   mlp        gpt.Mlp (SwiGLU) vs torch_gpt.Block's (fused gate/up Linear, down Linear)
-  norm       gpt.RMSNorm vs torch_gpt.RMSNorm
+  norm       layers.RMSNorm vs torch_gpt.RMSNorm
   block      gpt.Block vs torch_gpt.Block (norms, attention, MLP, residuals)
 
 Same shapes and parameter counts; weights are random. PyTorch runs in a child process with
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbig import xla_defaults  # importing jaxbig sets its XLA defaults, as in a jaxbig run
-from jaxbig.models import gpt
+from jaxbig.models import gpt, layers
 from matmul_layout import best_ms
 from train_step import torch_in_child
 
@@ -49,7 +49,7 @@ def jax_pieces(size: str, x):
         'attention': gpt.Attention(heads, embed // heads, 10000.0, 0.02, **f32),
         'core': None,
         'mlp': gpt.Mlp(mlp, 0.02, **f32),
-        'norm': gpt.RMSNorm(**f32),
+        'norm': layers.RMSNorm(**f32),
         'block': gpt.Block(heads, embed // heads, mlp, 0.0, 10000.0, 1e-6, 0.02, **f32),
     }
 
@@ -63,7 +63,7 @@ def time_jax(size: str, batch: int, seq: int, steps: int, repeats: int) -> dict:
         if name == 'core':  # q, k, v [batch, seq, heads, head_dim] from x; no parameters
             qkv = [x.reshape(*x.shape[:2], heads, -1) * (i + 1) for i in range(3)]
             core = jax.jit(jax.value_and_grad(
-                lambda q, k, v: jnp.sum(gpt.causal_attention(q, k, v) ** 2), argnums=(0, 1, 2)))
+                lambda q, k, v: jnp.sum(layers.causal_attention(q, k, v) ** 2), argnums=(0, 1, 2)))
             out[name] = best_ms(lambda: core(*qkv), steps, repeats)
             continue
         params = module.init(jax.random.key(0), x, **kwargs)

@@ -1,4 +1,4 @@
-"""Why `gpt.Linear` flattens to one 2-D matmul: a SwiGLU MLP's fwd+bwd, two ways, one run.
+"""Why `layers.Linear` flattens to one 2-D matmul: a SwiGLU MLP's fwd+bwd, two ways, one run.
 
     python benchmarks/matmul_layout.py                  # tiny and GPT-2-small MLP shapes
     python benchmarks/matmul_layout.py --json
@@ -10,7 +10,7 @@ weights and return the same values and gradients (checked):
                   3-D activation. Its weight gradient contracts two dims (batch, seq);
                   XLA CPU lays one operand out transposed for it and materialises a
                   transposed copy of the [rows, mlp] gradient (`copy_bitcast_fusion`).
-  matmul_2d       jaxbig's `gpt.Linear`: reshape to [batch * seq, embed], one 2-D matmul,
+  matmul_2d       jaxbig's `layers.Linear`: reshape to [batch * seq, embed], one 2-D matmul,
                   reshape back. The weight gradient contracts one dim; no copy.
 
 jaxbig is imported first, so its XLA defaults (jaxbig/xla_defaults.py) apply, as in a

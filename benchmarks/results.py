@@ -155,7 +155,7 @@ def changes(sizes) -> list[str]:
 def layout_section() -> list[str]:
     r = run_json('matmul_layout.py')
     rows = ['SwiGLU MLP fwd+bwd on x [batch, seq, embed], same weights and results '
-            "(flax nn.Dense's 3-D dot_general vs gpt.Linear's one 2-D matmul):", '',
+            "(flax nn.Dense's 3-D dot_general vs layers.Linear's one 2-D matmul):", '',
             '| shape | 3-D dot_general | 2-D matmul | 2-D speedup |', '|---|---|---|---|']
     for name, x in r.items():
         b, s, e, m = x['shape']

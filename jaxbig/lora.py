@@ -3,7 +3,7 @@
     config.lora = dict(targets=['.*attn/(query|value)/kernel'], rank=8, alpha=16.0)
 
 Each target (a regex, fullmatch on '/'-joined parameter paths) must name kernels of Dense /
-DenseGeneral / `gpt.Linear` layers. A kernel W of shape [*stack, *in, *out] (stack: the
+DenseGeneral / `layers.Linear` layers. A kernel W of shape [*stack, *in, *out] (stack: the
 `layers` axis of nn.scan; in: the dims the layer contracts) gets
 
     A [*stack, *in, rank] ~ N(0, 1 / prod(in))    (kaiming-like)
@@ -213,7 +213,7 @@ def _record_dense_kernels(layers: dict):
 
 def _contracted_dims(module) -> int | None:
     contract = getattr(module, 'contract', None)
-    if isinstance(contract, int):  # jaxbig.models.gpt.Linear (also used by vit)
+    if isinstance(contract, int):  # jaxbig.models.layers.Linear (gpt, vit)
         return contract
     if isinstance(module, nn.DenseGeneral):
         axis = module.axis

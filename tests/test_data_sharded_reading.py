@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxbig.data import lm
+from jaxbig.data import documents, lm
 
 T = 16  # short windows: rows span several short documents, long documents several rows
 
@@ -183,15 +183,16 @@ def host_pipes(corpus, *, hosts, pack, seq_len, batch_size):
     out = []
     for p in range(hosts):
         counting = CountingRecords(corpus.records)
-        pipe = lm.LMPipeline(lm.Corpus(counting, corpus.ends), seq_len=seq_len, pack=pack,
-                             batch_size=batch_size, seed=1, process_index=p, process_count=hosts)
+        pipe = lm.LMPipeline(documents.Corpus(counting, corpus.ends), seq_len=seq_len,
+                             pack=pack, batch_size=batch_size, seed=1, process_index=p,
+                             process_count=hosts)
         out.append((pipe, counting))
     return out
 
 
 @pytest.mark.parametrize('pack', [True, False])
 def test_each_host_reads_only_documents_of_its_rows(edge_dir, edge_ref, pack):
-    corpus = lm.load_corpus('edge_docs', 'train', str(edge_dir))
+    corpus = documents.load_corpus('edge_docs', 'train', str(edge_dir))
     for pipe, counting in host_pipes(corpus, hosts=4, pack=pack, seq_len=T, batch_size=8):
         seen = set()
         for i in range(6):
@@ -206,7 +207,7 @@ def test_each_host_reads_only_documents_of_its_rows(edge_dir, edge_ref, pack):
 
 def test_pystdlib_hosts_read_far_less_than_the_split(tfds_dir):
     ref = Reference(raw_docs('pystdlib', 'train', tfds_dir))
-    corpus = lm.load_corpus('pystdlib', 'train', tfds_dir)
+    corpus = documents.load_corpus('pystdlib', 'train', tfds_dir)
     for pipe, counting in host_pipes(corpus, hosts=4, pack=True, seq_len=128, batch_size=32):
         batch = pipe.get_batch(7)
         fetched = [r for call in counting.calls for r in call]
@@ -219,9 +220,9 @@ def test_pystdlib_hosts_read_far_less_than_the_split(tfds_dir):
 def own_copy(edge_dir, tmp_path):
     """A private copy of the prepared dataset (its index included) to damage."""
     shutil.copytree(edge_dir, tmp_path / 'data')
-    lm.load_corpus.cache_clear()
+    documents.load_corpus.cache_clear()
     yield tmp_path / 'data'
-    lm.load_corpus.cache_clear()
+    documents.load_corpus.cache_clear()
 
 
 def index_files(data_dir):
@@ -231,7 +232,7 @@ def index_files(data_dir):
 
 def build(data_dir, edge_ref):
     """A fresh pipeline (no in-process cache) whose batches must equal the reference."""
-    lm.load_corpus.cache_clear()
+    documents.load_corpus.cache_clear()
     pipe = lm.build_pipeline(config(data_dir), split='train', batch_size=8, seed=0)
     assert_batch_equal(pipe.get_batch(2), edge_ref.batch(pipe.sequence_ids(2), T, True))
     return pipe
@@ -242,15 +243,15 @@ def test_index_reused_not_recomputed(own_copy, edge_ref, monkeypatch):
     np.testing.assert_array_equal(np.load(npy), edge_ref.record_ends)
     assert json.loads(meta.read_text())['fingerprint']['num_records'] == 240
 
-    def recompute(documents, chunk=1024):
+    def recompute(records, chunk=1024):
         raise AssertionError('index recomputed although cached')
 
-    monkeypatch.setattr(lm, 'compute_ends', recompute)
+    monkeypatch.setattr(documents, 'compute_ends', recompute)
     for _ in range(2):
         pipe = build(own_copy, edge_ref)
     calls = CountingRecords(pipe.corpus.records)
-    lm.load_index(calls)  # opening it re-measures only a few records
-    assert len({r for c in calls.calls for r in c}) <= lm.SPOT_CHECKS
+    documents.load_index(calls)  # opening it re-measures only a few records
+    assert len({r for c in calls.calls for r in c}) <= documents.SPOT_CHECKS
 
 
 def _swap_first_lengths(npy):
@@ -278,8 +279,9 @@ def test_stale_or_corrupt_index_is_rebuilt(own_copy, edge_ref, monkeypatch, capl
     npy, meta = index_files(own_copy)
     damage(npy, meta)
     computed = []
-    real = lm.compute_ends
-    monkeypatch.setattr(lm, 'compute_ends', lambda d, chunk=1024: computed.append(1) or real(d))
+    real = documents.compute_ends
+    monkeypatch.setattr(documents, 'compute_ends',
+                        lambda d, chunk=1024: computed.append(1) or real(d))
     build(own_copy, edge_ref)
     assert computed == [1] and 'rebuilding length index' in caplog.text
     np.testing.assert_array_equal(np.load(npy), edge_ref.record_ends)  # rewritten, valid
@@ -288,10 +290,10 @@ def test_stale_or_corrupt_index_is_rebuilt(own_copy, edge_ref, monkeypatch, capl
 
 
 def test_index_disagreeing_with_data_is_a_clear_error(edge_dir, edge_ref):
-    corpus = lm.load_corpus('edge_docs', 'train', str(edge_dir))
+    corpus = documents.load_corpus('edge_docs', 'train', str(edge_dir))
     wrong = corpus.ends.copy()
     wrong[5:] += 3  # record 5 claims 3 more tokens than it has
-    pipe = lm.LMPipeline(lm.Corpus(corpus.records, wrong), seq_len=T, pack=False,
+    pipe = lm.LMPipeline(documents.Corpus(corpus.records, wrong), seq_len=T, pack=False,
                          batch_size=len(edge_ref.kept), seed=0)
     with pytest.raises(ValueError, match='record 5 has .* length index says'):
         pipe.get_batch(0)

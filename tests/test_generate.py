@@ -16,7 +16,7 @@ from jaxbig import checkpoint, cli, quantize
 from jaxbig import generate as gen
 from jaxbig import run as run_lib
 from jaxbig.data.tokenizers import ByteTokenizer
-from jaxbig.models import gpt, lstm
+from jaxbig.models import gpt, layers, lstm
 
 SMALL = dict(vocab_size=61, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=48)
 PROMPTS = [np.array([5, 7, 11, 13, 2, 40, 9]), np.array([3, 1]), np.array([8, 30, 22, 17])]
@@ -50,7 +50,7 @@ def test_cached_attention_matches_numpy():
     q = q[:, :2]
     k_pos = np.array([[-1, -1, 0, 1, 2, 3], [0, 1, 2, 3, 4, -1]])
     q_pos = np.array([[2, 3], [1, 4]])
-    np.testing.assert_allclose(gpt.cached_attention(q, k, v, q_pos, k_pos),
+    np.testing.assert_allclose(layers.cached_attention(q, k, v, q_pos, k_pos),
                                np_masked_attention(q, k, v, q_pos, k_pos), rtol=1e-5, atol=1e-5)
 
 

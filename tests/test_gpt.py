@@ -11,8 +11,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxbig.models import get_model
-from jaxbig.models.gpt import (SIZES, Model, RMSNorm, apply_rope, attention_blocks,
-                               causal_attention, count_params, flops_per_token)
+from jaxbig.models.gpt import SIZES, Model, count_params, flops_per_token
+from jaxbig.models.layers import RMSNorm, apply_rope, attention_blocks, causal_attention
 
 SMALL = dict(vocab_size=61, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=48)
 BATCH, SEQ = 2, 12

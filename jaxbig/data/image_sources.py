@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbig.data import digits, shapes
-from jaxbig.data.lm import _not_prepared, resolve_data_dir
+from jaxbig.data.documents import _not_prepared, resolve_data_dir
 
 EMBEDDED = ('digits', 'shapes')
 IN_MEMORY_BYTES = 512 * 2**20  # splits whose image column fits are kept in memory

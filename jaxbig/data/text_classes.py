@@ -17,7 +17,7 @@ import functools
 import numpy as np
 
 from jaxbig.config import ConfigError
-from jaxbig.data import lm
+from jaxbig.data import documents, lm
 from jaxbig.data.tokenizers import ByteTokenizer
 
 
@@ -36,7 +36,7 @@ def _source_config(config):
 @functools.lru_cache(maxsize=4)
 def load_files(data_dir: str, min_files: int):
     """{split: (docs list[np.uint8[n]], labels int32[d])}, class names — for both splits."""
-    builder = lm.EMBEDDED['pystdlib'](data_dir=data_dir)
+    builder = documents.EMBEDDED['pystdlib'](data_dir=data_dir)
     if not builder.is_prepared():
         raise ValueError(f"data.name='pystdlib': not prepared in {data_dir!r}; run prepare")
     by_split = {}
@@ -113,7 +113,7 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
     if config.seq_len < 1:
         raise ConfigError(f'data.seq_len={config.seq_len}: must be >= 1')
     files, classes = load_files(
-        lm.resolve_data_dir(config.get('data_dir', '')), config.get('min_files', 2)
+        documents.resolve_data_dir(config.get('data_dir', '')), config.get('min_files', 2)
     )
     if split not in files:
         raise ConfigError(f"data split {split!r}: text_classes has 'train' and 'validation'")

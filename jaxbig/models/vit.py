@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbig.models.gpt import Linear
+from jaxbig.models.layers import Linear
 
 
 class EncoderBlock(nn.Module):
