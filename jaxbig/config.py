@@ -89,24 +89,31 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[tuple
     return config
 
 
-def resolve(package: str, name: str, what: str):
-    """The module `<package>.<name>`: how a config's names pick code, with no registry
-    (`model.name='gpt'` -> `jaxbig.models.gpt`). `what` names the config key for the error:
-    an unknown name raises ConfigError listing the package's modules; an import error
-    inside an existing module propagates unchanged."""
+def resolve(package: str, name: str, what: str, provides: str):
+    """The module `<package>.<name>`, which must define `provides`: how a config's names
+    pick code, with no registry (`model.name='gpt'` -> `jaxbig.models.gpt.Model`). `what`
+    names the config key for the error: an unknown name (or a helper module such as
+    `models.layers`) raises ConfigError listing the modules that do define `provides`; an
+    import error inside an existing module propagates unchanged."""
     import pkgutil
 
     module_name = f'{package}.{name}'
     if isinstance(name, str) and name.isidentifier():
         try:
-            return importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
             if e.name != module_name:  # the module exists; one of its own imports failed
                 raise
+        else:
+            if hasattr(module, provides):
+                return module
     path = importlib.import_module(package).__path__
-    available = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith('_'))
+    available = [m.name for m in pkgutil.iter_modules(path) if not m.name.startswith('_')]
+    available = sorted(m for m in available
+                       if hasattr(importlib.import_module(f'{package}.{m}'), provides))
     raise ConfigError(
-        f'{what}={name!r}: no module {module_name} (available: {", ".join(available)})'
+        f'{what}={name!r}: no module {module_name} defining {provides} '
+        f'(available: {", ".join(available)})'
     )
 
 

@@ -72,17 +72,24 @@ def test_cli_exits_nonzero_with_one_line(tmp_path, args, expected):
     assert 'Traceback' not in proc.stderr
 
 
-@pytest.mark.parametrize('package, what', [
-    ('jaxbig.models', 'model.name'), ('jaxbig.losses', 'loss.name'),
-    ('jaxbig.data', 'data.pipeline'), ('jaxbig.evals', 'evals.val.type')])
-def test_one_resolution_rule_and_error_type(package, what):
+@pytest.mark.parametrize('package, what, provides, helper', [
+    ('jaxbig.models', 'model.name', 'Model', 'layers'),
+    ('jaxbig.losses', 'loss.name', 'loss_fn', None),
+    ('jaxbig.data', 'data.pipeline', 'build_pipeline', 'documents'),
+    ('jaxbig.evals', 'evals.val.type', 'Evaluator', None)])
+def test_one_resolution_rule_and_error_type(package, what, provides, helper):
     """Every config name -> module lookup goes through config.resolve: one ConfigError
-    naming the key and listing the package's modules."""
+    naming the key and listing the modules that define the entry point (helpers not)."""
     with pytest.raises(config_lib.ConfigError,
-                       match=rf"{what}='nope': no module {package}.nope \(available: .+\)"):
-        config_lib.resolve(package, 'nope', what)
+                       match=rf"{what}='nope': no module {package}.nope defining {provides} "
+                             rf"\(available: .+\)") as e:
+        config_lib.resolve(package, 'nope', what, provides)
+    if helper:
+        assert helper not in str(e.value).split('available: ')[1]
+        with pytest.raises(config_lib.ConfigError, match=rf"{what}='{helper}': no module"):
+            config_lib.resolve(package, helper, what, provides)
     with pytest.raises(config_lib.ConfigError, match=rf"{what}='': no module"):
-        config_lib.resolve(package, '', what)
+        config_lib.resolve(package, '', what, provides)
     from jaxbig import data, evals, losses, models
     assert models.get_model('gpt', vocab_size=8, num_layers=1, num_heads=1, embed_dim=8,
                             mlp_dim=8).__class__.__module__ == 'jaxbig.models.gpt'

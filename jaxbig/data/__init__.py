@@ -20,7 +20,7 @@ __all__ = ['ByteTokenizer', 'build_pipeline', 'prepare', 'pipeline_module']
 
 def pipeline_module(config):
     """The module `jaxbig.data.<config.pipeline>` (default 'lm')."""
-    return resolve(__name__, config.get('pipeline', 'lm'), 'data.pipeline')
+    return resolve(__name__, config.get('pipeline', 'lm'), 'data.pipeline', 'build_pipeline')
 
 
 def prepare(config) -> None:

@@ -48,7 +48,7 @@ def build_evaluators(config, ctx: EvalContext) -> dict[str, tuple[int, Any]]:
     out = {}
     for name, cfg in (config.get('evals') or {}).items():
         kind = cfg.get('type', '')
-        module = resolve(__name__, kind, f'evals.{name}.type')
+        module = resolve(__name__, kind, f'evals.{name}.type', 'Evaluator')
         every = cfg.get('every', 0) or config.train.eval_every
         out[name] = (every, module.Evaluator(cfg, ctx, name=name))
     return out

@@ -15,7 +15,7 @@ from jaxbig.config import resolve
 
 def get_loss_module(name: str):
     """The module `jaxbig.losses.<name>` (has `loss_fn` and `model_inputs`)."""
-    return resolve(__name__, name, 'loss.name')
+    return resolve(__name__, name, 'loss.name', 'loss_fn')
 
 
 def bind(module, config):

@@ -9,7 +9,7 @@ from jaxbig.config import resolve
 
 def get_model(name: str, **kwargs):
     """Returns `jaxbig.models.<name>.Model(**kwargs)` (the module's fields as keywords)."""
-    return resolve(__name__, name, 'model.name').Model(**kwargs)
+    return resolve(__name__, name, 'model.name', 'Model').Model(**kwargs)
 
 
 def from_config(config):
