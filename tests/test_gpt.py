@@ -362,5 +362,5 @@ def test_get_model():
     model = get_model('gpt', **SMALL)
     assert isinstance(model, Model) and model.num_layers == SMALL['num_layers']
     with pytest.raises(ValueError, match=r"model.name='nope': no module jaxbig.models.nope "
-                                         r"\(available: .*gpt"):
+                                         r"defining Model \(available: .*gpt"):
         get_model('nope')
