@@ -136,12 +136,7 @@ def get_config(arg=None):
         weight_decay=1e-4,
     )
     c.parallel = defaults.parallel()
-    c.train = defaults.train(
-        steps=arg.steps,
-        batch_size=arg.batch,
-        eval_every=max(arg.steps // 2, 1),
-        checkpoint_every=max(arg.steps // 2, 1),
-    )
+    c.train = defaults.pretrain_train(arg.steps, arg.batch)
     c.evals = dict(
         retrieval=dict(
             type='retrieval', every=0, split='', max_examples=1000, ks=(1, 5, 10), batch_size=0

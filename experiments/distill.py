@@ -48,28 +48,8 @@ def get_config(arg=None):
         )
     c = ml_collections.ConfigDict()
 
-    c.model = dict(
-        name='gpt',
-        vocab_size=256,
-        **sizes[arg.size],
-        dropout=0.0,
-        tie_embeddings=True,
-        scan_layers=True,
-        remat='none',
-        dtype='float32',
-        param_dtype='float32',
-    )
-    c.data = dict(
-        pipeline='lm',  # jaxbig.data.lm: packed token sequences
-        name=arg.data,
-        data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-        path='',
-        text_key='text',
-        seq_len=arg.seq,
-        pack=True,
-        train_split='train',
-        val_split='validation',
-    )
+    c.model = defaults.gpt(sizes[arg.size], scan_layers=True, remat='none')
+    c.data = defaults.lm_data(arg.data, arg.seq)
     c.loss = dict(
         name='distillation',
         teacher=arg.teacher,
@@ -77,10 +57,8 @@ def get_config(arg=None):
         alpha=arg.alpha,
         z_loss=0.0,
     )
-    c.optimizer = defaults.optimizer(
-        lr=3e-3, warmup_steps='auto', b2=0.95, weight_decay=0.1
-    )
+    c.optimizer = defaults.lm_optimizer()
     c.parallel = defaults.parallel()
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)
-    c.evals = dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
+    c.evals = defaults.lm_evals()
     return c

@@ -96,22 +96,10 @@ def get_config(arg=None):
         if arg.mode == 'full' and arg.backbone_lr_mult != 1.0
         else [],
     )
-    c.init_from = dict(
-        path=arg.init if arg.mode != 'features' else '',
-        step=-1,
-        rename=[],
-        include=['encoder/.*'],
-        exclude=[],
+    c.init_from = defaults.init_from(
+        path=arg.init if arg.mode != 'features' else '', include=['encoder/.*'],
     )
     c.parallel = defaults.parallel()
-    c.train = defaults.train(
-        steps=arg.steps,
-        batch_size=arg.batch,
-        eval_every=100,
-        checkpoint_every=100,
-        keep_checkpoints=2,
-        best_metric='val/accuracy',
-        best_mode='max',
-    )
+    c.train = defaults.finetune_train(arg.steps, arg.batch)
     c.evals = dict(val=dict(type='classification', split='test', num_batches=3, batch_size=120))
     return c

@@ -79,17 +79,7 @@ def get_config(arg=None):
     frozen = arg.mode in ('linear_probe', 'features')  # a head on fixed backbone features
     lr = arg.lr or (1e-2 if frozen else 1e-3)
     pooling = arg.pooling or ('mean' if frozen else 'last')
-    backbone = dict(
-        name='gpt',
-        vocab_size=256,
-        **SIZES['tiny'],
-        dropout=0.0,
-        tie_embeddings=True,
-        scan_layers=True,
-        remat='none',
-        dtype='float32',
-        param_dtype='float32',
-    )
+    backbone = defaults.gpt(SIZES['tiny'], scan_layers=True, remat='none')
     if arg.init:
         backbone = read_config(arg.init).model.to_dict()
     snippets = dict(
@@ -133,19 +123,11 @@ def get_config(arg=None):
         if arg.mode == 'full' and arg.backbone_lr_mult != 1.0
         else [],
     )
-    c.init_from = dict(
+    c.init_from = defaults.init_from(
         path=arg.init if arg.mode != 'features' else '',
-        step=-1, rename=[['^', 'encoder/']], include=['encoder/.*'], exclude=[]
+        rename=[['^', 'encoder/']], include=['encoder/.*'],
     )
     c.parallel = defaults.parallel()
-    c.train = defaults.train(
-        steps=arg.steps,
-        batch_size=arg.batch,
-        eval_every=100,
-        checkpoint_every=100,
-        keep_checkpoints=2,
-        best_metric='val/accuracy',
-        best_mode='max',
-    )
+    c.train = defaults.finetune_train(arg.steps, arg.batch)
     c.evals = dict(val=evals)
     return c

@@ -32,44 +32,25 @@ def get_config(arg=None):
         raise ConfigError(f'experiments/lm.py: size={arg.size!r}, expected one of {list(SIZES)}')
     c = ml_collections.ConfigDict()
 
-    c.model = dict(
-        name='gpt',
-        vocab_size=256,
-        **SIZES[arg.size],
-        dropout=0.0,
-        tie_embeddings=True,
-        # 'auto' is resolved after --config overrides (jaxbig.config.resolve_auto): scan
-        # over depth above 6 layers (unrolled runs ~12 % faster on CPU at 4-6, scan keeps
-        # compile time flat); remat 'dots' from GPT-2-small width up, where saving only the
-        # matmul outputs is faster, 'none' below (benchmarks/RESULTS.md).
-        scan_layers='auto',
-        remat='auto',
+    # scan_layers / remat 'auto' are resolved after --config overrides
+    # (jaxbig.config.resolve_auto): scan over depth above 6 layers (unrolled runs ~12 %
+    # faster on CPU at 4-6, scan keeps compile time flat); remat 'dots' from GPT-2-small
+    # width up, where saving only the matmul outputs is faster, 'none' below
+    # (benchmarks/RESULTS.md).
+    c.model = defaults.gpt(
+        SIZES[arg.size],
         attention='einsum',  # 'xla' | 'cudnn': jax.nn.dot_product_attention (cudnn on GPU)
         attention_blocks=0,  # einsum path: 0 = query blocks of max(64, seq/4); 1 = no split
-        dtype='float32',
-        param_dtype='float32',
     )
-    c.data = dict(
-        pipeline='lm',  # jaxbig.data.lm: packed token sequences
-        name=arg.data,
-        data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-        path='',
-        text_key='text',
-        seq_len=arg.seq,
-        pack=True,
-        train_split='train',
-        val_split='validation',
-    )
+    c.data = defaults.lm_data(arg.data, arg.seq)
     c.loss = dict(name='autoregressive', z_loss=0.0)
-    c.optimizer = defaults.optimizer(
-        lr=3e-3, warmup_steps='auto', b2=0.95, weight_decay=0.1
-    )
+    c.optimizer = defaults.lm_optimizer()
     c.parallel = defaults.parallel()
     # 4 updates per compiled call: the tiny step is ~7 % faster (XLA CPU maps and zeroes a
     # call's temporaries afresh each call; benchmarks/RESULTS.md). Calls still end at every
     # log / eval / checkpoint step, so the updates are those of steps_per_call=1.
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch, steps_per_call=4)
-    c.evals = dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
+    c.evals = defaults.lm_evals()
     # LoRA adapters on the LM (jaxbig/lora.py; targets [] = off). To train adapters only:
     #   --config.lora.targets="['.*attn/(query|value)/kernel']" \
     #   --config.optimizer.freeze="['(?!lora/).*']"

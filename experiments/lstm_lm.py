@@ -38,22 +38,10 @@ def get_config(arg=None):
         dtype='float32',
         param_dtype='float32',
     )
-    c.data = dict(
-        pipeline='lm',  # jaxbig.data.lm: packed token sequences
-        name=arg.data,
-        data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-        path='',
-        text_key='text',
-        seq_len=arg.seq,
-        pack=True,
-        train_split='train',
-        val_split='validation',
-    )
+    c.data = defaults.lm_data(arg.data, arg.seq)
     c.loss = dict(name='autoregressive', z_loss=0.0)
-    c.optimizer = defaults.optimizer(
-        lr=3e-3, warmup_steps='auto', b2=0.95, weight_decay=0.1
-    )
+    c.optimizer = defaults.lm_optimizer()
     c.parallel = defaults.parallel()
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)
-    c.evals = dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
+    c.evals = defaults.lm_evals()
     return c

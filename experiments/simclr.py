@@ -110,12 +110,7 @@ def get_config(arg=None):
         lr=arg.lr, warmup_steps='auto', min_lr_ratio=0.0, weight_decay=1e-4
     )
     c.parallel = defaults.parallel()
-    c.train = defaults.train(
-        steps=arg.steps,
-        batch_size=arg.batch,
-        eval_every=max(arg.steps // 2, 1),
-        checkpoint_every=max(arg.steps // 2, 1),
-    )
+    c.train = defaults.pretrain_train(arg.steps, arg.batch)
     c.evals = dict(
         probe=dict(
             type='linear_probe',

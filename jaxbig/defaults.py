@@ -105,3 +105,65 @@ def train(**overrides) -> dict:
         ),
         overrides,
     )
+
+
+# ----------------------------------------------------------------------------- shared recipes
+# Sections several experiments share, so each file states only what is particular to it.
+
+def gpt(shape: dict, **overrides) -> dict:
+    """The GPT model section for a `jaxbig.models.gpt.SIZES` shape, bytes vocab (256), no
+    dropout, tied embeddings, float32; scan_layers / remat 'auto' (config.resolve_auto)."""
+    return {**dict(name='gpt', vocab_size=256, **shape, dropout=0.0, tie_embeddings=True,
+                   scan_layers='auto', remat='auto', dtype='float32', param_dtype='float32'),
+            **overrides}
+
+
+def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
+    """Packed token sequences (`jaxbig.data.lm`) of a TFDS text dataset or a folder."""
+    return _merge(
+        'lm_data',
+        dict(
+            pipeline='lm',  # jaxbig.data.lm: packed token sequences
+            name=name,
+            data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+            path='',
+            text_key='text',
+            seq_len=seq_len,
+            pack=True,
+            train_split='train',
+            val_split='validation',
+        ),
+        overrides,
+    )
+
+
+def lm_optimizer(**overrides) -> dict:
+    """The LM recipe: AdamW at 3e-3, 5 % warmup, b2 0.95, weight decay 0.1."""
+    return optimizer(**{**dict(lr=3e-3, warmup_steps='auto', b2=0.95, weight_decay=0.1),
+                        **overrides})
+
+
+def lm_evals() -> dict:
+    """Validation loss (nats/token, perplexity, accuracy) on 8 batches of the val split."""
+    return dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
+
+
+def init_from(**overrides) -> dict:
+    """Load another run's params (jaxbig/finetune.py); path '' = from scratch."""
+    return _merge('init_from', dict(path='', step=-1, rename=[], include=[], exclude=[]),
+                  overrides)
+
+
+def finetune_train(steps: int, batch_size: int, **overrides) -> dict:
+    """Fine-tuning cadence: evaluate and checkpoint every 100 steps, keep 2, keep the best
+    by validation accuracy."""
+    return train(**{**dict(steps=steps, batch_size=batch_size, eval_every=100,
+                           checkpoint_every=100, keep_checkpoints=2,
+                           best_metric='val/accuracy', best_mode='max'), **overrides})
+
+
+def pretrain_train(steps: int, batch_size: int, **overrides) -> dict:
+    """Contrastive pretraining cadence: evaluate and checkpoint halfway and at the end."""
+    half = max(steps // 2, 1)
+    return train(**{**dict(steps=steps, batch_size=batch_size, eval_every=half,
+                           checkpoint_every=half), **overrides})

@@ -78,3 +78,20 @@ class SplitEmbedder:
     def column(self, key: str) -> np.ndarray:
         """All rows of another batch column (e.g. 'text'), [n, ...]."""
         return np.concatenate(self.columns[key])[: self.n]
+
+
+def train_test_embedders(cfg, ctx) -> tuple[SplitEmbedder, SplitEmbedder]:
+    """The (train, test) embedders of a features evaluator (linear_probe, knn): config keys
+    method, input_key, batch_size (0 = train.batch_size), train_split / test_split ('' =
+    data.train_split / data.val_split), max_train / max_test (0 = the whole split)."""
+    data_cfg = plain_data_config(ctx.config.data)
+    common = dict(
+        batch_size=cfg.get('batch_size', 0) or ctx.config.train.batch_size,
+        method=cfg.get('method', 'features'),
+        input_key=cfg.get('input_key', 'image'),
+    )
+    train = SplitEmbedder(ctx, data_cfg, split=cfg.get('train_split', '') or data_cfg.train_split,
+                          max_examples=cfg.get('max_train', 0), **common)
+    test = SplitEmbedder(ctx, data_cfg, split=cfg.get('test_split', '') or data_cfg.val_split,
+                         max_examples=cfg.get('max_test', 0), **common)
+    return train, test

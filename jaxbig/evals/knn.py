@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxbig.evals.embedding import SplitEmbedder, plain_data_config
+from jaxbig.evals.embedding import train_test_embedders
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = 20) -> float:
@@ -26,20 +26,7 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = 20) -> float:
 
 class Evaluator:
     def __init__(self, cfg, ctx, *, name: str = 'knn'):
-        data_cfg = plain_data_config(ctx.config.data)
-        common = dict(
-            batch_size=cfg.get('batch_size', 0) or ctx.config.train.batch_size,
-            method=cfg.get('method', 'features'),
-            input_key=cfg.get('input_key', 'image'),
-        )
-        self.train = SplitEmbedder(
-            ctx, data_cfg, split=cfg.get('train_split', '') or data_cfg.train_split,
-            max_examples=cfg.get('max_train', 0), **common,
-        )
-        self.test = SplitEmbedder(
-            ctx, data_cfg, split=cfg.get('test_split', '') or data_cfg.val_split,
-            max_examples=cfg.get('max_test', 0), **common,
-        )
+        self.train, self.test = train_test_embedders(cfg, ctx)
         self.k, self.prefix = cfg.get('k', 20), name
 
     def run(self, params) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxbig.evals.embedding import SplitEmbedder, plain_data_config
+from jaxbig.evals.embedding import train_test_embedders
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y, *, C: float = 1.0) -> float:
@@ -26,20 +26,7 @@ def probe_accuracy(train_x, train_y, test_x, test_y, *, C: float = 1.0) -> float
 
 class Evaluator:
     def __init__(self, cfg, ctx, *, name: str = 'probe'):
-        data_cfg = plain_data_config(ctx.config.data)
-        common = dict(
-            batch_size=cfg.get('batch_size', 0) or ctx.config.train.batch_size,
-            method=cfg.get('method', 'features'),
-            input_key=cfg.get('input_key', 'image'),
-        )
-        self.train = SplitEmbedder(
-            ctx, data_cfg, split=cfg.get('train_split', '') or data_cfg.train_split,
-            max_examples=cfg.get('max_train', 0), **common,
-        )
-        self.test = SplitEmbedder(
-            ctx, data_cfg, split=cfg.get('test_split', '') or data_cfg.val_split,
-            max_examples=cfg.get('max_test', 0), **common,
-        )
+        self.train, self.test = train_test_embedders(cfg, ctx)
         self.C, self.prefix = cfg.get('C', 1.0), name
 
     def run(self, params) -> dict[str, float]:

@@ -7,7 +7,6 @@ the sweep, (re)launches what is left through the chosen launcher and writes the 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -91,15 +90,8 @@ def run(args, extra):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m jaxbig.sweep ARGS` = `jaxbig sweep ARGS` (errors as one line, status 2)."""
-    parser = argparse.ArgumentParser(prog='jaxbig', allow_abbrev=False)
-    add_parser(parser.add_subparsers(dest='command', required=True))
-    args, extra = parser.parse_known_args(['sweep', *(sys.argv[1:] if argv is None else argv)])
-    try:
-        args.run(args, extra)
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as e:
-        if args.debug:
-            raise
-        print(f'jaxbig: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    """`python -m jaxbig.sweep ARGS` = `jaxbig sweep ARGS`: the one CLI's parser, logging
+    and error policy (one line, status 2)."""
+    from jaxbig import cli  # the entry point only: jaxbig.cli imports this module
+
+    return cli.main(['sweep', *(sys.argv[1:] if argv is None else argv)])
