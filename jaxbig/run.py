@@ -19,6 +19,7 @@ A workdir holds `config.json` (the resolved config), `checkpoints/<step>/` and, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -43,8 +44,15 @@ class Run:
     model: nn.Module  # with LoRA adapters when the run trained them
     params: Any
     step: int
-    tokenizer: Any
     checkpoint_dir: str  # the `checkpoints/` directory the params came from
+
+    @functools.cached_property
+    def tokenizer(self):
+        """The text tokenizer of the run's data (`data.tokenizer`), built on first use:
+        runs whose data is not text (images, captions) never need one."""
+        from jaxbig.data import tokenizers
+
+        return tokenizers.from_config(self.config.get('data') or {})
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -76,15 +84,12 @@ def load_run(workdir: str, step: int | None = None, *, best: bool = False,
     available ones.
     """
     from jaxbig import models
-    from jaxbig.data import tokenizers
 
     config = read_config(workdir)
     model = models.from_config(config)
     directory = checkpoint_dir(workdir, best=best)
     params, step = checkpoint.restore_params(directory, step, shardings=params_shardings)
-    return Run(config=config, model=model, params=params, step=step,
-               tokenizer=tokenizers.from_config(config.get('data') or {}),
-               checkpoint_dir=directory)
+    return Run(config=config, model=model, params=params, step=step, checkpoint_dir=directory)
 
 
 # ----------------------------------------------------------------------------- building
