@@ -8,6 +8,11 @@
     features  final RMSNorm                                      [batch, seq, embed]
     logits    tied: embed.attend(features); untied: Linear       [batch, seq, vocab]
 
+Switches (defaults above) for the published decoders jaxbig.interop reads: norm
+'layernorm', mlp 'gelu', positions 'learned' (+ max_len), qkv/out/mlp biases (GPT-2);
+num_kv_heads (grouped-query attention), untied head, rope_base = rope_theta (Llama,
+Mistral, Qwen2 with qkv_bias).
+
 Decoding (jaxbig.generate): `Model.decode(tokens, positions, cache)` with the explicit KV
 cache pytree of `init_cache` (k, v [layers, batch, max_len, heads, head_dim], each slot's
 position, the write index); same parameters, so every checkpoint decodes.
@@ -40,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbig.models.layers import Linear, RMSNorm, apply_rope, cached_attention, causal_attention
+from jaxbig.models.layers import MLP_KINDS, NORMS, Attention, Linear, Mlp
 
 SIZES = {
     'tiny': dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=384),
@@ -68,82 +73,6 @@ def _dtype(field, name):
         raise ValueError(msg) from None
 
 
-class Attention(nn.Module):
-    """Causal multi-head self-attention with RoPE: [batch, seq, embed] -> [batch, seq, embed].
-
-    Training / full forward: `__call__(x)`, positions 0..seq-1, returns out.
-    Decoding: `__call__(x, decode=(positions, kv, k_pos, index))`: positions int [batch, t];
-    kv = (k, v) this layer's cache [batch, S, heads, head_dim]; k_pos int [batch, S] the
-    positions of every slot after this call (-1 = empty); index: the slot the t new
-    entries are written at. Returns (out, (k, v) updated).
-    """
-
-    num_heads: int
-    head_dim: int
-    rope_base: float
-    out_init_std: float
-    dtype: Any
-    param_dtype: Any
-    attention: str = 'einsum'
-    attention_blocks: int = 0
-
-    @nn.compact
-    def __call__(self, x, decode=None):
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        heads = (self.num_heads, self.head_dim)
-        q, k, v = (  # each [batch, seq, heads, head_dim]
-            Linear(heads, ('embed', 'heads', 'kv'), name=name, **dtypes)(x)
-            for name in ('query', 'key', 'value')
-        )
-        positions = jnp.arange(x.shape[1]) if decode is None else decode[0]
-        q, k = apply_rope(q, positions, self.rope_base), apply_rope(k, positions, self.rope_base)
-        q, k, v = (
-            nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
-        )
-        if decode is None and self.attention == 'einsum':
-            out, new_kv = causal_attention(q, k, v, self.attention_blocks or None), None
-        elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                               implementation=self.attention)
-            new_kv = None
-        else:
-            _, (k_cache, v_cache), k_pos, index = decode
-            write = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
-                cache, new.astype(cache.dtype), index, 1
-            )
-            k_cache, v_cache = write(k_cache, k), write(v_cache, v)
-            out = cached_attention(q, k_cache, v_cache, positions, k_pos)
-            new_kv = (k_cache, v_cache)
-        out = Linear(
-            (x.shape[-1],),
-            ('heads', 'kv', 'embed'),
-            contract=2,
-            name='out',
-            init_std=self.out_init_std,
-            **dtypes,
-        )(out)
-        return out if decode is None else (out, new_kv)
-
-
-class Mlp(nn.Module):
-    """SwiGLU MLP, down(silu(gate(x)) * up(x)): [batch, seq, embed] -> [batch, seq, embed]."""
-
-    mlp_dim: int
-    out_init_std: float
-    dtype: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self, x):
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        gate = Linear((self.mlp_dim,), ('embed', 'mlp'), name='gate', **dtypes)(x)
-        up = Linear((self.mlp_dim,), ('embed', 'mlp'), name='up', **dtypes)(x)
-        h = nn.with_logical_constraint(nn.silu(gate) * up, ('batch', 'length', 'mlp'))
-        return Linear(
-            (x.shape[-1],), ('mlp', 'embed'), name='down', init_std=self.out_init_std, **dtypes
-        )(h)
-
-
 class Block(nn.Module):
     """Pre-norm layer: x + attn(norm(x)), then + mlp(norm(x)). [batch, seq, embed] -> same.
 
@@ -163,22 +92,33 @@ class Block(nn.Module):
     param_dtype: Any
     attention: str = 'einsum'
     attention_blocks: int = 0
+    norm: str = 'rmsnorm'
+    mlp: str = 'swiglu'
+    num_kv_heads: int = 0
+    rope: bool = True
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout, deterministic=not train)
-        h = RMSNorm(self.norm_eps, name='attn_norm', **dtypes)(x)
+        Norm = NORMS[self.norm]
+        h = Norm(self.norm_eps, name='attn_norm', **dtypes)(x)
         attn = Attention(self.num_heads, self.head_dim, self.rope_base, self.out_init_std,
                          name='attn', attention=self.attention,
-                         attention_blocks=self.attention_blocks, **dtypes)
+                         attention_blocks=self.attention_blocks, num_kv_heads=self.num_kv_heads,
+                         rope=self.rope, qkv_bias=self.qkv_bias, out_bias=self.out_bias,
+                         **dtypes)
         if kv is None:
             h = attn(h)
         else:
             h, kv = attn(h, decode=(positions, kv, k_pos, index))
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
-        h = RMSNorm(self.norm_eps, name='mlp_norm', **dtypes)(x)
-        h = Mlp(self.mlp_dim, self.out_init_std, name='mlp', **dtypes)(h)
+        h = Norm(self.norm_eps, name='mlp_norm', **dtypes)(x)
+        h = Mlp(self.mlp_dim, self.out_init_std, name='mlp', kind=self.mlp,
+                use_bias=self.mlp_bias, **dtypes)(h)
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
         return x, kv
 
@@ -211,10 +151,36 @@ class Model(nn.Module):
     norm_eps: float = 1e-6
     attention: str = 'einsum'
     attention_blocks: int = 0
+    # Switches for the shapes of published decoders (jaxbig.interop imports GPT-2, Llama,
+    # Mistral, Qwen2); the defaults are jaxbig's own (Llama-shaped) GPT.
+    norm: str = 'rmsnorm'  # 'rmsnorm' | 'layernorm' (with bias; GPT-2)
+    mlp: str = 'swiglu'  # 'swiglu' | 'gelu' (tanh approximation; GPT-2) | 'gelu_exact'
+    positions: str = 'rope'  # 'rope' (rope_base = rope_theta) | 'learned' (a max_len table)
+    max_len: int = 0  # positions='learned': the table's length (GPT-2's n_positions)
+    num_kv_heads: int = 0  # grouped-query attention: 0 = num_heads (multi-head)
+    qkv_bias: bool = False  # biases on query/key/value (GPT-2, Qwen2)
+    out_bias: bool = False  # bias on the attention output projection (GPT-2)
+    mlp_bias: bool = False  # biases on the MLP projections (GPT-2)
 
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.embed_dim // self.num_heads
+
+    @property
+    def resolved_kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    def _check_switches(self):
+        for field, value, allowed in (('norm', self.norm, tuple(NORMS)),
+                                      ('mlp', self.mlp, MLP_KINDS),
+                                      ('positions', self.positions, ('rope', 'learned'))):
+            if value not in allowed:
+                raise ValueError(f'model.{field}={value!r}: expected one of {allowed}')
+        if self.positions == 'learned' and self.max_len < 1:
+            raise ValueError("model.positions='learned' needs model.max_len (the table size)")
+        if self.num_kv_heads < 0 or self.num_heads % self.resolved_kv_heads:
+            raise ValueError(f'model.num_kv_heads={self.num_kv_heads} must divide '
+                             f'model.num_heads={self.num_heads} (0 = num_heads)')
 
     def setup(self):
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
@@ -230,7 +196,8 @@ class Model(nn.Module):
                 f'model.embed_dim={self.embed_dim} is not divisible by model.num_heads='
                 f'{self.num_heads}: change one of them or set model.head_dim'
             )
-        if self.resolved_head_dim % 2:
+        self._check_switches()
+        if self.positions == 'rope' and self.resolved_head_dim % 2:
             raise ValueError(
                 f'head dim {self.resolved_head_dim} is odd; RoPE needs an even one '
                 '(set model.head_dim or change embed_dim / num_heads)'
@@ -246,6 +213,12 @@ class Model(nn.Module):
                 nn.initializers.normal(0.02), ('vocab', 'embed')
             ),
         )
+        if self.positions == 'learned':  # GPT-2's wpe: [max_len, embed]
+            self.pos_embed = nn.Embed(
+                self.max_len, self.embed_dim, **dtypes,
+                embedding_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(0.01), (None, 'embed')),
+            )
         self.embed_dropout = nn.Dropout(self.dropout)
         block_args = dict(
             num_heads=self.num_heads,
@@ -256,6 +229,13 @@ class Model(nn.Module):
             norm_eps=self.norm_eps,
             attention=self.attention,
             attention_blocks=self.attention_blocks,
+            norm=self.norm,
+            mlp=self.mlp,
+            num_kv_heads=self.num_kv_heads,
+            rope=self.positions == 'rope',
+            qkv_bias=self.qkv_bias,
+            out_bias=self.out_bias,
+            mlp_bias=self.mlp_bias,
             **dtypes,
             out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
         )
@@ -279,13 +259,22 @@ class Model(nn.Module):
             )(**block_args)
         else:  # params named layers_0, layers_1, ...
             self.layers = [block(**block_args) for _ in range(self.num_layers)]
-        self.final_norm = RMSNorm(self.norm_eps, **dtypes)
+        self.final_norm = NORMS[self.norm](self.norm_eps, **dtypes)
         if not self.tie_embeddings:
             self.unembed = Linear((self.vocab_size,), ('embed', 'vocab'), **dtypes)
 
+    def _embed(self, tokens, positions):
+        """Token embeddings, plus the learned position table's rows (positions [seq] or
+        [batch, seq]; padding's -1 reads row 0, never attended to) when positions='learned'."""
+        x = self.embed(tokens)
+        if self.positions == 'learned':
+            x = x + self.pos_embed(jnp.clip(positions, 0, self.max_len - 1))
+        return x
+
     def features(self, tokens, *, train: bool = False):
         """tokens int32 [batch, seq] -> final-normed hidden states [batch, seq, embed]."""
-        x = self.embed_dropout(self.embed(tokens), deterministic=not train)
+        x = self._embed(tokens, jnp.arange(tokens.shape[1]))
+        x = self.embed_dropout(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         if self.scan_layers:
             x, _ = self.layers(x, train, None, None, None, None)
@@ -302,7 +291,8 @@ class Model(nn.Module):
         written at slots cache['index'] .. + t. Returns (logits [batch, t, vocab], cache).
         Inference only (train=False).
         """
-        x = nn.with_logical_constraint(self.embed(tokens), ('batch', 'length', 'embed'))
+        x = nn.with_logical_constraint(self._embed(tokens, positions),
+                                       ('batch', 'length', 'embed'))
         index = cache['index']
         k_pos = jax.lax.dynamic_update_slice_in_dim(cache['pos'], positions, index, 1)
         if self.scan_layers:
@@ -329,11 +319,11 @@ class Model(nn.Module):
 def init_cache(model: Model, batch: int, max_len: int):
     """An empty KV cache for `Model.decode`, an explicit pytree (not a flax collection):
 
-        k, v   [num_layers, batch, max_len, heads, head_dim] in the compute dtype
+        k, v   [num_layers, batch, max_len, kv_heads, head_dim] in the compute dtype
         pos    int32 [batch, max_len], each slot's token position; -1 = empty or padding
         index  int32 scalar, the next slot to write
     """
-    shape = (model.num_layers, batch, max_len, model.num_heads, model.resolved_head_dim)
+    shape = (model.num_layers, batch, max_len, model.resolved_kv_heads, model.resolved_head_dim)
     dtype = _dtype('dtype', model.dtype)
     return dict(
         k=jnp.zeros(shape, dtype),
@@ -352,7 +342,8 @@ def flops_per_token(model: Model, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token, counted the way MaxText counts them.
 
     6 * (matmul weights per token) + causal attention:
-      weights:   num_layers * (4 * embed * heads * head_dim + 3 * embed * mlp)
+      weights:   num_layers * (2 * embed * (heads + kv_heads) * head_dim
+                              + (3 or 2 for gelu) * embed * mlp)
                  + embed * vocab   (the unembedding matmul, counted once, tied or not;
                                     the embedding lookup is a gather: no FLOPs)
       attention: 3 * num_layers * 4 * seq_len * heads * head_dim / 2
@@ -362,7 +353,9 @@ def flops_per_token(model: Model, seq_len: int) -> float:
     Norms, RoPE, softmax and the optimizer are not counted.
     """
     m, hd = model, model.resolved_head_dim
-    weights = m.num_layers * (4 * m.embed_dim * m.num_heads * hd + 3 * m.embed_dim * m.mlp_dim)
+    mlp_mats = 3 if m.mlp == 'swiglu' else 2
+    weights = m.num_layers * (2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd
+                              + mlp_mats * m.embed_dim * m.mlp_dim)
     weights += m.embed_dim * m.vocab_size
     attention = 3 * m.num_layers * 4 * seq_len * m.num_heads * hd / 2
     return float(6 * weights + attention)

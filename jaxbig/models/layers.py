@@ -16,6 +16,11 @@ Shapes: b batch, t queries, S keys (= t, or a KV cache's slots), h heads, d head
     attention_blocks  the default number of query blocks for a sequence length
     cached_attention  attention of new queries [b, t, h, d] over a KV cache k, v [b, S, h, d],
                       masked by token positions q_pos [b, t] and slot positions k_pos [b, S]
+    LayerNorm, NORMS  LayerNorm with bias (GPT-2); {'rmsnorm', 'layernorm'} -> module
+    Attention         causal self-attention [b, t, embed] -> same: q/k/v/out projections,
+                      RoPE or none, grouped-query (num_kv_heads), optional biases, KV-cache
+                      decoding
+    Mlp               'swiglu' (Llama) or 'gelu' / 'gelu_exact' (GPT-2) MLP, optional biases
 
 Attention logits are scaled by 1/sqrt(d) and the logits and softmax are float32 whatever
 the input dtype. Parameters live in `param_dtype`; matmuls run in `dtype`.
@@ -48,6 +53,7 @@ class Linear(nn.Module):
     init_std: float = 0.02
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    use_bias: bool = False  # + bias [*features] (zeros at init; axes kernel_axes[contract:])
 
     @nn.compact
     def __call__(self, x):
@@ -61,7 +67,14 @@ class Linear(nn.Module):
         fan_in, fan_out = math.prod(kernel_shape[: self.contract]), math.prod(self.features)
         y = jnp.dot(x.reshape(math.prod(lead), fan_in).astype(self.dtype),
                     kernel.reshape(fan_in, fan_out).astype(self.dtype))
-        return y.reshape(lead + tuple(self.features))
+        y = y.reshape(lead + tuple(self.features))
+        if self.use_bias:
+            bias_axes = tuple(self.kernel_axes[self.contract:])
+            bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                   bias_axes),
+                              tuple(self.features), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
 
 
 class RMSNorm(nn.Module):
@@ -82,6 +95,31 @@ class RMSNorm(nn.Module):
         x = x.astype(jnp.float32)
         y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
         return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """y = (x - mean) / sqrt(var + eps) * scale + bias over the last axis; statistics in
+    float32. [..., embed]; scale (ones) and bias (zeros) [embed] ('embed')."""
+
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape, axes = (x.shape[-1],), ('embed',)
+        scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, axes),
+                           shape, self.param_dtype)
+        bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, axes),
+                          shape, self.param_dtype)
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+NORMS = {'rmsnorm': RMSNorm, 'layernorm': LayerNorm}
 
 
 # ------------------------------------------------------------------- Positions
@@ -108,11 +146,22 @@ def apply_rope(x, positions, base=10000.0):
 def masked_attention(q, k, v, visible):
     """Softmax attention where query i sees key j iff visible[..., i, j].
 
-    q: [batch, t, heads, head_dim]; k, v: [batch, S, heads, head_dim]; visible: bool,
-    broadcastable to [batch, heads, t, S]. Logits (scaled by 1/sqrt(head_dim)) and softmax
-    in float32; returns [batch, t, heads, head_dim] in v.dtype. A query that sees nothing
-    gets a uniform average (never used: such queries are padding).
+    q: [batch, t, heads, head_dim]; k, v: [batch, S, kv_heads, head_dim], kv_heads dividing
+    heads (grouped-query attention: query head i reads kv head i // (heads / kv_heads));
+    visible: bool, broadcastable to [batch, heads, t, S] (to [batch, 1, t, S] with groups).
+    Logits (scaled by 1/sqrt(head_dim))
+    and softmax in float32; returns [batch, t, heads, head_dim] in v.dtype. A query that
+    sees nothing gets a uniform average (never used: such queries are padding).
     """
+    heads, kv_heads = q.shape[2], k.shape[2]
+    if kv_heads != heads:  # [b, t, kv, group, d] against [b, S, kv, d]
+        b, t, _, d = q.shape
+        q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
+        visible = jnp.asarray(visible)[..., None, :, :]  # the same mask for every head
+        scores = jnp.einsum('bqhgd,bkhd->bhgqk', q, k, preferred_element_type=jnp.float32)
+        scores = jnp.where(visible, scores / math.sqrt(d), -1e30)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        return jnp.einsum('bhgqk,bkhd->bqhgd', probs, v).reshape(b, t, heads, d)
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(visible, scores / math.sqrt(q.shape[-1]), -1e30)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -160,3 +209,97 @@ def cached_attention(q, k, v, q_pos, k_pos):
     """
     mask = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])  # [b, t, S]
     return masked_attention(q, k, v, mask[:, None])
+
+
+# ------------------------------------------------------------------- Transformer sublayers
+
+MLP_KINDS = ('swiglu', 'gelu', 'gelu_exact')
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with RoPE: [batch, seq, embed] -> [batch, seq, embed].
+
+    Training / full forward: `__call__(x)`, positions 0..seq-1, returns out.
+    Decoding: `__call__(x, decode=(positions, kv, k_pos, index))`: positions int [batch, t];
+    kv = (k, v) this layer's cache [batch, S, heads, head_dim]; k_pos int [batch, S] the
+    positions of every slot after this call (-1 = empty); index: the slot the t new
+    entries are written at. Returns (out, (k, v) updated).
+    """
+
+    num_heads: int
+    head_dim: int
+    rope_base: float
+    out_init_std: float
+    dtype: Any
+    param_dtype: Any
+    attention: str = 'einsum'
+    attention_blocks: int = 0
+    num_kv_heads: int = 0  # grouped-query attention: k, v heads (0 = num_heads)
+    rope: bool = True  # False: positions come from a learned table (Model.positions)
+    qkv_bias: bool = False
+    out_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x, decode=None):
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kv_heads = self.num_kv_heads or self.num_heads
+        q, k, v = (  # q [batch, seq, heads, head_dim]; k, v [batch, seq, kv_heads, head_dim]
+            Linear((n, self.head_dim), ('embed', 'heads', 'kv'), name=name,
+                   use_bias=self.qkv_bias, **dtypes)(x)
+            for name, n in (('query', self.num_heads), ('key', kv_heads), ('value', kv_heads))
+        )
+        positions = jnp.arange(x.shape[1]) if decode is None else decode[0]
+        if self.rope:
+            q, k = (apply_rope(t, positions, self.rope_base) for t in (q, k))
+        q, k, v = (
+            nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
+        )
+        if decode is None and self.attention == 'einsum':
+            out, new_kv = causal_attention(q, k, v, self.attention_blocks or None), None
+        elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                               implementation=self.attention)
+            new_kv = None
+        else:
+            _, (k_cache, v_cache), k_pos, index = decode
+            write = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+                cache, new.astype(cache.dtype), index, 1
+            )
+            k_cache, v_cache = write(k_cache, k), write(v_cache, v)
+            out = cached_attention(q, k_cache, v_cache, positions, k_pos)
+            new_kv = (k_cache, v_cache)
+        out = Linear(
+            (x.shape[-1],),
+            ('heads', 'kv', 'embed'),
+            contract=2,
+            name='out',
+            init_std=self.out_init_std,
+            use_bias=self.out_bias,
+            **dtypes,
+        )(out)
+        return out if decode is None else (out, new_kv)
+
+
+class Mlp(nn.Module):
+    """[batch, seq, embed] -> [batch, seq, embed]. kind 'swiglu': down(silu(gate(x)) * up(x))
+    (Llama); 'gelu': down(gelu(up(x))) (GPT-2: tanh-approximated gelu; 'gelu_exact': erf)."""
+
+    mlp_dim: int
+    out_init_std: float
+    dtype: Any
+    param_dtype: Any
+    kind: str = 'swiglu'
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias)
+        up = Linear((self.mlp_dim,), ('embed', 'mlp'), name='up', **dtypes)(x)
+        if self.kind == 'swiglu':
+            h = nn.silu(Linear((self.mlp_dim,), ('embed', 'mlp'), name='gate', **dtypes)(x)) * up
+        else:
+            h = nn.gelu(up, approximate=self.kind == 'gelu')
+        h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
+        return Linear(
+            (x.shape[-1],), ('mlp', 'embed'), name='down', init_std=self.out_init_std, **dtypes
+        )(h)
