@@ -27,11 +27,44 @@ class ByteTokenizer:
         return 'ByteTokenizer(vocab_size=256, eos_id=0)'
 
 
+class FileTokenizer:
+    """A `tokenizer.json` (Hugging Face `tokenizers` format: BPE, WordPiece, Unigram) read
+    with the `tokenizers` library. encode(text) -> int32 [n] (with the file's post-processor,
+    e.g. a BOS, as transformers' tokenizer(text) adds it); decode(ids) -> str (special tokens
+    kept, as transformers' decode). `eos_id`: the model's end-of-sequence id, or None."""
+
+    def __init__(self, path: str, eos_id: int | None = None):
+        from tokenizers import Tokenizer
+
+        self.path = path
+        self._tok = Tokenizer.from_file(path)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.eos_id = eos_id
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text).ids, np.int32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)],
+                                skip_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return f'FileTokenizer({self.path!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})'
+
+
 def from_config(data_config):
-    """The tokenizer a data section names (`data.tokenizer`; absent = 'bytes')."""
+    """The tokenizer a data section names: `data.tokenizer` = 'bytes' (the default, also when
+    absent) or the path of a tokenizer.json (`data.eos_id`: its end-of-sequence id)."""
+    import os
+
     from jaxbig.config import ConfigError
 
     name = data_config.get('tokenizer', 'bytes')
     if name in ('bytes', 'byte'):
         return ByteTokenizer()
-    raise ConfigError(f"data.tokenizer={name!r}: expected 'bytes'")
+    if isinstance(name, str) and name.endswith('.json'):
+        if not os.path.isfile(name):
+            raise ConfigError(f'data.tokenizer={name!r}: no such file')
+        eos = data_config.get('eos_id', -1)
+        return FileTokenizer(name, None if eos is None or eos < 0 else int(eos))
+    raise ConfigError(f"data.tokenizer={name!r}: expected 'bytes' or a tokenizer.json path")

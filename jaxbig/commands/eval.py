@@ -4,7 +4,7 @@
 Uses the run's own resolved config (`config.json`) and the same `run.setup` as training, so
 nothing has to be repeated on the command line and the evaluators are the run's own;
 `--step N` picks a checkpoint of `<workdir>/checkpoints/`. Prints one line per metric and
-appends them to `<workdir>/eval_results.jsonl`.
+appends them to `<workdir>/eval_results.jsonl`. (The evaluators themselves: jaxbig/evals/.)
 """
 
 from __future__ import annotations
@@ -41,3 +41,9 @@ def evaluate(workdir: str, step: int | None = None) -> dict[str, float]:
         for k, v in sorted(results.items()):
             print(f'  {k:32s} {v:.6g}')
     return results
+
+
+def main(args) -> int:
+    """`jaxbig eval` with the arguments jaxbig/cli.py parsed (--workdir, --step)."""
+    evaluate(args.workdir, None if args.step < 0 else args.step)
+    return 0

@@ -1,0 +1,243 @@
+"""Hugging Face model directories in and out: `jaxbig import` and `jaxbig export`.
+
+    import_dir(hf_dir, workdir)   config.json + safetensors (+ tokenizer.json) -> an ordinary
+                                  jaxbig workdir: config.json of the matching jaxbig GPT in
+                                  the LM experiment's sections, a params checkpoint at step
+                                  0, the tokenizer; every command that reads a run back
+                                  (generate, eval, init_from, lora, quantize, distillation
+                                  teacher) works on it unchanged. Not resumable (no
+                                  optimizer state): train from it with init_from.
+    export_run(workdir, out)      a run's params (LoRA adapters merged) -> a directory that
+                                  transformers' from_pretrained loads (config.json,
+                                  model.safetensors, tokenizer.json when the run has one)
+
+Tensors are read one at a time and placed straight into their sharding (a scanned model's
+per-layer tensors are stacked into one array first); bfloat16 / float16 checkpoints keep
+their dtype unless `param_dtype` says otherwise. Every problem is one ConfigError line, and
+nothing is written to the workdir unless the whole import succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from jaxbig import config as config_lib
+from jaxbig import defaults
+from jaxbig.config import ConfigError
+from jaxbig.interop import decoders
+from jaxbig.interop.tensors import TensorReader, write_safetensors
+
+TOKENIZER_FILE = 'tokenizer.json'
+_DTYPES = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16'}
+
+
+def read_hf_config(directory: str) -> dict:
+    path = os.path.join(directory, 'config.json')
+    if not os.path.isfile(path):
+        raise ConfigError(f'{directory}: no config.json (not a Hugging Face model directory)')
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_config(model: dict, tokenizer: str = 'bytes', eos_id: int = -1
+               ) -> ml_collections.ConfigDict:
+    """The LM experiment's sections (experiments/lm.py) around an imported model."""
+    c = ml_collections.ConfigDict()
+    c.model = defaults.gpt({}, **model, attention='einsum', attention_blocks=0)
+    c.data = defaults.lm_data(seq_len=min(128, model.get('max_len') or 128))
+    c.data.tokenizer, c.data.eos_id = tokenizer, eos_id
+    c.loss = dict(name='autoregressive', z_loss=0.0)
+    c.optimizer = defaults.lm_optimizer()
+    c.parallel = defaults.parallel()
+    c.train = defaults.train(steps=600, batch_size=32)
+    c.evals = defaults.lm_evals()
+    c.lora = dict(targets=[], rank=8, alpha=16.0)
+    return config_lib.resolve_auto(c)
+
+
+def _layer_paths(path: str) -> tuple[str, int | None] | None:
+    """'layers/attn/query/kernel' -> ('attn/query/kernel', None) (scanned, all layers);
+    'layers_3/attn/...' -> ('attn/...', 3); a global path -> None."""
+    if path.startswith('layers/'):
+        return path[len('layers/'):], None
+    hit = re.match(r'layers_(\d+)/(.*)', path)
+    return (hit[2], int(hit[1])) if hit else None
+
+
+def _by_path(specs: dict) -> dict[str, tuple[str, int, object]]:
+    """{jaxbig path: (hf template, index among the template's outputs, to_jaxbig)}."""
+    out = {}
+    for template, (paths, to_jaxbig, _) in specs.items():
+        for j, path in enumerate(paths):
+            out[path] = (template, j, to_jaxbig)
+    return out
+
+
+def _expected_shapes(specs: dict, shapes: dict[str, tuple]) -> dict[str, tuple]:
+    """{hf template: the shape it must have}, from to_hf applied to zeros of jaxbig shapes."""
+    return {t: np.shape(to_hf(*(np.zeros(shapes[p], np.float32) for p in paths)))
+            for t, (paths, _, to_hf) in specs.items()}
+
+
+def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
+    """Imports the Hugging Face model in `directory` into a new jaxbig `workdir`."""
+    from jaxbig import models, parallel
+
+    if os.path.exists(os.path.join(workdir, 'config.json')):
+        raise ConfigError(f'--workdir {workdir}: already holds a run; import into a new one')
+    hf = read_hf_config(directory)
+    family = decoders.family_of(hf)
+    model_cfg = family.model_config(hf)
+    reader = TensorReader(directory)
+    first = reader.names()[0]
+    stored = _DTYPES.get(reader.dtype(first), 'float32')
+    dtype = param_dtype or stored
+    model_cfg.update(dtype=dtype, param_dtype=dtype)
+    tokenizer = os.path.join(directory, TOKENIZER_FILE)
+    eos = hf.get('eos_token_id')
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    config = run_config(model_cfg, 'bytes', -1 if eos is None else int(eos))
+    model = models.from_config(config)
+    mesh = parallel.make_mesh(config.parallel)
+    rules = parallel.rules_from_config(config.parallel)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                  np.zeros((1, 8), np.int32))['params'])
+        abstract = jax.tree.map(lambda x: getattr(x, 'value', x), boxed,
+                                is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        logical = parallel.fit_specs(nn.get_partition_spec(boxed), abstract, mesh, rules)
+        shardings = parallel.logical_to_shardings(logical, mesh, rules)
+    from jaxbig.finetune import flatten, unflatten
+
+    flat, flat_shardings = flatten(abstract), flatten(shardings)
+    specs = family.tensors(model)
+    by_path = _by_path(specs)
+    layer_shapes = {}
+    for path, leaf in flat.items():
+        where = _layer_paths(path)
+        shape = leaf.shape[1:] if where and where[1] is None else leaf.shape
+        layer_shapes[where[0] if where else path] = shape
+    expected = _expected_shapes(specs, layer_shapes)
+    missing, params = [], {}
+
+    def hf_tensor(template: str, i: int | None):
+        name = template.format(i=i)
+        if name not in reader:
+            missing.append(name)
+            return None
+        tensor = reader.get(name)
+        if tensor.shape != expected[template]:
+            raise ConfigError(f'{directory}: tensor {name} has shape {tuple(tensor.shape)}, '
+                              f'expected {tuple(expected[template])} for this config')
+        return tensor
+
+    def one(path: str, i: int | None):
+        template, j, to_jaxbig = by_path[path]
+        tensor = hf_tensor(template, i)
+        return None if tensor is None else to_jaxbig(tensor)[j]
+
+    for path, leaf in flat.items():
+        where = _layer_paths(path)
+        if where is None:
+            value = one(path, None)
+        elif where[1] is None:  # scanned: stack the layers on the leading axis
+            layers = [one(where[0], i) for i in range(model.num_layers)]
+            value = None if any(x is None for x in layers) else np.stack(layers)
+        else:
+            value = one(where[0], where[1])
+        if value is not None:
+            params[path] = jax.device_put(np.asarray(value).astype(leaf.dtype),
+                                          flat_shardings[path])
+    if missing:
+        raise ConfigError(f'{directory}: tensors missing for {family.name}: '
+                          f'{", ".join(sorted(set(missing))[:6])}')
+    left = [n for n in reader.unread() if not n.endswith(family.ignored)]
+    if model.tie_embeddings and 'lm_head.weight' in left:  # a tied head stored anyway
+        left.remove('lm_head.weight')
+    if left:
+        raise ConfigError(f'{directory}: tensors left over after mapping to {family.name}: '
+                          f'{", ".join(left[:6])}{" ..." if len(left) > 6 else ""}')
+    _write_workdir(workdir, config, unflatten(params), tokenizer)
+    return dict(family=family.name, dtype=dtype, num_params=sum(
+        int(np.prod(x.shape)) for x in flat.values()))
+
+
+def _write_workdir(workdir: str, config, params, tokenizer: str):
+    """Writes config.json, tokenizer.json and checkpoint 0 into a temporary directory beside
+    `workdir`, then moves them in: a failed import leaves nothing behind."""
+    from jaxbig import checkpoint
+
+    parent = os.path.dirname(os.path.abspath(workdir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.jaxbig-import-', dir=parent)
+    try:
+        if os.path.isfile(tokenizer):
+            shutil.copy(tokenizer, os.path.join(tmp, TOKENIZER_FILE))
+            config.data.tokenizer = os.path.join(os.path.abspath(workdir), TOKENIZER_FILE)
+        with open(os.path.join(tmp, 'config.json'), 'w') as f:
+            f.write(config_lib.to_json(config))
+        saver = checkpoint.Checkpointer(tmp, keep=1, async_save=False)
+        saver.save(0, {'params': params, 'step': np.int32(0)}, force=True)
+        saver.wait()
+        saver.close()
+        if os.path.isdir(workdir):
+            if os.listdir(workdir):
+                raise ConfigError(f'--workdir {workdir}: exists and is not empty')
+            os.rmdir(workdir)
+        os.replace(tmp, workdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_run(workdir: str, out: str, step: int | None = None, *, as_family: str = '') -> dict:
+    """Writes the run's params as a Hugging Face model directory `out`."""
+    from jaxbig import lora
+    from jaxbig import run as run_lib
+    from jaxbig.finetune import flatten
+
+    run = run_lib.load_run(workdir, step)
+    model = lora.unwrap(run.model)
+    if type(model).__module__ != 'jaxbig.models.gpt':
+        raise ConfigError(f'{workdir}: model.name={run.config.model.name!r}; export knows '
+                          "jaxbig's GPT (model.name='gpt')")
+    family = decoders.family_for(model, as_family)
+    params = run.params
+    if lora.KEY in params:
+        cfg = run.config.lora
+        params = jax.device_get(lora.merge(jax.tree.map(np.asarray, params),
+                                           cfg.alpha / cfg.rank))
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    scanned = any(k.startswith('layers/') for k in flat)
+
+    def layer(path, i):
+        return flat[f'layers/{path}'][i] if scanned else flat[f'layers_{i}/{path}']
+
+    tensors = {}
+    for template, (paths, _, to_hf) in family.tensors(model).items():
+        if '{i}' in template:
+            for i in range(model.num_layers):
+                tensors[template.format(i=i)] = to_hf(*(layer(p, i) for p in paths))
+        else:
+            tensors[template] = to_hf(*(flat[p] for p in paths))
+    dtype = str(next(iter(tensors.values())).dtype)
+    hf = dict(family.hf_config(model), dtype=dtype, torch_dtype=dtype)
+    tokenizer = run.config.data.get('tokenizer', 'bytes')
+    if os.path.exists(out) and os.listdir(out):
+        raise ConfigError(f'--out {out}: exists and is not empty')
+    os.makedirs(out, exist_ok=True)
+    write_safetensors(os.path.join(out, 'model.safetensors'), tensors)
+    with open(os.path.join(out, 'config.json'), 'w') as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+    if os.path.isfile(tokenizer):
+        shutil.copy(tokenizer, os.path.join(out, TOKENIZER_FILE))
+    return dict(family=family.name, step=run.step, tensors=len(tensors), dtype=dtype)

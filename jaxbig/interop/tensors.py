@@ -1,0 +1,83 @@
+"""Safetensors files as `transformers` writes them: one `model.safetensors`, or shards
+`model-0000k-of-0000n.safetensors` named by `model.safetensors.index.json`'s weight_map.
+
+`TensorReader` opens them through the `safetensors` package (its flax API: bfloat16 and
+float16 arrive with their dtype, which numpy's API cannot represent), hands out one tensor
+at a time as a host numpy array (bfloat16 via ml_dtypes), and remembers which names were
+read so that the caller can list what a name map left over. `write_safetensors` writes a
+dict of numpy arrays as one file (with the 'format': 'pt' metadata transformers expects).
+No torch is needed for either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from jaxbig.config import ConfigError
+
+SINGLE = 'model.safetensors'
+INDEX = 'model.safetensors.index.json'
+
+
+class TensorReader:
+    """Name -> tensor over a model directory's safetensors files, read lazily."""
+
+    def __init__(self, directory: str):
+        from safetensors import safe_open
+
+        single, index = os.path.join(directory, SINGLE), os.path.join(directory, INDEX)
+        if os.path.isfile(index):
+            with open(index) as f:
+                weight_map = json.load(f)['weight_map']
+            files = sorted(set(weight_map.values()))
+        elif os.path.isfile(single):
+            files, weight_map = [SINGLE], None
+        else:
+            raise ConfigError(f'{directory}: no {SINGLE} or {INDEX} (no weights to import)')
+        self._files = {}
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.isfile(path):
+                raise ConfigError(f'{directory}: {INDEX} names {name}, which is missing')
+            self._files[name] = safe_open(path, framework='flax')
+        self._where = {}
+        for name, handle in self._files.items():
+            for key in handle.keys():
+                self._where[key] = name
+        if weight_map is not None:
+            missing = sorted(set(weight_map) - set(self._where))
+            if missing:
+                raise ConfigError(f'{directory}: tensors listed in {INDEX} but absent: '
+                                  f'{", ".join(missing[:5])}')
+        self.read: set[str] = set()
+
+    def names(self) -> list[str]:
+        return sorted(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype as safetensors names it ('F32', 'BF16', 'F16', ...)."""
+        return self._files[self._where[name]].get_slice(name).get_dtype()
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor `name` as a host numpy array in its stored dtype."""
+        if name not in self._where:
+            raise KeyError(name)
+        self.read.add(name)
+        return np.asarray(self._files[self._where[name]].get_tensor(name))
+
+    def unread(self) -> list[str]:
+        return sorted(set(self._where) - self.read)
+
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray]):
+    """Writes `tensors` (name -> numpy array, any float dtype incl. bfloat16) to `path`."""
+    import jax.numpy as jnp
+    from safetensors.flax import save_file
+
+    save_file({k: jnp.asarray(v) for k, v in tensors.items()}, path, metadata={'format': 'pt'})
