@@ -45,7 +45,7 @@ def main():
 
 
 if __name__ == '__main__':
-    from jaxbig import xla_defaults
+    from jaxbig.runtime import xla_defaults
 
-    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/xla_defaults.py)
+    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/runtime/)
     main()

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbig import xla_defaults  # importing jaxbig sets its XLA defaults, as in a jaxbig run
+from jaxbig.runtime import xla_defaults  # importing jaxbig sets its XLA defaults
 from jaxbig.models import gpt, layers
 from matmul_layout import best_ms
 from train_step import torch_in_child
@@ -155,5 +155,5 @@ def main():
 
 
 if __name__ == '__main__':
-    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/xla_defaults.py)
+    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/runtime/)
     main()

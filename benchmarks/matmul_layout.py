@@ -13,7 +13,7 @@ weights and return the same values and gradients (checked):
   matmul_2d       jaxbig's `layers.Linear`: reshape to [batch * seq, embed], one 2-D matmul,
                   reshape back. The weight gradient contracts one dim; no copy.
 
-jaxbig is imported first, so its XLA defaults (jaxbig/xla_defaults.py) apply, as in a
+jaxbig is imported first, so its XLA defaults (jaxbig/runtime/xla_defaults.py) apply, as in a
 jaxbig run. Prints the best-of-`--repeats` milliseconds of each and the speed ratio. Nothing here is a
 test.
 """
@@ -96,7 +96,7 @@ def main():
 
 
 if __name__ == '__main__':
-    from jaxbig import xla_defaults
+    from jaxbig.runtime import xla_defaults
 
-    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/xla_defaults.py)
+    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/runtime/)
     main()

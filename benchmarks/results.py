@@ -24,9 +24,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = {'tiny': dict(batch=32, seq=128), 'gpt2_small': dict(batch=4, seq=512)}
 sys.path.insert(0, os.path.dirname(HERE))
-from jaxbig import xla_defaults  # noqa: E402
+from jaxbig.runtime import xla_defaults  # noqa: E402
 
-# the allocator setting every jaxbig process here runs with (jaxbig/xla_defaults.py)
+# the allocator setting every jaxbig process here runs with (jaxbig/runtime/xla_defaults.py)
 TUNABLES = xla_defaults.malloc_tunables(os.environ) or os.environ.get('GLIBC_TUNABLES', '')
 # jaxbig's XLA flag off (JAXBIG_XLA_DEFAULTS=0 turns all its defaults off), its allocator
 # setting kept by naming it explicitly
@@ -207,7 +207,7 @@ def main():
              f'{datetime.date.today()}: {platform.machine()}, {os.cpu_count()} cores, '
              f'Python {platform.python_version()}, jax {jax.__version__}, float32, one CPU '
              'device unless stated. Every process runs with jaxbig\'s defaults '
-             f'(jaxbig/xla_defaults.py): GLIBC_TUNABLES={TUNABLES or "unset"}, '
+             f'(jaxbig/runtime/xla_defaults.py): GLIBC_TUNABLES={TUNABLES or "unset"}, '
              'YNNPACK fusions off; PyTorch is timed in its own process with the same '
              'environment. Ratios compare numbers measured in the same invocation; '
              'absolute figures move with the load on the machine.', '',

@@ -13,8 +13,8 @@ so input time is excluded. `--torch` adds benchmarks/torch_gpt.py, the identical
 in eager mode and under `torch.compile` (needs `pip install -e '.[bench]'`), timed in a
 child process of its own with the same environment, so neither framework shares a process
 with the other's threads. Like `jaxbig train`, the script first restarts itself with
-jaxbig's allocator setting (GLIBC_TUNABLES, see jaxbig/xla_defaults.py; the child inherits
-it); JAXBIG_XLA_DEFAULTS=0 measures both without jaxbig's defaults.
+jaxbig's allocator setting (GLIBC_TUNABLES, see jaxbig/runtime/xla_defaults.py; the child
+inherits it); JAXBIG_XLA_DEFAULTS=0 measures both without jaxbig's defaults.
 
 Model FLOPs follow MaxText (`gpt.flops_per_token`). The peak is a float32 2048^2 matmul
 timed in the same process, so MFU and the jaxbig/PyTorch ratios are comparable across
@@ -35,9 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbig import config as config_lib
-from jaxbig import losses, models, optim, xla_defaults
+from jaxbig import losses, models, optim
 from jaxbig import step as step_lib
 from jaxbig.models import gpt
+from jaxbig.runtime import xla_defaults
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'experiments')
@@ -261,5 +262,5 @@ def compare_main(args, overrides):
 
 
 if __name__ == '__main__':
-    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/xla_defaults.py)
+    xla_defaults.restart_with_malloc_defaults()  # as `jaxbig train` runs (jaxbig/runtime/)
     main()

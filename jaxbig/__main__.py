@@ -1,7 +1,7 @@
 """`python -m jaxbig ...` and the `jaxbig` console script (see jaxbig/cli.py)."""
 import sys
 
-from jaxbig import xla_defaults
+from jaxbig.runtime import xla_defaults
 
 
 def entry():

@@ -1,8 +1,11 @@
 """Command line: `jaxbig train --config experiments/lm.py[:arg] --workdir DIR [--config.a.b=v]`.
 
-Config problems exit with status 2 and one line naming the key; `--debug` (before or after the
-subcommand) shows tracebacks. `jaxbig quantize ARGS` and `jaxbig lora merge ARGS` hand ARGS
-verbatim to `python -m jaxbig.quantize` / `python -m jaxbig.lora merge` (same help, same exits).
+The one parser of every `jaxbig <command>` (train, eval, generate, sweep, quantize, lora
+merge); each handler imports its command module (jaxbig/commands/, jaxbig/sweep/cli.py) only
+when that command runs. Config problems exit with status 2 and one line naming the key;
+`--debug` (before or after the subcommand) shows tracebacks. `jaxbig quantize ARGS` and
+`jaxbig lora merge ARGS` hand ARGS verbatim to the commands' own parsers (the same ones
+`python -m jaxbig.quantize` / `python -m jaxbig.lora merge` use: same help, same exits).
 No option may be abbreviated (`--work` is not `--workdir`); `--config.a.b=v` overrides reach
 `train`/`sweep` as unparsed extras.
 """
@@ -33,17 +36,17 @@ def _train(args, extra):
 def _eval(args, extra):
     if extra:
         raise config_lib.ConfigError(f'jaxbig eval takes no overrides, got {extra}')
-    from jaxbig import evaluate
+    from jaxbig.commands import eval as eval_command
 
-    evaluate.evaluate(args.workdir, None if args.step < 0 else args.step)
+    return eval_command.main(args)
 
 
 def _generate(args, extra):
-    from jaxbig import generate
-
     if extra:
         raise config_lib.ConfigError(f'generate: unrecognised arguments {" ".join(extra)}')
-    generate.main(args)
+    from jaxbig.commands import generate
+
+    return generate.main(args)
 
 
 TRAIN_EPILOG = """\
@@ -83,20 +86,16 @@ class _HelpFormatter(
 
 def _run_quantize(args, extra):
     """`jaxbig quantize ARGS` = `python -m jaxbig.quantize ARGS`."""
-    from jaxbig import quantize
+    from jaxbig.commands import quantize
 
-    old, sys.argv[0] = sys.argv[0], 'jaxbig quantize'  # its parser's prog (usage, errors)
-    try:
-        quantize.main(extra)
-    finally:
-        sys.argv[0] = old
+    return quantize.main(extra, prog='jaxbig quantize')
 
 
 def _run_lora(args, extra):
     """`jaxbig lora merge ARGS` = `python -m jaxbig.lora merge ARGS`."""
-    from jaxbig import lora
+    from jaxbig.commands import lora
 
-    lora.main(extra)
+    return lora.main(extra, prog='jaxbig lora')
 
 
 def _add_passthrough(sub, name: str, run, help: str):
@@ -180,24 +179,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    return guarded(lambda: args.run(args, extra), debug=args.debug)
+
+
+def guarded(command, debug: bool = False) -> int:
+    """Runs `command()` with the CLI's logging and error policy; returns the exit status:
+    command()'s own (None = 0); 2 after a config, value or OS error, 3 after a diverged
+    training, each printed as one line `jaxbig: error: ...` (re-raised with `debug`).
+    Also what `python -m jaxbig.quantize` / `python -m jaxbig.lora` run their command with."""
     logging.basicConfig(
         level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S'
     )
     for noisy in ('absl', 'jax._src', 'orbax', 'tensorflow_datasets'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        args.run(args, extra)
+        code = command()
     except (config_lib.ConfigError, ValueError, OSError) as e:
-        if args.debug:
+        if debug:
             raise
         print(f'jaxbig: error: {e}', file=sys.stderr)
         return 2
     except TrainingDiverged as e:
-        if args.debug:
+        if debug:
             raise
         print(f'jaxbig: error: {e}', file=sys.stderr)
         return 3
-    return 0
+    return int(code or 0)
 
 
 if __name__ == '__main__':

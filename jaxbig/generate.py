@@ -18,6 +18,8 @@ Stop: generation of a row ends after its first `stop` token sequence (or eos_id)
 loop exits early once every row is done. `generate` returns the tokens including the stop
 sequence; the texts `jaxbig generate` prints, streamed or not, exclude it (the streamer
 holds back tokens that may begin the stop sequence until they turn out not to).
+
+The command `jaxbig generate` is jaxbig/commands/generate.py.
 """
 
 from __future__ import annotations
@@ -242,48 +244,3 @@ class Streamer:
             self.out.flush()
             self.printed = text
 
-
-def main(args) -> int:
-    """`jaxbig generate` (see jaxbig.cli)."""
-    from jaxbig import run as run_lib
-
-    run = run_lib.load_run(args.workdir, args.step)
-    model, params, step, tok = run.model, run.params, run.step, run.tokenizer
-    if args.quantize == 'int8':
-        from jaxbig import quantize
-
-        before, params = quantize.kernel_bytes(params), quantize.quantize_params(params)
-        after = quantize.kernel_bytes(params)
-        print(f'int8 (step {step}): kernel bytes {before:,} float32 -> {after:,} int8+scales '
-              f'({before / after:.2f}x smaller); the validation loss change: '
-              f'python -m jaxbig.quantize --workdir {args.workdir}', file=sys.stderr)
-    elif args.quantize not in (None, 'none'):
-        raise ValueError(f'--quantize {args.quantize!r}: expected int8')
-    texts = list(args.prompt or [])
-    if args.prompt_file:
-        with open(args.prompt_file) as f:
-            texts.append(f.read())
-    if not texts:
-        raise ValueError('give --prompt TEXT (repeatable) or --prompt-file FILE')
-    stop_text = (args.stop or '').replace('\\n', '\n').replace('\\t', '\t')
-    stop = tok.encode(stop_text) if stop_text else None
-    single = len(texts) == 1
-    stream = Streamer(tok, stop=stop) if single else None
-    if single:
-        sys.stdout.write(texts[0])
-        sys.stdout.flush()
-    out, lengths = generate(
-        model, params, [tok.encode(t) for t in texts], max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        stop=stop, eos_id=tok.eos_id, on_tokens=stream,
-    )
-    if single:
-        stream.finish()
-        sys.stdout.write('\n')
-    else:
-        for text, row, n in zip(texts, out, lengths):
-            ids = row[:n]
-            if stop is not None and n >= len(stop) and (ids[-len(stop):] == stop).all():
-                ids = ids[:-len(stop)]
-            print(f'--- prompt: {text!r}\n{text}{tok.decode(ids)}')
-    return 0

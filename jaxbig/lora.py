@@ -19,7 +19,7 @@ W + (alpha / rank) A B (`merge`). Only the adapters should train: freeze the res
 merges them, so the loop, evaluators and generation run it unchanged. To write plain
 weights that the model without adapters loads (eval, generate, init_from):
 
-    python -m jaxbig.lora merge --workdir RUN --out DIR [--step N]
+    jaxbig lora merge --workdir RUN --out DIR [--step N]    (jaxbig/commands/lora.py)
 """
 
 from __future__ import annotations
@@ -223,58 +223,10 @@ def _contracted_dims(module) -> int | None:
     return None
 
 
-def merge_run(workdir: str, out: str, step: int | None = None, *, best: bool = False) -> int:
-    """Writes `out`: the run's config without `lora` and a checkpoint whose params are the
-    merged plain weights (loadable by `jaxbig eval`, generation, `init_from`; not resumable:
-    no optimizer state). Returns the merged step."""
-    import json
-    import os
-
-    from jaxbig import checkpoint
-    from jaxbig import run as run_lib
-
-    config = run_lib.read_config(workdir).to_dict()
-    cfg = config.pop(KEY, None) or {}
-    if not cfg.get('targets'):
-        raise ConfigError(f'{workdir}: its config has no lora.targets (nothing to merge)')
-    run = run_lib.load_run(workdir, step, best=best)
-    params, step, source = run.params, run.step, os.path.dirname(run.checkpoint_dir)
-    if KEY not in params:
-        raise ConfigError(f'{source}: the checkpoint has no {KEY!r} parameters')
-    merged = jax.device_get(merge(jax.tree.map(jnp.asarray, params), cfg['alpha'] / cfg['rank']))
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=2)
-    saver = checkpoint.Checkpointer(out, keep=1, async_save=False)
-    saver.save(step, {'params': merged, 'step': np.int32(step)}, force=True)
-    saver.wait()
-    saver.close()
-    n_lora = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params[KEY]))
-    print(
-        f'{source} step {step}: merged {n_lora:,} adapter parameters into '
-        f'{len(jax.tree.leaves(params[KEY])) // 2} kernels; plain weights in {out}'
-    )
-    return step
-
-
-def main(argv=None):
-    import argparse
+if __name__ == '__main__':  # `python -m jaxbig.lora merge ARGS`: jaxbig/commands/lora.py
     import sys
 
-    parser = argparse.ArgumentParser(prog='python -m jaxbig.lora', description='LoRA tools')
-    sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('merge', help='write plain weights: W + (alpha/rank) A B')
-    p.add_argument('--workdir', required=True, help='a run trained with config.lora')
-    p.add_argument('--out', required=True, help='new workdir for the merged weights')
-    p.add_argument('--step', type=int, default=-1, help='checkpoint step (default: latest)')
-    p.add_argument('--best', action='store_true', help='merge <workdir>/best/ instead')
-    args = parser.parse_args(argv)
-    try:
-        merge_run(args.workdir, args.out, None if args.step < 0 else args.step, best=args.best)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        raise SystemExit(2) from None
+    from jaxbig import cli
+    from jaxbig.commands import lora as command
 
-
-if __name__ == '__main__':
-    main()
+    sys.exit(cli.guarded(command.main))

@@ -13,12 +13,11 @@ the first `contract` axes after a leading stacked-layers axis (present when the 
 'layers' key, the GPT's nn.scan), with contract = 2 for the GPT's attention output
 projection 'out' ([heads, head_dim] -> embed) and 1 for every other kernel.
 
-    python -m jaxbig.quantize --workdir runs/lm     # report: kernel bytes and val loss
+    jaxbig quantize --workdir runs/lm     # report: kernel bytes and val loss
+                                          # (the command: jaxbig/commands/quantize.py)
 """
 
 from __future__ import annotations
-
-import argparse
 
 import flax
 import flax.linen as nn
@@ -136,19 +135,10 @@ def report(workdir: str, step: int | None = None, num_batches: int = 0) -> dict:
     return out
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='int8 weight-only quantization report')
-    parser.add_argument('--workdir', required=True)
-    parser.add_argument('--step', type=int, default=None)
-    parser.add_argument('--num-batches', type=int, default=0, help='0 = evals.val.num_batches')
-    args = parser.parse_args(argv)
-    r = report(args.workdir, args.step, args.num_batches)
-    print(f"{args.workdir} step {r['step']}: kernel bytes {r['kernel_bytes_float']:,} float32 -> "
-          f"{r['kernel_bytes_int8']:,} int8+scales ({r['kernel_bytes_ratio']:.2f}x smaller)")
-    print(f"validation loss {r['val_loss_float']:.4f} -> {r['val_loss_int8']:.4f} "
-          f"({100 * r['val_loss_change']:+.3f}%)")
-    return r
+if __name__ == '__main__':  # `python -m jaxbig.quantize ARGS`: jaxbig/commands/quantize.py
+    import sys
 
+    from jaxbig import cli
+    from jaxbig.commands import quantize as command
 
-if __name__ == '__main__':
-    main()
+    sys.exit(cli.guarded(command.main))

@@ -1,5 +1,5 @@
 """The `jaxbig` command line at the parser level: --debug, abbreviations, --version, help text,
-and the quantize / lora pass-through subcommands. Nothing here trains."""
+and the quantize / lora pass-through subcommands (jaxbig/commands/). Nothing here trains."""
 import argparse
 import os
 
@@ -168,7 +168,7 @@ def test_top_level_help_lists_every_subcommand(capsys):
 # ---------------------------------------------------------------- quantize / lora
 
 
-def test_quantize_help_is_the_modules_own(capsys):
+def test_quantize_help_is_the_commands_own(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(['quantize', '--help'])
     assert e.value.code == 0
@@ -178,14 +178,30 @@ def test_quantize_help_is_the_modules_own(capsys):
 
 
 def test_quantize_passes_arguments_verbatim(monkeypatch):
-    from jaxbig import quantize
+    from jaxbig.commands import quantize
 
     seen = []
-    monkeypatch.setattr(quantize, 'main', lambda argv: seen.append(list(argv)) or {})
+    monkeypatch.setattr(quantize, 'main', lambda argv, prog: seen.append((list(argv), prog)) or 0)
     argv = ['--workdir', 'w', '--step', '3', '--num-batches=2', '--', '--x']
     assert cli.main(['quantize', *argv]) == 0
     assert cli.main(['--debug', 'quantize', '--workdir', 'w']) == 0
-    assert seen == [argv, ['--workdir', 'w']]
+    assert seen == [(argv, 'jaxbig quantize'), (['--workdir', 'w'], 'jaxbig quantize')]
+
+
+def test_quantize_returns_0_and_a_missing_run_is_one_line(monkeypatch, tmp_path, capsys):
+    from jaxbig import quantize as quantize_lib
+    from jaxbig.commands import quantize
+
+    r = dict(step=3, kernel_bytes_float=400, kernel_bytes_int8=100, kernel_bytes_ratio=4.0,
+             val_loss_float=2.0, val_loss_int8=2.01, val_loss_change=0.005)
+    monkeypatch.setattr(quantize_lib, 'report', lambda *a: r)
+    assert quantize.main(['--workdir', 'w']) == 0
+    assert 'w step 3: kernel bytes 400 float32 -> 100 int8+scales (4.00x smaller)' in (
+        capsys.readouterr().out)
+    monkeypatch.undo()
+    assert cli.main(['quantize', '--workdir', str(tmp_path / 'nope')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('jaxbig: error:') and 'no config.json' in err and '\n' not in err
 
 
 def test_quantize_missing_workdir_is_a_usage_error(capsys):
@@ -197,42 +213,67 @@ def test_quantize_missing_workdir_is_a_usage_error(capsys):
 
 
 def test_lora_passes_arguments_verbatim(monkeypatch):
-    from jaxbig import lora
+    from jaxbig.commands import lora
 
     seen = []
-    monkeypatch.setattr(lora, 'main', lambda argv: seen.append(list(argv)))
+    monkeypatch.setattr(lora, 'main', lambda argv, prog: seen.append((list(argv), prog)))
     argv = ['merge', '--workdir', 'w', '--out', 'o', '--step', '5', '--best']
     assert cli.main(['lora', *argv]) == 0
-    assert seen == [argv]
+    assert seen == [(argv, 'jaxbig lora')]
 
 
 def test_lora_merge_missing_workdir_exits_2_with_one_line(tmp_path, capsys):
     out = str(tmp_path / 'merged')
-    try:
-        code = cli.main(['lora', 'merge', '--workdir', str(tmp_path / 'nope'), '--out', out])
-    except SystemExit as e:
-        code = e.code
-    assert code == 2
+    assert cli.main(['lora', 'merge', '--workdir', str(tmp_path / 'nope'), '--out', out]) == 2
     err = capsys.readouterr().err.strip()
-    assert 'no config.json' in err and '\n' not in err
+    assert err.startswith('jaxbig: error:') and 'no config.json' in err and '\n' not in err
     assert not os.path.exists(out)
 
 
-def test_lora_merge_help_is_the_modules_own(capsys):
+def test_lora_merge_help_is_the_commands_own(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(['lora', 'merge', '--help'])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert 'merge' in out and '--out' in out and '--best' in out
+    assert out.startswith('usage: jaxbig lora merge')
+    assert '--workdir' in out and '--out' in out and '--best' in out and '--step' in out
 
 
-def test_module_forms_still_work(capsys):
-    """`python -m jaxbig.quantize` / `python -m jaxbig.lora merge` parse as before."""
-    from jaxbig import lora, quantize
+def test_module_forms_still_work(tmp_path):
+    """`python -m jaxbig.quantize` / `python -m jaxbig.lora merge`: the same commands, their
+    own usage line, and the same one-line errors with status 2."""
+    import subprocess
+    import sys
 
-    with pytest.raises(SystemExit) as e:
-        quantize.main(['--help'])
-    assert e.value.code == 0 and '--num-batches' in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:
-        lora.main(['merge', '--help'])
-    assert e.value.code == 0 and '--out' in capsys.readouterr().out
+    def module(*args):
+        return subprocess.run([sys.executable, '-m', *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+    proc = module('jaxbig.quantize', '--help')
+    assert proc.returncode == 0 and proc.stdout.startswith('usage: python -m jaxbig.quantize')
+    assert '--num-batches' in proc.stdout
+    proc = module('jaxbig.lora', 'merge', '--help')
+    assert proc.returncode == 0 and proc.stdout.startswith('usage: python -m jaxbig.lora merge')
+    assert '--out' in proc.stdout
+    nope = str(tmp_path / 'nope')
+    for args in (['jaxbig.quantize', '--workdir', nope],
+                 ['jaxbig.lora', 'merge', '--workdir', nope, '--out', str(tmp_path / 'o')]):
+        proc = module(*args)
+        err = proc.stderr.strip()
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert err.startswith('jaxbig: error:') and 'no config.json' in err, err
+        assert '\n' not in err, err
+
+
+def test_library_modules_do_not_parse_arguments():
+    """The commands parse; the library modules they call do not import argparse."""
+    import ast
+
+    for name in ('generate', 'quantize', 'lora', 'run', 'train'):
+        path = os.path.join(REPO, 'jaxbig', f'{name}.py')
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for a in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert 'argparse' not in imported, name

@@ -15,6 +15,7 @@ from conftest import TINY_LM, run_cli
 from jaxbig import checkpoint, cli, quantize
 from jaxbig import generate as gen
 from jaxbig import run as run_lib
+from jaxbig.commands import generate as generate_command
 from jaxbig.data.tokenizers import ByteTokenizer
 from jaxbig.models import gpt, layers, lstm
 
@@ -219,7 +220,7 @@ def _main(workdir, capsys, *args):
     """`jaxbig generate` in this process (its compiled loop is cached across calls)."""
     capsys.readouterr()
     parsed = cli.build_parser().parse_args(['generate', '--workdir', workdir, *args])
-    gen.main(parsed)
+    assert generate_command.main(parsed) == 0
     return capsys.readouterr()
 
 

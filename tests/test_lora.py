@@ -14,6 +14,7 @@ from conftest import metric_series, run_cli
 from jaxbig import checkpoint, data, finetune, lora, losses, models, optim
 from jaxbig import config as config_lib
 from jaxbig import step as step_lib
+from jaxbig.commands import lora as lora_command
 from jaxbig.config import ConfigError
 from jaxbig.losses import classification as cls_loss
 from jaxbig.models import layers
@@ -133,7 +134,8 @@ def test_merged_checkpoint_equals_base_plus_adapters(tmp_path):
     config = {'model': {'name': 'classifier', 'backbone': dict(TINY_GPT, scan_layers=False),
                         'num_classes': 3}, 'lora': cfg.to_dict()}
     (run / 'config.json').write_text(json.dumps(config))
-    lora.main(['merge', '--workdir', str(run), '--out', str(tmp_path / 'merged')])
+    argv = ['merge', '--workdir', str(run), '--out', str(tmp_path / 'merged')]
+    assert lora_command.main(argv) == 0  # `jaxbig lora merge` / `python -m jaxbig.lora merge`
     merged, step = checkpoint.restore_params(str(tmp_path / 'merged'))
     assert step == 7 and 'lora' not in merged
     assert 'lora' not in json.loads((tmp_path / 'merged' / 'config.json').read_text())
@@ -149,8 +151,8 @@ def test_merged_checkpoint_equals_base_plus_adapters(tmp_path):
     assert np.abs(reference - base_out).max() > 1e-2  # the adapters do act
     np.testing.assert_allclose(merged_out, reference, atol=1e-5)
     np.testing.assert_allclose(wrapped_out, reference, atol=1e-5)
-    with pytest.raises(SystemExit):  # a run without adapters: nothing to merge
-        lora.main(['merge', '--workdir', str(tmp_path / 'merged'), '--out', str(tmp_path / 'x')])
+    with pytest.raises(ConfigError, match='no lora.targets'):  # no adapters: nothing to merge
+        lora_command.merge_run(str(tmp_path / 'merged'), str(tmp_path / 'x'))
 
 
 def test_config_errors_name_the_pattern():
@@ -217,7 +219,7 @@ def test_lora_mode_through_the_cli_then_merge_and_eval(tfds_dir, tmp_path):
     for path, value in finetune.flatten(base).items():
         assert np.array_equal(np.asarray(value), np.asarray(flat['encoder/' + path])), path
     assert any(np.any(np.asarray(v)) for p, v in flat.items() if p.endswith('kernel/b'))
-    lora.main(['merge', '--workdir', str(ft), '--out', str(tmp_path / 'merged')])
+    lora_command.merge_run(str(ft), str(tmp_path / 'merged'))
     run_cli('eval', '--workdir', str(tmp_path / 'merged'))  # the plain classifier
     with open(tmp_path / 'merged' / 'eval_results.jsonl') as f:
         merged = json.loads(f.readlines()[-1])

@@ -304,3 +304,30 @@ def test_launcher_dry_runs(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all(ln.startswith('python -m jaxbig train ') for ln in lines)
     assert not os.path.exists(workdir)  # a dry run writes nothing
+
+
+@pytest.mark.parametrize('launcher', ['slurm', 'tpu'])
+@pytest.mark.parametrize('dry_run', [True, False])
+def test_missing_launch_scripts_are_one_line(launcher, dry_run, tmp_path, monkeypatch, capsys):
+    """An installed (non-editable) jaxbig has no launch/ beside it: the launchers that need its
+    scripts say what is missing and where to get it, before anything is written."""
+    from jaxbig.sweep import launchers
+
+    missing = str(tmp_path / 'site-packages' / 'launch')
+    monkeypatch.setattr(launchers, 'LAUNCH_DIR', missing)
+    sweep_file = tmp_path / 'lr_width.py'
+    sweep_file.write_text(SWEEP_4)
+    workdir = str(tmp_path / 'sweep')
+    argv = ['--config', f'{LM}:size=tiny', '--sweep', str(sweep_file), '--workdir', workdir,
+            '--launcher', launcher, *(['--dry-run'] if dry_run else [])]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    script = launchers.SCRIPTS[launcher]
+    assert err.startswith('jaxbig: error:') and '\n' not in err, err
+    assert f'launch/{script}' in err and missing in err and 'source checkout' in err, err
+    assert 'not packaged' in err, err
+    assert not os.path.exists(workdir)
+    with pytest.raises(config_lib.ConfigError, match='source checkout'):
+        launchers.train_command({'args': [], 'name': 'r'}, workdir, launcher)
+    assert launchers.train_command({'args': [], 'name': 'r'}, workdir, 'local')[1:4] == [
+        '-m', 'jaxbig', 'train']

@@ -1,12 +1,14 @@
 """jaxbig's default XLA flags: added when missing, never over a user's own, switchable off,
-and really reaching the compiler (a fresh process per case: XLA reads flags at start-up)."""
+and really reaching the compiler (a fresh process per case: XLA reads flags at start-up);
+the allocator restart, also through the entry point and the old path jaxbig.xla_defaults."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from jaxbig import xla_defaults
+import jaxbig
+from jaxbig.runtime import xla_defaults
 
 YNN = '--xla_cpu_experimental_ynn_fusion_type='
 
@@ -98,7 +100,7 @@ def test_restart_execs_the_same_command_once_and_recovers_from_failure(monkeypat
 def test_entry_point_restarts_with_the_tunable_in_a_real_process():
     env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
     expected = xla_defaults.malloc_tunables(env)
-    code = ('import os, sys; from jaxbig import xla_defaults; print("start", flush=True); '
+    code = ('import os, sys; from jaxbig.runtime import xla_defaults; print("start", flush=True); '
             'xla_defaults.restart_with_malloc_defaults(); '
             'print(os.environ.get("GLIBC_TUNABLES"))')
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
@@ -107,3 +109,34 @@ def test_entry_point_restarts_with_the_tunable_in_a_real_process():
         assert out == ['start', 'None']
     else:  # started twice (once restarted), then ran on with the tunable set
         assert out == ['start', 'start', expected]
+
+
+def test_old_path_is_the_same_module():
+    """README used to tell users to call jaxbig.xla_defaults.restart_with_malloc_defaults()."""
+    import jaxbig.xla_defaults as old
+    from jaxbig import xla_defaults as old_too
+
+    assert old is xla_defaults and old_too is xla_defaults
+    assert old.restart_with_malloc_defaults is xla_defaults.restart_with_malloc_defaults
+
+
+def test_old_path_and_entry_point_restart_in_a_real_process(tmp_path):
+    """A user's script on the old path, and `python -m jaxbig` (jaxbig/__main__.py), start
+    once more with the tunable, with the same command line (sys.argv kept)."""
+    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+    expected = xla_defaults.malloc_tunables(env)
+    script = tmp_path / 'mine.py'
+    script.write_text('import os, sys\nimport jaxbig.xla_defaults\nprint("start", sys.argv[1:])\n'
+                      'jaxbig.xla_defaults.restart_with_malloc_defaults()\n'
+                      'print(os.environ.get("GLIBC_TUNABLES"))\n')
+    out = subprocess.run([sys.executable, str(script), 'a', 'b c'], env=env, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    start = "start ['a', 'b c']"
+    assert out == ([start, 'None'] if expected is None else [start, start, expected])
+    # the console script's entry (jaxbig/__main__.py): restarts first, then runs the command
+    code = ('import os, sys; print(os.environ.get("GLIBC_TUNABLES"), flush=True); '
+            'sys.argv = ["jaxbig", "--version"]; from jaxbig.__main__ import entry; entry()')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    version = f'jaxbig {jaxbig.__version__}'
+    assert out == (['None', version] if expected is None else ['None', expected, version])

@@ -24,7 +24,8 @@ unless `--retry-failed`. SIGTERM/SIGINT stop the running trainings (each saves a
 checkpoint); if the sweep process is killed outright, its trainings get SIGTERM (Linux) and
 the next launch stops any survivor before resuming it. `--launcher slurm` submits one
 `sbatch launch/slurm.sbatch` job per run (and returns); `--launcher tpu` runs each run in
-turn through `launch/tpu_pod.sh run` (TPU_NAME / TPU_ZONE from the environment).
+turn through `launch/tpu_pod.sh run` (TPU_NAME / TPU_ZONE from the environment); both need
+the launch/ scripts of a source checkout of the repository (they are not packaged).
 The report (results.csv, results.md, PNGs) is written at the end and by `--report`.
 
 The package: plan.py (the helpers; sweep file -> named runs with their overrides),

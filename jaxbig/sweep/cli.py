@@ -42,6 +42,8 @@ def run(args, extra):
     """`jaxbig sweep`: plan, (re)launch, report. Exits 1 if a run failed."""
     from jaxbig.sweep import report  # matplotlib, jax: only when a report is written
 
+    if args.launcher in launchers.SCRIPTS and not args.report:
+        launchers.launch_script(args.launcher)  # missing scripts: an error before any work
     state = State(args.workdir)
     if args.report:
         if not state.data['config']:

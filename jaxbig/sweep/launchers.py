@@ -16,11 +16,27 @@ import shlex
 import subprocess
 import sys
 
+from jaxbig.config import ConfigError
 from jaxbig.sweep.state import State, finished, last_line
 
-# <repo>/launch: this file is <repo>/jaxbig/sweep/launchers.py
+# <repo>/launch: this file is <repo>/jaxbig/sweep/launchers.py. The scripts are not part of
+# the package: an installed (non-editable) jaxbig has no launch/ beside it.
 LAUNCH_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'launch')
+SCRIPTS = {'slurm': 'slurm.sbatch', 'tpu': 'tpu_pod.sh'}  # the launchers that need one
+
+
+def launch_script(launcher: str) -> str:
+    """The path of `launcher`'s script in LAUNCH_DIR (relative to the working directory);
+    a one-line ConfigError when it is missing (jaxbig installed without the repository)."""
+    path = os.path.join(LAUNCH_DIR, SCRIPTS[launcher])
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f'--launcher {launcher} needs launch/{SCRIPTS[launcher]}, which is not at {path}: '
+            'the launch scripts (launch/local.sh, slurm.sbatch, tpu_pod.sh) come with a source '
+            'checkout of the jaxbig repository (they are not packaged); run from a checkout '
+            "(pip install -e .) or use --launcher local")
+    return os.path.relpath(path)
 
 
 def train_command(run: dict, run_dir: str, launcher: str, debug: bool = False) -> list[str]:
@@ -29,9 +45,9 @@ def train_command(run: dict, run_dir: str, launcher: str, debug: bool = False) -
     if launcher == 'slurm':
         name = 'jaxbig-' + run['name'][:60]
         return ['sbatch', f'--job-name={name}', f'--output={os.path.join(run_dir, "slurm-%j.out")}',
-                os.path.relpath(os.path.join(LAUNCH_DIR, 'slurm.sbatch'))] + args
+                launch_script('slurm')] + args
     if launcher == 'tpu':
-        return ['bash', os.path.relpath(os.path.join(LAUNCH_DIR, 'tpu_pod.sh')), 'run', '--'] + args
+        return ['bash', launch_script('tpu'), 'run', '--'] + args
     return [sys.executable, '-m', 'jaxbig', 'train'] + args
 
 

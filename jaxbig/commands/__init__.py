@@ -1,0 +1,15 @@
+"""The `jaxbig <command>` commands, one thin module each: parse / print, call the library.
+
+    train      jaxbig/cli.py         loads the config, calls jaxbig.train.train (the loop)
+    eval       commands/eval.py      re-run a run's evaluators on its best or latest checkpoint
+    generate   commands/generate.py  sample text from a run (jaxbig.generate)
+    sweep      jaxbig/sweep/cli.py   ablation sweeps (the sweep package)
+    quantize   commands/quantize.py  int8 size and validation-loss report (jaxbig.quantize)
+    lora merge commands/lora.py      write a LoRA run's merged plain weights (jaxbig.lora)
+
+jaxbig/cli.py is the one parser (`jaxbig --help` lists every command) and imports these
+modules only when their command runs. `quantize` and `lora` keep their own parsers, so
+`python -m jaxbig.quantize ARGS` and `python -m jaxbig.lora merge ARGS` still work (the
+modules' `__main__` shims call `main` here). Library errors propagate to the caller, whose
+policy (jaxbig.cli.guarded) prints one line `jaxbig: error: ...` and exits 2.
+"""

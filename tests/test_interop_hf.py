@@ -1,0 +1,220 @@
+"""Hugging Face interop against the real thing: tiny random models built by transformers
+itself (nothing downloaded), imported into jaxbig, compared in float32; export round trips;
+each bad input is one line and leaves the workdir untouched."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+from jaxbig import generate as gen  # noqa: E402
+from jaxbig import run as run_lib  # noqa: E402
+from jaxbig.config import ConfigError  # noqa: E402
+from jaxbig.interop import hf  # noqa: E402
+
+VOCAB = 96
+
+
+def _gpt2(**kw):
+    cfg = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=96)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**cfg, **kw}))
+
+
+def _llama(cls='Llama', **kw):
+    cfg = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=8,
+               num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+               rope_theta=5000.0)
+    config = getattr(transformers, f'{cls}Config')(**{**cfg, **kw})
+    return getattr(transformers, f'{cls}ForCausalLM')(config)
+
+
+BUILDERS = {
+    'gpt2': _gpt2,
+    'llama_gqa_untied_scanned': _llama,  # 8 layers: the imported config scans
+    'llama_tied_mha_2_layers': lambda: _llama(num_hidden_layers=2, num_key_value_heads=4,
+                                              tie_word_embeddings=True),
+    'qwen2_qkv_bias': lambda: _llama('Qwen2', num_hidden_layers=2),
+    'mistral': lambda: _llama('Mistral', num_hidden_layers=2, sliding_window=None),
+}
+
+
+def _save(model, path, **kw):
+    torch.manual_seed(0)
+    for p in model.parameters():  # random biases and norms too, so their mapping is tested
+        torch.nn.init.normal_(p, std=0.2)
+    model.eval()
+    model.save_pretrained(path, **kw)
+    return model
+
+
+@pytest.fixture(scope='module', params=sorted(BUILDERS))
+def imported(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    model = _save(BUILDERS[request.param](), str(root / 'hf'))
+    info = hf.import_dir(str(root / 'hf'), str(root / 'run'))
+    return request.param, model, str(root), info
+
+
+def _tokens(batch=2, seq=24, seed=0):
+    return np.random.default_rng(seed).integers(0, VOCAB, (batch, seq)).astype(np.int32)
+
+
+def test_logits_match_transformers(imported):
+    name, model, root, info = imported
+    run = run_lib.load_run(os.path.join(root, 'run'))
+    tokens = _tokens()
+    ours = np.asarray(run.model.apply({'params': run.params}, tokens))
+    with torch.no_grad():
+        ref = model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    assert info['num_params'] == sum(p.numel() for p in model.parameters())  # tied: once
+
+
+def _hf_greedy(model, prompts, n):
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), width), np.int64)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    with torch.no_grad():
+        out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             do_sample=False, max_new_tokens=n, min_new_tokens=n)
+    return out[:, width:].numpy()
+
+
+def test_greedy_generation_matches_transformers_batch_1_and_left_padded(imported):
+    _, model, root, _ = imported
+    run = run_lib.load_run(os.path.join(root, 'run'))
+    rng = np.random.default_rng(1)
+    for prompts in ([rng.integers(0, VOCAB, 7)],
+                    [rng.integers(0, VOCAB, n) for n in (5, 11, 8)]):
+        ours, lengths = gen.generate(run.model, run.params, prompts, max_new_tokens=32,
+                                     temperature=0)
+        assert (lengths == 32).all()
+        np.testing.assert_array_equal(ours, _hf_greedy(model, prompts, 32))
+
+
+def test_export_round_trip_is_bit_identical_and_loads_cleanly(imported):
+    name, model, root, _ = imported
+    out = os.path.join(root, 'exported')
+    hf.export_run(os.path.join(root, 'run'), out)
+    cls = type(model)
+    back, info = cls.from_pretrained(out, output_loading_info=True)
+    assert not info['missing_keys'] and not info['unexpected_keys'], info
+    want, got = model.state_dict(), back.state_dict()
+    assert set(want) == set(got)
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    tokens = torch.tensor(_tokens(), dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, back.eval()(tokens).logits)
+
+
+def test_sharded_bfloat16_checkpoint_keeps_its_dtype(tmp_path):
+    model = _save(_llama(num_hidden_layers=2).to(torch.bfloat16), str(tmp_path / 'hf'),
+                  max_shard_size='20KB')
+    assert os.path.exists(tmp_path / 'hf' / 'model.safetensors.index.json')
+    info = hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run'))
+    run = run_lib.load_run(str(tmp_path / 'run'))
+    assert info['dtype'] == run.config.model.param_dtype == 'bfloat16'
+    assert {str(x.dtype) for x in __import__('jax').tree.leaves(run.params)} == {'bfloat16'}
+    want = model.state_dict()['model.layers.1.mlp.down_proj.weight'].float().numpy()
+    got = np.asarray(run.params['layers_1']['mlp']['down']['kernel'], np.float32).T
+    np.testing.assert_array_equal(got, want)
+    hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run32'), param_dtype='float32')
+    assert run_lib.load_run(str(tmp_path / 'run32')).config.model.param_dtype == 'float32'
+
+
+def test_tokenizer_json_matches_transformers(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [open(os.path.join(os.path.dirname(os.__file__), f), encoding='utf-8').read()
+             for f in ('os.py', 'json/__init__.py', 'argparse.py')]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=VOCAB + 300,
+                                                       special_tokens=['<|endoftext|>']))
+    path = str(tmp_path / 'tokenizer.json')
+    tok.save(path)
+    ours = __import__('jaxbig.data.tokenizers', fromlist=['x']).from_config(
+        {'tokenizer': path, 'eos_id': 0})
+    ref = transformers.PreTrainedTokenizerFast(tokenizer_file=path)
+    sample = texts[2][:3000]
+    ids = ours.encode(sample)
+    assert ids.tolist() == ref(sample)['input_ids']
+    assert ours.decode(ids) == ref.decode(ids.tolist()) == sample
+    assert ours.vocab_size == len(ref) and ours.eos_id == 0
+
+
+def _fresh_hf(tmp_path, builder=_gpt2):
+    path = str(tmp_path / 'hf')
+    _save(builder(), path)
+    return path
+
+
+def _edit_tensors(path, edit):
+    from safetensors.numpy import load_file, save_file
+
+    file = os.path.join(path, 'model.safetensors')
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file, metadata={'format': 'pt'})
+
+
+def _edit_config(path, **changes):
+    file = os.path.join(path, 'config.json')
+    cfg = json.load(open(file))
+    cfg.update(changes)
+    json.dump(cfg, open(file, 'w'))
+
+
+BAD = {
+    'no config.json': (lambda p: os.remove(os.path.join(p, 'config.json')),
+                       'no config.json (not a Hugging Face model directory)'),
+    'no weights': (lambda p: os.remove(os.path.join(p, 'model.safetensors')),
+                   'no model.safetensors or model.safetensors.index.json'),
+    'architecture': (lambda p: _edit_config(p, architectures=['BertForMaskedLM']),
+                     "architecture 'BertForMaskedLM' is not supported (supported: "
+                     'GPT2LMHeadModel, LlamaForCausalLM'),
+    'field': (lambda p: _edit_config(p, activation_function='relu'),
+              "activation_function='relu' is not representable"),
+    'shape': (lambda p: _edit_tensors(p, lambda t: t.update(
+        {'transformer.h.1.mlp.c_fc.bias': np.zeros(7, np.float32)})),
+        'tensor transformer.h.1.mlp.c_fc.bias has shape (7,), expected (128,)'),
+    'left over': (lambda p: _edit_tensors(p, lambda t: t.update(
+        {'transformer.h.0.extra.weight': np.zeros(3, np.float32)})),
+        'tensors left over after mapping to gpt2: transformer.h.0.extra.weight'),
+    'missing': (lambda p: _edit_tensors(p, lambda t: t.pop('transformer.ln_f.bias')),
+                'tensors missing for gpt2: transformer.ln_f.bias'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD))
+def test_bad_input_is_one_line_and_leaves_no_workdir(tmp_path, case):
+    path = _fresh_hf(tmp_path)
+    edit, message = BAD[case]
+    edit(path)
+    workdir = tmp_path / 'run'
+    with pytest.raises(ConfigError) as e:
+        hf.import_dir(path, str(workdir))
+    assert message in str(e.value) and '\n' not in str(e.value)
+    assert not workdir.exists()
+    assert [n for n in os.listdir(tmp_path) if n.startswith('.jaxbig-import')] == []
+
+
+def test_unrepresentable_llama_fields(tmp_path):
+    path = _fresh_hf(tmp_path, lambda: _llama(num_hidden_layers=1))
+    _edit_config(path, rope_parameters={'rope_type': 'linear', 'factor': 2.0,
+                                        'rope_theta': 10000.0})
+    with pytest.raises(ConfigError, match="rope_parameters=.*rope_type 'linear': only 'default'"):
+        hf.import_dir(path, str(tmp_path / 'run'))
+    _edit_config(path, rope_parameters={'rope_type': 'default', 'rope_theta': 1e4},
+                 hidden_act='gelu')
+    with pytest.raises(ConfigError, match="hidden_act='gelu' is not representable"):
+        hf.import_dir(path, str(tmp_path / 'run'))
