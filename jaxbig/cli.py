@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         help='int8: sample with int8 weight-only quantized kernels',
     )
     p.set_defaults(run=_generate)
+    from jaxbig.commands import interop
+
+    interop.add_parsers(add)
     from jaxbig import sweep
 
     p = sweep.add_parser(sub)

@@ -218,3 +218,29 @@ def test_unrepresentable_llama_fields(tmp_path):
                  hidden_act='gelu')
     with pytest.raises(ConfigError, match="hidden_act='gelu' is not representable"):
         hf.import_dir(path, str(tmp_path / 'run'))
+
+
+def test_cli_import_generate_export(tmp_path, capsys):
+    """The user's path: jaxbig import, generate (greedy) equals transformers, jaxbig export."""
+    from jaxbig import cli
+
+    model = _save(_llama(num_hidden_layers=2), str(tmp_path / 'hf'))
+    run = str(tmp_path / 'run')
+    assert cli.main(['import', str(tmp_path / 'hf'), '--workdir', run]) == 0
+    assert 'llama' in capsys.readouterr().out
+    assert cli.main(['import', str(tmp_path / 'hf'), '--workdir', run]) == 2  # not twice
+    assert 'already holds a run' in capsys.readouterr().err
+    loaded = run_lib.load_run(run)
+    prompt = [np.array([3, 14, 15, 92, 65])]
+    ours, _ = gen.generate(loaded.model, loaded.params, prompt, max_new_tokens=16,
+                           temperature=0)
+    np.testing.assert_array_equal(ours, _hf_greedy(model, prompt, 16))
+    out = str(tmp_path / 'exported')
+    assert cli.main(['export', '--workdir', run, '--out', out]) == 0
+    assert 'as llama' in capsys.readouterr().out
+    assert cli.main(['export', '--workdir', run, '--out', out]) == 2  # not over a model
+    assert cli.main(['export', '--workdir', run, '--out', str(tmp_path / 'x'),
+                     '--as', 'gpt2']) == 2
+    assert 'gpt2 needs other norm=' in capsys.readouterr().err
+    back = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert type(back).__name__ == 'LlamaForCausalLM'

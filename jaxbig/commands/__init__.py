@@ -6,6 +6,8 @@
     sweep      jaxbig/sweep/cli.py   ablation sweeps (the sweep package)
     quantize   commands/quantize.py  int8 size and validation-loss report (jaxbig.quantize)
     lora merge commands/lora.py      write a LoRA run's merged plain weights (jaxbig.lora)
+    import     commands/interop.py   a Hugging Face model directory -> a workdir (jaxbig.interop)
+    export     commands/interop.py   a run -> a directory transformers loads
 
 jaxbig/cli.py is the one parser (`jaxbig --help` lists every command) and imports these
 modules only when their command runs. `quantize` and `lora` keep their own parsers, so
