@@ -80,9 +80,14 @@ def get_config(arg=None):
     lr = arg.lr or (1e-2 if frozen else 1e-3)
     pooling = arg.pooling or ('mean' if frozen else 'last')
     backbone = defaults.gpt(SIZES['tiny'], scan_layers=True, remat='none')
-    if arg.init:
-        backbone = read_config(arg.init).model.to_dict()
+    tokenizer = dict(tokenizer='bytes', eos_id=-1)
+    if arg.init:  # the backbone's shape and tokenizer (an imported model's tokenizer.json)
+        source = read_config(arg.init)
+        backbone = source.model.to_dict()
+        tokenizer = dict(tokenizer=source.data.get('tokenizer', 'bytes'),
+                         eos_id=source.data.get('eos_id', -1))
     snippets = dict(
+        **tokenizer,
         pipeline='text_classes',
         name='pystdlib',
         data_dir='',

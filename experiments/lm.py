@@ -13,6 +13,13 @@ Arguments (`experiments/lm.py:key=value,...`):
   seq     sequence length (bytes)
   data    'pystdlib' (embedded) | any TFDS text dataset prepared in data.data_dir (e.g. lm1b)
           | 'folder' (set --config.data.path=DIR)
+  init    a workdir to continue from ('' = from scratch): its model section and tokenizer
+          are taken over and its params loaded (init_from), e.g. an imported GPT-2 / Llama:
+              jaxbig import path/to/hf_model --workdir runs/gpt2
+              jaxbig train --config experiments/lm.py:init=runs/gpt2 --workdir runs/cont
+          LoRA instead of full updates (adapters only, then generate with them or merge):
+              ... --config.lora.targets="['.*attn/(query|value)/kernel']" \
+                  --config.optimizer.freeze="['(?!lora/).*']"
 
 Expected (CPython 3.11 standard library, validation split): unigram entropy ~3.25 and bigram
 ~2.43 nats/byte; the default (tiny, 600 steps, batch 32 x 128 bytes) reaches a validation
@@ -24,10 +31,11 @@ import ml_collections
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.models.gpt import SIZES
+from jaxbig.run import read_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, size='tiny', steps=600, batch=32, seq=128, data='pystdlib')
+    arg = parse_arg(arg, size='tiny', steps=600, batch=32, seq=128, data='pystdlib', init='')
     if arg.size not in SIZES:
         raise ConfigError(f'experiments/lm.py: size={arg.size!r}, expected one of {list(SIZES)}')
     c = ml_collections.ConfigDict()
@@ -43,6 +51,12 @@ def get_config(arg=None):
         attention_blocks=0,  # einsum path: 0 = query blocks of max(64, seq/4); 1 = no split
     )
     c.data = defaults.lm_data(arg.data, arg.seq)
+    c.init_from = defaults.init_from(path=arg.init)
+    if arg.init:  # continue another run (jaxbig's own or imported): its shape and tokenizer
+        source = read_config(arg.init)
+        c.model = source.model.to_dict()
+        c.data.tokenizer = source.data.get('tokenizer', 'bytes')
+        c.data.eos_id = source.data.get('eos_id', -1)
     c.loss = dict(name='autoregressive', z_loss=0.0)
     c.optimizer = defaults.lm_optimizer()
     c.parallel = defaults.parallel()

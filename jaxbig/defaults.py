@@ -132,6 +132,8 @@ def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
             pack=True,
             train_split='train',
             val_split='validation',
+            tokenizer='bytes',  # or a tokenizer.json path (jaxbig.data.tokenizers)
+            eos_id=-1,  # the tokenizer's end-of-sequence id (bytes: NUL)
         ),
         overrides,
     )

@@ -33,7 +33,10 @@ def check_workdir_config(workdir: str, config, *, force: bool = False):
     for section in IDENTITY_SECTIONS:
         a, b = old.get(section) or {}, new.get(section) or {}
         keys = sorted(set(config_lib.flat_keys(a)) | set(config_lib.flat_keys(b)))
+        old_keys = set(config_lib.flat_keys(a))
         for key in keys:
+            if key not in old_keys:  # a key newer than the run (e.g. data.tokenizer): the
+                continue  # run was made under its default
             va, vb = _get(a, key), _get(b, key)
             if va != vb:
                 raise config_lib.ConfigError(

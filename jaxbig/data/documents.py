@@ -149,24 +149,66 @@ class FolderDocuments:
 # ------------------------------------------------------------------- Length index
 
 
-def _token_lengths(docs: list[bytes]) -> np.ndarray:
-    """int64[n]: stream length of each record — bytes without NUL, plus eos; 0 if empty."""
-    n = np.array([len(d) - d.count(0) for d in docs], np.int64)
-    return np.where(n > 0, n + 1, 0)
+class ByteEncoding:
+    """A record's stream tokens: its UTF-8 bytes without NUL, then eos (NUL); uint8."""
+
+    name, dtype, eos_id = 'bytes', np.uint8, 0
+
+    def __call__(self, raw: bytes) -> np.ndarray:
+        return np.frombuffer(raw.replace(b'\0', b'') + b'\0', np.uint8)
+
+    def lengths(self, docs: list[bytes]) -> np.ndarray:
+        n = np.array([len(d) - d.count(0) for d in docs], np.int64)
+        return np.where(n > 0, n + 1, 0)
 
 
-def compute_ends(documents, chunk: int = 1024) -> np.ndarray:
+class TokenizerEncoding:
+    """A record's stream tokens from a tokenizer (`jaxbig.data.tokenizers.FileTokenizer`):
+    encode(text without NUL), then `eos_id`; int32. `name` carries the tokenizer file's
+    content hash, so length indexes of different tokenizers never mix."""
+
+    dtype = np.int32
+
+    def __init__(self, tokenizer):
+        if tokenizer.eos_id is None:
+            raise ValueError(f'data.eos_id: {tokenizer!r} needs an end-of-sequence id to '
+                             'separate documents')
+        self.tokenizer, self.eos_id = tokenizer, int(tokenizer.eos_id)
+        with open(tokenizer.path, 'rb') as f:
+            self.name = f'tokenizer-{hashlib.sha1(f.read()).hexdigest()[:12]}-eos{self.eos_id}'
+
+    def __call__(self, raw: bytes) -> np.ndarray:
+        text = raw.replace(b'\0', b'').decode('utf-8', errors='replace')
+        if not text:
+            return np.zeros(0, np.int32)
+        return np.append(self.tokenizer.encode(text), self.eos_id).astype(np.int32)
+
+    def lengths(self, docs: list[bytes]) -> np.ndarray:
+        return np.array([len(self(d)) for d in docs], np.int64)
+
+
+BYTES = ByteEncoding()
+
+
+def _token_lengths(docs: list[bytes], encoding=BYTES) -> np.ndarray:
+    """int64[n]: stream length of each record (its tokens plus eos); 0 if empty."""
+    return encoding.lengths(docs)
+
+
+def compute_ends(documents, chunk: int = 1024, encoding=BYTES) -> np.ndarray:
     """ends int64[num_records]: cumulative stream lengths (one pass over every record)."""
     lengths = np.zeros(len(documents), np.int64)
     for start in range(0, len(documents), chunk):
         stop = min(len(documents), start + chunk)
-        lengths[start:stop] = _token_lengths(documents.read(range(start, stop)))
+        lengths[start:stop] = _token_lengths(documents.read(range(start, stop)), encoding)
     return np.cumsum(lengths)
 
 
-def index_paths(documents) -> tuple[str, str]:
+def index_paths(documents, encoding=BYTES) -> tuple[str, str]:
     """(.npy, .json) paths of the cached index of `documents` (a TFDS split)."""
     key = f"{documents.fingerprint['split']}.{documents.fingerprint['text_key']}"
+    if encoding.name != 'bytes':
+        key += f'.{encoding.name}'
     slug = re.sub(r'[^\w.-]', '_', key)[:80]
     stem = f'jaxbig-index.{slug}.{hashlib.sha1(key.encode()).hexdigest()[:8]}'
     stem = os.path.join(documents.cache_dir, stem)
@@ -178,7 +220,7 @@ def _lengths_at(ends: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return ends[ids] - prev
 
 
-def _open_index(documents, npy: str, meta: str) -> np.ndarray:
+def _open_index(documents, npy: str, meta: str, encoding=BYTES) -> np.ndarray:
     """The cached ends (memory-mapped) if they match `documents`; raises ValueError if not."""
     with open(meta) as f:
         info = json.load(f)
@@ -191,7 +233,8 @@ def _open_index(documents, npy: str, meta: str) -> np.ndarray:
     if n and int(ends[-1]) != info.get('num_tokens'):
         raise ValueError(f'total {int(ends[-1])} tokens != {info.get("num_tokens")} recorded')
     ids = np.unique(np.linspace(0, n - 1, SPOT_CHECKS).astype(np.int64))
-    if n and not np.array_equal(_lengths_at(ends, ids), _token_lengths(documents.read(ids))):
+    if n and not np.array_equal(_lengths_at(ends, ids),
+                                _token_lengths(documents.read(ids), encoding)):
         raise ValueError(f'document lengths at records {ids.tolist()} differ from the data')
     return ends
 
@@ -208,18 +251,19 @@ def _atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
-def load_index(documents) -> np.ndarray:
-    """ends int64[num_records] of `documents`: the cached index when it matches the data,
-    else computed (one pass) and cached atomically; a folder's is always computed."""
+def load_index(documents, encoding=BYTES) -> np.ndarray:
+    """ends int64[num_records] of `documents` under `encoding` (bytes, or a tokenizer's ids):
+    the cached index when it matches the data, else computed (one pass, which tokenizes
+    every record once) and cached atomically; a folder's is always computed."""
     if documents.cache_dir is None:
-        return compute_ends(documents)
-    npy, meta = index_paths(documents)
+        return compute_ends(documents, encoding=encoding)
+    npy, meta = index_paths(documents, encoding)
     if os.path.exists(meta):
         try:
-            return _open_index(documents, npy, meta)
+            return _open_index(documents, npy, meta, encoding)
         except Exception as e:  # noqa: BLE001 (stale, truncated, unparsable: rebuild)
             logging.warning('data: rebuilding length index %s: %s', npy, e)
-    ends = compute_ends(documents)
+    ends = compute_ends(documents, encoding=encoding)
     info = {
         'format': INDEX_FORMAT,
         'fingerprint': documents.fingerprint,
@@ -243,11 +287,12 @@ class Corpus:
     int64[d]: record of each kept document; doc_starts/doc_lengths int64[d] (lengths incl.
     the eos). `read(starts, length)` -> uint8[n, length] windows; `documents(records)` ->
     {record: uint8[length]} (with eos), through an LRU cache of `cache_bytes`; `stream()`
-    -> the whole uint8[num_tokens] stream.
+    -> the whole uint8[num_tokens] stream (int32 ids with a tokenizer's `encoding`).
     """
 
-    def __init__(self, records, ends: np.ndarray, cache_bytes: int = CACHE_BYTES):
-        self.records, self.cache_bytes = records, cache_bytes
+    def __init__(self, records, ends: np.ndarray, cache_bytes: int = CACHE_BYTES,
+                 encoding=BYTES):
+        self.records, self.cache_bytes, self.encoding = records, cache_bytes, encoding
         self.ends = np.asarray(ends)  # a plain view of a memmap: fast element access
         self.num_records = len(ends)
         self.num_tokens = int(ends[-1]) if len(ends) else 0
@@ -277,7 +322,7 @@ class Corpus:
         if missing:
             want = _lengths_at(self.ends, np.asarray(missing, np.int64))
             for r, raw, n in zip(missing, self.records.read(missing), want, strict=True):
-                doc = np.frombuffer(raw.replace(b'\0', b'') + b'\0', np.uint8)
+                doc = self.encoding(raw)
                 if len(doc) != n or n < 2:
                     raise ValueError(
                         f'data: record {r} has {len(doc)} tokens but the length index says '
@@ -285,9 +330,9 @@ class Corpus:
                         f'the jaxbig-index.* files of this split (they are rebuilt)'
                     )
                 out[r] = self._cache[r] = doc
-                self._cached_bytes += len(doc)
+                self._cached_bytes += doc.nbytes
             while self._cached_bytes > self.cache_bytes and self._cache:
-                self._cached_bytes -= len(self._cache.popitem(last=False)[1])
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return out
 
     def stream(self) -> np.ndarray:
@@ -305,7 +350,7 @@ class Corpus:
         records = [r for span in spans for r in span]
         lengths = dict(zip(records, _lengths_at(self.ends, np.asarray(records, np.int64)).tolist()))
         docs = self.documents(r for r in lengths if lengths[r])  # skipped records hold nothing
-        out = np.empty((len(starts), length), np.uint8)
+        out = np.empty((len(starts), length), self.encoding.dtype)
         for row, (start, span) in enumerate(zip(starts.tolist(), spans, strict=True)):
             pos = start
             for r in span:
@@ -319,12 +364,15 @@ class Corpus:
 
 @functools.lru_cache(maxsize=8)
 def load_corpus(
-    name: str, split: str, data_dir: str, path: str = '', text_key: str = 'text'
+    name: str, split: str, data_dir: str, path: str = '', text_key: str = 'text',
+    tokenizer: str = 'bytes', eos_id: int = -1,
 ) -> Corpus:
-    """The Corpus of a split: its length index, no document text (cached in-process)."""
+    """The Corpus of a split: its length index, no document text (cached in-process).
+    `tokenizer`: 'bytes' or a tokenizer.json path (`eos_id` its end-of-sequence id)."""
+    encoding = encoding_for(tokenizer, eos_id)
     if name == 'folder':
         records = FolderDocuments(path, split)
-        corpus = Corpus(records, load_index(records))
+        corpus = Corpus(records, load_index(records, encoding), encoding=encoding)
         if not corpus.num_tokens:
             raise ValueError(f'data.path: no UTF-8 text files for split {split!r} under {path!r}')
         return corpus
@@ -338,4 +386,13 @@ def load_corpus(
     else:
         builder = _tfds_builder(name, data_dir)
     records = TfdsDocuments(builder, split, text_key)
-    return Corpus(records, load_index(records))
+    return Corpus(records, load_index(records, encoding), encoding=encoding)
+
+
+def encoding_for(tokenizer: str = 'bytes', eos_id: int = -1):
+    """The stream encoding of a data section's `tokenizer` / `eos_id` (see data.tokenizers)."""
+    if tokenizer in ('bytes', 'byte'):
+        return BYTES
+    from jaxbig.data import tokenizers
+
+    return TokenizerEncoding(tokenizers.from_config({'tokenizer': tokenizer, 'eos_id': eos_id}))

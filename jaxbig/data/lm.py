@@ -1,4 +1,9 @@
-"""Language-modelling data: documents -> virtual byte stream -> index-based batches.
+"""Language-modelling data: documents -> virtual token stream -> index-based batches.
+
+Tokens are UTF-8 bytes by default; `data.tokenizer` = a tokenizer.json path (with
+`data.eos_id`) makes them that tokenizer's ids: the length index then counts its tokens
+(computed once by `prepare`, cached per tokenizer content), and documents are tokenized
+when read.
 
 Reading a split is `jaxbig.data.documents`: its documents, the token stream they form
 (each document followed by `EOS`, NUL), never materialised, and the length index that
@@ -28,8 +33,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbig.data.documents import (EMBEDDED, Corpus, TfdsDocuments, _tfds_builder, load_corpus,
-                                   load_index, resolve_data_dir)
+from jaxbig.data.documents import (EMBEDDED, Corpus, TfdsDocuments, _tfds_builder,
+                                   encoding_for, load_corpus, load_index, resolve_data_dir)
 from jaxbig.data.tokenizers import ByteTokenizer
 
 EOS = ByteTokenizer.eos_id
@@ -58,7 +63,12 @@ def prepare(config) -> None:
             documents = TfdsDocuments(builder, split, config.get('text_key', 'text'))
         except ValueError:  # not a split of this dataset: build_pipeline says so
             continue
-        load_index(documents)
+        load_index(documents, _encoding(config))
+
+
+def _encoding(config):
+    """Bytes (the default) or `data.tokenizer`'s ids (a tokenizer.json; `data.eos_id`)."""
+    return encoding_for(config.get('tokenizer', 'bytes'), config.get('eos_id', -1))
 
 
 def _folder_root(config) -> str:
@@ -104,7 +114,7 @@ class LMPipeline:
         self.global_batch_size = batch_size
         self.batch_size = batch_size // process_count
         self.row_offset = process_index * self.batch_size
-        self.tokenizer = ByteTokenizer()
+        self.tokenizer = getattr(corpus.encoding, 'tokenizer', ByteTokenizer())
         if pack:
             self.num_sequences = corpus.num_tokens // (seq_len + 1)
         else:
@@ -146,7 +156,8 @@ class LMPipeline:
         else:
             records = self.corpus.doc_ids[ids]
             docs = self.corpus.documents(records)
-            seqs = np.full((len(ids), window), EOS, np.uint8)
+            encoding = self.corpus.encoding
+            seqs = np.full((len(ids), window), encoding.eos_id, encoding.dtype)
             lengths = np.empty(len(ids), np.int64)
             for row, r in enumerate(records.tolist()):
                 lengths[row] = min(len(docs[r]), window)
@@ -170,14 +181,16 @@ def build_pipeline(
     if not isinstance(seq_len, numbers.Integral) or isinstance(seq_len, bool) or seq_len < 1:
         raise ValueError(f'data.seq_len={seq_len!r} must be an int >= 1')
     name = config.name
+    tok = dict(tokenizer=config.get('tokenizer', 'bytes'), eos_id=config.get('eos_id', -1))
     if name == 'folder':
-        corpus = load_corpus(name, split, '', _folder_root(config))
+        corpus = load_corpus(name, split, '', _folder_root(config), **tok)
     else:
         corpus = load_corpus(
             name,
             split,
             resolve_data_dir(config.get('data_dir', '')),
             text_key=config.get('text_key', 'text'),
+            **tok,
         )
     return LMPipeline(
         corpus,

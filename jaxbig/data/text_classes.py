@@ -34,8 +34,13 @@ def _source_config(config):
 
 
 @functools.lru_cache(maxsize=4)
-def load_files(data_dir: str, min_files: int):
-    """{split: (docs list[np.uint8[n]], labels int32[d])}, class names — for both splits."""
+def load_files(data_dir: str, min_files: int, tokenizer: str = 'bytes', eos_id: int = -1):
+    """{split: (docs list[uint8[n] bytes, or int32[n] ids of `tokenizer`], labels int32[d])},
+    class names — for both splits."""
+    from jaxbig.data import tokenizers
+
+    tok = None if tokenizer in ('bytes', 'byte') else tokenizers.from_config(
+        {'tokenizer': tokenizer, 'eos_id': eos_id})
     builder = documents.EMBEDDED['pystdlib'](data_dir=data_dir)
     if not builder.is_prepared():
         raise ValueError(f"data.name='pystdlib': not prepared in {data_dir!r}; run prepare")
@@ -65,7 +70,8 @@ def load_files(data_dir: str, min_files: int):
         for package, text in items:
             body = text.encode('utf-8') if isinstance(text, str) else bytes(text)
             if package in index and body:
-                docs.append(np.frombuffer(body, np.uint8))
+                docs.append(np.frombuffer(body, np.uint8) if tok is None
+                            else tok.encode(body.decode('utf-8', errors='replace')))
                 labels.append(index[package])
         out[split] = (docs, np.asarray(labels, np.int32))
     return out, tuple(classes)
@@ -113,7 +119,8 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
     if config.seq_len < 1:
         raise ConfigError(f'data.seq_len={config.seq_len}: must be >= 1')
     files, classes = load_files(
-        documents.resolve_data_dir(config.get('data_dir', '')), config.get('min_files', 2)
+        documents.resolve_data_dir(config.get('data_dir', '')), config.get('min_files', 2),
+        config.get('tokenizer', 'bytes'), config.get('eos_id', -1),
     )
     if split not in files:
         raise ConfigError(f"data split {split!r}: text_classes has 'train' and 'validation'")

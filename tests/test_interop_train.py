@@ -1,0 +1,139 @@
+"""Imported decoders through the one train loop: continued pretraining on the embedded
+corpus with the model's own tokenizer.json (full and LoRA), fine-tuning through
+finetune_text, generation; and a jaxbig GPT trained from scratch exported as Llama."""
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+from conftest import TINY_LM, metric_series  # noqa: E402
+from jaxbig import cli, train  # noqa: E402
+from jaxbig import run as run_lib  # noqa: E402
+from jaxbig.interop import hf  # noqa: E402
+
+SMALL = ['--config.data.seq_len=32', '--config.train.batch_size=8',
+         '--config.train.log_every=1', '--config.train.eval_every=0',
+         '--config.train.checkpoint_every=0', '--config.evals.val.num_batches=2']
+
+
+def _bpe(path, vocab_size=400):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    root = os.path.dirname(os.__file__)
+    texts = [open(os.path.join(root, f), encoding='utf-8').read()
+             for f in ('os.py', 'argparse.py', 'shutil.py', 'functools.py')]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=['<|endoftext|>'],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(path)
+    return tok
+
+
+@pytest.fixture(scope='module')
+def gpt2_run(tfds_dir, tmp_path_factory):
+    """A random GPT-2 with a BPE tokenizer.json, imported: (workdir, HF model, tokenizer)."""
+    root = tmp_path_factory.mktemp('gpt2')
+    tok = _bpe(str(root / 'tokenizer.json'))
+    eos = tok.token_to_id('<|endoftext|>')
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128,
+                                     vocab_size=tok.get_vocab_size(), bos_token_id=eos,
+                                     eos_token_id=eos)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(str(root / 'hf'))
+    os.replace(root / 'tokenizer.json', root / 'hf' / 'tokenizer.json')
+    hf.import_dir(str(root / 'hf'), str(root / 'run'))
+    return str(root / 'run'), model, tok
+
+
+def _falls(workdir):
+    losses = list(metric_series(workdir).values())
+    assert np.mean(losses[-3:]) < losses[0] - 0.05, losses
+    return losses
+
+
+def test_imported_run_carries_its_tokenizer(gpt2_run, capsys):
+    workdir, model, tok = gpt2_run
+    run = run_lib.load_run(workdir)
+    assert run.config.data.tokenizer.endswith('tokenizer.json')
+    text = 'def main(argv):\n    return 0\n'
+    assert run.tokenizer.encode(text).tolist() == tok.encode(text).ids
+    assert run.tokenizer.eos_id == tok.token_to_id('<|endoftext|>')
+    assert cli.main(['generate', '--workdir', workdir, '--prompt', 'def main(',
+                     '--max-new-tokens', '8', '--temperature', '0']) == 0
+    assert capsys.readouterr().out.startswith('def main(')
+
+
+def test_continued_pretraining_tokenizes_with_the_model_tokenizer(gpt2_run, tmp_path):
+    workdir, _, tok = gpt2_run
+    out = str(tmp_path / 'cont')
+    config = cli.load_config(f'experiments/lm.py:init={workdir},steps=10', SMALL)
+    assert config.model.norm == 'layernorm' and config.init_from.path == workdir
+    from jaxbig import data
+
+    batch = data.build_pipeline(config.data, split='train', batch_size=8, seed=0).get_batch(0)
+    assert batch['inputs'].max() >= 256  # BPE ids, not bytes
+    first = tok.decode(batch['inputs'][0].tolist())
+    assert len(first) > 32  # 32 tokens of source code are more than 32 characters
+    train.train(config, out)
+    _falls(out)
+
+
+def test_lora_continued_pretraining_generates_and_exports_merged(gpt2_run, tmp_path, capsys):
+    workdir, _, _ = gpt2_run
+    out = str(tmp_path / 'lora')
+    lora = ['--config.lora.targets=[".*attn/(query|value)/kernel"]', '--config.lora.rank=4',
+            '--config.optimizer.freeze=["(?!lora/).*"]', '--config.optimizer.lr=3e-2']
+    train.train(cli.load_config(f'experiments/lm.py:init={workdir},steps=10', SMALL + lora),
+                out)
+    _falls(out)
+    run = run_lib.load_run(out)
+    assert 'lora' in run.params
+    capsys.readouterr()
+    assert cli.main(['generate', '--workdir', out, '--prompt', 'import ',
+                     '--max-new-tokens', '8', '--temperature', '0']) == 0
+    assert capsys.readouterr().out.startswith('import ')
+    exported = str(tmp_path / 'exported')
+    assert cli.main(['export', '--workdir', out, '--out', exported]) == 0
+    back = transformers.GPT2LMHeadModel.from_pretrained(exported).eval()
+    tokens = np.random.default_rng(0).integers(0, back.config.vocab_size, (2, 16))
+    ours = np.asarray(run.model.apply({'params': run.params}, tokens.astype(np.int32)))
+    with torch.no_grad():
+        ref = back(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    assert os.path.isfile(os.path.join(exported, 'tokenizer.json'))
+
+
+def test_finetune_text_from_an_imported_decoder(gpt2_run, tmp_path):
+    workdir, _, _ = gpt2_run
+    out = str(tmp_path / 'ft')
+    config = cli.load_config(
+        f'experiments/finetune_text.py:init={workdir},mode=linear_probe,steps=30,seq=32,batch=16',
+        ['--config.train.log_every=1', '--config.train.eval_every=0',
+         '--config.evals.val.num_batches=2', '--config.evals.val.batch_size=16'])
+    assert config.data.tokenizer.endswith('tokenizer.json')
+    last = train.train(config, out)
+    _falls(out)
+    assert 0 <= last['val/accuracy'] <= 1
+
+
+def test_jaxbig_gpt_trained_from_scratch_exports_as_llama(tfds_dir, tmp_path):
+    workdir = str(tmp_path / 'lm')
+    train.train(cli.load_config('experiments/lm.py:steps=2', TINY_LM), workdir)
+    out = str(tmp_path / 'hf')
+    info = hf.export_run(workdir, out)
+    assert info['family'] == 'llama'
+    back, loading = transformers.LlamaForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not loading['missing_keys'] and not loading['unexpected_keys']
+    run = run_lib.load_run(workdir)
+    tokens = np.random.default_rng(0).integers(0, 256, (2, 32)).astype(np.int32)
+    ours = np.asarray(run.model.apply({'params': run.params}, tokens))
+    with torch.no_grad():
+        ref = back.eval()(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
