@@ -7,10 +7,12 @@
                                      model, its shardings and the evaluators.
     load_run(workdir, step, best) -> Run: config, model, params, step, tokenizer. Everything
                                      that reads a trained run back (eval, generate, lora
-                                     merge, quantize, the features pipeline, the distillation
-                                     teacher, init_from) uses it: config.json is read in one
-                                     place, and only the params are read from the checkpoint
-                                     (an orbax partial restore: no optimizer moments).
+                                     merge, quantize, export, the features pipeline, the
+                                     distillation teacher) uses it: config.json is read in
+                                     one place, and only the params are read from the
+                                     checkpoint (an orbax partial restore: no optimizer
+                                     moments). init_from, which needs no source model, uses
+                                     the same params-only `checkpoint.restore_params`.
 
 A workdir holds `config.json` (the resolved config), `checkpoints/<step>/` and, when
 `train.best_metric` is set, `best/checkpoints/<step>/`.
