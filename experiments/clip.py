@@ -45,28 +45,9 @@ LOSSES = {
 
 def image_tower(name: str, width: int) -> dict:
     if name == 'vit':
-        return dict(
-            name='vit',
-            patch_size=4,
-            width=width,
-            depth=3,
-            num_heads=4,
-            mlp_dim=2 * width,
-            pool='mean',
-            dropout=0.0,
-            scan_layers=True,
-            num_classes=0,
-        )
+        return defaults.vit_backbone(width, depth=3, patch_size=4)
     if name in ('resnet18', 'cnn'):
-        return dict(
-            name='resnet',
-            variant=name,
-            width=width // 4 if name == 'resnet18' else width,
-            stem='small',
-            norm_groups=8,
-            cnn_layers=3,
-            num_classes=0,
-        )
+        return defaults.resnet_backbone(name, width // 4 if name == 'resnet18' else width)
     raise ConfigError(f"experiments/clip.py: image={name!r}, expected 'vit', 'resnet18' or 'cnn'")
 
 

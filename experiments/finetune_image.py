@@ -48,15 +48,7 @@ def get_config(arg=None):
             f'{MODES} (lora adapts Dense/Linear kernels: the ResNet backbones are convolutions; '
             'see experiments/finetune_text.py for lora)'
         )
-    backbone = dict(
-        name='resnet',
-        variant='resnet18',
-        width=16,
-        stem='small',
-        norm_groups=8,
-        cnn_layers=3,
-        num_classes=0,
-    )
+    backbone = defaults.resnet_backbone('resnet18', 16)
     if arg.init:
         backbone = read_config(arg.init).model.to_dict().get('backbone', backbone)
     images = dict(

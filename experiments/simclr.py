@@ -40,30 +40,10 @@ BACKBONES = ('resnet18', 'resnet50', 'cnn', 'vit')
 def backbone_config(name: str, width: int, image_size: int) -> dict:
     if name == 'vit':
         patch = 2 if image_size <= 16 else 4 if image_size <= 64 else 16
-        return dict(
-            name='vit',
-            patch_size=patch,
-            width=width,
-            depth=4,
-            num_heads=4,
-            mlp_dim=2 * width,
-            pool='mean',
-            dropout=0.0,
-            scan_layers=True,
-            num_classes=0,
-        )
+        return defaults.vit_backbone(width, depth=4, patch_size=patch)
     if name not in BACKBONES:
         raise ConfigError(f'experiments/simclr.py: backbone={name!r}, expected one of {BACKBONES}')
-    variant = 'cnn' if name == 'cnn' else name
-    return dict(
-        name='resnet',
-        variant=variant,
-        width=width,
-        stem='small' if image_size <= 64 else 'imagenet',
-        norm_groups=8,
-        cnn_layers=3,
-        num_classes=0,
-    )
+    return defaults.resnet_backbone(name, width, 'small' if image_size <= 64 else 'imagenet')
 
 
 def get_config(arg=None):
@@ -111,28 +91,5 @@ def get_config(arg=None):
     )
     c.parallel = defaults.parallel()
     c.train = defaults.pretrain_train(arg.steps, arg.batch)
-    c.evals = dict(
-        probe=dict(
-            type='linear_probe',
-            every=0,
-            method='features',
-            train_split='',
-            test_split='',
-            max_train=10000,
-            max_test=5000,
-            batch_size=0,
-            C=1.0,
-        ),
-        knn=dict(
-            type='knn',
-            every=0,
-            k=20,
-            method='features',
-            train_split='',
-            test_split='',
-            max_train=10000,
-            max_test=5000,
-            batch_size=0,
-        ),
-    )
+    c.evals = dict(probe=defaults.features_eval('linear_probe'), knn=defaults.features_eval('knn'))
     return c

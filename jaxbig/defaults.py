@@ -169,3 +169,23 @@ def pretrain_train(steps: int, batch_size: int, **overrides) -> dict:
     half = max(steps // 2, 1)
     return train(**{**dict(steps=steps, batch_size=batch_size, eval_every=half,
                            checkpoint_every=half), **overrides})
+
+
+def vit_backbone(width: int, depth: int, patch_size: int) -> dict:
+    """A small ViT feature extractor (no head): 4 heads, MLP 2x width, mean pooling, scan."""
+    return dict(name='vit', patch_size=patch_size, width=width, depth=depth, num_heads=4,
+                mlp_dim=2 * width, pool='mean', dropout=0.0, scan_layers=True, num_classes=0)
+
+
+def resnet_backbone(variant: str, width: int, stem: str = 'small') -> dict:
+    """A ResNet / plain-CNN feature extractor (no head), GroupNorm of 8 groups."""
+    return dict(name='resnet', variant=variant, width=width, stem=stem, norm_groups=8,
+                cnn_layers=3, num_classes=0)
+
+
+def features_eval(kind: str, **overrides) -> dict:
+    """A frozen-features evaluator ('linear_probe' or 'knn') at the end of the run, on up to
+    10k train / 5k test examples of the data's own splits."""
+    extra = dict(C=1.0) if kind == 'linear_probe' else dict(k=20)
+    return {**dict(type=kind, every=0, method='features', train_split='', test_split='',
+                   max_train=10000, max_test=5000, batch_size=0, **extra), **overrides}
