@@ -137,3 +137,34 @@ def test_jaxbig_gpt_trained_from_scratch_exports_as_llama(tfds_dir, tmp_path):
     with torch.no_grad():
         ref = back.eval()(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_bits_per_byte_across_tokenizers(gpt2_run, tfds_dir, tmp_path):
+    """val/bits_per_byte = total nats / UTF-8 bytes of the targets / ln 2, for BPE ids
+    (checked against a NumPy recomputation) and for bytes (= loss / ln 2)."""
+    from jaxbig import data
+    from jaxbig.commands import eval as eval_cmd
+
+    workdir, _, tok = gpt2_run
+    run = run_lib.load_run(workdir)
+    text = open(os.path.join(os.path.dirname(os.__file__), 'textwrap.py'), encoding='utf-8').read()
+    ids = run.tokenizer.encode(text)
+    assert run.tokenizer.token_bytes()[ids].sum() == len(text.encode('utf-8'))
+    results = eval_cmd.evaluate(workdir)
+    cfg = run.config
+    pipe = data.build_pipeline(cfg.data, split=cfg.evals.val.split,
+                               batch_size=cfg.train.batch_size, seed=0)
+    nats = size = 0.0
+    table = run.tokenizer.token_bytes()
+    for i in range(cfg.evals.val.num_batches):
+        b = pipe.get_batch(i)
+        logits = np.asarray(run.model.apply({'params': run.params}, b['inputs']), np.float64)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                               keepdims=True)) - logits.max(-1, keepdims=True)
+        nats -= np.take_along_axis(logp, b['targets'][..., None], -1).sum()
+        size += table[b['targets']].sum()
+    assert results['val/bits_per_byte'] == pytest.approx(nats / size / np.log(2), rel=1e-4)
+    assert results['val/bits_per_byte'] < results['val/loss'] / np.log(2)  # >1 byte a token
+    bytes_run = str(tmp_path / 'bytes')
+    last = train.train(cli.load_config('experiments/lm.py:steps=2', TINY_LM), bytes_run)
+    assert last['val/bits_per_byte'] == pytest.approx(last['val/loss'] / np.log(2), rel=1e-5)

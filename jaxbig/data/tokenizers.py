@@ -1,5 +1,7 @@
 """Tokenizers. `ByteTokenizer`: UTF-8 bytes as ids, NUL (0) doubles as end-of-document."""
 
+import json
+
 import numpy as np
 
 
@@ -22,6 +24,10 @@ class ByteTokenizer:
         ids = np.asarray(ids).reshape(-1)
         ids = ids[(ids > 0) & (ids < self.vocab_size)]
         return ids.astype(np.uint8).tobytes().decode('utf-8', errors='replace')
+
+    def token_bytes(self) -> np.ndarray:
+        """int64[vocab]: UTF-8 bytes each id stands for (1 each; eos, the separator, too)."""
+        return np.ones(self.vocab_size, np.int64)
 
     def __repr__(self) -> str:
         return 'ByteTokenizer(vocab_size=256, eos_id=0)'
@@ -47,6 +53,22 @@ class FileTokenizer:
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                 skip_special_tokens=False)
+
+    def token_bytes(self) -> np.ndarray:
+        """int64[vocab]: UTF-8 bytes of text each id stands for, for bits per byte. Byte-level
+        BPE tokens are one character per byte (GPT-2's alphabet); others are measured by
+        decoding the token alone. Special tokens (eos, bos, pad) count 1 byte, as the
+        document separator does for the byte tokenizer, so runs with either compare."""
+        byte_level = 'ByteLevel' in json.dumps(json.loads(self._tok.to_str()).get('decoder'))
+        special = {t.content for t in self._tok.get_added_tokens_decoder().values()
+                   if t.special}
+        out = np.ones(self.vocab_size, np.int64)
+        for v in range(self.vocab_size):
+            piece = self._tok.id_to_token(v)
+            if piece is None or piece in special:
+                continue
+            out[v] = len(piece) if byte_level else len(self._tok.decode([v]).encode('utf-8'))
+        return out
 
     def __repr__(self) -> str:
         return f'FileTokenizer({self.path!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})'
