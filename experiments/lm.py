@@ -47,6 +47,7 @@ def get_config(arg=None):
     # (benchmarks/RESULTS.md).
     c.model = defaults.gpt(
         SIZES[arg.size],
+        vocab_size='auto',  # follows data.tokenizer: 256 bytes, or the tokenizer's vocabulary
         attention='einsum',  # 'xla' | 'cudnn': jax.nn.dot_product_attention (cudnn on GPU)
         attention_blocks=0,  # einsum path: 0 = query blocks of max(64, seq/4); 1 = no split
     )

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxbig.commands import interop
 
     interop.add_parsers(add)
+    from jaxbig.commands import tokenizer
+
+    tokenizer.add_parser(add)
     from jaxbig import sweep
 
     p = sweep.add_parser(sub)

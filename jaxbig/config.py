@@ -118,7 +118,7 @@ def resolve(package: str, name: str, what: str, provides: str):
 
 
 AUTO = 'auto'
-_AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0}  # what 'auto' resolves to
+_AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0, 'vocab_size': 0}  # what 'auto' resolves to
 
 
 def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -132,10 +132,15 @@ def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
         model.remat              'auto' -> 'dots' when embed_dim >= 768 (GPT-2-small width
                                  and up), else 'none' (benchmarks/RESULTS.md)
         optimizer.warmup_steps   'auto' -> 5 % of train.steps (at least 1)
+        model.vocab_size         'auto' -> the vocabulary of data.tokenizer (bytes: 256)
     """
     model, opt = config.get('model'), config.get('optimizer')
     if model is not None:
         with model.ignore_type():
+            if model.get('vocab_size') == AUTO:
+                from jaxbig.data import tokenizers
+
+                model.vocab_size = tokenizers.from_config(config.get('data') or {}).vocab_size
             if model.get('scan_layers') == AUTO:
                 model.scan_layers = model.get('num_layers', model.get('depth', 0)) > 6
             if model.get('remat') == AUTO:

@@ -8,6 +8,7 @@
     lora merge commands/lora.py      write a LoRA run's merged plain weights (jaxbig.lora)
     import     commands/interop.py   a Hugging Face model directory -> a workdir (jaxbig.interop)
     export     commands/interop.py   a run -> a directory transformers loads
+    tokenizer  commands/tokenizer.py train a BPE / SentencePiece tokenizer on a config's data
 
 jaxbig/cli.py is the one parser (`jaxbig --help` lists every command) and imports these
 modules only when their command runs. `quantize` and `lora` keep their own parsers, so
