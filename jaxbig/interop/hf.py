@@ -11,6 +11,10 @@
                                   transformers' from_pretrained loads (config.json,
                                   model.safetensors, tokenizer.json when the run has one)
 
+Decoders (GPT-2, Llama, Mistral, Qwen2: interop/decoders.py) are handled here; ViTModel,
+ViTForImageClassification and CLIPModel go to interop/vision.py (and interop/clip.py),
+which build their own experiment sections and reuse `_write_workdir`.
+
 Tensors are read one at a time and placed straight into their sharding (a scanned model's
 per-layer tensors are stacked into one array first); bfloat16 / float16 checkpoints keep
 their dtype unless `param_dtype` says otherwise. Every problem is one ConfigError line, and
@@ -88,6 +92,18 @@ def _expected_shapes(specs: dict, shapes: dict[str, tuple]) -> dict[str, tuple]:
             for t, (paths, _, to_hf) in specs.items()}
 
 
+def _decoder_family(hf: dict):
+    """decoders.family_of, naming the encoder architectures too when none matches."""
+    from jaxbig.interop import vision
+
+    arch = (hf.get('architectures') or [''])[0]
+    if not any(arch in f.architectures for f in decoders.FAMILIES):
+        supported = [a for f in decoders.FAMILIES for a in f.architectures]
+        raise ConfigError(f'config.json: architecture {arch!r} is not supported '
+                          f'(supported: {", ".join([*supported, *vision.architectures()])})')
+    return decoders.family_of(hf)
+
+
 def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
     """Imports the Hugging Face model in `directory` into a new jaxbig `workdir`."""
     from jaxbig import models, parallel
@@ -95,7 +111,11 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
     if os.path.exists(os.path.join(workdir, 'config.json')):
         raise ConfigError(f'--workdir {workdir}: already holds a run; import into a new one')
     hf = read_hf_config(directory)
-    family = decoders.family_of(hf)
+    from jaxbig.interop import vision
+
+    if vision.handles(hf):  # ViT, ViT classifier, CLIP: interop/vision.py
+        return vision.import_dir(directory, workdir, hf, param_dtype=param_dtype)
+    family = _decoder_family(hf)
     model_cfg = family.model_config(hf)
     reader = TensorReader(directory)
     first = reader.names()[0]
@@ -207,9 +227,14 @@ def export_run(workdir: str, out: str, step: int | None = None, *, as_family: st
 
     run = run_lib.load_run(workdir, step)
     model = lora.unwrap(run.model)
+    from jaxbig.interop import vision
+
+    if vision.handles_model(model):  # vit, classifier on a vit, two_tower: interop/vision.py
+        return vision.export_run(run, model, out, as_family=as_family)
     if type(model).__module__ != 'jaxbig.models.gpt':
         raise ConfigError(f'{workdir}: model.name={run.config.model.name!r}; export knows '
-                          "jaxbig's GPT (model.name='gpt')")
+                          "jaxbig's GPT (model.name='gpt'), ViT ('vit', 'classifier' on a "
+                          "'vit' backbone) and CLIP ('two_tower' of 'vit' and 'text_encoder')")
     family = decoders.family_for(model, as_family)
     params = run.params
     if lora.KEY in params:

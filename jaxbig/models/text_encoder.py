@@ -1,16 +1,26 @@
-"""Bidirectional Transformer text encoder (the text tower of CLIP / SigLIP).
+"""Transformer text encoder (the text tower of CLIP / SigLIP).
 
     tokens    int32 [batch, L]; pad_id marks padding, the first eos_id ends the text
     embed     nn.Embed(vocab -> width) + learned position embedding   [batch, L, width]
     encoder   `vit.Encoder` (pre-LN, nn.scan over depth); attention only to non-pad keys
-    pool      'eos': the hidden state at the first eos (CLIP takes the eot token);
-              'mean': mean over non-pad positions                    -> [batch, width]
+              (and with causal=True only to keys at or before the query: CLIP's text tower)
+    pool      'eos': the hidden state at the first eos (CLIP takes the eot token; no eos:
+              the last position); 'argmax': at the highest token id (Hugging Face CLIP's
+              rule when its config says eos_token_id=2, the eot being the last id of the
+              vocabulary); 'mean': mean over non-pad positions        -> [batch, width]
+
+Switches for published checkpoints (`vit.Encoder`'s; defaults keep jaxbig's encoder):
+use_bias (biases on q/k/v/out and the MLP), norm_eps (LayerNorm epsilon, default 1e-6),
+mlp_act ('gelu' tanh approximation | 'gelu_exact' | 'quick_gelu'), causal (False).
+pad_id = -1 masks nothing (Hugging Face CLIP derives no mask from the ids).
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbig.models.vit import Encoder
+
+POOLS = ('eos', 'argmax', 'mean')
 
 
 class Embed(nn.Module):
@@ -30,7 +40,7 @@ class Embed(nn.Module):
 
 
 class Model(nn.Module):
-    """tokens int32 [B, L] -> features [B, width]. pool: 'eos' | 'mean'."""
+    """tokens int32 [B, L] -> features [B, width]. pool: 'eos' | 'argmax' | 'mean'."""
 
     vocab_size: int = 258
     max_len: int = 32
@@ -43,13 +53,19 @@ class Model(nn.Module):
     eos_id: int = 1
     dropout: float = 0.0
     scan_layers: bool = True
+    use_bias: bool = False
+    norm_eps: float = 1e-6
+    mlp_act: str = 'gelu'
+    causal: bool = False
 
     def setup(self):
-        if self.pool not in ('eos', 'mean'):
-            raise ValueError(f"text model pool {self.pool!r}: expected 'eos' or 'mean'")
+        if self.pool not in POOLS:
+            raise ValueError(f'text model pool {self.pool!r}: expected one of {POOLS}')
         self.embed = Embed(self.vocab_size, self.max_len, self.width)
         self.encoder = Encoder(
-            self.depth, self.num_heads, self.mlp_dim, self.dropout, self.scan_layers
+            self.depth, self.num_heads, self.mlp_dim, self.dropout, self.scan_layers,
+            use_bias=self.use_bias, norm_eps=self.norm_eps, mlp_act=self.mlp_act,
+            causal=self.causal,
         )
 
     def features(self, tokens, *, train: bool = False):
@@ -59,9 +75,12 @@ class Model(nn.Module):
         if self.pool == 'mean':
             w = valid.astype(x.dtype)[..., None]
             return (x * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
-        is_eos = tokens == self.eos_id  # no eos: the last position
-        eos = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1), tokens.shape[1] - 1)
-        return jnp.take_along_axis(x, eos[:, None, None], axis=1)[:, 0]
+        if self.pool == 'argmax':
+            at = jnp.argmax(tokens, axis=1)
+        else:
+            is_eos = tokens == self.eos_id  # no eos: the last position
+            at = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1), tokens.shape[1] - 1)
+        return jnp.take_along_axis(x, at[:, None, None], axis=1)[:, 0]
 
     def __call__(self, tokens, *, train: bool = False):
         return self.features(tokens, train=train)

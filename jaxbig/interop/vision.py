@@ -1,0 +1,399 @@
+"""Hugging Face encoder families <-> jaxbig's ViT (`jaxbig.models.vit`), classifier on a ViT
+backbone, and two-tower CLIP (`jaxbig.models.two_tower`): config fields and tensor names,
+both ways, and the import / export loops `hf.import_dir` / `hf.export_run` hand them to.
+
+    ViTModel                    -> model.name='vit' (pooler_dim when the checkpoint has
+                                   HF's pooler: features = tanh(dense(CLS)), HF's
+                                   pooler_output; `Model.tokens` = last_hidden_state), in
+                                   experiments/simclr.py's sections (views, NT-Xent,
+                                   linear-probe and k-NN evals)
+    ViTForImageClassification   -> model.name='classifier' on a 'vit' backbone (`encoder/...`
+                                   + `head/...`, as experiments/finetune_image.py builds it),
+                                   in finetune_image's sections (classification loss, val
+                                   accuracy)
+    CLIPModel                   -> model.name='two_tower' (image 'vit', text 'text_encoder',
+                                   causal, EOS pooling; in experiments/clip.py's sections with
+                                   data=coco_captions) — see interop/clip.py
+
+The data sections are placeholders (cifar10 / coco_captions at the checkpoint's image size,
+byte captions): point them at your data with --config overrides. Pixel normalisation is
+the data pipeline's ([-1, 1]; CLIP checkpoints expect their own mean / std). Params are
+float32 (the vision models compute in float32; bfloat16 checkpoints are upcast). Export
+writes a jaxbig 'vit' without pooler_dim as ViTModel without a pooler: load it with
+`ViTModel.from_pretrained(dir, add_pooling_layer=False)`; class labels are LABEL_i.
+
+Tensor maps: {hf name: (jaxbig path, to_jaxbig, to_hf)}, one HF tensor per jaxbig array,
+every layer spelt out; jaxbig paths are canonical (`encoder/layers_3/query/kernel`), which a
+scanned model stores stacked as `encoder/layers/query/kernel`[3] (`_unscan` converts).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxbig import config as config_lib
+from jaxbig import defaults
+from jaxbig.config import ConfigError
+from jaxbig.interop.tensors import TensorReader, write_safetensors
+
+ACTS = {'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu',
+        'gelu_fast': 'gelu', 'quick_gelu': 'quick_gelu'}
+ACTS_BACK = {'gelu_exact': 'gelu', 'gelu': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}
+VIT_ARCHS = ('ViTModel', 'ViTForImageClassification')
+IGNORED = ('.position_ids',)  # buffers older checkpoints store
+
+
+def _c(x):
+    return np.ascontiguousarray(x)
+
+
+def same():
+    return (lambda x: x), (lambda x: x)
+
+
+def transposed():
+    return (lambda w: _c(w.T)), (lambda k: _c(k.T))
+
+
+def need(field: str, value, ok: bool, why: str, what: str = 'ViT'):
+    if not ok:
+        raise ConfigError(f'config.json: {field}={value!r} is not representable in '
+                          f"jaxbig's {what} ({why})")
+
+
+def square(field: str, value, what: str = 'ViT') -> int:
+    if isinstance(value, (list, tuple)):
+        need(field, value, len(value) == 2 and value[0] == value[1], 'square only', what)
+        value = value[0]
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- shared maps
+
+VIT_BLOCK = dict(query='attention.attention.query', key='attention.attention.key',
+                 value='attention.attention.value', out='attention.output.dense',
+                 mlp_in='intermediate.dense', mlp_out='output.dense',
+                 attn_norm='layernorm_before', mlp_norm='layernorm_after')
+
+
+def encoder_tensors(jb: str, hf: str, names: dict, m) -> dict:
+    """Layer i of an Encoder at jaxbig `{jb}layers_{i}/` <-> HF `{hf}{i}.` (block names
+    `names`); m: a module with depth/width/num_heads (vit.Model or text_encoder.Model)."""
+    e, h = m.width, m.num_heads
+    d = e // h
+    qkv = ((lambda w: _c(w.T).reshape(e, h, d)), (lambda k: _c(k.reshape(e, h * d).T)))
+    qkv_b = ((lambda b: b.reshape(h, d)), (lambda b: b.reshape(h * d)))
+    out_k = ((lambda w: _c(w.T).reshape(h, d, e)), (lambda k: _c(k.reshape(h * d, e).T)))
+    out = {}
+    for i in range(m.depth):
+        p, q = f'{jb}layers_{i}/', f'{hf}{i}.'
+        for ours in ('query', 'key', 'value', 'out', 'mlp_in', 'mlp_out'):
+            kernel = {'out': out_k, 'mlp_in': transposed(), 'mlp_out': transposed()}.get(ours, qkv)
+            out[f'{q}{names[ours]}.weight'] = (f'{p}{ours}/kernel', *kernel)
+            bias = qkv_b if ours in ('query', 'key', 'value') else same()
+            out[f'{q}{names[ours]}.bias'] = (f'{p}{ours}/bias', *bias)
+        for ours in ('attn_norm', 'mlp_norm'):
+            out[f'{q}{names[ours]}.weight'] = (f'{p}{ours}/scale', *same())
+            out[f'{q}{names[ours]}.bias'] = (f'{p}{ours}/bias', *same())
+    return out
+
+
+def norm_tensors(jb: str, hf: str) -> dict:
+    return {f'{hf}.weight': (f'{jb}/scale', *same()), f'{hf}.bias': (f'{jb}/bias', *same())}
+
+
+def patch_tensors(jb: str, hf: str) -> dict:
+    """HF conv weight [out, in, kh, kw] <-> flax kernel [kh, kw, in, out]."""
+    return {hf: (f'{jb}embed/Conv_0/kernel', lambda w: _c(w.transpose(2, 3, 1, 0)),
+                 lambda k: _c(k.transpose(3, 2, 0, 1)))}
+
+
+def vit_reasons(v, clip: bool = False) -> list[str]:
+    """The fields of a jaxbig vit.Model that keep it from HF's ViT (or CLIP's image tower)."""
+    want = dict(pool='cls', positions='all', use_bias=True, patch_bias=not clip,
+                pre_norm=clip, final_norm='pooled' if clip else 'tokens')
+    if clip:
+        want.update(pooler_dim=0, num_classes=0)
+    bad = [f'{k}={getattr(v, k)!r}' for k, w in want.items() if getattr(v, k) != w]
+    return bad + ([f'num_heads={v.num_heads} (not dividing width={v.width})']
+                  if v.width % v.num_heads else [])
+
+
+def image_side(v, shapes: dict, jb: str) -> int:
+    """The image size of a ViT: its image_size, else the side its position table implies."""
+    if v.image_size:
+        return v.image_size
+    n = shapes[f'{jb}embed/pos_embedding'][0] - 1
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ConfigError(f'model: {n} patch positions are not a square grid; set '
+                          'model image_size')
+    return side * v.patch_size
+
+
+# ----------------------------------------------------------------------------- ViT
+
+def vit_section(hf: dict, pooler_dim: int, num_classes: int = 0) -> dict:
+    """The jaxbig 'vit' model section of a HF ViTConfig."""
+    act = hf.get('hidden_act', 'gelu')
+    need('hidden_act', act, act in ACTS, f'expected one of {sorted(ACTS)}')
+    need('qkv_bias', hf.get('qkv_bias', True), hf.get('qkv_bias', True), 'expected true')
+    image = square('image_size', hf.get('image_size', 224))
+    patch = square('patch_size', hf.get('patch_size', 16))
+    need('image_size', image, image % patch == 0, f'not a multiple of patch_size={patch}')
+    width, heads = hf.get('hidden_size', 768), hf.get('num_attention_heads', 12)
+    need('num_attention_heads', heads, width % heads == 0, f'not dividing hidden_size={width}')
+    if pooler_dim:
+        pooler_act = hf.get('pooler_act', 'tanh')
+        need('pooler_act', pooler_act, pooler_act == 'tanh', "expected 'tanh'")
+    depth = hf.get('num_hidden_layers', 12)
+    return dict(name='vit', patch_size=patch, width=width, depth=depth, num_heads=heads,
+                mlp_dim=hf.get('intermediate_size', 3072), pool='cls', dropout=0.0,
+                scan_layers=depth > 6, num_classes=num_classes, use_bias=True,
+                norm_eps=hf.get('layer_norm_eps', 1e-12), mlp_act=ACTS[act],
+                positions='all', patch_bias=True, pre_norm=False, final_norm='tokens',
+                pooler_dim=pooler_dim, image_size=image)
+
+
+def _vit_layout(model):
+    """(vit module, jaxbig backbone prefix, head path or '') of a jaxbig vit / classifier."""
+    from jaxbig import models
+    from jaxbig.models import classifier, vit
+
+    if isinstance(model, vit.Model):
+        return model, '', 'head' if model.num_classes else ''
+    if isinstance(model, classifier.Model) and dict(model.backbone).get('name') == 'vit':
+        kwargs = dict(model.backbone)
+        return models.get_model(kwargs.pop('name'), **kwargs), 'encoder/', 'head'
+    return None
+
+
+def vit_tensors(model, hf_prefix: str | None = None) -> dict:
+    v, jb, head = _vit_layout(model)
+    hf = ('vit.' if head else '') if hf_prefix is None else hf_prefix
+    out = {f'{hf}embeddings.cls_token': (f'{jb}embed/cls', *same()),
+           f'{hf}embeddings.position_embeddings': (f'{jb}embed/pos_embedding',
+                                                   lambda x: x[0], lambda x: x[None]),
+           f'{hf}embeddings.patch_embeddings.projection.bias': (f'{jb}embed/Conv_0/bias',
+                                                                *same())}
+    out.update(patch_tensors(jb, f'{hf}embeddings.patch_embeddings.projection.weight'))
+    out.update(encoder_tensors(f'{jb}encoder/', f'{hf}encoder.layer.', VIT_BLOCK, v))
+    out.update(norm_tensors(f'{jb}encoder/final_norm', f'{hf}layernorm'))
+    if v.pooler_dim:
+        out[f'{hf}pooler.dense.weight'] = (f'{jb}pooler/kernel', *transposed())
+        out[f'{hf}pooler.dense.bias'] = (f'{jb}pooler/bias', *same())
+    if head:
+        out['classifier.weight'] = (f'{head}/kernel', *transposed())
+        out['classifier.bias'] = (f'{head}/bias', *same())
+    return out
+
+
+def vit_hf(model, shapes: dict) -> dict:
+    v, jb, head = _vit_layout(model)
+    out = dict(architectures=[VIT_ARCHS[bool(head)]], model_type='vit', hidden_size=v.width,
+               num_hidden_layers=v.depth, num_attention_heads=v.num_heads,
+               intermediate_size=v.mlp_dim, hidden_act=ACTS_BACK[v.mlp_act],
+               layer_norm_eps=v.norm_eps, image_size=image_side(v, shapes, jb),
+               patch_size=v.patch_size, num_channels=shapes[f'{jb}embed/Conv_0/kernel'][2],
+               qkv_bias=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+               pooler_output_size=v.pooler_dim or v.width, pooler_act='tanh')
+    if head:
+        k = shapes[f'{head}/kernel'][-1]
+        out.update(id2label={str(i): f'LABEL_{i}' for i in range(k)},
+                   label2id={f'LABEL_{i}': i for i in range(k)})
+    return out
+
+
+def _image_data(image_size: int, views: int) -> dict:
+    data = dict(pipeline='views', name='cifar10', data_dir='', image_key='image',
+                label_key='label', train_split='train', val_split='test', views=views,
+                image_size=image_size)
+    if views:
+        data.update(crop_min_scale=0.08, flip=True, jitter_strength=0.5, jitter_prob=0.8,
+                    grayscale_prob=0.2, blur_prob=0.0)
+    return data
+
+
+def vit_run_config(hf: dict, names) -> ml_collections.ConfigDict:
+    """finetune_image's sections (ViTForImageClassification: classifier, mode full) or
+    simclr's (ViTModel: the bare ViT, its features probed), data a placeholder."""
+    arch = hf['architectures'][0]
+    c = ml_collections.ConfigDict()
+    if arch == 'ViTForImageClassification':
+        labels = len(hf.get('id2label') or {}) or hf.get('num_labels', 2)
+        need('num_labels', labels, labels > 0, 'expected a classifier head')
+        c.model = dict(name='classifier', backbone=vit_section(hf, 0), num_classes=labels,
+                       pooling='mean')
+        c.data = _image_data(c.model.backbone.image_size, views=0)
+        c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
+        c.optimizer = defaults.optimizer(lr=1e-4, warmup_steps='auto', weight_decay=1e-4)
+        c.init_from = defaults.init_from()
+        c.parallel = defaults.parallel()
+        c.train = defaults.finetune_train(300, 128)
+        c.evals = dict(val=dict(type='classification', split='test', num_batches=3,
+                                batch_size=120))
+    else:
+        prefix = 'vit.' if 'vit.embeddings.cls_token' in names else ''
+        pooler = (hf.get('pooler_output_size') or hf.get('hidden_size', 768)
+                  if f'{prefix}pooler.dense.weight' in names else 0)
+        c.model = vit_section(hf, pooler)
+        c.data = _image_data(c.model.image_size, views=2)
+        c.loss = dict(name='contrastive', temperature=0.2)
+        c.optimizer = defaults.optimizer(lr=2e-3, warmup_steps='auto', min_lr_ratio=0.0,
+                                         weight_decay=1e-4)
+        c.parallel = defaults.parallel()
+        c.train = defaults.pretrain_train(300, 256)
+        c.evals = dict(probe=defaults.features_eval('linear_probe'),
+                       knn=defaults.features_eval('knn'))
+    return config_lib.resolve_auto(c)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def architectures() -> tuple[str, ...]:
+    from jaxbig.interop import clip
+
+    return (*VIT_ARCHS, *clip.ARCHS)
+
+
+def handles(hf: dict) -> bool:
+    return (hf.get('architectures') or [''])[0] in architectures()
+
+
+def _family(model):
+    """(name, tensors(model), hf_config(model, shapes)) of a jaxbig model, or None."""
+    from jaxbig.interop import clip
+
+    if _vit_layout(model) is not None:
+        reasons = vit_reasons(_vit_layout(model)[0])
+        return 'vit', reasons, vit_tensors, vit_hf
+    if clip.layout(model) is not None:
+        return 'clip', clip.reasons(model), clip.tensors, clip.hf_config
+    return None
+
+
+def handles_model(model) -> bool:
+    return _family(model) is not None
+
+
+def _unscan(path: str, shape: tuple) -> list[tuple[str, tuple, int | None]]:
+    """An actual param path -> [(canonical path, shape, layer index or None)]: a scanned
+    `.../layers/...` [depth, ...] is depth canonical `.../layers_i/...` arrays."""
+    parts = path.split('/')
+    if 'layers' not in parts:
+        return [(path, tuple(shape), None)]
+    j = parts.index('layers')
+    return [('/'.join(parts[:j] + [f'layers_{i}'] + parts[j + 1:]), tuple(shape[1:]), i)
+            for i in range(shape[0])]
+
+
+def vit_example(hf: dict) -> tuple:
+    """Init inputs of an imported ViT: one image of the checkpoint's size and channels."""
+    side = square('image_size', hf.get('image_size', 224))
+    return (np.zeros((1, side, side, hf.get('num_channels', 3)), np.float32),)
+
+
+def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '') -> dict:
+    """`hf.import_dir` for the encoder families (see the module docstring)."""
+    import flax.linen as nn
+
+    from jaxbig import models, parallel
+    from jaxbig.finetune import flatten, unflatten
+    from jaxbig.interop import clip
+    from jaxbig.interop import hf as hf_lib
+
+    if param_dtype not in ('', 'float32'):
+        raise ConfigError(f'--param-dtype {param_dtype}: the vision models keep float32 params')
+    reader = TensorReader(directory)
+    names = set(reader.names())
+    is_vit = hf['architectures'][0] in VIT_ARCHS
+    config = vit_run_config(hf, names) if is_vit else clip.run_config(hf)
+    model = models.from_config(config)
+    example = vit_example(hf) if is_vit else clip.example(hf)
+    mesh = parallel.make_mesh(config.parallel)
+    rules = parallel.rules_from_config(config.parallel)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example)['params'])
+        abstract = jax.tree.map(lambda x: getattr(x, 'value', x), boxed,
+                                is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        logical = parallel.fit_specs(nn.get_partition_spec(boxed), abstract, mesh, rules)
+        shardings = parallel.logical_to_shardings(logical, mesh, rules)
+    flat, flat_shardings = flatten(abstract), flatten(shardings)
+    name, _, tensors, _ = _family(model)
+    specs = tensors(model, 'vit.' if 'vit.embeddings.cls_token' in names else '')
+    by_path = {path: (hf_name, to_jaxbig, to_hf)
+               for hf_name, (path, to_jaxbig, to_hf) in specs.items()}
+    canonical = {c: (path, shape, i) for path, leaf in flat.items()
+                 for c, shape, i in _unscan(path, leaf.shape)}
+    assert set(canonical) == set(by_path), sorted(set(canonical) ^ set(by_path))[:4]
+    missing = sorted(n for n in specs if n not in reader)
+    if missing:
+        raise ConfigError(f'{directory}: tensors missing for {name}: {", ".join(missing[:6])}')
+    left = [n for n in sorted(names - set(specs)) if not n.endswith(IGNORED)]
+    if left:
+        raise ConfigError(f'{directory}: tensors left over after mapping to {name}: '
+                          f'{", ".join(left[:6])}{" ..." if len(left) > 6 else ""}')
+
+    def one(c: str):
+        hf_name, to_jaxbig, to_hf = by_path[c]
+        tensor = reader.get(hf_name)
+        want = np.shape(to_hf(np.zeros(canonical[c][1], np.float32)))
+        if tensor.shape != want:
+            raise ConfigError(f'{directory}: tensor {hf_name} has shape {tuple(tensor.shape)}, '
+                              f'expected {tuple(want)} for this config')
+        return np.asarray(to_jaxbig(tensor), np.float32)
+
+    params = {}
+    for path, leaf in flat.items():
+        parts = _unscan(path, leaf.shape)
+        value = one(parts[0][0]) if parts[0][2] is None else np.stack([one(c) for c, *_ in parts])
+        params[path] = jax.device_put(value.astype(leaf.dtype), flat_shardings[path])
+    hf_lib._write_workdir(workdir, config, unflatten(params), '')
+    return dict(family=name, dtype='float32',
+                num_params=sum(int(np.prod(x.shape)) for x in flat.values()))
+
+
+def export_run(run, model, out: str, *, as_family: str = '') -> dict:
+    """`hf.export_run` for a jaxbig vit / classifier on a vit / two_tower CLIP."""
+    import json
+    import os
+
+    from jaxbig import lora
+    from jaxbig.finetune import flatten
+
+    name, reasons, tensors, hf_config = _family(model)
+    if as_family:
+        raise ConfigError(f'--as {as_family!r}: a {name} model exports as itself; drop --as')
+    if reasons:
+        raise ConfigError(f'this model matches no exportable family: {name} needs other '
+                          f'{", ".join(reasons)}')
+    params = run.params
+    if lora.KEY in params:
+        cfg = run.config.lora
+        params = jax.device_get(lora.merge(jax.tree.map(np.asarray, params),
+                                           cfg.alpha / cfg.rank))
+    canonical = {}
+    for path, value in flatten(params).items():
+        value = np.asarray(value)
+        for c, _, i in _unscan(path, value.shape):
+            canonical[c] = value if i is None else value[i]
+    specs = tensors(model)
+    unmapped = sorted(set(canonical) - {path for path, _, _ in specs.values()})
+    if unmapped:
+        raise ConfigError(f'params not in the {name} name map: {", ".join(unmapped[:6])}')
+    written = {hf_name: to_hf(canonical[path]) for hf_name, (path, _, to_hf) in specs.items()}
+    dtype = str(next(iter(written.values())).dtype)
+    hf = dict(hf_config(model, {c: v.shape for c, v in canonical.items()}), dtype=dtype,
+              torch_dtype=dtype)
+    if os.path.exists(out) and os.listdir(out):
+        raise ConfigError(f'--out {out}: exists and is not empty')
+    os.makedirs(out, exist_ok=True)
+    write_safetensors(os.path.join(out, 'model.safetensors'), written)
+    with open(os.path.join(out, 'config.json'), 'w') as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+    return dict(family=hf['architectures'][0], step=run.step, tensors=len(written),
+                dtype=dtype)
