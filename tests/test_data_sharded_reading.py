@@ -243,7 +243,7 @@ def test_index_reused_not_recomputed(own_copy, edge_ref, monkeypatch):
     np.testing.assert_array_equal(np.load(npy), edge_ref.record_ends)
     assert json.loads(meta.read_text())['fingerprint']['num_records'] == 240
 
-    def recompute(records, chunk=1024):
+    def recompute(records, chunk=1024, **kwargs):
         raise AssertionError('index recomputed although cached')
 
     monkeypatch.setattr(documents, 'compute_ends', recompute)
@@ -281,7 +281,7 @@ def test_stale_or_corrupt_index_is_rebuilt(own_copy, edge_ref, monkeypatch, capl
     computed = []
     real = documents.compute_ends
     monkeypatch.setattr(documents, 'compute_ends',
-                        lambda d, chunk=1024: computed.append(1) or real(d))
+                        lambda d, chunk=1024, **kw: computed.append(1) or real(d, **kw))
     build(own_copy, edge_ref)
     assert computed == [1] and 'rebuilding length index' in caplog.text
     np.testing.assert_array_equal(np.load(npy), edge_ref.record_ends)  # rewritten, valid

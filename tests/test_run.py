@@ -126,6 +126,13 @@ def test_profile_steps_write_a_trace(tfds_dir, tmp_path):
     for trace in traces:  # Perfetto / chrome://tracing format, when jax writes it
         with gzip.open(trace) as f:
             assert json.load(f)['traceEvents']
+    try:  # the real viewer's reader, where installed (`pip install xprof`; ~350 MB, so it
+        from xprof.convert import raw_to_tool_data  # is not in the test extra)
+    except ImportError:
+        return
+    assert 'trace_viewer@' in raw_to_tool_data.xspace_to_tool_names(planes)
+    data, _ = raw_to_tool_data.xspace_to_tool_data(planes, 'trace_viewer@', {})
+    assert data and json.loads(data)
 
 
 @pytest.mark.parametrize('bad', ['(3, 1)', '(1, 2, 3)', '(-1, 2)'])
