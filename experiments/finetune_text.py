@@ -84,8 +84,8 @@ def get_config(arg=None):
     if arg.init:  # the backbone's shape and tokenizer (an imported model's tokenizer.json)
         source = read_config(arg.init)
         backbone = source.model.to_dict()
-        tokenizer = dict(tokenizer=source.data.get('tokenizer', 'bytes'),
-                         eos_id=source.data.get('eos_id', -1))
+        data = source.get('data') or {}
+        tokenizer = dict(tokenizer=data.get('tokenizer', 'bytes'), eos_id=data.get('eos_id', -1))
     snippets = dict(
         **tokenizer,
         pipeline='text_classes',

@@ -56,8 +56,9 @@ def get_config(arg=None):
     if arg.init:  # continue another run (jaxbig's own or imported): its shape and tokenizer
         source = read_config(arg.init)
         c.model = source.model.to_dict()
-        c.data.tokenizer = source.data.get('tokenizer', 'bytes')
-        c.data.eos_id = source.data.get('eos_id', -1)
+        data = source.get('data') or {}
+        c.data.tokenizer = data.get('tokenizer', 'bytes')
+        c.data.eos_id = data.get('eos_id', -1)
     c.loss = dict(name='autoregressive', z_loss=0.0)
     c.optimizer = defaults.lm_optimizer()
     c.parallel = defaults.parallel()
