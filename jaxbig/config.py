@@ -118,7 +118,8 @@ def resolve(package: str, name: str, what: str, provides: str):
 
 
 AUTO = 'auto'
-_AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0, 'vocab_size': 0}  # what 'auto' resolves to
+# The type each 'auto' key resolves to: an override of it is checked against that type.
+_AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0, 'vocab_size': 0}
 
 
 def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

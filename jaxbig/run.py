@@ -115,11 +115,6 @@ class Setup:
     eval_context: Any  # jaxbig.evals.EvalContext
     evaluators: dict  # {name: (every, evaluator)}
 
-    def to_global(self, batch):
-        from jaxbig import parallel
-
-        return parallel.to_global(batch, self.batch_sharding)
-
 
 def host_info() -> dict[str, int]:
     return {'process_index': jax.process_index(), 'process_count': jax.process_count()}

@@ -68,7 +68,8 @@ def train_sentencepiece(texts, vocab_size: int, out: str) -> str:
         sentence_iterator=lines(), model_prefix=prefix, vocab_size=vocab_size,
         model_type='unigram', byte_fallback=True, character_coverage=1.0,
         normalization_rule_name='identity', remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, add_dummy_prefix=False, split_digits=True, max_sentence_length=1 << 16,
+        allow_whitespace_only_pieces=True, add_dummy_prefix=False, split_digits=True,
+        max_sentence_length=1 << 16,
         input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2)
     os.remove(prefix + '.vocab')
     return prefix + '.model'
