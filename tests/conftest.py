@@ -46,6 +46,16 @@ def run_cli(*args, devices: int = 1, timeout: int = 300, check: bool = True):
     return proc
 
 
+def edit_safetensors(directory, edit):
+    """Rewrites `directory`/model.safetensors after `edit(dict of numpy tensors)`."""
+    from safetensors.numpy import load_file, save_file
+
+    file = os.path.join(directory, 'model.safetensors')
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file, metadata={'format': 'pt'})
+
+
 def metric_series(workdir, key='train/loss') -> dict[int, float]:
     """{step: value} from workdir/metrics.jsonl (later rows for a step win)."""
     out = {}

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
+from conftest import edit_safetensors  # noqa: E402
 from jaxbig import run as run_lib  # noqa: E402
 from jaxbig.config import ConfigError  # noqa: E402
 from jaxbig.interop import hf  # noqa: E402
@@ -215,13 +216,7 @@ def test_unrepresentable_model_does_not_export(tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
-def _edit_tensors(path, edit):
-    from safetensors.numpy import load_file, save_file
-
-    file = os.path.join(path, 'model.safetensors')
-    tensors = load_file(file)
-    edit(tensors)
-    save_file(tensors, file, metadata={'format': 'pt'})
+_edit_tensors = edit_safetensors
 
 
 def _edit_config(path, **changes):

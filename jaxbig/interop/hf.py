@@ -38,7 +38,7 @@ from jaxbig import config as config_lib
 from jaxbig import defaults
 from jaxbig.config import ConfigError
 from jaxbig.interop import decoders
-from jaxbig.interop.tensors import TensorReader, write_safetensors
+from jaxbig.interop.tensors import TensorReader, write_model_dir
 
 TOKENIZER_FILE = 'tokenizer.json'
 _DTYPES = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16'}
@@ -254,15 +254,6 @@ def export_run(workdir: str, out: str, step: int | None = None, *, as_family: st
                 tensors[template.format(i=i)] = to_hf(*(layer(p, i) for p in paths))
         else:
             tensors[template] = to_hf(*(flat[p] for p in paths))
-    dtype = str(next(iter(tensors.values())).dtype)
-    hf = dict(family.hf_config(model), dtype=dtype, torch_dtype=dtype)
-    tokenizer = run.config.data.get('tokenizer', 'bytes')
-    if os.path.exists(out) and os.listdir(out):
-        raise ConfigError(f'--out {out}: exists and is not empty')
-    os.makedirs(out, exist_ok=True)
-    write_safetensors(os.path.join(out, 'model.safetensors'), tensors)
-    with open(os.path.join(out, 'config.json'), 'w') as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
-    if os.path.isfile(tokenizer):
-        shutil.copy(tokenizer, os.path.join(out, TOKENIZER_FILE))
+    dtype = write_model_dir(out, tensors, family.hf_config(model),
+                            run.config.data.get('tokenizer', 'bytes'))
     return dict(family=family.name, step=run.step, tensors=len(tensors), dtype=dtype)

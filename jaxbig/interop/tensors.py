@@ -81,3 +81,22 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray]):
     from safetensors.flax import save_file
 
     save_file({k: jnp.asarray(v) for k, v in tensors.items()}, path, metadata={'format': 'pt'})
+
+
+def write_model_dir(out: str, tensors: dict[str, np.ndarray], hf_config: dict,
+                    tokenizer: str = '') -> str:
+    """Writes a directory `from_pretrained` loads: model.safetensors, config.json (with the
+    tensors' dtype), and `tokenizer` copied as tokenizer.json when it is a file. `out` must
+    be new or empty (one-line ConfigError otherwise). Returns the dtype's name."""
+    import shutil
+
+    if os.path.exists(out) and os.listdir(out):
+        raise ConfigError(f'--out {out}: exists and is not empty')
+    dtype = str(next(iter(tensors.values())).dtype)
+    os.makedirs(out, exist_ok=True)
+    write_safetensors(os.path.join(out, SINGLE), tensors)
+    with open(os.path.join(out, 'config.json'), 'w') as f:
+        json.dump(dict(hf_config, dtype=dtype, torch_dtype=dtype), f, indent=2, sort_keys=True)
+    if tokenizer and os.path.isfile(tokenizer):
+        shutil.copy(tokenizer, os.path.join(out, 'tokenizer.json'))
+    return dtype

@@ -38,7 +38,7 @@ import numpy as np
 from jaxbig import config as config_lib
 from jaxbig import defaults
 from jaxbig.config import ConfigError
-from jaxbig.interop.tensors import TensorReader, write_safetensors
+from jaxbig.interop.tensors import TensorReader, write_model_dir
 
 ACTS = {'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu',
         'gelu_fast': 'gelu', 'quick_gelu': 'quick_gelu'}
@@ -359,8 +359,6 @@ def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '')
 
 def export_run(run, model, out: str, *, as_family: str = '') -> dict:
     """`hf.export_run` for a jaxbig vit / classifier on a vit / two_tower CLIP."""
-    import json
-    import os
 
     from jaxbig import lora
     from jaxbig.finetune import flatten
@@ -386,14 +384,7 @@ def export_run(run, model, out: str, *, as_family: str = '') -> dict:
     if unmapped:
         raise ConfigError(f'params not in the {name} name map: {", ".join(unmapped[:6])}')
     written = {hf_name: to_hf(canonical[path]) for hf_name, (path, _, to_hf) in specs.items()}
-    dtype = str(next(iter(written.values())).dtype)
-    hf = dict(hf_config(model, {c: v.shape for c, v in canonical.items()}), dtype=dtype,
-              torch_dtype=dtype)
-    if os.path.exists(out) and os.listdir(out):
-        raise ConfigError(f'--out {out}: exists and is not empty')
-    os.makedirs(out, exist_ok=True)
-    write_safetensors(os.path.join(out, 'model.safetensors'), written)
-    with open(os.path.join(out, 'config.json'), 'w') as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
+    hf = hf_config(model, {c: v.shape for c, v in canonical.items()})
+    dtype = write_model_dir(out, written, hf)
     return dict(family=hf['architectures'][0], step=run.step, tensors=len(written),
                 dtype=dtype)
