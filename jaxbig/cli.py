@@ -91,6 +91,13 @@ def _run_quantize(args, extra):
     return quantize.main(extra, prog='jaxbig quantize')
 
 
+def _run_prune(args, extra):
+    """`jaxbig prune ARGS` = `python -m jaxbig.prune ARGS`."""
+    from jaxbig.commands import prune
+
+    return prune.main(extra, prog='jaxbig prune')
+
+
 def _run_lora(args, extra):
     """`jaxbig lora merge ARGS` = `python -m jaxbig.lora merge ARGS`."""
     from jaxbig.commands import lora
@@ -157,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxbig.commands import tokenizer
 
     tokenizer.add_parser(add)
+    from jaxbig.commands import plan
+
+    plan.add_parser(add)
     from jaxbig import sweep
 
     p = sweep.add_parser(sub)
@@ -164,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_passthrough(
         sub, 'quantize', _run_quantize,
         'int8 weight-only quantization report of a run (see jaxbig quantize --help)',
+    )
+    _add_passthrough(
+        sub, 'prune', _run_prune,
+        'magnitude pruning of a run: sparsity per layer, validation loss before / after '
+        '(see jaxbig prune --help)',
     )
     _add_passthrough(
         sub, 'lora', _run_lora,

@@ -120,17 +120,21 @@ def host_info() -> dict[str, int]:
     return {'process_index': jax.process_index(), 'process_count': jax.process_count()}
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None) -> Setup:
+def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None,
+          devices=None, with_evals: bool = True) -> Setup:
     """Builds mesh, model, loss, optimizer, state shardings, eval step and evaluators for
     `config` (resolved: see `config.resolve_auto`). Reads, never writes, `workdir`.
 
     `example_batch`: a host batch of the training split (its first row shapes the model's
     init); None reads one. The data must be prepared (`jaxbig.data.prepare`).
+    `devices`: the mesh's devices (default `jax.devices()`; `jaxbig plan` passes a target's
+    compile-only devices). `with_evals=False` stops after the state's shardings (eval_step,
+    eval_context and evaluators are None): nothing is placed on a device.
     """
     from jaxbig import evals, losses, models, optim, parallel
     from jaxbig import step as step_lib
 
-    mesh = parallel.make_mesh(config.parallel)
+    mesh = parallel.make_mesh(config.parallel, devices)
     rules = parallel.rules_from_config(config.parallel)
     parallel.host_batch_rows(config.train.batch_size, mesh)
     if example_batch is None:
@@ -148,6 +152,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None
         boxed_params = jax.eval_shape(step_lib.init_fn(model, tx, example, seed, boxed=True))
         logical = parallel.state_logical_specs(abstract_state, nn.get_partition_spec(boxed_params))
         state_shardings = parallel.logical_to_shardings(logical, mesh, rules)
+        if not with_evals:
+            return Setup(mesh=mesh, rules=rules, model=model, loss_module=loss_module,
+                         loss_fn=loss_fn, tx=tx, schedule=schedule, init=init,
+                         abstract_state=abstract_state, state_shardings=state_shardings,
+                         batch_sharding=batch_sharding, eval_step=None, eval_context=None,
+                         evaluators=None)
         eval_step = step_lib.jit_eval_step(
             step_lib.make_eval_step(model, loss_fn, config.loss),
             state_shardings.params,
@@ -170,6 +180,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None
                  tx=tx, schedule=schedule, init=init, abstract_state=abstract_state,
                  state_shardings=state_shardings, batch_sharding=batch_sharding,
                  eval_step=eval_step, eval_context=ctx, evaluators=evaluators)
+
+
+def train_step_fn(config: ml_collections.ConfigDict, s: Setup, *, pmap_axis=None):
+    """The (un-jitted) update of `config` built from `s`: what `jaxbig train` compiles (with
+    `step.multi_step` on top when train.steps_per_call > 1) and `jaxbig plan` costs."""
+    from jaxbig import step as step_lib
+
+    t = config.train
+    return step_lib.make_train_step(
+        s.model, s.loss_fn, config.loss, s.tx, s.schedule, config.optimizer.grad_accum_steps,
+        skip_nonfinite=t.skip_nonfinite_steps, poison_step=t.debug_nan_at_step,
+        pmap_axis=pmap_axis,
+    )
 
 
 def _one_batch(config):

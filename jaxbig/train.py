@@ -124,17 +124,7 @@ def _train(config, workdir: str, guard) -> dict:
         )
 
         # ------------------------------------------------------------ Compile steps
-        train_fn = step_lib.make_train_step(
-            s.model,
-            s.loss_fn,
-            config.loss,
-            s.tx,
-            s.schedule,
-            config.optimizer.grad_accum_steps,
-            skip_nonfinite=t.skip_nonfinite_steps,
-            poison_step=t.debug_nan_at_step,
-            pmap_axis=pmap_lib.AXIS if use_pmap else None,
-        )
+        train_fn = run_lib.train_step_fn(config, s, pmap_axis=pmap_lib.AXIS if use_pmap else None)
         first = int(jax.device_get(state.step))
         steps_per_call = t.steps_per_call
         stacked = steps_per_call > 1  # batches stacked [steps, batch, ...], one scan per call

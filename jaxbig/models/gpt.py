@@ -33,6 +33,9 @@ Non-embedding parameter counts:
     gpt2_small       12     12        768     2048    85 M
     gpt2_medium      24     16       1024     2816   308 M
     1b               16     16       2048     8192   1.07 B
+    llama_1b         16  32/8kv      2048     8192   0.97 B   (1.50 B with llm.py's untied
+    llama_8b         32  32/8kv      4096    14336   6.98 B    128k vocab: 8.03 B,
+    llama_70b        80  64/8kv      8192    28672   68.5 B    70.6 B; experiments/llm.py)
 
 SwiGLU has three [embed, mlp] matrices, so mlp_dim ~= 2/3 of a GELU MLP's 4 * embed_dim
 (GPT-2 small: 2/3 * 3072 = 2048) keeps the parameter count of the GPT-2 original.
@@ -53,6 +56,12 @@ SIZES = {
     'gpt2_small': dict(num_layers=12, num_heads=12, embed_dim=768, mlp_dim=2048),
     'gpt2_medium': dict(num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=2816),
     '1b': dict(num_layers=16, num_heads=16, embed_dim=2048, mlp_dim=8192),
+    # Llama-3-shaped (grouped-query attention, 8 key-value heads); experiments/llm.py adds
+    # the 128,256-token vocabulary, an untied head and rope_base 500,000.
+    'llama_1b': dict(num_layers=16, num_heads=32, num_kv_heads=8, embed_dim=2048, mlp_dim=8192),
+    'llama_8b': dict(num_layers=32, num_heads=32, num_kv_heads=8, embed_dim=4096, mlp_dim=14336),
+    'llama_70b': dict(num_layers=80, num_heads=64, num_kv_heads=8, embed_dim=8192,
+                      mlp_dim=28672),
 }
 
 # 'einsum': layers.causal_attention (fastest on CPU); 'xla' / 'cudnn': jax.nn.dot_product_attention

@@ -1,0 +1,104 @@
+"""Analytic per-device figures of a train step, beside what XLA compiled, and the advice a
+plan that does not fit gets.
+
+    sharded_bytes(tree of ShapeDtypeStruct, tree of shardings) -> bytes on the most loaded
+        device (each leaf's shard shape x itemsize; exact, no compile needed)
+    ideal_share(...)   the same figures as formulas: parameters and optimizer state split
+        fsdp x tensor ways, the batch data x fsdp ways (small leaves that do not split, e.g.
+        norm scales under tensor parallelism, make the real share slightly larger)
+    gpt_activation_bytes(model, rows, seq, tensor)   what a GPT's backward keeps per device:
+        per layer and token, in elements (h = embed, a / kv = query / key-value heads,
+        d = head_dim, M = mlp_dim, t = tensor-parallel size, s = seq):
+          remat 'none':  4h + (a + 2kv)d/t + a d/t + 3M/t  in the compute dtype, plus the
+                         softmax probabilities a s/t in float32 (the einsum attention path;
+                         'cudnn' keeps a/t log-sum-exps instead)
+          remat 'dots':  (a + 2kv)d/t + 2M/t + 3h   (outputs of matmuls without batch dims)
+          remat 'full':  h (each layer's input), plus one layer's 'none' set while it is
+                         recomputed
+        times num_layers, plus the logits (float32 for the loss, twice: values and
+        gradient) rows x s x vocab / t, plus the gradients (one parameter-sized buffer).
+        A model estimate in the spirit of Korthikanti et al. (2022), not XLA's schedule.
+    advice(terms, knobs) -> the largest term and the knobs that would shrink it
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+
+def leaf_bytes(x) -> int:
+    return int(math.prod(x.shape)) * np.dtype(x.dtype).itemsize
+
+
+def sharded_bytes(tree, shardings) -> int:
+    """Bytes of `tree` on the most loaded device under `shardings` (same structure)."""
+    per_device: dict = {}
+    for x, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+        shard = sharding.shard_shape(x.shape)
+        size = int(math.prod(shard)) * np.dtype(x.dtype).itemsize
+        for device in sharding.device_set:
+            per_device[device] = per_device.get(device, 0) + size
+    return max(per_device.values(), default=0)
+
+
+def total_bytes(tree) -> int:
+    return sum(leaf_bytes(x) for x in jax.tree.leaves(tree))
+
+
+def ideal_share(params, opt_state, batch, mesh_shape: dict) -> dict:
+    model_ways = mesh_shape['fsdp'] * mesh_shape['tensor']
+    batch_ways = mesh_shape['data'] * mesh_shape['fsdp']
+    return dict(params=total_bytes(params) / model_ways,
+                optimizer=total_bytes(opt_state) / model_ways,
+                batch=total_bytes(batch) / batch_ways)
+
+
+def gpt_activation_bytes(model, rows: int, seq: int, tensor: int, grad_bytes: float) -> float:
+    """Estimated activation + gradient bytes per device of a GPT train step (see module
+    docstring). rows: sequences per device per micro-batch."""
+    h, a, kv = model.embed_dim, model.num_heads, model.resolved_kv_heads
+    d, mlp, t = model.resolved_head_dim, model.mlp_dim, tensor
+    act = np.dtype(model.dtype).itemsize
+    full_set = (4 * h + (a + 2 * kv) * d / t + a * d / t + 3 * mlp / t) * act
+    full_set += (a / t if model.attention == 'cudnn' else a * seq / t) * 4
+    if model.remat == 'none':
+        saved = model.num_layers * full_set
+    elif model.remat == 'dots':
+        saved = model.num_layers * ((a + 2 * kv) * d / t + 2 * mlp / t + 3 * h) * act
+    else:
+        saved = model.num_layers * h * act + full_set
+    logits = model.vocab_size / t * 2 * 4
+    return rows * seq * (saved + logits) + grad_bytes
+
+
+KNOBS = {
+    'params': ['raise parallel.fsdp (or parallel.tensor): parameters split fsdp x tensor ways',
+               'model.param_dtype=bfloat16 (halves them; keep an eye on update precision)'],
+    'optimizer': ['optimizer.mu_dtype=bfloat16 (halves Adam\'s first moment)',
+                  'raise parallel.fsdp: optimizer state splits like the parameters'],
+    'temporaries': ['model.remat=full (keep only each layer\'s input; recompute the rest)',
+                    'optimizer.grad_accum_steps=K (K micro-batches: activations / K)',
+                    'a smaller train.batch_size, or more data x fsdp devices',
+                    'model.dtype=bfloat16 (activations in 16 bits)'],
+    'batch': ['a smaller train.batch_size or data.seq_len, or more data x fsdp devices'],
+}
+
+
+def advice(terms: dict, knobs: dict) -> tuple[str, list[str]]:
+    """(name of the largest term, the knobs that shrink it, minus those already set)."""
+    largest = max(terms, key=terms.get)
+    out = []
+    for hint in KNOBS[largest]:
+        if hint.startswith('model.remat=full') and knobs.get('remat') == 'full':
+            continue
+        if hint.startswith('optimizer.mu_dtype') and knobs.get('mu_dtype') == 'bfloat16':
+            continue
+        if hint.startswith('model.param_dtype') and knobs.get('param_dtype') == 'bfloat16':
+            continue
+        if hint.startswith('model.dtype') and knobs.get('dtype') == 'bfloat16':
+            continue
+        out.append(hint)
+    return largest, out

@@ -1,0 +1,109 @@
+"""The collectives of a compiled program, read from its optimized HLO text.
+
+    collectives(hlo_text) -> {kind: {'count': ops executed per step,
+                                     'bytes': bytes of their results on one device}}
+
+Kinds: all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute (async
+`-start` forms counted once, `-done` not). An op inside a while loop (nn.scan over layers,
+lax.scan of micro-batches) counts once per iteration: XLA records the loop's
+`known_trip_count` (XLA:CPU does); otherwise (the TPU compiler) the bound N of a condition
+`i < constant(N)` is taken, the induction starting at 0 as a scan's does; a loop with
+neither counts once and is reported in 'unknown_trip_loops'.
+Bytes are the size of each op's result on one device (for an all-gather the gathered array,
+for a reduce-scatter the scattered shard, for an all-reduce the reduced array): the payload,
+not the wire traffic of a particular algorithm (a ring all-reduce sends about twice it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+KINDS = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
+DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2,
+               's32': 4, 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+_HEADER = re.compile(r'^(ENTRY )?%?([\w.\-]+) \(.*\{\s*$')
+_INSTR = re.compile(r'^\s*(?:ROOT )?%?[\w.\-]+ = (.+?) ([\w\-]+)\(')
+_ARRAY = re.compile(r'\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]')
+_CALLEE = re.compile(r'\b(?:body|calls|to_apply|condition|true_computation|false_computation)'
+                     r'=%?([\w.\-]+)')
+_BRANCHES = re.compile(r'branch_computations=\{([^}]*)\}')
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CONDITION = re.compile(r'condition=%?([\w.\-]+)')
+_CONST = re.compile(r'= s32\[\][^=]*constant\((\d+)\)')
+
+
+def _array_bytes(type_text: str) -> list[int]:
+    """Bytes of each array in an HLO type ('f32[8,256]{1,0}' or a tuple of them)."""
+    out = []
+    for dtype, dims in _ARRAY.findall(type_text):
+        size = DTYPE_BYTES.get(dtype, 1 if dtype.startswith('f8') else 4)
+        out.append(size * math.prod(int(d) for d in dims.split(',') if d))
+    return out
+
+
+def parse_computations(text: str) -> tuple[dict[str, list[str]], str]:
+    """HLO module text -> ({computation name: instruction lines}, entry name)."""
+    comps, entry, current = {}, '', None
+    for line in text.splitlines():
+        m = _HEADER.match(line)
+        if m:
+            current = m.group(2)
+            comps[current] = []
+            if m.group(1):
+                entry = current
+        elif line.startswith('}'):
+            current = None
+        elif current is not None:
+            comps[current].append(line)
+    return comps, entry
+
+
+def _payload(kind: str, op: str, type_text: str) -> int:
+    sizes = _array_bytes(type_text)
+    if op.endswith('-start') and kind in ('all-gather', 'collective-permute', 'all-to-all'):
+        sizes = sizes[len(sizes) // 2:]  # (operands, results): the results
+    return sum(sizes)
+
+
+def _trip_count(line: str, comps: dict) -> int | None:
+    t = _TRIP.search(line)
+    if t:
+        return int(t.group(1))
+    cond = _CONDITION.search(line)
+    body = comps.get(cond.group(1), []) if cond else []
+    bounds = [int(c) for l in body for c in _CONST.findall(l)]
+    compares = [l for l in body if 'compare(' in l and 'direction=LT' in l]
+    return bounds[0] if len(bounds) == 1 and len(compares) == 1 else None
+
+
+def collectives(text: str) -> dict:
+    comps, entry = parse_computations(text)
+    totals = {k: {'count': 0, 'bytes': 0} for k in KINDS}
+    unknown = []
+
+    def visit(name: str, times: int, depth: int = 0):
+        if depth > 64 or name not in comps:
+            return
+        for line in comps[name]:
+            m = _INSTR.match(line)
+            if not m:
+                continue
+            type_text, op = m.groups()
+            kind = op[:-len('-start')] if op.endswith('-start') else op
+            if kind in totals:
+                totals[kind]['count'] += times
+                totals[kind]['bytes'] += times * _payload(kind, op, type_text)
+            trip = _trip_count(line, comps) if op == 'while' else 1
+            if trip is None:
+                unknown.append(name)
+                trip = 1
+            for callee in _CALLEE.findall(line):
+                is_body = op == 'while' and f'body=%{callee}' in line or f'body={callee}' in line
+                visit(callee, times * (trip if is_body else 1), depth + 1)
+            for group in _BRANCHES.findall(line):
+                for callee in re.findall(r'%?([\w.\-]+)', group):
+                    visit(callee, times, depth + 1)
+
+    visit(entry, 1)
+    return dict(totals, unknown_trip_loops=len(unknown))
