@@ -15,15 +15,12 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import REPO, run_cli
+from jaxbig import planning
+from jaxbig.config import ConfigError
 from jaxbig.models import gpt
 from jaxbig.planning import estimate, hlo, targets
 
 SMALL = ['--config.train.batch_size=8', '--config.data.seq_len=128']
-
-
-def _plan(tmp_path, *args, devices=8, check=True):
-    proc = run_cli('plan', '--json', *args, devices=devices, check=check)
-    return proc, (json.loads(proc.stdout) if proc.returncode in (0, 1) else None)
 
 
 def _llama_1b_bytes():
@@ -34,12 +31,59 @@ def _llama_1b_bytes():
     return 4 * gpt.count_params(params)
 
 
+def _mesh(text):
+    return {'data': 1, 'fsdp': 1, 'tensor': 1,
+            **{k: int(v) for k, v in (p.split('=') for p in text.split(','))}}
+
+
+# Every plan but the CLI's runs in one process with 8 host devices (one import, one
+# prepared corpus): (spec, overrides, target, mesh, mfu).
+LLAMA_1B = ('experiments/llm.py:size=1b', SMALL, 'cpu:8')
+PLANS = {
+    'fsdp=8': (*LLAMA_1B, 'fsdp=8', 0.4),
+    'tensor=2,fsdp=4': (*LLAMA_1B, 'tensor=2,fsdp=4', 0.4),
+    'data=8': (*LLAMA_1B, 'data=8', 0.4),
+    'h100': ('experiments/lm.py', ['--config.train.batch_size=16'], 'h100x8', 'data=8', 0.5),
+    # every task's experiment
+    'lm': ('experiments/lm.py', [], 'cpu:8', 'data=8', 0.4),
+    'lstm_lm': ('experiments/lstm_lm.py', [], 'cpu:8', 'data=8', 0.4),
+    'simclr': ('experiments/simclr.py:backbone=cnn,width=8,batch=16', [], 'cpu:8', 'data=8', 0.4),
+    'clip': ('experiments/clip.py:width=16,embed=16,batch=16',
+             ['--config.data.resolution=16', '--config.data.num_train=2000',
+              '--config.data.num_test=500'], 'cpu:8', 'data=8', 0.4),
+    'finetune_full': ('experiments/finetune_image.py:mode=full,batch=16', [], 'cpu:8',
+                      'data=8', 0.4),
+    'finetune_probe': ('experiments/finetune_image.py:mode=linear_probe,batch=16', [], 'cpu:8',
+                       'data=8', 0.4),
+}
+TASKS = ('lm', 'lstm_lm', 'simclr', 'clip', 'finetune_full', 'finetune_probe')
+DRIVER = """
+import json, sys
+from jaxbig import cli, planning
+out = {}
+for name, (spec, extra, target, mesh, mfu) in json.loads(sys.argv[1]).items():
+    config = cli.load_config(spec, extra)
+    out[name] = planning.plan(config, target, planning.parse_mesh(mesh), mfu=mfu)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope='module')
+def plans(tfds_dir, tmp_path_factory):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+               JAX_PLATFORMS='cpu')
+    proc = subprocess.run([sys.executable, '-c', DRIVER, json.dumps(PLANS)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize('mesh,model_ways', [('fsdp=8', 8), ('tensor=2,fsdp=4', 8),
                                              ('data=8', 1)])
-def test_llama_1b_shares_per_device(tfds_dir, tmp_path, mesh, model_ways):
-    _, r = _plan(tmp_path, '--config', 'experiments/llm.py:size=1b', '--mesh', mesh, *SMALL)
+def test_llama_1b_shares_per_device(plans, mesh, model_ways):
+    r = plans[mesh]
     total = _llama_1b_bytes()
-    assert r['mesh'] == {'data': 1, 'fsdp': 1, 'tensor': 1, **targets_mesh(mesh)}
+    assert r['mesh'] == _mesh(mesh)
     exact, ideal = r['memory']['exact'], r['memory']['ideal']
     # AdamW keeps two float32 moments per parameter (+ a few scalars)
     assert exact['params'] == pytest.approx(total / model_ways, rel=0.05)
@@ -47,9 +91,8 @@ def test_llama_1b_shares_per_device(tfds_dir, tmp_path, mesh, model_ways):
                                                                  rel=0.05)
     assert ideal['params'] == pytest.approx(total / model_ways, rel=1e-6)
     # the batch (inputs / targets / mask of 8 x 128 tokens) splits data x fsdp ways
-    rows_ways = 8 // targets_mesh(mesh).get('tensor', 1)
-    assert ideal['batch'] == pytest.approx(exact['batch']) and exact['batch'] * rows_ways >= (
-        3 * 8 * 128)
+    assert ideal['batch'] == pytest.approx(exact['batch'])
+    assert exact['batch'] * (8 // _mesh(mesh)['tensor']) >= 3 * 8 * 128
     xla = r['memory']['xla']
     assert xla['temporaries'] > 0 and xla['arguments'] >= exact['params'] + exact['optimizer']
     assert r['memory']['peak'] >= xla['arguments']
@@ -63,28 +106,25 @@ def test_llama_1b_shares_per_device(tfds_dir, tmp_path, mesh, model_ways):
         assert r['collectives']['all-gather']['count'] >= 2 * 16
 
 
-def targets_mesh(text):
-    return {k: int(v) for k, v in (p.split('=') for p in text.split(','))}
+def test_70b_on_v5e_8_does_not_fit_and_names_the_largest_term(tfds_dir):
+    from jaxbig.commands import plan as plan_command
 
-
-def test_70b_on_v5e_8_does_not_fit_and_names_the_largest_term(tfds_dir, tmp_path):
-    proc, r = _plan(tmp_path, '--config', 'experiments/llm.py:size=70b', '--target', 'v5e-8',
-                    '--mesh', 'fsdp=8', *SMALL, check=False)
+    proc = run_cli('plan', '--json', '--config', 'experiments/llm.py:size=70b',
+                   '--target', 'v5e-8', '--mesh', 'fsdp=8', *SMALL, devices=8, check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
+    r = json.loads(proc.stdout)
     assert r['fits'] is False and r['target']['hbm_bytes'] == 16e9
     # 70.6 B float32 parameters: 35 GB per device, AdamW's moments twice that
     assert r['memory']['exact']['params'] == pytest.approx(70.55e9 * 4 / 8, rel=0.01)
     assert r['largest_term'] == 'optimizer'
     assert any('mu_dtype=bfloat16' in hint for hint in r['advice'])
-    table = run_cli('plan', '--config', 'experiments/llm.py:size=70b', '--target', 'v5e-8',
-                    '--mesh', 'fsdp=8', *SMALL, devices=8, check=False)
-    assert table.returncode == 1
-    assert 'DOES NOT FIT' in table.stdout and 'largest term: optimizer' in table.stdout
+    table = plan_command.table(r)
+    assert 'DOES NOT FIT' in table and 'largest term: optimizer' in table
+    assert 'try: optimizer.mu_dtype=bfloat16' in table
 
 
-def test_step_time_from_the_published_peak(tfds_dir, tmp_path):
-    _, r = _plan(tmp_path, '--config', 'experiments/lm.py', '--target', 'h100x8', '--mfu', '0.5',
-                 '--mesh', 'data=8', '--config.train.batch_size=16')
+def test_step_time_from_the_published_peak(plans):
+    r = plans['h100']
     t, f, e = r['target'], r['flops'], r['estimate']
     assert t['peak_flops'] == 989e12 and r['fits'] is True and 0 < r['headroom'] < 1
     assert e['step_s'] == pytest.approx(f['model_per_device'] / (989e12 * 0.5))
@@ -92,36 +132,9 @@ def test_step_time_from_the_published_peak(tfds_dir, tmp_path):
     assert 'standing in for h100x8' in t['compiled_for']
 
 
-# Every task's experiment plans (one process, 8 devices, one plan per config).
-TASKS = {
-    'lm': ('experiments/lm.py', []),
-    'lstm_lm': ('experiments/lstm_lm.py', []),
-    'simclr': ('experiments/simclr.py:backbone=cnn,width=8,batch=16', []),
-    'clip': ('experiments/clip.py:width=16,embed=16,batch=16',
-             ['--config.data.resolution=16', '--config.data.num_train=2000',
-              '--config.data.num_test=500']),
-    'finetune_full': ('experiments/finetune_image.py:mode=full,batch=16', []),
-    'finetune_probe': ('experiments/finetune_image.py:mode=linear_probe,batch=16', []),
-}
-DRIVER = """
-import json, sys
-from jaxbig import cli, planning
-out = {}
-for name, (spec, extra) in json.loads(sys.argv[1]).items():
-    r = planning.plan(cli.load_config(spec, extra), 'cpu:8', {'data': 8})
-    out[name] = r
-print(json.dumps(out))
-"""
-
-
-def test_every_task_plans(tmp_path):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-               JAX_PLATFORMS='cpu', TFDS_DATA_DIR=str(tmp_path / 'tfds'))
-    proc = subprocess.run([sys.executable, '-c', DRIVER, json.dumps(TASKS)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    plans = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name, r in plans.items():
+def test_every_task_plans(plans):
+    for name in TASKS:
+        r = plans[name]
         assert r['memory']['exact']['params'] > 0, name
         assert r['memory']['xla']['temporaries'] > 0, name
         assert r['flops']['model_per_step'] > 0, name
@@ -212,11 +225,7 @@ def test_targets_and_advice():
 
 @pytest.mark.parametrize('args,message', [
     (['--target', 'v5p-3'], 'v5p slices come in sizes'),
-    (['--target', 'tpu9'], 'expected one of'),
-    (['--mesh', 'pipeline=2'], 'expected axis=size pairs'),
     (['--mesh', 'fsdp=3'], 'needs 3 devices but 8 are available'),
-    (['--mfu', '1.5'], '--mfu 1.5'),
-    (['--config.model.num_layerz=2'], 'num_layerz'),
 ])
 def test_bad_input_is_one_line(tfds_dir, args, message):
     proc = run_cli('plan', '--config', 'experiments/lm.py', *args, devices=8, check=False)
@@ -224,11 +233,24 @@ def test_bad_input_is_one_line(tfds_dir, args, message):
     assert message in proc.stderr and proc.stderr.strip().count('\n') == 0, proc.stderr
 
 
-def test_tpu_compiler_when_libtpu_is_installed(tfds_dir, tmp_path):
+@pytest.mark.parametrize('call,message', [
+    (lambda: targets.parse('tpu9'), 'expected one of'),
+    (lambda: targets.parse('cpu:0'), 'at least one device'),
+    (lambda: planning.parse_mesh('pipeline=2'), 'expected axis=size pairs'),
+    (lambda: planning.parse_mesh('fsdp=two'), 'not an integer'),
+    (lambda: planning.plan(None, 'cpu:8', mfu=1.5), '--mfu 1.5'),
+])
+def test_bad_arguments(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
+
+
+def test_tpu_compiler_when_libtpu_is_installed(tfds_dir):
     """With the `tpu-plan` extra, v5p targets compile with the real TPU compiler."""
     pytest.importorskip('libtpu')
-    _, r = _plan(tmp_path, '--config', 'experiments/lm.py', '--target', 'v5p-8',
-                 '--mesh', 'fsdp=4', '--config.train.batch_size=8', devices=1)
+    proc = run_cli('plan', '--json', '--config', 'experiments/lm.py', '--target', 'v5p-8',
+                   '--mesh', 'fsdp=4', '--config.train.batch_size=8')
+    r = json.loads(proc.stdout)
     assert 'libtpu' in r['target']['compiled_for'] and r['fits'] is True
     assert r['memory']['exact']['params'] == pytest.approx(
         r['config']['num_params'] * 4 / 4, rel=0.05)
