@@ -17,7 +17,7 @@ targets: {targets.EXAMPLES}
   needed); otherwise, and for GPU targets, the step is compiled on N host CPU devices as a
   stand-in (same partitioning; XLA:CPU's temporaries; CPU all-reduces where a TPU would
   reduce-scatter).
-mesh: axes not named are 1; one may be -1 (the rest); default: the config's parallel section.
+mesh: axes not named are 1; one may be -1 (the rest).
 exit status: 0 fits (or no capacity known), 1 does not fit, 2 bad input.
 """
 
@@ -27,12 +27,13 @@ def add_parser(add):
             'collectives, step time', epilog=EPILOG)
     p.add_argument('--config', required=True, metavar='FILE.py[:ARG]',
                    help='the experiment file, as for jaxbig train (overrides: --config.a.b=v)')
-    p.add_argument('--mesh', default='', help='e.g. data=2,fsdp=4,tensor=1')
+    p.add_argument('--mesh', help="e.g. data=2,fsdp=4,tensor=1 (default: the config's "
+                   'parallel section)')
     p.add_argument('--target', default='cpu:8', help='the machine to plan for (see below)')
     p.add_argument('--mfu', type=float, default=0.4,
                    help='assumed model FLOPs utilisation for the step-time estimate')
-    p.add_argument('--peak-tflops', type=float, default=0.0,
-                   help="per-device bf16 peak (default: the target's published figure)")
+    p.add_argument('--peak-tflops', type=float,
+                   help="per-device bf16 peak in TFLOP/s (default: the target's published figure)")
     p.add_argument('--json', action='store_true', help='print the figures as JSON')
     p.set_defaults(run=run)
 
@@ -43,7 +44,8 @@ def run(args, extra):
     mesh = planning.parse_mesh(args.mesh) if args.mesh else None
     targets.parse(args.target)  # a bad target fails before the config is built
     config = cli.load_config(args.config, extra)
-    result = planning.plan(config, args.target, mesh, mfu=args.mfu, peak_tflops=args.peak_tflops)
+    result = planning.plan(config, args.target, mesh, mfu=args.mfu,
+                           peak_tflops=args.peak_tflops or 0.0)
     result['config']['spec'] = args.config
     print(json.dumps(result, indent=1) if args.json else table(result))
     return 1 if result['fits'] is False else 0
