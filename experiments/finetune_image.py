@@ -60,6 +60,7 @@ def get_config(arg=None):
         train_split='train',
         val_split='test',
         views=0,
+        folds=defaults.folds(),  # k-fold cross-validation of `train` (sweep.kfold); k=0: off
     )
     c = ml_collections.ConfigDict()
     if arg.mode == 'features':

@@ -95,6 +95,7 @@ def get_config(arg=None):
         min_files=2,
         train_split='train',
         val_split='validation',
+        folds=defaults.folds(),  # k-fold cross-validation of `train` (sweep.kfold); k=0: off
     )
     evals = dict(type='classification', split='validation', num_batches=16, batch_size=64)
     c = ml_collections.ConfigDict()
@@ -110,7 +111,8 @@ def get_config(arg=None):
             val_split='validation',
             embed_batch=256,
             embed_examples=dict(
-                train=arg.examples, validation=evals['num_batches'] * evals['batch_size']
+                train=arg.examples, validation=evals['num_batches'] * evals['batch_size'],
+                fold=evals['num_batches'] * evals['batch_size'],  # with data.source.folds
             ),
         )
     else:

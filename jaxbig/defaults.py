@@ -156,6 +156,13 @@ def init_from(**overrides) -> dict:
                   overrides)
 
 
+def folds(**overrides) -> dict:
+    """`data.folds`: k-fold cross-validation of the training split (jaxbig/data/folds.py);
+    k=0 = off. With k >= 2 the training split is every row outside fold `index`, and the
+    split 'fold' is that fold (stratified by label; fold assignment seeded by `seed`)."""
+    return _merge('folds', dict(k=0, index=0, seed=0, stratify=True), overrides)
+
+
 def finetune_train(steps: int, batch_size: int, **overrides) -> dict:
     """Fine-tuning cadence: evaluate and checkpoint every 100 steps, keep 2, keep the best
     by validation accuracy."""

@@ -4,6 +4,7 @@
                                     data.data_dir if needed; any other TFDS name (cifar10,
                                     imagenet2012, coco_captions, ...) must already be prepared
     load_split(config, split)       -> Split: the split's examples as in-memory numpy columns
+                                    (a Subset of the training split's rows with data.folds)
     IndexOrder(n, seed)             global row g of the endless epoch stream -> example id
 
 The embedded datasets are small (digits: 1.8 k x 64 B; shapes: 6 k x 3 KB by default), so
@@ -19,7 +20,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbig.data import digits, shapes
+from jaxbig.data import digits, folds, shapes
 from jaxbig.data.documents import _not_prepared, resolve_data_dir
 
 EMBEDDED = ('digits', 'shapes')
@@ -150,10 +151,36 @@ def _load_split(config_key: tuple, split: str, keys: tuple[str, ...]) -> Split:
 
 
 def load_split(config, split: str, keys: tuple[str, ...]) -> Split:
-    """`split` of the dataset named by `config` with columns `keys` (cached in-process)."""
+    """`split` of the dataset named by `config` with columns `keys` (cached in-process).
+
+    With `data.folds` on (`jaxbig.data.folds`), the training split is its rows outside the
+    held-out fold and the split 'fold' is that fold: a `Subset` of the stored split,
+    stratified by the `data.label_key` column."""
     wanted = ('name', 'data_dir', 'resolution', 'num_train', 'num_test', 'shapes_seed')
     key = tuple((k, config[k]) for k in wanted if k in config)
-    return _load_split(key, split, tuple(keys))
+    if not folds.selects(config, split):
+        return _load_split(key, split, tuple(keys))
+    stored = folds.source_split(config, split)
+    whole = _load_split(key, stored, tuple(keys))
+    label_key = config.get('label_key', 'label')
+    labels = _load_split(key, stored, (label_key,)).read(np.arange(len(whole)))[label_key] if (
+        label_key and folds.settings(config).stratify) else len(whole)
+    return Subset(whole, folds.select(config, split, labels))
+
+
+class Subset:
+    """Rows `ids` (int [m]) of a Split as a split of m examples: `read(j)` reads
+    `split.read(ids[j])`; `info` and `keys` are the split's."""
+
+    def __init__(self, split: Split, ids: np.ndarray):
+        self.split, self.ids = split, np.asarray(ids, np.int64)
+        self.info, self.keys, self.num_examples = split.info, split.keys, len(self.ids)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def read(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self.split.read(self.ids[np.asarray(ids, np.int64)])
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -7,6 +7,10 @@ stable hash of the file path). Example `(i, row)` of global batch `i` is drawn f
 seeded by (seed, i, row): a class uniformly (balanced), a file of that class, and a window
 of `seq_len` bytes of it. So batch `i` is a pure function of (seed, i), like every pipeline.
 
+With `data.folds` on (`jaxbig.data.folds`), the training files are divided into k folds
+stratified by package: 'train' samples the files outside fold `index`, 'fold' the files in
+it (a class with no file in a part is not drawn there).
+
 Batch: inputs int32[b, T] (bytes), mask float32[b, T] (1 = real byte), label int32[b].
 """
 
@@ -17,7 +21,7 @@ import functools
 import numpy as np
 
 from jaxbig.config import ConfigError
-from jaxbig.data import documents, lm
+from jaxbig.data import documents, folds, lm
 from jaxbig.data.tokenizers import ByteTokenizer
 
 
@@ -92,6 +96,7 @@ class SnippetPipeline:
             )
         self.docs, self.labels, self.classes = docs, labels, classes
         self.by_class = [np.flatnonzero(labels == k) for k in range(len(classes))]
+        self.drawn = [k for k, rows in enumerate(self.by_class) if len(rows)]  # classes present
         self.seq_len, self.seed = seq_len, seed
         self.batch_size = batch_size // process_count
         self.first_row = process_index * self.batch_size
@@ -105,7 +110,7 @@ class SnippetPipeline:
         label = np.zeros((b,), np.int32)
         for r in range(b):
             rng = np.random.default_rng([self.seed, i, self.first_row + r])
-            k = int(rng.integers(self.num_classes))
+            k = self.drawn[int(rng.integers(len(self.drawn)))]  # = rng.integers(K) if all are
             doc = self.docs[int(rng.choice(self.by_class[k]))]
             start = int(rng.integers(max(len(doc) - t, 0) + 1))
             window = doc[start : start + t]
@@ -122,9 +127,15 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
         documents.resolve_data_dir(config.get('data_dir', '')), config.get('min_files', 2),
         config.get('tokenizer', 'bytes'), config.get('eos_id', -1),
     )
-    if split not in files:
-        raise ConfigError(f"data split {split!r}: text_classes has 'train' and 'validation'")
-    docs, labels = files[split]
+    fold = folds.selects(config, split)
+    if folds.source_split(config, split) not in files:
+        raise ConfigError(f"data split {split!r}: text_classes has 'train' and 'validation'"
+                          + (f" (and {folds.FOLD_SPLIT!r}: the held-out fold)"
+                             if folds.settings(config) else ''))
+    docs, labels = files[folds.source_split(config, split)]
+    if fold:
+        rows = folds.select(config, split, labels)
+        docs, labels = [docs[r] for r in rows], labels[rows]
     return SnippetPipeline(
         docs,
         labels,

@@ -11,6 +11,9 @@ helpers below (the big_vision / scenic habit):
 
 Keys are config keys (`optimizer.lr`) or, with a leading colon, config-file arguments
 (`':mode'` turns `experiments/finetune_text.py:init=runs/lm` into `...:init=runs/lm,mode=...`).
+`sweep.kfold(5)` is k-fold cross-validation as an axis (one run per held-out fold of the
+training split, `data.folds`); the report then adds a row per configuration with each
+metric's mean ± std over its folds (results_cv.csv).
 
     jaxbig sweep --config experiments/lm.py:size=tiny --sweep experiments/sweeps/lm_lr_width.py \
         --workdir runs/sweep1 [--parallel 2] [--config.train.steps=100]
@@ -31,7 +34,8 @@ The report (results.csv, results.md, PNGs) is written at the end and by `--repor
 The package: plan.py (the helpers; sweep file -> named runs with their overrides),
 state.py (sweep.json), runner.py (local runs, --parallel, resume, failures), launchers.py
 (train commands for local / slurm / tpu, --dry-run, SLURM submission), report.py (results
-table and plots; imported only when a report is written), cli.py (`add_parser`, `main`).
+table and plots; imported only when a report is written), cv.py (the k-fold table), cli.py
+(`add_parser`, `main`).
 """
 
 from jaxbig.sweep.cli import add_parser, main, run
@@ -41,6 +45,8 @@ from jaxbig.sweep.plan import (
     axis,
     chain,
     fixed,
+    fold_keys,
+    kfold,
     load_sweep,
     plan_runs,
     product,
@@ -53,6 +59,6 @@ from jaxbig.sweep.state import LOG_FILE, STATE_FILE, State, finished, last_line
 
 __all__ = [
     'LOG_FILE', 'STATE_FILE', 'Runner', 'State', 'add_parser', 'arg_value', 'axis', 'chain',
-    'finished', 'fixed', 'last_line', 'load_sweep', 'main', 'plan_runs', 'product', 'run',
+    'finished', 'fixed', 'fold_keys', 'kfold', 'last_line', 'load_sweep', 'main', 'plan_runs', 'product', 'run',
     'run_names', 'run_spec', 'train_command', 'zip_',
 ]

@@ -1,8 +1,9 @@
 """Sweep specs -> runs: the helpers sweep files build their runs with, and planning.
 
 A sweep file's `get_sweep()` returns a list of override dicts, built with `axis`, `product`,
-`zip_`, `chain` and `fixed`. `load_sweep` runs it and checks the result; `run_names` gives
-each run a readable, filesystem-safe, unique name; `run_spec` merges a run's ':key' entries
+`zip_`, `chain`, `fixed` and `kfold` (k-fold cross-validation: one run per held-out fold).
+`load_sweep` runs it and checks the result; `run_names` gives each run a readable,
+filesystem-safe, unique name; `run_spec` merges a run's ':key' entries
 (config-file arguments) into the --config spec; `plan_runs` turns the whole sweep into
 `jaxbig train` argument lists, checking each run's config (a bad override becomes the run's
 'error' instead of failing the sweep).
@@ -50,6 +51,64 @@ def chain(*sweeps: list[dict]) -> list[dict]:
 def fixed(**overrides) -> list[dict]:
     """A single run's worth of overrides, for product(): fixed(**{'train.steps': 100})."""
     return [dict(overrides)]
+
+
+def kfold(k: int, seed: int = 0, *, evals=('val',), section: str = 'data.folds') -> list[dict]:
+    """k-fold cross-validation as an axis of k runs: run i trains on the training split less
+    fold i and evaluates `evals` (evaluator names) on fold i (`jaxbig.data.folds`):
+
+        {'data.folds.k': k, 'data.folds.index': i, 'data.folds.seed': seed,
+         'evals.val.split': 'fold'}
+
+    Compose it like any axis: `product(axis('optimizer.lr', [1e-3, 1e-2]), kfold(5))`. Its
+    runs are named `...,fold=<i>of<k>`; the report adds one row per configuration (runs
+    that differ only in the fold index) with each metric's mean and sample std over folds.
+    `section`: where the config keeps its folds ('data.source.folds' for the `features`
+    pipeline, whose source data is folded)."""
+    from jaxbig.data.folds import FOLD_SPLIT
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise config_lib.ConfigError(f'sweep.kfold(k={k!r}): expected k >= 2 folds')
+    if isinstance(evals, str):
+        evals = (evals,)
+    split = {f'evals.{name}.split': FOLD_SPLIT for name in evals}
+    return [{f'{section}.k': k, f'{section}.index': i, f'{section}.seed': int(seed), **split}
+            for i in range(k)]
+
+
+def fold_keys(run: dict) -> tuple[str, dict]:
+    """(the key of a kfold axis' fold index or '', {every key of that axis: value}) in a
+    run's overrides: `<section>.index` with `<section>.k` beside it, that section's seed /
+    stratify and the `evals.<name>.split` keys set to 'fold'."""
+    from jaxbig.data.folds import FOLD_SPLIT
+
+    for key in run:
+        section, _, leaf = key.rpartition('.')
+        if leaf == 'index' and section.endswith('folds') and f'{section}.k' in run:
+            axis_keys = {f'{section}.{x}' for x in ('k', 'index', 'seed', 'stratify')}
+            axis_keys |= {k for k, v in run.items()
+                          if re.fullmatch(r'evals\.[^.]+\.split', k) and v == FOLD_SPLIT}
+            return key, {k: v for k, v in run.items() if k in axis_keys}
+    return '', {}
+
+
+def _name_items(run: dict) -> dict:
+    """The (key, value) pairs a run's name shows: a kfold axis as one `fold=<i>of<k>` (and
+    its seed when not 0) in place of its keys."""
+    index_key, axis_keys = fold_keys(run)
+    if not index_key:
+        return run
+    section = index_key.rpartition('.')[0]
+    out, placed = {}, False
+    for key, value in run.items():
+        if key not in axis_keys:
+            out[key] = value
+        elif not placed:
+            out['fold'] = f'{run[index_key]}of{run[section + ".k"]}'
+            placed = True
+    if run.get(section + '.seed', 0) != 0:
+        out['fold_seed'] = run[section + '.seed']
+    return out
 
 
 def _merge(*dicts: dict) -> dict:
@@ -103,8 +162,10 @@ def arg_value(value) -> str:
 
 def run_names(runs: list[dict]) -> list[str]:
     """Readable, filesystem-safe, unique names: 'lr=0.001,embed_dim=64'. A key is shortened
-    to its last dotted parts that are unique among the sweep's keys."""
-    keys = list(dict.fromkeys(k for run in runs for k in run))
+    to its last dotted parts that are unique among the sweep's keys; a kfold axis shows as
+    'fold=2of5'."""
+    shown = [_name_items(run) for run in runs]
+    keys = list(dict.fromkeys(k for run in shown for k in run))
     short = {}
     for key in keys:
         parts = key.lstrip(ARG_PREFIX).split('.')
@@ -114,8 +175,8 @@ def run_names(runs: list[dict]) -> list[str]:
                 break
         short[key] = cand
     names, used = [], set()
-    for run in runs:
-        name = ','.join(f'{short[k]}={arg_value(v)}' for k, v in run.items()) or 'base'
+    for run, items in zip(runs, shown):
+        name = ','.join(f'{short[k]}={arg_value(v)}' for k, v in items.items()) or 'base'
         name = re.sub(r'[^A-Za-z0-9._=,+-]', '_', name)
         if len(name) > MAX_NAME:
             name = name[: MAX_NAME - 9] + '~' + hashlib.sha1(canonical(run).encode()).hexdigest()[:8]

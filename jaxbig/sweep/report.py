@@ -6,6 +6,11 @@ perplexities, max otherwise), parameter count, wall time (seconds the sweep spen
 it), error. Values are read from each run's own metrics.jsonl. Plots: `loss_curves.png`
 (train/loss of every run, val/loss dashed) and `final_vs_<key>.png` for each swept key
 (one panel per final metric; one line per combination of the other swept keys).
+
+A sweep with a k-fold axis (`sweep.kfold`, see cv.py) adds results_cv.csv and, first in
+results.md, one row per configuration: each value's mean ± sample std (ddof=1) over its
+folds. Its `final_vs_<key>` plots show those means with ±1 std error bars, and
+`final_vs_<...>folds.index.png` each fold's value (the axis's constant keys get no plot).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import re
 
 from jaxbig import writers
+from jaxbig.sweep import cv
 
 CSV_FILE, MD_FILE, CURVES_FILE = 'results.csv', 'results.md', 'loss_curves.png'
 LOWER_IS_BETTER = ('loss', 'perplexity', 'error', 'nll')
@@ -78,15 +84,26 @@ def write_report(workdir: str, state: dict) -> list[str]:
     swept, metrics, rows, series = collect(workdir, state)
     columns = list(rows[0]) if rows else ['run', 'status']
     paths = [os.path.join(workdir, CSV_FILE), os.path.join(workdir, MD_FILE)]
-    with open(paths[0], 'w', newline='') as f:
+    _write_csv(paths[0], columns, rows)
+    cv_keys, fold_axis, cv_rows = cv.aggregate(state, swept, metrics, rows)
+    folds = None
+    if cv_rows:
+        paths.append(os.path.join(workdir, cv.CSV_FILE))
+        _write_csv(paths[-1], list(cv_rows[0]), cv_rows)
+        folds = (cv_keys, fold_axis, cv_rows)
+    plots = write_plots(workdir, swept, ['train/loss'] + metrics, rows, series, folds)
+    with open(paths[1], 'w') as f:
+        f.write(markdown(state, columns, rows, plots,
+                         cv.markdown_table(cv_keys, metrics, cv_rows, _fmt) if cv_rows else ()))
+    return paths + plots
+
+
+def _write_csv(path: str, columns: list[str], rows: list[dict]):
+    with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _csv_value(v) for k, v in row.items()})
-    plots = write_plots(workdir, swept, ['train/loss'] + metrics, rows, series)
-    with open(paths[1], 'w') as f:
-        f.write(markdown(state, columns, rows, plots))
-    return paths + plots
 
 
 def _csv_value(v):
@@ -101,7 +118,10 @@ def _fmt(v) -> str:
     return str(v).replace('|', '\\|').replace('\n', ' ')
 
 
-def markdown(state: dict, columns: list[str], rows: list[dict], plots: list[str]) -> str:
+def markdown(state: dict, columns: list[str], rows: list[dict], plots: list[str],
+             before=()) -> str:
+    """results.md: the command, the status counts, the `before` lines (the cross-validation
+    table), the per-run table, the plots."""
     counts = {}
     for r in rows:
         counts[r['status']] = counts.get(r['status'], 0) + 1
@@ -110,7 +130,7 @@ def markdown(state: dict, columns: list[str], rows: list[dict], plots: list[str]
                  f' with {" ".join("--config." + k + "=" + v for k, v in state["overrides"])}'
                  if state.get('overrides') else '') + '.', '',
              'Runs: ' + ', '.join(f'{n} {s}' for s, n in sorted(counts.items())) + '.', '',
-             '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+             *before, '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     for r in rows:
         lines.append('| ' + ' | '.join(_fmt(r[c])[:120] for c in columns) + ' |')
     lines.append('')
@@ -118,7 +138,9 @@ def markdown(state: dict, columns: list[str], rows: list[dict], plots: list[str]
     return '\n'.join(lines) + '\n'
 
 
-def write_plots(workdir, swept, finals, rows, series) -> list[str]:
+def write_plots(workdir, swept, finals, rows, series, folds=None) -> list[str]:
+    """loss_curves.png and final_vs_<key>.png; `folds`: (configuration keys, kfold axis keys,
+    configuration rows) of a k-fold sweep (cv.aggregate)."""
     import matplotlib
 
     matplotlib.use('Agg')
@@ -151,12 +173,25 @@ def write_plots(workdir, swept, finals, rows, series) -> list[str]:
     for key in swept:
         if not done or not finals:
             break
-        out.append(_plot_vs(plt, workdir, key, swept, finals, done))
+        if folds is None:
+            out.append(_plot_vs(plt, workdir, key, swept, finals, done))
+            continue
+        config_keys, fold_axis, cv_rows = folds
+        if key not in fold_axis:  # a configuration key: mean ± std over folds
+            complete = [r for r in cv_rows if r['status'] == 'done']
+            if complete:
+                out.append(_plot_vs(plt, workdir, key, config_keys, finals, complete, True))
+        elif key.endswith('.index'):  # each fold's value, one line per configuration
+            out.append(_plot_vs(plt, workdir, key, [*config_keys, key], finals, done))
     return out
 
 
-def _plot_vs(plt, workdir, key, swept, finals, rows) -> str:
-    """Each final metric against `key`; one line per setting of the other swept keys."""
+def _plot_vs(plt, workdir, key, swept, finals, rows, with_std=False) -> str:
+    """Each final metric against `key`; one line per setting of the other swept keys.
+    `with_std`: rows of cv.aggregate, plotted as '<metric> mean' ± '<metric> std'."""
+    def value(r, metric, part='mean'):
+        return r[f'{metric} {part}'] if with_std else r[metric]
+
     xs = [r[key] for r in rows if r[key] != '']
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
     labels = list(dict.fromkeys(json.dumps(x) for x in xs))
@@ -170,11 +205,16 @@ def _plot_vs(plt, workdir, key, swept, finals, rows) -> str:
             groups.setdefault(', '.join(f'{k}={_fmt(r[k])}' for k in others), []).append(r)
     for ax, metric in zip(axes.flat, finals):
         for label, group in groups.items():
-            pts = [(r[key] if numeric else labels.index(json.dumps(r[key])), r[metric])
-                   for r in group if r[metric] != '']
+            pts = [(r[key] if numeric else labels.index(json.dumps(r[key])), value(r, metric),
+                    value(r, metric, 'std') if with_std else '')
+                   for r in group if value(r, metric) != '']
             if pts:
-                pts.sort()
-                ax.plot(*zip(*pts), marker='o', label=label or None)
+                pts.sort(key=lambda p: p[:2])
+                x, y, err = zip(*pts)
+                if with_std and all(e != '' for e in err):
+                    ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=label or None)
+                else:
+                    ax.plot(x, y, marker='o', label=label or None)
         if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale('log')
         if numeric and len(set(xs)) <= 8:
@@ -183,7 +223,8 @@ def _plot_vs(plt, workdir, key, swept, finals, rows) -> str:
         elif not numeric:
             ax.set_xticks(range(len(labels)), [s.strip('"') for s in labels])
         ax.set_xlabel(key)
-        ax.set_title(f'final {metric}', fontsize='medium')
+        ax.set_title(f'final {metric}' + (' (mean ± std over folds)' if with_std else ''),
+                     fontsize='medium')
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(finals):]:
         ax.axis('off')
