@@ -138,7 +138,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None
     rules = parallel.rules_from_config(config.parallel)
     parallel.host_batch_rows(config.train.batch_size, mesh)
     if example_batch is None:
-        example_batch = _one_batch(config)
+        example_batch = read_example_batch(config)
     model = models.from_config(config)
     loss_module = losses.get_loss_module(config.loss.name)
     loss_fn = losses.bind(loss_module, config.loss)
@@ -195,7 +195,7 @@ def train_step_fn(config: ml_collections.ConfigDict, s: Setup, *, pmap_axis=None
     )
 
 
-def _one_batch(config):
+def read_example_batch(config):
     """One small host batch of the training split (shapes the model's init)."""
     from jaxbig import data
 

@@ -146,7 +146,7 @@ def _train(config, workdir: str, guard) -> dict:
         # ------------------------------------------------------------ Loop
         writer = writers.MetricWriter(workdir)
         watch = safety.NonFiniteWatch(skip=t.skip_nonfinite_steps)
-        tokens_per_batch = _tokens_per_batch(train_data.get_batch(0)) * jax.process_count()
+        batch_tokens = tokens_per_batch(train_data.get_batch(0)) * jax.process_count()
         progress = _progress_bar(first, t.steps, enabled=is_main)
         meter = _Throughput(first)
         best = ckpt_lib.BestCheckpoint(
@@ -186,7 +186,7 @@ def _train(config, workdir: str, guard) -> dict:
                         if metrics.pop('skipped', None) is not None:
                             metrics['skipped_steps'] = watch.skipped
                         row.update({f'train/{k}': v for k, v in metrics.items()})
-                        row.update(meter.rates(step, tokens_per_batch))
+                        row.update(meter.rates(step, batch_tokens))
                         row['train/num_params'] = num_params
                         progress.set_postfix(
                             loss=f'{metrics["total_loss"]:.4f}',
@@ -329,8 +329,9 @@ class _Throughput:
         self.excluded += time.perf_counter() - t0
 
 
-def _tokens_per_batch(batch) -> int:
-    """Tokens per host batch for token-sequence inputs (int [batch, seq]); 0 otherwise."""
+def tokens_per_batch(batch) -> int:
+    """Tokens per batch for token-sequence inputs (int [batch, seq]; arrays or
+    ShapeDtypeStructs); 0 otherwise."""
     x = batch.get('inputs')
     if x is not None and x.ndim == 2 and np.issubdtype(x.dtype, np.integer):
         return int(x.size)

@@ -86,6 +86,7 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
     from jaxbig import data as data_lib
     from jaxbig import run as run_lib
     from jaxbig import step as step_lib
+    from jaxbig import train as train_lib
 
     if not 0 < mfu <= 1:
         raise config_lib.ConfigError(f'--mfu {mfu}: expected a fraction in (0, 1]')
@@ -95,7 +96,7 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
             config.parallel[axis] = size
     devices, compiled_for = targets.devices_for(tgt)  # before anything starts a backend
     data_lib.prepare(config.data)
-    example = run_lib._one_batch(config)
+    example = run_lib.read_example_batch(config)
     s = run_lib.setup(config, '', example_batch=example, devices=devices, with_evals=False)
     mesh_shape = dict(s.mesh.shape)
     batch = _global_batch(example, config.train.batch_size)
@@ -124,7 +125,7 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
     flops, counted = _model_flops(config, s, batch, example)
     cost = compiled.cost_analysis() or {}
     comms = hlo.collectives(compiled.as_text())
-    tokens = _tokens(batch)
+    tokens = train_lib.tokens_per_batch(batch)
     n = len(devices)
     chip = tgt.chip
     peak_flops = peak_tflops * 1e12 if peak_tflops else (chip.peak_flops if chip else 0.0)
@@ -160,13 +161,6 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
         host=dict(lower_s=lower_s, compile_s=compile_s,
                   peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
     )
-
-
-def _tokens(batch) -> int:
-    x = batch.get('inputs') if isinstance(batch, dict) else None
-    if x is not None and len(x.shape) == 2 and np.issubdtype(x.dtype, np.integer):
-        return int(x.shape[0] * x.shape[1])
-    return 0
 
 
 def _analytic_temps(config, s, batch, mesh_shape, param_bytes) -> float | None:
