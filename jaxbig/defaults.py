@@ -22,7 +22,10 @@ def _merge(section: str, base: dict, overrides: dict) -> dict:
 
 
 def optimizer(**overrides) -> dict:
-    """AdamW, warmup + cosine to 10 % of the peak, global-norm clipping at 1 (see optim.py)."""
+    """AdamW, warmup + cosine to 10 % of the peak, global-norm clipping at 1 (see optim.py).
+    `prune=dict(...)` is merged into `prune()`'s defaults (pruning off: sparsity 0)."""
+    if 'prune' in overrides:
+        overrides = {**overrides, 'prune': prune(**overrides['prune'])}
     return _merge(
         'optimizer',
         dict(
@@ -45,7 +48,19 @@ def optimizer(**overrides) -> dict:
             grad_accum_steps=1,
             freeze=[],
             lr_mults=[],
+            prune=prune(),
         ),
+        overrides,
+    )
+
+
+def prune(**overrides) -> dict:
+    """`optimizer.prune`: magnitude pruning (jaxbig/pruning.py, keys in jaxbig/optim.py);
+    sparsity 0 = off, e.g. `optimizer(prune=dict(sparsity=0.8, end_step=400, frequency=50))`."""
+    return _merge(
+        'prune',
+        dict(sparsity=0.0, initial_sparsity=0.0, scope='global', begin_step=0, end_step=0,
+             frequency=100, targets=[]),
         overrides,
     )
 

@@ -2,6 +2,7 @@
 
         clip (global norm) -> L1 penalty -> coupled L2 penalty -> preconditioner
         (sgd momentum / adam / rmsprop) -> decoupled weight decay -> -lr(step) -> lr_mults
+        -> magnitude pruning (only with prune.sparsity > 0: jaxbig/pruning.py)
 
 With `freeze`, that whole chain runs on the trainable parameters only, and frozen ones get
 zero updates and carry no optimizer state (optax.MaskedNode in the state, no arrays):
@@ -31,8 +32,23 @@ the only place they are set):
                 clipping (the global norm is the trainable gradients' norm)
   lr_mults      list of [regex, multiplier]: learning-rate multiplier for matching
                 parameters (first match wins, freeze patterns first); the rest use 1
-Every freeze / lr_mults regex must match at least one parameter (a typo is an error), and
-the number of parameters in each group ('frozen', 'mult_<i>', 'default') is logged.
+  prune         magnitude pruning (jaxbig/pruning.py), last in the chain, so pruned weights
+                stay exactly 0 whatever comes before (weight decay, Adam moments); with
+                `freeze` it acts on the trainable parameters only. Keys:
+      sparsity          final fraction of the selected weights set to 0, in [0, 1); 0 = off
+                        (no transformation in the chain: results bit-identical)
+      initial_sparsity  the sparsity of the first mask update (Zhu & Gupta's s_i)
+      scope             'global' (one ranking over every selected weight) | 'layer' (each
+                        leaf, and each layer of a scanned stack, pruned to the sparsity)
+      begin_step, end_step, frequency   masks recomputed at updates begin, begin +
+                        frequency, ..., end (counted from 0; end < train.steps); sparsity
+                        s_f + (s_i - s_f) (1 - (t - begin) / (end - begin))^3; begin == end
+                        = one shot. The train metrics then include `sparsity`.
+      targets           regexes on '/'-joined paths; [] = every kernel (ndim >= 2) outside
+                        paths containing 'embed' (never norms, biases, embeddings)
+Every freeze / lr_mults / prune.targets regex must match at least one parameter (a typo is
+an error), and the number of parameters in each group ('frozen', 'mult_<i>', 'default') is
+logged.
 """
 
 from __future__ import annotations
@@ -45,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbig import pruning
 from jaxbig.config import ConfigError
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
@@ -112,7 +129,7 @@ def scale_by_lr_mults(mults) -> optax.GradientTransformation:
 
 def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optax chain, learning-rate schedule) for `config.optimizer`."""
-    validate(cfg)
+    validate(cfg, total_steps)
     schedule = build_schedule(cfg, cfg.decay_steps or total_steps)
     parts = []
     if cfg.clip_norm > 0:
@@ -137,6 +154,9 @@ def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation
     freeze, mults = list(cfg.freeze), [tuple(m) for m in cfg.lr_mults]
     if mults:
         parts.append(scale_by_lr_mults(mults))
+    prune = _prune_config(cfg)
+    if prune is not None and prune.sparsity > 0:
+        parts.append(pruning.from_config(prune))
     chain = optax.chain(*parts)
     if not freeze and not mults:
         return chain, schedule
@@ -151,6 +171,11 @@ def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation
         {'trainable': chain, 'frozen': optax.set_to_zero()}, trainable_or_frozen
     )
     return tx, schedule
+
+
+def _prune_config(cfg):
+    """`cfg.prune`, or None for a config.json written before pruning existed (= off)."""
+    return cfg.get('prune')
 
 
 def _checking_groups(tx, groups) -> optax.GradientTransformation:
@@ -204,8 +229,9 @@ def param_groups(params, *, freeze, mults):
     return labels
 
 
-def validate(cfg):
-    """Range checks with one-line errors naming the key."""
+def validate(cfg, total_steps: int | None = None):
+    """Range checks with one-line errors naming the key (`total_steps`: train.steps, for
+    the checks that need it; None skips them)."""
     if cfg.name not in OPTIMIZERS:
         raise ConfigError(f'optimizer.name={cfg.name!r}: expected one of {OPTIMIZERS}')
     if not cfg.lr > 0:
@@ -234,3 +260,5 @@ def validate(cfg):
         raise ConfigError(f'optimizer.grad_accum_steps={cfg.grad_accum_steps}: must be >= 1')
     if not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError(f'optimizer.min_lr_ratio={cfg.min_lr_ratio}: must be in [0, 1]')
+    if _prune_config(cfg) is not None:
+        pruning.validate(cfg.prune, total_steps)

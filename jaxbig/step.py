@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbig import pruning
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -155,6 +157,7 @@ def make_train_step(
             params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
             metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
         metrics['param_norm'] = optax.tree.norm(params)  # of the params kept (after a skip)
+        metrics.update(pruning.train_metrics(opt_state))  # 'sparsity' when pruning is on
         if schedule is not None:
             metrics['learning_rate'] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
