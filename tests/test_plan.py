@@ -113,7 +113,7 @@ def test_70b_on_v5e_8_does_not_fit_and_names_the_largest_term(tfds_dir):
                    '--target', 'v5e-8', '--mesh', 'fsdp=8', *SMALL, devices=8, check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
-    assert r['fits'] is False and r['target']['hbm_bytes'] == 16e9
+    assert r['fits'] is False and r['state_fits'] is False and r['target']['hbm_bytes'] == 16e9
     # 70.6 B float32 parameters: 35 GB per device, AdamW's moments twice that
     assert r['memory']['exact']['params'] == pytest.approx(70.55e9 * 4 / 8, rel=0.01)
     assert r['largest_term'] == 'optimizer'
@@ -121,6 +121,7 @@ def test_70b_on_v5e_8_does_not_fit_and_names_the_largest_term(tfds_dir):
     table = plan_command.table(r)
     assert 'DOES NOT FIT' in table and 'largest term: optimizer' in table
     assert 'try: optimizer.mu_dtype=bfloat16' in table
+    assert 'parameters + optimizer state alone need 105.8 GB per device' in table
 
 
 def test_step_time_from_the_published_peak(plans):
@@ -221,6 +222,11 @@ def test_targets_and_advice():
     largest, hints = estimate.advice(dict(params=1, optimizer=2, batch=0, temporaries=3),
                                      dict(remat='none'))
     assert largest == 'temporaries' and any('remat=full' in h for h in hints)
+    # parameters + optimizer state alone over capacity: the state's knobs come first
+    largest, hints = estimate.advice(dict(params=4, optimizer=8, batch=0, temporaries=10),
+                                     dict(remat='full'), capacity=10)
+    assert largest == 'temporaries' and hints[0].startswith('optimizer.mu_dtype')
+    assert any('grad_accum_steps' in h for h in hints)
 
 
 @pytest.mark.parametrize('args,message', [

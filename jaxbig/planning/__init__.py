@@ -135,7 +135,7 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
     capacity = tgt.hbm_bytes
     terms = dict(params=exact['params'], optimizer=exact['optimizer'], batch=exact['batch'],
                  temporaries=xla['temporaries'])
-    largest, knobs_hint = estimate.advice(terms, _knobs(config))
+    largest, knobs_hint = estimate.advice(terms, _knobs(config), capacity)
     return dict(
         config=dict(model=config.model.get('name'), loss=config.loss.name,
                     batch_size=config.train.batch_size, tokens_per_step=tokens,
@@ -148,6 +148,8 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
         memory=dict(exact=exact, ideal=ideal, xla=xla, peak=peak,
                     analytic_temporaries=analytic_temps),
         fits=None if capacity is None else bool(peak <= capacity),
+        state_fits=None if capacity is None else bool(
+            exact['params'] + exact['optimizer'] <= capacity),
         headroom=None if capacity is None else 1.0 - peak / capacity,
         largest_term=largest,
         advice=knobs_hint,

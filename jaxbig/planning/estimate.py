@@ -81,24 +81,37 @@ KNOBS = {
                   'raise parallel.fsdp: optimizer state splits like the parameters'],
     'temporaries': ['model.remat=full (keep only each layer\'s input; recompute the rest)',
                     'optimizer.grad_accum_steps=K (K micro-batches: activations / K)',
+                    'raise parallel.tensor: the logits [rows, seq, vocab] split over it '
+                    '(rule vocab -> tensor), as do heads and the MLP',
                     'a smaller train.batch_size, or more data x fsdp devices',
                     'model.dtype=bfloat16 (activations in 16 bits)'],
     'batch': ['a smaller train.batch_size or data.seq_len, or more data x fsdp devices'],
 }
 
 
-def advice(terms: dict, knobs: dict) -> tuple[str, list[str]]:
-    """(name of the largest term, the knobs that shrink it, minus those already set)."""
+def advice(terms: dict, knobs: dict, capacity: float | None = None) -> tuple[str, list[str]]:
+    """(name of the largest term, the knobs that shrink it, minus those already set). When
+    parameters + optimizer state alone exceed `capacity`, the state's knobs come first:
+    no activation setting can make that plan fit."""
     largest = max(terms, key=terms.get)
+    names = [largest]
+    if capacity and terms['params'] + terms['optimizer'] > capacity:
+        state = ['params', 'optimizer'] if terms['params'] >= terms['optimizer'] else [
+            'optimizer', 'params']
+        names = state + [n for n in names if n not in state]
     out = []
-    for hint in KNOBS[largest]:
-        if hint.startswith('model.remat=full') and knobs.get('remat') == 'full':
-            continue
-        if hint.startswith('optimizer.mu_dtype') and knobs.get('mu_dtype') == 'bfloat16':
-            continue
-        if hint.startswith('model.param_dtype') and knobs.get('param_dtype') == 'bfloat16':
-            continue
-        if hint.startswith('model.dtype') and knobs.get('dtype') == 'bfloat16':
-            continue
-        out.append(hint)
+    for name in names:
+        for hint in KNOBS[name]:
+            if not _already_set(hint, knobs) and hint not in out:
+                out.append(hint)
     return largest, out
+
+
+def _already_set(hint: str, knobs: dict) -> bool:
+    for prefix, key, value in (('model.remat=full', 'remat', 'full'),
+                               ('optimizer.mu_dtype', 'mu_dtype', 'bfloat16'),
+                               ('model.param_dtype', 'param_dtype', 'bfloat16'),
+                               ('model.dtype', 'dtype', 'bfloat16')):
+        if hint.startswith(prefix) and knobs.get(key) == value:
+            return True
+    return False
