@@ -24,7 +24,24 @@ real tokenizer with --config.data.tokenizer=PATH/tokenizer.json, e.g. an importe
 Arguments (`experiments/llm.py:key=value,...`): size (1b | 8b | 70b), steps, batch (global
 batch in sequences), seq (tokens per sequence), data (as in experiments/lm.py), lr.
 
-Recommended meshes (the figures `jaxbig plan` printed; PLAN_FIGURES below).
+Recommended meshes: what `jaxbig plan` printed (v5p through libtpu's TPU compiler; H100
+compiled on 8 host CPU devices standing in, so its temporaries are XLA:CPU's). Step time
+and tokens/s at the published bf16 peak and 40 % MFU; peak = per-device arguments +
+outputs - donated + temporaries.
+
+    target   size mesh      batch x seq  knobs (beyond the defaults)  peak/device  est. step
+    v5p-256  8b   fsdp=128  256 x 8192   -                            31.1 GB      4.59 s, 457 k tok/s
+    v5p-256  70b  fsdp=128  256 x 8192   grad_accum_steps=2           54.0 GB      40.1 s, 52.3 k tok/s
+                            (without accumulation: 97.9 GB > 95 GB, does not fit)
+    h100x8   8b   fsdp=8     32 x 8192   grad_accum_steps=4           47.6 GB      4.26 s, 61.5 k tok/s
+                            (without accumulation: 106.5 GB > 80 GB; the float32 logits
+                            [rows, seq, 128k] are the largest activation)
+    h100x8   70b  does not fit: parameters + optimizer state alone are 88.2 GB per device
+                  even with mu_dtype=bfloat16; plan 16+ GPUs, attention='cudnn' (the einsum
+                  path keeps [heads, seq, seq] probabilities: ~17 GB per 8192-token row)
+
+`jaxbig plan` itself (2-core CPU shared with other jobs): v5p-256 compiles took 285 s (8b)
+and 309-329 s (70b), peak host memory 3.8-4.0 GB; the 8-device CPU stand-in 19-28 s, 1.4 GB.
 """
 
 import ml_collections

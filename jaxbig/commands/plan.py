@@ -104,7 +104,7 @@ def table(r: dict) -> str:
                    f"DOES NOT FIT ({_b(mem['peak'])} > {_b(t['hbm_bytes'])}); largest term: "
                    f"{r['largest_term']}")
         lines.append(f"  capacity {_b(t['hbm_bytes'])}: {verdict}")
-        if r['state_fits'] is False:
+        if r.get('state_fits') is False:
             state = mem['exact']['params'] + mem['exact']['optimizer']
             lines.append(f"    parameters + optimizer state alone need {_b(state)} per device")
         if not r['fits']:
