@@ -44,6 +44,9 @@ PLANS = {
     'tensor=2,fsdp=4': (*LLAMA_1B, 'tensor=2,fsdp=4', 0.4),
     'data=8': (*LLAMA_1B, 'data=8', 0.4),
     'h100': ('experiments/lm.py', ['--config.train.batch_size=16'], 'h100x8', 'data=8', 0.5),
+    'uneven_micro': ('experiments/lm.py', ['--config.train.batch_size=16',
+                                           '--config.optimizer.grad_accum_steps=4'],
+                     'cpu:8', 'data=8', 0.4),
     # every task's experiment
     'lm': ('experiments/lm.py', [], 'cpu:8', 'data=8', 0.4),
     'lstm_lm': ('experiments/lstm_lm.py', [], 'cpu:8', 'data=8', 0.4),
@@ -131,6 +134,12 @@ def test_step_time_from_the_published_peak(plans):
     assert e['step_s'] == pytest.approx(f['model_per_device'] / (989e12 * 0.5))
     assert e['tokens_per_s'] == pytest.approx(r['config']['tokens_per_step'] / e['step_s'])
     assert 'standing in for h100x8' in t['compiled_for']
+
+
+def test_micro_batches_that_do_not_split_are_noted(plans):
+    assert plans['h100']['notes'] == []
+    (note,) = plans['uneven_micro']['notes']
+    assert 'micro-batch has 4 rows' in note and 'data x fsdp = 8' in note
 
 
 def test_every_task_plans(plans):

@@ -109,6 +109,7 @@ def table(r: dict) -> str:
             lines.append(f"    parameters + optimizer state alone need {_b(state)} per device")
         if not r['fits']:
             lines += [f'    try: {hint}' for hint in r['advice']]
+    lines += [f'  note: {note}' for note in r.get('notes', [])]
     f = r['flops']
     lines += ['', f"compute  model FLOPs per step {_si(f['model_per_step'], 'FLOP')} "
               f"({f['counted']}), {_si(f['model_per_device'], 'FLOP')} per device; XLA "

@@ -136,6 +136,12 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
     terms = dict(params=exact['params'], optimizer=exact['optimizer'], batch=exact['batch'],
                  temporaries=xla['temporaries'])
     largest, knobs_hint = estimate.advice(terms, _knobs(config), capacity)
+    notes = []
+    micro = config.train.batch_size // config.optimizer.grad_accum_steps
+    if micro % (mesh_shape['data'] * mesh_shape['fsdp']):
+        notes.append(f'each micro-batch has {micro} rows, which do not split over data x fsdp = '
+                     f"{mesh_shape['data'] * mesh_shape['fsdp']} devices: XLA replicates or "
+                     'pads them (more memory and compute than the shares above)')
     return dict(
         config=dict(model=config.model.get('name'), loss=config.loss.name,
                     batch_size=config.train.batch_size, tokens_per_step=tokens,
@@ -153,6 +159,7 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
         headroom=None if capacity is None else 1.0 - peak / capacity,
         largest_term=largest,
         advice=knobs_hint,
+        notes=notes,
         flops=dict(model_per_step=flops, model_per_device=flops / n, counted=counted,
                    xla_per_device=float(cost.get('flops', 0.0)),
                    xla_bytes_accessed=float(cost.get('bytes accessed', 0.0))),
