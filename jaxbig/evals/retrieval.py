@@ -7,7 +7,8 @@ correct images are the images with that caption. R@k = fraction of queries with 
 item among the k most cosine-similar.
 
 Config: type='retrieval', split (default data.val_split), max_examples (default 1000),
-ks (default (1, 5, 10)), batch_size (0 = train.batch_size).
+ks (default (1, 5, 10)), batch_size (0 = train.batch_size), input_key (the batch column
+the first tower embeds: 'image', or 'audio' for audio-text data; default 'image').
 Reports {name}/i2t_r{k}, {name}/t2i_r{k}, and {name}/i2t_chance_r1 (the expected R@1 of a
 random ranking: mean fraction of correct texts per image).
 """
@@ -51,7 +52,8 @@ class Evaluator:
         self.batch_size = cfg.get('batch_size', 0) or ctx.config.train.batch_size
         self.images = SplitEmbedder(
             ctx, data_cfg, split=cfg.get('split', '') or data_cfg.val_split,
-            batch_size=self.batch_size, method='encode_image', input_key='image',
+            batch_size=self.batch_size, method='encode_image',
+            input_key=cfg.get('input_key', 'image'),
             max_examples=cfg.get('max_examples', 1000),
         )
         self.texts = self.images.column('text')

@@ -7,7 +7,8 @@ assigned the class whose embedding has the largest cosine with `encode_image(ima
 
 Config: type='zero_shot', split (default data.val_split), class_names (list; empty = the
 ClassLabel names of data.label_key), templates (list of strings with one '{}'),
-max_examples (0 = all), batch_size (0 = train.batch_size).
+max_examples (0 = all), batch_size (0 = train.batch_size), input_key (the batch column
+the first tower embeds: 'image', or 'audio' for audio-text data; default 'image').
 Reports {name}/accuracy and {name}/chance (= 1 / number of classes).
 """
 
@@ -41,7 +42,8 @@ class Evaluator:
         self.batch_size = cfg.get('batch_size', 0) or ctx.config.train.batch_size
         self.images = SplitEmbedder(
             ctx, data_cfg, split=cfg.get('split', '') or data_cfg.val_split,
-            batch_size=self.batch_size, method='encode_image', input_key='image',
+            batch_size=self.batch_size, method='encode_image',
+            input_key=cfg.get('input_key', 'image'),
             max_examples=cfg.get('max_examples', 0),
         )
         pipeline = self.images.pipeline

@@ -1,6 +1,8 @@
 """Image-text contrastive losses: CLIP (softmax) and SigLIP (sigmoid), chosen by `kind`.
 
-batch: image float32 [N, H, W, C], text int32 [N, L]; pair i is (image i, text i).
+batch: image float32 [N, H, W, C], text int32 [N, L]; pair i is (image i, text i). Audio-text
+batches (`data.audio_text`) carry audio float32 [N, samples] instead of image: it feeds the
+first tower the same way (`tower_input`), and "image" below means that tower's embedding.
 The model (`models.two_tower`) returns unit-norm embeddings x (images), y (texts)
 [N, E], a learned logit scale t and bias b. With logits = exp(t) * x y^T (+ b):
 
@@ -61,14 +63,19 @@ def similarity_stats(image_emb, text_emb):
     )
 
 
+def tower_input(batch):
+    """The first tower's input: batch['audio'] when the batch has one, else batch['image']."""
+    return batch['audio'] if 'audio' in batch else batch['image']
+
+
 def model_inputs(batch):
-    return (batch['image'], batch['text'])
+    return (tower_input(batch), batch['text'])
 
 
 def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics); see the module docstring."""
     kind = config.get('kind', 'clip')
-    out = apply_fn({'params': params}, batch['image'], batch['text'], train=train, rngs=rngs)
+    out = apply_fn({'params': params}, *model_inputs(batch), train=train, rngs=rngs)
     x, y, t = global_rows(out['image']), global_rows(out['text']), out['logit_scale']
     metrics = similarity_stats(x, y)
     if kind == 'clip':

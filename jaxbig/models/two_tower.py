@@ -9,6 +9,10 @@ Initial values from the papers: CLIP t = log(1 / 0.07) (temperature 0.07); SigLI
 t' = log 10 and b = -10 (set by experiments/clip.py from the loss).
 `image` / `text` are dicts naming a model module and its fields, e.g.
 dict(name='vit', patch_size=4, ...), dict(name='text_encoder', vocab_size=..., ...).
+The first tower takes whatever its model takes: with image=dict(name='audio', backbone=...)
+(`models.audio`: log-mel front end + an image backbone) it embeds waveforms float32
+[B, samples] (CLAP, experiments/clap.py); `encode_image` and the output key 'image' keep
+their names.
 """
 
 import math
