@@ -56,8 +56,9 @@ def _flat(tree):
     return {jax.tree_util.keystr(p, simple=True, separator='/'): x for p, x in leaves}
 
 
-def _hand_param_count(vocab, layers, heads, embed, mlp, head_dim, tied=True):
-    per_layer = 4 * embed * heads * head_dim + 3 * embed * mlp + 2 * embed  # attn, mlp, 2 norms
+def _hand_param_count(vocab, layers, heads, embed, mlp, head_dim, tied=True, kv_heads=0):
+    kv_heads = kv_heads or heads  # q and out: heads; k and v: kv_heads (grouped-query)
+    per_layer = (2 * heads + 2 * kv_heads) * embed * head_dim + 3 * embed * mlp + 2 * embed
     return vocab * embed + layers * per_layer + embed + (0 if tied else embed * vocab)
 
 
@@ -337,7 +338,8 @@ def test_sizes_param_counts():
     for name, size in SIZES.items():
         p = jax.eval_shape(Model(**size, vocab_size=256).init, jax.random.key(0), tokens)['params']
         hand = _hand_param_count(256, size['num_layers'], size['num_heads'], size['embed_dim'],
-                                 size['mlp_dim'], size['embed_dim'] // size['num_heads'])
+                                 size['mlp_dim'], size['embed_dim'] // size['num_heads'],
+                                 kv_heads=size.get('num_kv_heads', 0))
         assert count_params(p) == hand, name
 
 
