@@ -154,6 +154,28 @@ def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
     )
 
 
+def conditional_data(task: str = 'name', seq_len: int = 256, **overrides) -> dict:
+    """(prompt, response) examples of the embedded corpus (`jaxbig.data.conditional`):
+    task 'name' (a function without its name -> the name) | 'body' (signature and
+    docstring -> the body); the loss mask covers response tokens only."""
+    return _merge(
+        'conditional_data',
+        dict(
+            pipeline='conditional',
+            name='pystdlib',
+            data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+            task=task,
+            seq_len=seq_len,
+            pack=True,  # several examples per row, attention kept within each (segment_ids)
+            train_split='train',
+            val_split='validation',
+            tokenizer='bytes',  # or a tokenizer.json / SentencePiece .model path
+            eos_id=-1,  # the tokenizer's end-of-sequence id (bytes: NUL); ends responses
+        ),
+        overrides,
+    )
+
+
 def lm_optimizer(**overrides) -> dict:
     """The LM recipe: AdamW at 3e-3, 5 % warmup, b2 0.95, weight decay 0.1."""
     return optimizer(**{**dict(lr=3e-3, warmup_steps='auto', b2=0.95, weight_decay=0.1),

@@ -277,5 +277,7 @@ def test_unsupported_architecture_names_every_family(tmp_path):
     _edit_config(path, architectures=['DeiTModel'])
     with pytest.raises(ConfigError, match=r"'DeiTModel' is not supported \(supported: "
                                           r'GPT2LMHeadModel, .*ViTModel, '
-                                          r'ViTForImageClassification, CLIPModel\)'):
+                                          r'ViTForImageClassification, CLIPModel, '
+                                          r'BertModel, BertForMaskedLM, '
+                                          r'BertForSequenceClassification\)'):
         hf.import_dir(path, str(tmp_path / 'run'))

@@ -13,7 +13,8 @@
 
 Decoders (GPT-2, Llama, Mistral, Qwen2: interop/decoders.py) are handled here; ViTModel,
 ViTForImageClassification and CLIPModel go to interop/vision.py (and interop/clip.py),
-which build their own experiment sections and reuse `_write_workdir`.
+BertModel, BertForMaskedLM and BertForSequenceClassification to interop/bert.py (import
+only), which build their own experiment sections and reuse `_write_workdir`.
 
 Tensors are read one at a time and placed straight into their sharding (a scanned model's
 per-layer tensors are stacked into one array first); bfloat16 / float16 checkpoints keep
@@ -94,13 +95,13 @@ def _expected_shapes(specs: dict, shapes: dict[str, tuple]) -> dict[str, tuple]:
 
 def _decoder_family(hf: dict):
     """decoders.family_of, naming the encoder architectures too when none matches."""
-    from jaxbig.interop import vision
+    from jaxbig.interop import bert, vision
 
     arch = (hf.get('architectures') or [''])[0]
     if not any(arch in f.architectures for f in decoders.FAMILIES):
         supported = [a for f in decoders.FAMILIES for a in f.architectures]
-        raise ConfigError(f'config.json: architecture {arch!r} is not supported '
-                          f'(supported: {", ".join([*supported, *vision.architectures()])})')
+        raise ConfigError(f'config.json: architecture {arch!r} is not supported (supported: '
+                          f'{", ".join([*supported, *vision.architectures(), *bert.ARCHS])})')
     return decoders.family_of(hf)
 
 
@@ -115,6 +116,10 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
 
     if vision.handles(hf):  # ViT, ViT classifier, CLIP: interop/vision.py
         return vision.import_dir(directory, workdir, hf, param_dtype=param_dtype)
+    from jaxbig.interop import bert
+
+    if bert.handles(hf):  # BertModel, BertForMaskedLM, BertForSequenceClassification
+        return bert.import_dir(directory, workdir, hf, param_dtype=param_dtype)
     family = _decoder_family(hf)
     model_cfg = family.model_config(hf)
     reader = TensorReader(directory)

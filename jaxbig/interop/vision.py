@@ -299,12 +299,7 @@ def vit_example(hf: dict) -> tuple:
 
 def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '') -> dict:
     """`hf.import_dir` for the encoder families (see the module docstring)."""
-    import flax.linen as nn
-
-    from jaxbig import models, parallel
-    from jaxbig.finetune import flatten, unflatten
     from jaxbig.interop import clip
-    from jaxbig.interop import hf as hf_lib
 
     if param_dtype not in ('', 'float32'):
         raise ConfigError(f'--param-dtype {param_dtype}: the vision models keep float32 params')
@@ -312,8 +307,32 @@ def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '')
     names = set(reader.names())
     is_vit = hf['architectures'][0] in VIT_ARCHS
     config = vit_run_config(hf, names) if is_vit else clip.run_config(hf)
-    model = models.from_config(config)
     example = vit_example(hf) if is_vit else clip.example(hf)
+    prefix = 'vit.' if 'vit.embeddings.cls_token' in names else ''
+
+    def specs_of(model):
+        name, _, tensors, _ = _family(model)
+        return name, tensors(model, prefix)
+
+    return import_mapped(directory, workdir, reader, config, example, specs_of)
+
+
+def import_mapped(directory: str, workdir: str, reader, config, example: tuple, specs_of, *,
+                  ignored: tuple = IGNORED, tokenizer: str = '') -> dict:
+    """The import loop of the name-mapped encoder families (ViT, CLIP, BERT): builds
+    `config`'s model (initialised on `example` inputs, abstractly), reads every HF tensor
+    its name map `specs_of(model) -> (family name, {hf name: (canonical path, to_jaxbig,
+    to_hf)})` names (checking shapes; a tensor missing, or one left over that does not end
+    with `ignored`, is an error), stacks scanned layers and writes the workdir (with
+    `tokenizer`, a tokenizer.json path, when it exists). Params are float32."""
+    import flax.linen as nn
+
+    from jaxbig import models, parallel
+    from jaxbig.finetune import flatten, unflatten
+    from jaxbig.interop import hf as hf_lib
+
+    names = set(reader.names())
+    model = models.from_config(config)
     mesh = parallel.make_mesh(config.parallel)
     rules = parallel.rules_from_config(config.parallel)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -323,8 +342,7 @@ def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '')
         logical = parallel.fit_specs(nn.get_partition_spec(boxed), abstract, mesh, rules)
         shardings = parallel.logical_to_shardings(logical, mesh, rules)
     flat, flat_shardings = flatten(abstract), flatten(shardings)
-    name, _, tensors, _ = _family(model)
-    specs = tensors(model, 'vit.' if 'vit.embeddings.cls_token' in names else '')
+    name, specs = specs_of(model)
     by_path = {path: (hf_name, to_jaxbig, to_hf)
                for hf_name, (path, to_jaxbig, to_hf) in specs.items()}
     canonical = {c: (path, shape, i) for path, leaf in flat.items()
@@ -333,7 +351,7 @@ def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '')
     missing = sorted(n for n in specs if n not in reader)
     if missing:
         raise ConfigError(f'{directory}: tensors missing for {name}: {", ".join(missing[:6])}')
-    left = [n for n in sorted(names - set(specs)) if not n.endswith(IGNORED)]
+    left = [n for n in sorted(names - set(specs)) if not n.endswith(ignored)]
     if left:
         raise ConfigError(f'{directory}: tensors left over after mapping to {name}: '
                           f'{", ".join(left[:6])}{" ..." if len(left) > 6 else ""}')
@@ -352,7 +370,7 @@ def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '')
         parts = _unscan(path, leaf.shape)
         value = one(parts[0][0]) if parts[0][2] is None else np.stack([one(c) for c, *_ in parts])
         params[path] = jax.device_put(value.astype(leaf.dtype), flat_shardings[path])
-    hf_lib._write_workdir(workdir, config, unflatten(params), '')
+    hf_lib._write_workdir(workdir, config, unflatten(params), tokenizer)
     return dict(family=name, dtype='float32',
                 num_params=sum(int(np.prod(x.shape)) for x in flat.values()))
 

@@ -1,7 +1,10 @@
 """Next-token language-modelling loss.
 
 batch: inputs int32[batch, seq], targets int32[batch, seq] (inputs shifted by one),
-              mask float32[batch, seq] (1 = a real target, 0 = padding).
+              mask float32[batch, seq] (1 = a real target, 0 = padding);
+       optional positions, segment_ids int32[batch, seq] (examples packed into rows,
+              jaxbig.data.conditional) are passed to the model, which then keeps
+              attention within each example.
 Loss is the mean cross-entropy in nats per target token, plus an optional z-loss
 `z_loss * mean(logsumexp(logits)^2)` that keeps the softmax normaliser near 1 (PaLM).
 
@@ -44,7 +47,8 @@ def model_inputs(batch):
 
 def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics) for one batch; see module docstring for shapes."""
-    logits = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs)
+    packed = {k: batch[k] for k in ('positions', 'segment_ids') if k in batch}
+    logits = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs, **packed)
     stats = token_cross_entropy(logits, batch['targets'], batch['mask'])
     z_loss = config.get('z_loss', 0.0)
     total = stats['loss'] + z_loss * stats['log_z_sq'] if z_loss else stats['loss']

@@ -4,13 +4,16 @@
 
 The backbone's `features(x, train=)` gives either per-position features [B, T, E] (GPT,
 text encoders: pooled here with the mask, 'last' = last real token, 'mean' = masked mean)
-or pooled features [B, E] (image encoders: used as is). The head is a Dense [E, K].
+or pooled features [B, E] (image encoders, BERT: used as is). A backbone whose `features`
+takes a `mask` (BERT: `features(x, mask, train=)`, attention to the real tokens only, its
+own `pool`) is given the batch's mask. The head is a Dense [E, K].
 Parameters: `encoder/...` (the backbone's own tree) and `head/{kernel,bias}`, so a
 pretrained backbone loads with init_from rename `('^', 'backbone/')`.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -52,7 +55,11 @@ class Model(nn.Module):
         )
 
     def features(self, inputs, mask=None, *, train: bool = False):
-        x = self.encoder.features(inputs, train=train)
+        takes_mask = 'mask' in inspect.signature(type(self.encoder).features).parameters
+        if mask is not None and takes_mask:  # BERT: attends to the real tokens only
+            x = self.encoder.features(inputs, mask, train=train)
+        else:
+            x = self.encoder.features(inputs, train=train)
         return pool(x, mask, self.pooling) if x.ndim == 3 else x
 
     def __call__(self, inputs, mask=None, *, train: bool = False):

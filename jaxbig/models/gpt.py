@@ -13,6 +13,11 @@ Switches (defaults above) for the published decoders jaxbig.interop reads: norm
 num_kv_heads (grouped-query attention), untied head, rope_base = rope_theta (Llama,
 Mistral, Qwen2 with qkv_bias).
 
+Packed examples (jaxbig.data.conditional): `Model(tokens, positions=..., segment_ids=...)`
+(int32 [batch, seq]) restarts positions at each example and keeps attention within it, so
+a packed row computes what each of its examples would alone; without them (the default)
+the forward is unchanged.
+
 Decoding (jaxbig.generate): `Model.decode(tokens, positions, cache)` with the explicit KV
 cache pytree of `init_cache` (k, v [layers, batch, max_len, heads, head_dim], each slot's
 position, the write index); same parameters, so every checkpoint decodes.
@@ -86,6 +91,7 @@ class Block(nn.Module):
     """Pre-norm layer: x + attn(norm(x)), then + mlp(norm(x)). [batch, seq, embed] -> same.
 
     Returns (x, None) so that it can be the body of nn.scan (carry, per-layer output).
+    Packed examples: `__call__(x, train, positions, segment_ids=...)` (see Attention).
     Decoding: `__call__(x, train, positions, kv, k_pos, index)` (see Attention) returns
     (x, kv updated); under nn.scan kv is stacked on a leading layers axis.
     """
@@ -110,7 +116,8 @@ class Block(nn.Module):
     mlp_bias: bool = False
 
     @nn.compact
-    def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None):
+    def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None,
+                 segment_ids=None):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout, deterministic=not train)
         Norm = NORMS[self.norm]
@@ -121,7 +128,7 @@ class Block(nn.Module):
                          rope=self.rope, qkv_bias=self.qkv_bias, out_bias=self.out_bias,
                          **dtypes)
         if kv is None:
-            h = attn(h)
+            h = attn(h, positions=positions, segment_ids=segment_ids)
         else:
             h, kv = attn(h, decode=(positions, kv, k_pos, index))
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
@@ -260,8 +267,9 @@ class Model(nn.Module):
             self.layers = nn.scan(
                 block,
                 variable_axes={'params': 0},
-                # train, positions, kv (per layer: scanned), k_pos, index
-                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+                # train, positions, kv (per layer: scanned), k_pos, index, segment_ids
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast,
+                         nn.broadcast),
                 split_rngs={'params': True, 'dropout': True},
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: 'layers'},
@@ -280,16 +288,19 @@ class Model(nn.Module):
             x = x + self.pos_embed(jnp.clip(positions, 0, self.max_len - 1))
         return x
 
-    def features(self, tokens, *, train: bool = False):
-        """tokens int32 [batch, seq] -> final-normed hidden states [batch, seq, embed]."""
-        x = self._embed(tokens, jnp.arange(tokens.shape[1]))
+    def features(self, tokens, *, train: bool = False, positions=None, segment_ids=None):
+        """tokens int32 [batch, seq] -> final-normed hidden states [batch, seq, embed].
+        positions, segment_ids: None, or int32 [batch, seq] for packed examples (each
+        token's position within its example; the example's id): attention stays within
+        a segment."""
+        x = self._embed(tokens, jnp.arange(tokens.shape[1]) if positions is None else positions)
         x = self.embed_dropout(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         if self.scan_layers:
-            x, _ = self.layers(x, train, None, None, None, None)
+            x, _ = self.layers(x, train, positions, None, None, None, segment_ids)
         else:
             for layer in self.layers:
-                x, _ = layer(x, train)
+                x, _ = layer(x, train, positions, None, None, None, segment_ids)
         return self.final_norm(x)
 
     def decode(self, tokens, positions, cache):
@@ -305,7 +316,8 @@ class Model(nn.Module):
         index = cache['index']
         k_pos = jax.lax.dynamic_update_slice_in_dim(cache['pos'], positions, index, 1)
         if self.scan_layers:
-            x, (k, v) = self.layers(x, False, positions, (cache['k'], cache['v']), k_pos, index)
+            x, (k, v) = self.layers(x, False, positions, (cache['k'], cache['v']), k_pos, index,
+                                    None)
         else:
             ks, vs = [], []
             for i, layer in enumerate(self.layers):
@@ -318,9 +330,10 @@ class Model(nn.Module):
         cache = dict(k=k, v=v, pos=k_pos, index=index + tokens.shape[1])
         return logits, cache
 
-    def __call__(self, tokens, *, train: bool = False):
-        """tokens int32 [batch, seq] -> logits [batch, seq, vocab] in the compute dtype."""
-        x = self.features(tokens, train=train)
+    def __call__(self, tokens, *, train: bool = False, positions=None, segment_ids=None):
+        """tokens int32 [batch, seq] -> logits [batch, seq, vocab] in the compute dtype;
+        positions / segment_ids: packed examples (see `features`)."""
+        x = self.features(tokens, train=train, positions=positions, segment_ids=segment_ids)
         logits = self.embed.attend(x) if self.tie_embeddings else self.unembed(x)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 

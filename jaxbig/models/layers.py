@@ -12,8 +12,11 @@ Shapes: b batch, t queries, S keys (= t, or a KV cache's slots), h heads, d head
     masked_attention  softmax attention q [b, t, h, d], k, v [b, S, h, d] with a boolean
                       `visible` broadcastable to [b, h, t, S] -> [b, t, h, d]
     causal_attention  causal self-attention q, k, v [b, t, h, d] -> [b, t, h, d], computed
-                      in `attention_blocks(t)` query blocks (masked-out blocks skipped)
+                      in `attention_blocks(t)` query blocks (masked-out blocks skipped);
+                      with segment_ids [b, t] a query sees only keys of its own segment
+                      (packed examples)
     attention_blocks  the default number of query blocks for a sequence length
+    segment_mask      bool [b, 1, t, S]: which keys are of each query's segment
     cached_attention  attention of new queries [b, t, h, d] over a KV cache k, v [b, S, h, d],
                       masked by token positions q_pos [b, t] and slot positions k_pos [b, S]
     LayerNorm, NORMS  LayerNorm with bias (GPT-2); {'rmsnorm', 'layernorm'} -> module
@@ -175,8 +178,12 @@ def attention_blocks(seq: int) -> int:
     return seq // size if seq % size == 0 else 1
 
 
-def causal_attention(q, k, v, num_blocks: int | None = None):
+def causal_attention(q, k, v, num_blocks: int | None = None, segment_ids=None):
     """Causal softmax attention; q, k, v [batch, seq, heads, head_dim] -> same shape.
+
+    segment_ids: None, or int [batch, seq]: position i then attends to positions j <= i
+    with segment_ids[j] == segment_ids[i] only (examples packed into one row do not see
+    each other).
 
     Logits are scaled by 1/sqrt(head_dim); logits and softmax are float32 whatever the
     input dtype; position i attends to positions <= i. The queries are split into
@@ -194,8 +201,16 @@ def causal_attention(q, k, v, num_blocks: int | None = None):
     for i in range(num_blocks):
         lo, hi = i * size, (i + 1) * size
         visible = np.arange(hi)[None, :] <= np.arange(lo, hi)[:, None]  # static [size, hi]
+        if segment_ids is not None:  # [b, 1, size, hi]
+            visible = visible & segment_mask(segment_ids[:, lo:hi], segment_ids[:, :hi])
         outs.append(masked_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], visible))
     return outs[0] if num_blocks == 1 else jnp.concatenate(outs, axis=1)
+
+
+def segment_mask(q_segments, k_segments):
+    """bool [batch, 1, t, S]: query i may see key j iff they are of the same segment
+    (q_segments int [batch, t], k_segments int [batch, S])."""
+    return (q_segments[:, :, None] == k_segments[:, None, :])[:, None]
 
 
 def cached_attention(q, k, v, q_pos, k_pos):
@@ -219,7 +234,10 @@ MLP_KINDS = ('swiglu', 'gelu', 'gelu_exact')
 class Attention(nn.Module):
     """Causal multi-head self-attention with RoPE: [batch, seq, embed] -> [batch, seq, embed].
 
-    Training / full forward: `__call__(x)`, positions 0..seq-1, returns out.
+    Training / full forward: `__call__(x)`, positions 0..seq-1, returns out. Packed
+    examples: `__call__(x, positions=..., segment_ids=...)` (int [batch, seq]: each token's
+    position within its example, and its example's id): RoPE at those positions, and
+    attention only within a segment.
     Decoding: `__call__(x, decode=(positions, kv, k_pos, index))`: positions int [batch, t];
     kv = (k, v) this layer's cache [batch, S, heads, head_dim]; k_pos int [batch, S] the
     positions of every slot after this call (-1 = empty); index: the slot the t new
@@ -240,7 +258,7 @@ class Attention(nn.Module):
     out_bias: bool = False
 
     @nn.compact
-    def __call__(self, x, decode=None):
+    def __call__(self, x, decode=None, positions=None, segment_ids=None):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         kv_heads = self.num_kv_heads or self.num_heads
         q, k, v = (  # q [batch, seq, heads, head_dim]; k, v [batch, seq, kv_heads, head_dim]
@@ -248,16 +266,21 @@ class Attention(nn.Module):
                    use_bias=self.qkv_bias, **dtypes)(x)
             for name, n in (('query', self.num_heads), ('key', kv_heads), ('value', kv_heads))
         )
-        positions = jnp.arange(x.shape[1]) if decode is None else decode[0]
+        if decode is not None:
+            positions = decode[0]
+        elif positions is None:
+            positions = jnp.arange(x.shape[1])
         if self.rope:
             q, k = (apply_rope(t, positions, self.rope_base) for t in (q, k))
         q, k, v = (
             nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
         )
         if decode is None and self.attention == 'einsum':
-            out, new_kv = causal_attention(q, k, v, self.attention_blocks or None), None
+            out = causal_attention(q, k, v, self.attention_blocks or None, segment_ids)
+            new_kv = None
         elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+            mask = None if segment_ids is None else segment_mask(segment_ids, segment_ids)
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
                                                implementation=self.attention)
             new_kv = None
         else:

@@ -1,0 +1,383 @@
+"""Embedded conditional-generation task: (prompt, response) pairs built from the standard
+library's functions (`data.pipeline='conditional'`, on the `pystdlib` TFDS dataset).
+
+Tasks (`data.task`), one example per function or method (`def` / `async def`, at any depth)
+of a file that parses, in file order then line order:
+
+    name   prompt: the function's source, decorators left out, with every whole-word
+                   occurrence of its name (the `def` line, recursive calls, docstring
+                   mentions) replaced by `<name>`, then the cue "\\n# name:"
+           response: " " + the name.     Dunder methods (__init__, ...) are left out.
+    body   prompt: the `def` line(s) and the docstring (functions that have one)
+           response: the rest of the function: its body after the docstring.
+
+Sources are dedented by the `def` line's indentation. Train examples come from the train
+split's files, validation examples from the validation split's (pystdlib's stable hash of
+the file path: held-out files); a validation example whose (prompt, response) also occurs
+in training (a function copied between files) is dropped. The examples are built once with
+Python's `ast` (~15 s for the whole library) by `prepare` and cached next to the prepared
+data as `jaxbig-conditional.<task>.json` (keyed by the dataset and the Python version).
+
+Tokens: `data.tokenizer` (bytes by default). An example is prompt ids + response ids +
+eos; its len - 1 positions are inputs = tokens[:-1], targets = tokens[1:], mask = 1 on
+the targets that are response tokens (the eos included), 0 on the prompt's. Examples whose
+tokens exceed `data.seq_len + 1` are left out (`num_skipped`).
+
+Batches (`pipeline.get_batch(i)`, a pure function of (seed, i), like every pipeline): epoch
+e visits the examples in a permutation seeded by (seed, e).
+
+* `pack=True`: the epoch's examples, in that order, fill rows of `seq_len` greedily (an
+  example that does not fit starts the next row); the batch also has `segment_ids` (k for
+  the k-th example of its row, from 1; 0 = padding) and `positions` (0.. within each
+  example), with which the GPT keeps attention within an example: a packed row computes
+  what its examples would alone, and the loss mask is each example's own.
+* `pack=False`: one example per row.
+
+    inputs, targets int32[b, T]; mask float32[b, T]; (pack) segment_ids, positions int32[b, T]
+
+Padding is eos with mask 0. `generation_examples(n)` gives the generated-text evaluators
+(jaxbig.evals.generation) n prompts (token ids) and their reference responses (text).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import logging
+import os
+import re
+import sys
+import warnings
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxbig.config import ConfigError
+from jaxbig.data import documents
+
+TASKS = ('name', 'body')
+PLACEHOLDER = '<name>'
+NAME_CUE = '\n# name:'
+CACHE_FORMAT = 1
+SPLITS = ('train', 'validation')
+
+
+# ------------------------------------------------------------------- Examples from source
+
+def _dedented(lines: list[str], first: int, last: int, indent: int) -> str:
+    """Lines [first, last) (0-based) with `indent` leading characters removed where they
+    are all whitespace (lines of a string literal that start further left stay as they are)."""
+    out = [line[indent:] if not line[:indent].strip() else line for line in lines[first:last]]
+    return ''.join(out)
+
+
+def _functions(text: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """Every function and method of a source file, in line order; [] if it does not parse."""
+    try:
+        with warnings.catch_warnings():  # invalid escapes etc. in the library's own files
+            warnings.simplefilter('ignore')
+            tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return sorted(nodes, key=lambda n: (n.lineno, n.col_offset))
+
+
+def name_example(lines: list[str], node) -> tuple[str, str] | None:
+    """(source with the name replaced by PLACEHOLDER + NAME_CUE, ' ' + name), or None for
+    a dunder method."""
+    name = node.name
+    if name.startswith('__') and name.endswith('__'):
+        return None
+    source = _dedented(lines, node.lineno - 1, node.end_lineno, node.col_offset).rstrip()
+    source = re.sub(rf'\b{re.escape(name)}\b', PLACEHOLDER, source)
+    return source + NAME_CUE, ' ' + name
+
+
+def body_example(lines: list[str], node) -> tuple[str, str] | None:
+    """(the def line(s) and docstring, the rest of the body), or None without a docstring
+    or without a statement after it."""
+    body = node.body
+    if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        return None
+    doc_end = body[0].end_lineno  # 1-based: the docstring's last line
+    if doc_end >= node.end_lineno:
+        return None
+    prompt = _dedented(lines, node.lineno - 1, doc_end, node.col_offset)
+    response = _dedented(lines, doc_end, node.end_lineno, node.col_offset).rstrip() + '\n'
+    return (prompt, response) if response.strip() else None
+
+
+EXTRACT = {'name': name_example, 'body': body_example}
+
+
+def file_examples(task: str, text: str) -> list[tuple[int, str, str]]:
+    """[(line, prompt, response)] of one source file for `task`."""
+    lines = text.splitlines(keepends=True)
+    out = []
+    for node in _functions(text):
+        example = EXTRACT[task](lines, node)
+        if example is not None:
+            out.append((node.lineno, *example))
+    return out
+
+
+def build_examples(task: str, files) -> list[tuple[str, int, str, str]]:
+    """[(path, line, prompt, response)] for `files`, an iterable of (path, text)."""
+    return [(path, line, p, r) for path, text in files for line, p, r in file_examples(task, text)]
+
+
+# ------------------------------------------------------------------- The cached examples
+
+def _check(config) -> str:
+    if config.get('name', 'pystdlib') != 'pystdlib':
+        raise ConfigError(f"data.name={config.name!r}: the conditional task is built from "
+                          "'pystdlib' only")
+    task = config.get('task', 'name')
+    if task not in TASKS:
+        raise ConfigError(f'data.task={task!r}: expected one of {TASKS}')
+    return task
+
+
+def _builder(data_dir: str, prepare: bool = False):
+    builder = documents.EMBEDDED['pystdlib'](data_dir=data_dir)
+    if not builder.is_prepared():
+        if not prepare:
+            raise ValueError(f"data.name='pystdlib': not prepared in {data_dir!r}; call "
+                             'jaxbig.data.prepare(config) first')
+        builder.download_and_prepare(
+            file_format='array_record',
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return builder
+
+
+def _split_files(builder, split: str):
+    source = builder.as_data_source(split=split)
+    for i in range(len(source)):
+        item = source[i]
+        path, text = item['path'], item['text']
+        yield (path.decode() if isinstance(path, bytes) else str(path),
+               text.decode('utf-8') if isinstance(text, bytes) else str(text))
+
+
+def _fingerprint(builder, task: str) -> dict:
+    return {'format': CACHE_FORMAT, 'task': task, 'dataset': builder.info.full_name,
+            'records': {s: int(builder.info.splits[s].num_examples) for s in SPLITS},
+            'python': list(sys.version_info[:2])}  # what `ast` parses differs by version
+
+
+def _compute(builder, task: str) -> dict:
+    train = build_examples(task, _split_files(builder, 'train'))
+    seen = {(p, r) for _, _, p, r in train}
+    validation = build_examples(task, _split_files(builder, 'validation'))
+    held_out = [e for e in validation if (e[2], e[3]) not in seen]
+    return {'train': train, 'validation': held_out,
+            'duplicates_dropped': len(validation) - len(held_out)}
+
+
+@functools.lru_cache(maxsize=4)
+def load_examples(data_dir: str, task: str) -> dict:
+    """{'train', 'validation': [(path, line, prompt, response)], 'duplicates_dropped': n}:
+    the cached examples if they match the dataset, else built (and cached)."""
+    builder = _builder(data_dir)
+    path = os.path.join(os.fspath(builder.data_dir), f'jaxbig-conditional.{task}.json')
+    key = _fingerprint(builder, task)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                cached = json.load(f)
+            if cached.get('fingerprint') == key:
+                return {k: [tuple(e) for e in v] if isinstance(v, list) else v
+                        for k, v in cached['examples'].items()}
+            logging.info('data: rebuilding %s (built for %s)', path, cached.get('fingerprint'))
+        except (OSError, ValueError, KeyError) as e:
+            logging.warning('data: rebuilding %s: %s', path, e)
+    examples = _compute(builder, task)
+    text = json.dumps({'fingerprint': key, 'examples': examples})
+    try:
+        documents._atomic_write(path, lambda f: f.write(text.encode()))
+    except OSError as e:
+        logging.warning('data: cannot cache %s (%s); each process builds the examples', path, e)
+    return examples
+
+
+def prepare(config) -> None:
+    """Prepares pystdlib if needed and builds (or checks) the task's cached examples."""
+    task = _check(config)
+    data_dir = documents.resolve_data_dir(config.get('data_dir', ''))
+    _builder(data_dir, prepare=True)
+    load_examples(data_dir, task)
+
+
+# ------------------------------------------------------------------- Tokens and rows
+
+def encode_pair(tokenizer, prompt: str, response: str) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt ids, response ids + eos), int32. A tokenizer whose template adds a prefix
+    (a BOS) adds it once, to the prompt; one that appends tokens after the text is refused."""
+    added = tokenizer.encode('')
+    p = np.asarray(tokenizer.encode(prompt), np.int32)
+    r = np.asarray(tokenizer.encode(response), np.int32)
+    if len(added):
+        if not np.array_equal(p[:len(added)], added):
+            raise ConfigError(f'data.tokenizer: {tokenizer!r} adds tokens after the text; the '
+                              'conditional task needs one that adds none or only a prefix')
+        if np.array_equal(r[:len(added)], added):
+            r = r[len(added):]
+    return p, np.append(r, tokenizer.eos_id).astype(np.int32)
+
+
+def example_arrays(prompt_ids, response_ids):
+    """One example's (inputs, targets, mask) [n] with n = len(prompt) + len(response) - 1:
+    mask 1 where the target is a response token."""
+    tokens = np.concatenate([prompt_ids, response_ids]).astype(np.int32)
+    mask = (np.arange(len(tokens) - 1) >= len(prompt_ids) - 1).astype(np.float32)
+    return tokens[:-1], tokens[1:], mask
+
+
+def make_rows(examples, groups, seq_len: int, pad_id: int, packed: bool) -> dict:
+    """A batch of len(groups) rows; row k holds examples[j] for j in groups[k] (each an
+    (prompt ids, response ids) pair) one after another, padded with `pad_id` (mask 0).
+    `packed` adds segment_ids (1.. per example, 0 = padding) and positions."""
+    b = len(groups)
+    batch = {'inputs': np.full((b, seq_len), pad_id, np.int32),
+             'targets': np.full((b, seq_len), pad_id, np.int32),
+             'mask': np.zeros((b, seq_len), np.float32)}
+    if packed:
+        batch['segment_ids'] = np.zeros((b, seq_len), np.int32)
+        batch['positions'] = np.zeros((b, seq_len), np.int32)
+    for row, group in enumerate(groups):
+        start = 0
+        for segment, j in enumerate(group, 1):
+            inputs, targets, mask = example_arrays(*examples[j])
+            end = start + len(inputs)
+            if end > seq_len:
+                raise ValueError(f'examples {list(group)} take {end} positions > seq_len={seq_len}')
+            batch['inputs'][row, start:end], batch['targets'][row, start:end] = inputs, targets
+            batch['mask'][row, start:end] = mask
+            if packed:
+                batch['segment_ids'][row, start:end] = segment
+                batch['positions'][row, start:end] = np.arange(end - start)
+            start = end
+    return batch
+
+
+def greedy_rows(lengths, seq_len: int) -> np.ndarray:
+    """bounds int64[rows + 1]: examples (of positions `lengths`, in order) fill rows of
+    `seq_len` one after another; row k holds examples bounds[k] .. bounds[k+1]-1."""
+    bounds, used = [0], 0
+    for k, n in enumerate(np.asarray(lengths).tolist()):
+        if used + n > seq_len:
+            bounds.append(k)
+            used = 0
+        used += n
+    bounds.append(len(lengths))
+    return np.asarray(bounds, np.int64)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class ConditionalPipeline:
+    """Rows of (prompt, response) examples; see the module docstring.
+
+    examples: [(prompt ids, response ids + eos)] (each at most seq_len + 1 tokens);
+    references: the response texts. get_batch(i) -> host-local rows [p*b, (p+1)*b) of
+    global batch i, b = batch_size // process_count.
+    """
+
+    def __init__(self, examples, references, *, tokenizer, seq_len, pack, batch_size,
+                 seed, process_index=0, process_count=1, num_skipped=0):
+        if batch_size < 1 or batch_size % process_count:
+            raise ConfigError(f'batch_size={batch_size} must be a positive multiple of '
+                              f'process_count={process_count}')
+        if not examples:
+            raise ConfigError(f'data.seq_len={seq_len}: no example fits in seq_len + 1 tokens')
+        self.examples, self.references = examples, references
+        self.tokenizer, self.seq_len, self.pack, self.seed = tokenizer, seq_len, pack, seed
+        self.num_skipped = num_skipped
+        self.lengths = np.asarray([len(p) + len(r) - 1 for p, r in examples], np.int64)
+        self.global_batch_size, self.batch_size = batch_size, batch_size // process_count
+        self.row_offset = process_index * self.batch_size
+        self._rows, self._epoch_ends = {}, []  # epoch -> (order, bounds); cumulative rows
+
+    def _epoch(self, epoch: int):
+        """(order int64[n], bounds int64[rows + 1]) of an epoch (bounds None: one per row)."""
+        if epoch not in self._rows:
+            if len(self._rows) >= 4:
+                self._rows.clear()
+            order = np.random.default_rng(_epoch_seed(self.seed, epoch)).permutation(
+                len(self.examples))
+            bounds = greedy_rows(self.lengths[order], self.seq_len) if self.pack else None
+            self._rows[epoch] = order, bounds
+        return self._rows[epoch]
+
+    def _rows_in(self, epoch: int) -> int:
+        bounds = self._epoch(epoch)[1]
+        return len(self.examples) if bounds is None else len(bounds) - 1
+
+    def row_groups(self, i: int) -> list[list[int]]:
+        """Indices into `examples` of each host-local row of global batch i."""
+        if i < 0:
+            raise ValueError(f'batch index {i} must be >= 0')
+        groups = []
+        start = i * self.global_batch_size + self.row_offset
+        for g in range(start, start + self.batch_size):
+            while not self._epoch_ends or self._epoch_ends[-1] <= g:
+                before = self._epoch_ends[-1] if self._epoch_ends else 0
+                self._epoch_ends.append(before + self._rows_in(len(self._epoch_ends)))
+            epoch = int(np.searchsorted(self._epoch_ends, g, side='right'))
+            k = g - (self._epoch_ends[epoch - 1] if epoch else 0)
+            order, bounds = self._epoch(epoch)
+            groups.append(order[[k]].tolist() if bounds is None
+                          else order[bounds[k]:bounds[k + 1]].tolist())
+        return groups
+
+    def get_batch(self, i: int) -> dict[str, np.ndarray]:
+        return make_rows(self.examples, self.row_groups(i), self.seq_len,
+                         self.tokenizer.eos_id, self.pack)
+
+    def generation_examples(self, n: int) -> list[tuple[np.ndarray, str]]:
+        """n (prompt ids, reference text) pairs spread evenly over the split (fixed)."""
+        picks = np.unique(np.linspace(0, len(self.examples) - 1, n).round().astype(np.int64))
+        return [(self.examples[j][0], self.references[j]) for j in picks.tolist()]
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded(data_dir: str, task: str, split: str, tokenizer: str, eos_id: int, seq_len: int):
+    from jaxbig.data import tokenizers
+
+    tok = tokenizers.from_config({'tokenizer': tokenizer, 'eos_id': eos_id})
+    if tok.eos_id is None:
+        raise ConfigError(f'data.eos_id: {tok!r} has no end-of-sequence token to end responses')
+    kept, references, skipped = [], [], 0
+    for _, _, prompt, response in load_examples(data_dir, task)[split]:
+        p, r = encode_pair(tok, prompt, response)
+        if len(p) + len(r) > seq_len + 1:
+            skipped += 1
+            continue
+        kept.append((p, r))
+        references.append(response)
+    return tok, kept, references, skipped
+
+
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
+    """The conditional pipeline over `split` ('train' | 'validation') of `config` (a data
+    ConfigDict: task, seq_len, pack, tokenizer, eos_id, data_dir); batch_size is global."""
+    task = _check(config)
+    seq_len = config.seq_len
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2:
+        raise ConfigError(f'data.seq_len={seq_len!r} must be an int >= 2')
+    if split not in SPLITS:
+        raise ConfigError(f"data split {split!r}: the conditional task has 'train' and "
+                          "'validation'")
+    data_dir = documents.resolve_data_dir(config.get('data_dir', ''))
+    tok, examples, references, skipped = _encoded(
+        data_dir, task, split, config.get('tokenizer', 'bytes'), config.get('eos_id', -1),
+        seq_len)
+    return ConditionalPipeline(
+        examples, references, tokenizer=tok, seq_len=seq_len,
+        pack=config.get('pack', True), batch_size=batch_size, seed=seed,
+        process_index=process_index, process_count=process_count, num_skipped=skipped)
