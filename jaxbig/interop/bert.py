@@ -1,5 +1,5 @@
 """Hugging Face BERT -> jaxbig's BERT (`jaxbig.models.bert`): config fields and tensor names
-(the import loop is interop/vision.py's `import_mapped`).
+(the import loop is interop/mapped.py's `import_mapped`).
 
     BertModel                       -> model.name='bert', head='none', pool='cls', pooler
                                        when the checkpoint has one (features = HF's
@@ -32,9 +32,9 @@ import ml_collections
 from jaxbig import config as config_lib
 from jaxbig import defaults
 from jaxbig.config import ConfigError
-from jaxbig.interop import vision
+from jaxbig.interop import mapped, vision
+from jaxbig.interop.mapped import ACTS, need, same, transposed
 from jaxbig.interop.tensors import TensorReader
-from jaxbig.interop.vision import ACTS, need, same, transposed
 
 ARCHS = ('BertModel', 'BertForMaskedLM', 'BertForSequenceClassification')
 BERT_BLOCK = dict(query='attention.self.query', key='attention.self.key',
@@ -134,7 +134,7 @@ def layout(model):
 
 
 def tensors(model, prefix: str) -> dict:
-    """{hf name: (canonical jaxbig path, to_jaxbig, to_hf)} (vision.py's map format)."""
+    """{hf name: (canonical jaxbig path, to_jaxbig, to_hf)} (interop/mapped.py's map format)."""
     m, jb, head = layout(model)
     p = prefix
     out = {f'{p}embeddings.word_embeddings.weight': (f'{jb}embed/word/embedding', *same())}
@@ -173,7 +173,7 @@ def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '')
     config = run_config(hf, names, directory)
     prefix = 'bert.' if hf['architectures'][0] != 'BertModel' else ''
     example = (np.zeros((1, 8), np.int32),)
-    return vision.import_mapped(directory, workdir, reader, config, example,
+    return mapped.import_mapped(directory, workdir, reader, config, example,
                                 lambda model: ('bert', tensors(model, prefix)),
                                 ignored=IGNORED,
                                 tokenizer=os.path.join(directory, TOKENIZER_FILE))

@@ -1,5 +1,5 @@
 """Hugging Face CLIPModel <-> jaxbig's two-tower model (`jaxbig.models.two_tower`): config
-fields and tensor names, both ways (the loops are interop/vision.py's).
+fields and tensor names, both ways (the loops are interop/mapped.py's).
 
     vision_model   -> image tower 'vit': class token first and positions over all 1 + N
                       tokens, no patch bias, pre_norm (pre_layrnorm), final_norm='pooled'
@@ -23,7 +23,7 @@ from jaxbig import config as config_lib
 from jaxbig import defaults
 from jaxbig.config import ConfigError
 from jaxbig.interop import vision
-from jaxbig.interop.vision import ACTS, ACTS_BACK, need, same, square, transposed
+from jaxbig.interop.mapped import ACTS, ACTS_BACK, need, same, square, transposed
 
 ARCHS = ('CLIPModel',)
 CLIP_BLOCK = dict(query='self_attn.q_proj', key='self_attn.k_proj', value='self_attn.v_proj',

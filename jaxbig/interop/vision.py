@@ -1,6 +1,7 @@
 """Hugging Face encoder families <-> jaxbig's ViT (`jaxbig.models.vit`), classifier on a ViT
 backbone, and two-tower CLIP (`jaxbig.models.two_tower`): config fields and tensor names,
-both ways, and the import / export loops `hf.import_dir` / `hf.export_run` hand them to.
+both ways, for the loops `hf.import_dir` / `hf.export_run` hand them to (the shared
+name-mapped loops are interop/mapped.py's).
 
     ViTModel                    -> model.name='vit' (pooler_dim when the checkpoint has
                                    HF's pooler: features = tanh(dense(CLS)), HF's
@@ -22,54 +23,27 @@ float32 (the vision models compute in float32; bfloat16 checkpoints are upcast).
 writes a jaxbig 'vit' without pooler_dim as ViTModel without a pooler: load it with
 `ViTModel.from_pretrained(dir, add_pooling_layer=False)`; class labels are LABEL_i.
 
-Tensor maps: {hf name: (jaxbig path, to_jaxbig, to_hf)}, one HF tensor per jaxbig array,
-every layer spelt out; jaxbig paths are canonical (`encoder/layers_3/query/kernel`), which a
-scanned model stores stacked as `encoder/layers/query/kernel`[3] (`_unscan` converts).
+Tensor maps are interop/mapped.py's format: {hf name: (canonical jaxbig path, to_jaxbig,
+to_hf)}, every layer spelt out (`encoder/layers_3/query/kernel`).
 """
 
 from __future__ import annotations
 
 import math
 
-import jax
 import ml_collections
 import numpy as np
 
 from jaxbig import config as config_lib
 from jaxbig import defaults
 from jaxbig.config import ConfigError
-from jaxbig.interop.tensors import TensorReader, write_model_dir
+from jaxbig.interop.mapped import (ACTS, ACTS_BACK, _c, export_mapped, import_mapped, need,
+                                   same, square, transposed)
+from jaxbig.interop.tensors import TensorReader
 
-ACTS = {'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu',
-        'gelu_fast': 'gelu', 'quick_gelu': 'quick_gelu'}
-ACTS_BACK = {'gelu_exact': 'gelu', 'gelu': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}
 VIT_ARCHS = ('ViTModel', 'ViTForImageClassification')
+
 IGNORED = ('.position_ids',)  # buffers older checkpoints store
-
-
-def _c(x):
-    return np.ascontiguousarray(x)
-
-
-def same():
-    return (lambda x: x), (lambda x: x)
-
-
-def transposed():
-    return (lambda w: _c(w.T)), (lambda k: _c(k.T))
-
-
-def need(field: str, value, ok: bool, why: str, what: str = 'ViT'):
-    if not ok:
-        raise ConfigError(f'config.json: {field}={value!r} is not representable in '
-                          f"jaxbig's {what} ({why})")
-
-
-def square(field: str, value, what: str = 'ViT') -> int:
-    if isinstance(value, (list, tuple)):
-        need(field, value, len(value) == 2 and value[0] == value[1], 'square only', what)
-        value = value[0]
-    return int(value)
 
 
 # ----------------------------------------------------------------------------- shared maps
@@ -280,17 +254,6 @@ def handles_model(model) -> bool:
     return _family(model) is not None
 
 
-def _unscan(path: str, shape: tuple) -> list[tuple[str, tuple, int | None]]:
-    """An actual param path -> [(canonical path, shape, layer index or None)]: a scanned
-    `.../layers/...` [depth, ...] is depth canonical `.../layers_i/...` arrays."""
-    parts = path.split('/')
-    if 'layers' not in parts:
-        return [(path, tuple(shape), None)]
-    j = parts.index('layers')
-    return [('/'.join(parts[:j] + [f'layers_{i}'] + parts[j + 1:]), tuple(shape[1:]), i)
-            for i in range(shape[0])]
-
-
 def vit_example(hf: dict) -> tuple:
     """Init inputs of an imported ViT: one image of the checkpoint's size and channels."""
     side = square('image_size', hf.get('image_size', 224))
@@ -317,92 +280,12 @@ def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '')
     return import_mapped(directory, workdir, reader, config, example, specs_of)
 
 
-def import_mapped(directory: str, workdir: str, reader, config, example: tuple, specs_of, *,
-                  ignored: tuple = IGNORED, tokenizer: str = '') -> dict:
-    """The import loop of the name-mapped encoder families (ViT, CLIP, BERT): builds
-    `config`'s model (initialised on `example` inputs, abstractly), reads every HF tensor
-    its name map `specs_of(model) -> (family name, {hf name: (canonical path, to_jaxbig,
-    to_hf)})` names (checking shapes; a tensor missing, or one left over that does not end
-    with `ignored`, is an error), stacks scanned layers and writes the workdir (with
-    `tokenizer`, a tokenizer.json path, when it exists). Params are float32."""
-    import flax.linen as nn
-
-    from jaxbig import models, parallel
-    from jaxbig.finetune import flatten, unflatten
-    from jaxbig.interop import hf as hf_lib
-
-    names = set(reader.names())
-    model = models.from_config(config)
-    mesh = parallel.make_mesh(config.parallel)
-    rules = parallel.rules_from_config(config.parallel)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example)['params'])
-        abstract = jax.tree.map(lambda x: getattr(x, 'value', x), boxed,
-                                is_leaf=lambda x: isinstance(x, nn.Partitioned))
-        logical = parallel.fit_specs(nn.get_partition_spec(boxed), abstract, mesh, rules)
-        shardings = parallel.logical_to_shardings(logical, mesh, rules)
-    flat, flat_shardings = flatten(abstract), flatten(shardings)
-    name, specs = specs_of(model)
-    by_path = {path: (hf_name, to_jaxbig, to_hf)
-               for hf_name, (path, to_jaxbig, to_hf) in specs.items()}
-    canonical = {c: (path, shape, i) for path, leaf in flat.items()
-                 for c, shape, i in _unscan(path, leaf.shape)}
-    assert set(canonical) == set(by_path), sorted(set(canonical) ^ set(by_path))[:4]
-    missing = sorted(n for n in specs if n not in reader)
-    if missing:
-        raise ConfigError(f'{directory}: tensors missing for {name}: {", ".join(missing[:6])}')
-    left = [n for n in sorted(names - set(specs)) if not n.endswith(ignored)]
-    if left:
-        raise ConfigError(f'{directory}: tensors left over after mapping to {name}: '
-                          f'{", ".join(left[:6])}{" ..." if len(left) > 6 else ""}')
-
-    def one(c: str):
-        hf_name, to_jaxbig, to_hf = by_path[c]
-        tensor = reader.get(hf_name)
-        want = np.shape(to_hf(np.zeros(canonical[c][1], np.float32)))
-        if tensor.shape != want:
-            raise ConfigError(f'{directory}: tensor {hf_name} has shape {tuple(tensor.shape)}, '
-                              f'expected {tuple(want)} for this config')
-        return np.asarray(to_jaxbig(tensor), np.float32)
-
-    params = {}
-    for path, leaf in flat.items():
-        parts = _unscan(path, leaf.shape)
-        value = one(parts[0][0]) if parts[0][2] is None else np.stack([one(c) for c, *_ in parts])
-        params[path] = jax.device_put(value.astype(leaf.dtype), flat_shardings[path])
-    hf_lib._write_workdir(workdir, config, unflatten(params), tokenizer)
-    return dict(family=name, dtype='float32',
-                num_params=sum(int(np.prod(x.shape)) for x in flat.values()))
-
-
 def export_run(run, model, out: str, *, as_family: str = '') -> dict:
     """`hf.export_run` for a jaxbig vit / classifier on a vit / two_tower CLIP."""
-
-    from jaxbig import lora
-    from jaxbig.finetune import flatten
-
     name, reasons, tensors, hf_config = _family(model)
     if as_family:
         raise ConfigError(f'--as {as_family!r}: a {name} model exports as itself; drop --as')
     if reasons:
         raise ConfigError(f'this model matches no exportable family: {name} needs other '
                           f'{", ".join(reasons)}')
-    params = run.params
-    if lora.KEY in params:
-        cfg = run.config.lora
-        params = jax.device_get(lora.merge(jax.tree.map(np.asarray, params),
-                                           cfg.alpha / cfg.rank))
-    canonical = {}
-    for path, value in flatten(params).items():
-        value = np.asarray(value)
-        for c, _, i in _unscan(path, value.shape):
-            canonical[c] = value if i is None else value[i]
-    specs = tensors(model)
-    unmapped = sorted(set(canonical) - {path for path, _, _ in specs.values()})
-    if unmapped:
-        raise ConfigError(f'params not in the {name} name map: {", ".join(unmapped[:6])}')
-    written = {hf_name: to_hf(canonical[path]) for hf_name, (path, _, to_hf) in specs.items()}
-    hf = hf_config(model, {c: v.shape for c, v in canonical.items()})
-    dtype = write_model_dir(out, written, hf)
-    return dict(family=hf['architectures'][0], step=run.step, tensors=len(written),
-                dtype=dtype)
+    return export_mapped(run, model, out, name, tensors, hf_config)
