@@ -2,6 +2,7 @@
 that runs the real CLI in a subprocess (so XLA_FLAGS can set the device count)."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -44,6 +45,38 @@ def run_cli(*args, devices: int = 1, timeout: int = 300, check: bool = True):
         raise AssertionError(f'jaxbig {" ".join(args)} failed ({proc.returncode}):\n'
                              f'{proc.stderr[-4000:]}')
     return proc
+
+
+def start_processes(workdir, args, *, num_processes: int = 2, local_devices: int = 1):
+    """Starts `python -m jaxbig ARGS --config.parallel.local_device_count=L` as N processes
+    of one jax.distributed job on 127.0.0.1 (as launch/local.sh does, without a launcher to
+    forward signals); process i logs to `workdir.<i>.log`. Returns the Popens, each with its
+    open `.log` file: the caller waits, kills leftovers and closes the logs."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i in range(num_processes):
+        env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+        env.update(JAX_PLATFORMS='cpu', JAXBIG_COORDINATOR=f'127.0.0.1:{port}',
+                   JAXBIG_NUM_PROCESSES=str(num_processes), JAXBIG_PROCESS_ID=str(i))
+        log = open(f'{workdir}.{i}.log', 'w')  # noqa: SIM115 (the caller closes it)
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'jaxbig', *args,
+             f'--config.parallel.local_device_count={local_devices}'],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc.log = log
+        procs.append(proc)
+    return procs
+
+
+def process_logs(workdir, num_processes: int = 2) -> list[str]:
+    """The texts of `start_processes`' logs."""
+    out = []
+    for i in range(num_processes):
+        with open(f'{workdir}.{i}.log') as f:
+            out.append(f.read())
+    return out
 
 
 def edit_safetensors(directory, edit):

@@ -7,14 +7,14 @@ gloo collectives on a 2-core machine (~1 min per launch)."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_LM, metric_series, run_cli
+from conftest import (REPO, TINY_LM, metric_series, process_logs, run_cli,
+                      start_processes)
 
 pytestmark = pytest.mark.slow
 
@@ -100,30 +100,12 @@ def test_sigterm_saves_and_relaunch_continues(reference, tmp_path):
 def launch_direct(workdir) -> list[subprocess.Popen]:
     """The two processes of `launch` started here (no launcher to forward signals), each
     logging to workdir.<i>.log."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    procs = []
-    for i in range(2):
-        env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-        env.update(JAX_PLATFORMS='cpu', JAXBIG_COORDINATOR=f'127.0.0.1:{port}',
-                   JAXBIG_NUM_PROCESSES='2', JAXBIG_PROCESS_ID=str(i))
-        log = open(f'{workdir}.{i}.log', 'w')  # noqa: SIM115 (closed below)
-        proc = subprocess.Popen(
-            [sys.executable, '-m', 'jaxbig', 'train', *ARGS, '--workdir', str(workdir),
-             '--config.parallel.local_device_count=4'],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        proc.log = log
-        procs.append(proc)
-    return procs
+    return start_processes(workdir, ['train', *ARGS, '--workdir', str(workdir)],
+                           local_devices=4)
 
 
 def direct_logs(workdir) -> list[str]:
-    out = []
-    for i in range(2):
-        with open(f'{workdir}.{i}.log') as f:
-            out.append(f.read())
-    return out
+    return process_logs(workdir)
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step(reference, tmp_path):

@@ -19,13 +19,13 @@ arrays are compared bit for bit: restoring moves bytes, it computes nothing.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_LM, metric_series, run_cli
+from conftest import (REPO, TINY_LM, metric_series, process_logs, run_cli,
+                      start_processes)
 
 from jaxbig import checkpoint
 
@@ -191,31 +191,17 @@ def _flat(tree, prefix=''):
 def train_two_processes(workdir, *args, timeout: int = 400):
     """`jaxbig train ARGS` as two processes x 2 CPU devices on 127.0.0.1 (4 devices in all),
     as launch/local.sh starts them; logs in workdir.<i>.log."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    procs = []
-    for i in range(2):
-        env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-        env.update(JAX_PLATFORMS='cpu', JAXBIG_COORDINATOR=f'127.0.0.1:{port}',
-                   JAXBIG_NUM_PROCESSES='2', JAXBIG_PROCESS_ID=str(i))
-        log = open(f'{workdir}.{i}.log', 'w')  # noqa: SIM115 (closed below)
-        procs.append((subprocess.Popen(
-            [sys.executable, '-m', 'jaxbig', 'train', '--workdir', str(workdir), *args,
-             '--config.parallel.local_device_count=2'],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True), log))
+    procs = start_processes(workdir, ['train', '--workdir', str(workdir), *args],
+                            local_devices=2)
     try:
-        codes = [p.wait(timeout=timeout) for p, _ in procs]
+        codes = [p.wait(timeout=timeout) for p in procs]
     finally:
-        for p, log in procs:
+        for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-            log.close()
-    logs = []
-    for i in range(2):
-        with open(f'{workdir}.{i}.log') as f:
-            logs.append(f.read())
+            p.log.close()
+    logs = process_logs(workdir)
     assert codes == [0, 0], (codes, [log[-3000:] for log in logs])
     assert all('2 process(es)' in log for log in logs)
 
