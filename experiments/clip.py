@@ -4,6 +4,8 @@ evaluated by zero-shot classification from class-name prompts and image<->text r
     jaxbig train --config experiments/clip.py:loss=clip,data=shapes --workdir runs/clip
     jaxbig train --config experiments/clip.py:loss=siglip,data=shapes --workdir runs/siglip
     jaxbig train --config experiments/clip.py:image=resnet18,text_pool=mean --workdir runs/c2
+    jaxbig import path/to/hf_clip --workdir runs/hf_clip     # a transformers CLIPModel dir
+    jaxbig train --config experiments/clip.py:init=runs/hf_clip --workdir runs/clip_ft
 
 Arguments (`experiments/clip.py:key=value,...`):
   loss       'clip' (temperature init 0.07) | 'siglip' (t' = log 10, b = -10)
@@ -13,6 +15,11 @@ Arguments (`experiments/clip.py:key=value,...`):
   image      image tower: 'vit' | 'resnet18' | 'cnn'
   text_pool  text tower pooling: 'eos' | 'mean'
   width      tower width; embed: shared embedding width; steps; batch; lr
+  init       a two-tower workdir to start from ('' = from scratch), e.g. an imported CLIP:
+             its model section (image / text / width / embed are then ignored), caption
+             tokenizer (data.tokenizer: the checkpoint's tokenizer.json, data.eos_id), text
+             length and image size are taken over and its params loaded (init_from);
+             loss=siglip adds a fresh logit bias
 
 Zero-shot on shapes: the 24 colour-shape classes ('red circle', ...; chance 4.2 %), each
 prompted with the 18 size x position templates ('a small {} at the top left', ...)
@@ -36,6 +43,7 @@ import ml_collections
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.data import shapes
+from jaxbig.run import read_config
 
 LOSSES = {
     'clip': dict(logit_scale_init=math.log(1 / 0.07), use_bias=False, logit_bias_init=0.0),
@@ -51,6 +59,23 @@ def image_tower(name: str, width: int) -> dict:
     raise ConfigError(f"experiments/clip.py: image={name!r}, expected 'vit', 'resnet18' or 'cnn'")
 
 
+def _init_source(init: str, loss: str) -> dict:
+    """The model section (with `loss`'s logit bias switch), caption tokenizer, eos id, text
+    length and image size of the two-tower run in `init`."""
+    source = read_config(init)
+    model = source.model.to_dict()
+    if model.get('name') != 'two_tower':
+        raise ConfigError(f"experiments/clip.py: init={init!r} has model.name="
+                          f"{model.get('name')!r}, expected a 'two_tower' run (e.g. an "
+                          'imported CLIPModel)')
+    model.update(use_bias=LOSSES[loss]['use_bias'],
+                 logit_bias_init=LOSSES[loss]['logit_bias_init'])
+    data = source.get('data') or {}
+    return dict(model=model, tokenizer=data.get('tokenizer', 'bytes'),
+                eos_id=data.get('eos_id', -1), max_len=model['text'].get('max_len', 32),
+                image_size=model['image'].get('image_size', 0))
+
+
 def get_config(arg=None):
     arg = parse_arg(
         arg,
@@ -63,6 +88,7 @@ def get_config(arg=None):
         steps=600,
         batch=128,
         lr=1e-3,
+        init='',
     )
     if arg.loss not in LOSSES:
         raise ConfigError(f'experiments/clip.py: loss={arg.loss!r}, expected one of {list(LOSSES)}')
@@ -90,6 +116,10 @@ def get_config(arg=None):
         embed_dim=arg.embed,
         **LOSSES[arg.loss],
     )
+    if arg.init:
+        source = _init_source(arg.init, arg.loss)
+        c.model = source['model']
+        tokenizer, max_len = source['tokenizer'], source['max_len']
     c.data = dict(
         pipeline='image_text',  # jaxbig.data.image_text: image, caption tokens, label
         name=arg.data,
@@ -102,11 +132,15 @@ def get_config(arg=None):
         text_key='caption' if is_shapes else 'captions/text',
         label_key='label' if is_shapes else '',
         tokenizer=tokenizer,
+        eos_id=source['eos_id'] if arg.init else -1,  # a tokenizer.json's pooling id
         max_len=max_len,
-        image_size=0 if is_shapes else 64,
+        image_size=source['image_size'] if arg.init else (0 if is_shapes else 64),
         train_split='train',
         val_split='test' if is_shapes else 'val',
     )
+    if arg.init and is_shapes and c.data.image_size == c.data.resolution:
+        c.data.image_size = 0  # drawn at the tower's size already
+    c.init_from = defaults.init_from(path=arg.init)
     c.loss = dict(name='multimodal', kind=arg.loss, max_logit_scale=math.log(100.0))
     c.optimizer = defaults.optimizer(
         lr=arg.lr,

@@ -19,11 +19,14 @@ scratch for comparison: `experiments/lm.py` with the student's shape, e.g.
 --config.model.mlp_dim=192`.
 """
 
+import os
+
 import ml_collections
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.models.gpt import SIZES
+from jaxbig.run import read_config
 
 
 STUDENT = dict(num_layers=2, num_heads=4, embed_dim=64, mlp_dim=192)
@@ -48,8 +51,14 @@ def get_config(arg=None):
         )
     c = ml_collections.ConfigDict()
 
-    c.model = defaults.gpt(sizes[arg.size], scan_layers=True, remat='none')
+    # vocab 'auto' follows data.tokenizer: the teacher's own (an imported GPT-2's BPE), so
+    # that student and teacher logits share one vocabulary; 256 bytes otherwise
+    c.model = defaults.gpt(sizes[arg.size], scan_layers=True, remat='none', vocab_size='auto')
     c.data = defaults.lm_data(arg.data, arg.seq)
+    if os.path.isfile(os.path.join(arg.teacher, 'config.json')):
+        teacher = read_config(arg.teacher).get('data') or {}
+        c.data.tokenizer = teacher.get('tokenizer', 'bytes')
+        c.data.eos_id = teacher.get('eos_id', -1)
     c.loss = dict(
         name='distillation',
         teacher=arg.teacher,

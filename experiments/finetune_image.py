@@ -8,14 +8,24 @@ r"""Fine-tune an image backbone on digit classification (scikit-learn's digits, 
         --workdir runs/features
     jaxbig eval --workdir runs/probe          # evaluators again, on the best checkpoint
 
-Arguments: init (a pretraining workdir whose params have `encoder/...`: SimCLR, or a
-classifier; its config.json gives the backbone; '' = from scratch), mode (full |
-linear_probe | features), steps, batch, lr, backbone_lr_mult (full mode).
+    jaxbig import path/to/hf_vit --workdir runs/vit       # a transformers ViTModel dir
+    jaxbig train --config experiments/finetune_image.py:init=runs/vit,mode=lora --workdir runs/l
+
+Arguments: init (a workdir; its config.json gives the backbone; '' = from scratch): a run
+whose params have `encoder/...` (SimCLR, a classifier, an imported
+ViTForImageClassification), or a bare image backbone (`model.name` 'vit' or 'resnet': an
+imported ViTModel, loaded under `encoder/`); mode (full | linear_probe | features | lora),
+steps, batch, lr, backbone_lr_mult (full mode), rank, alpha (lora).
 
 Modes: `full` trains everything; `linear_probe` trains the new head on the frozen backbone
 (bit-identical after training); `features` embeds the dataset once with the frozen backbone
 (`jaxbig.data.features`) and trains the head on the stored features — no backprop and no
-forward pass through the backbone per step. The best checkpoint by val/accuracy is kept.
+forward pass through the backbone per step; `lora` (ViT backbones) trains adapters on the
+attention query / value kernels and the head. The best checkpoint by val/accuracy is kept.
+The head reads the backbone's pooled features (`vit.Model.features`: HF's pooler output
+when the checkpoint has a pooler, else the class token after the final LayerNorm). A ViT
+with a fixed image_size gets the digits resized to it (`data.image_size`); its channels
+must match the data's (digits: 1).
 
 Measured (2-core CPU; backbone: `jaxbig train --config experiments/simclr.py:data=digits
 --workdir runs/simclr`, its defaults, 300 steps; every mode with its defaults, 300 steps of
@@ -35,22 +45,42 @@ from jaxbig import defaults
 from jaxbig.run import read_config
 from jaxbig.config import ConfigError, parse_arg
 
-MODES = ('full', 'linear_probe', 'features')
+MODES = ('full', 'linear_probe', 'features', 'lora')
+LORA_TARGETS = ['.*/(query|value)/kernel']  # a ViT's attention (jaxbig.lora)
+BARE_BACKBONES = ('vit', 'resnet')  # runs whose whole model is an image backbone
+
+
+def backbone_of(init: str) -> tuple[dict, list]:
+    """(backbone model section, init_from.rename) of the run in `init`: the `backbone` of a
+    SimCLR run or classifier (params already `encoder/...`), or a bare ViT / ResNet run's own
+    model (an imported ViTModel; its params renamed under `encoder/`, its head dropped)."""
+    model = read_config(init).model.to_dict()
+    if 'backbone' in model:
+        return model['backbone'], []
+    if model.get('name') in BARE_BACKBONES:
+        return dict(model, num_classes=0), [['^', 'encoder/']]
+    raise ConfigError(f'experiments/finetune_image.py: init={init!r} has model.name='
+                      f"{model.get('name')!r}, expected a run with a model.backbone "
+                      f'(simclr, classifier) or a bare image backbone {BARE_BACKBONES}')
 
 
 def get_config(arg=None):
     arg = parse_arg(
-        arg, init='', mode='linear_probe', steps=300, batch=128, lr=1e-2, backbone_lr_mult=1.0
+        arg, init='', mode='linear_probe', steps=300, batch=128, lr=1e-2, backbone_lr_mult=1.0,
+        rank=8, alpha=16.0,
     )
     if arg.mode not in MODES:
         raise ConfigError(
-            f'experiments/finetune_image.py: mode={arg.mode!r}, expected one of '
-            f'{MODES} (lora adapts Dense/Linear kernels: the ResNet backbones are convolutions; '
-            'see experiments/finetune_text.py for lora)'
+            f'experiments/finetune_image.py: mode={arg.mode!r}, expected one of {MODES}'
         )
-    backbone = defaults.resnet_backbone('resnet18', 16)
+    backbone, rename = defaults.resnet_backbone('resnet18', 16), []
     if arg.init:
-        backbone = read_config(arg.init).model.to_dict().get('backbone', backbone)
+        backbone, rename = backbone_of(arg.init)
+    if arg.mode == 'lora' and backbone['name'] != 'vit':
+        raise ConfigError(
+            f"experiments/finetune_image.py: mode=lora needs a ViT backbone, not "
+            f"{backbone['name']!r} (lora adapts Dense/Linear kernels: ResNets are convolutions)"
+        )
     images = dict(
         pipeline='views',
         name='digits',
@@ -60,6 +90,7 @@ def get_config(arg=None):
         train_split='train',
         val_split='test',
         views=0,
+        image_size=backbone.get('image_size', 0),  # a ViT fixed to its checkpoint's size
         folds=defaults.folds(),  # k-fold cross-validation of `train` (sweep.kfold); k=0: off
     )
     c = ml_collections.ConfigDict()
@@ -79,18 +110,21 @@ def get_config(arg=None):
     else:
         c.model = dict(name='classifier', backbone=backbone, num_classes=10, pooling='mean')
         c.data = images
+    if arg.mode == 'lora':
+        c.lora = dict(targets=LORA_TARGETS, rank=arg.rank, alpha=arg.alpha)
     c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
     c.optimizer = defaults.optimizer(
         lr=arg.lr,
         warmup_steps='auto',
         weight_decay=1e-4,
-        freeze=['encoder/.*'] if arg.mode == 'linear_probe' else [],
+        freeze=['encoder/.*'] if arg.mode in ('linear_probe', 'lora') else [],
         lr_mults=[['encoder/.*', arg.backbone_lr_mult]]
         if arg.mode == 'full' and arg.backbone_lr_mult != 1.0
         else [],
     )
     c.init_from = defaults.init_from(
-        path=arg.init if arg.mode != 'features' else '', include=['encoder/.*'],
+        path=arg.init if arg.mode != 'features' else '', rename=rename,
+        include=['encoder/.*'],
     )
     c.parallel = defaults.parallel()
     c.train = defaults.finetune_train(arg.steps, arg.batch)

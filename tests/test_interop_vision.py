@@ -172,17 +172,18 @@ def test_imported_clip_trains_with_its_own_loss_section(tmp_path):
         assert all(np.isfinite(norms)) and max(norms) > 0, tower
 
 
-def test_bfloat16_checkpoint_imports_as_float32(tmp_path):
+def test_bfloat16_checkpoint_upcasts_with_param_dtype_float32(tmp_path):
+    """(bfloat16 kept by default: tests/test_interop_vision_dtype.py.)"""
     model = _save(_vit(num_hidden_layers=1).to(torch.bfloat16), str(tmp_path / 'hf'))
-    info = hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run'))
+    info = hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run'), param_dtype='float32')
     run = run_lib.load_run(str(tmp_path / 'run'))
-    assert info['dtype'] == 'float32'
+    assert info['dtype'] == 'float32' and run.config.model.param_dtype == 'float32'
     assert {str(x.dtype) for x in __import__('jax').tree.leaves(run.params)} == {'float32'}
     want = model.state_dict()['layers.0.mlp.fc1.weight'].float().numpy()
     got = np.asarray(run.params['encoder']['layers_0']['mlp_in']['kernel']).T
     np.testing.assert_array_equal(got, want)
-    with pytest.raises(ConfigError, match='--param-dtype bfloat16: the vision models keep '):
-        hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run16'), param_dtype='bfloat16')
+    with pytest.raises(ConfigError, match='--param-dtype int8: expected one of bfloat16, '):
+        hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run8'), param_dtype='int8')
 
 
 def test_cli_import_and_export(tmp_path, capsys):

@@ -13,7 +13,9 @@ shapes captions name position (left/right, top/bottom), which crops and flips wo
 Data config keys: name ('shapes' embedded, with resolution, num_train, num_test,
 shapes_seed | a prepared TFDS dataset such as coco_captions with text_key='captions/text',
 label_key='', tokenizer='bytes', image_size=...), data_dir, image_key, text_key, label_key,
-tokenizer ('words' | 'bytes'), max_len, image_size (0 = as stored; else images are
+tokenizer ('words' | 'bytes' | a tokenizer.json path: an imported CLIP's own, with eos_id
+its text tower's pooling id, -1 = the file's eos; `captions.FileCaptionTokenizer`), max_len,
+image_size (0 = as stored; else images are
 centre-cropped to a square and resized to image_size), train_split, val_split.
 """
 
@@ -45,7 +47,8 @@ class ImageTextPipeline:
         self.label_key = config.get('label_key', 'label')
         keys = (self.image_key, self.text_key) + ((self.label_key,) if self.label_key else ())
         self.split = image_sources.load_split(config, split, keys)
-        self.tokenizer = captions.get_tokenizer(config.get('tokenizer', 'words'))
+        self.tokenizer = captions.get_tokenizer(config.get('tokenizer', 'words'),
+                                                config.get('eos_id', -1))
         self.max_len = config.get('max_len', 12)
         self.image_size = config.get('image_size', 0)
         self.order = image_sources.IndexOrder(len(self.split), seed)

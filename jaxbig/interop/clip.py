@@ -13,6 +13,12 @@ fields and tensor names, both ways (the loops are interop/mapped.py's).
 
 One difference is left: a text with no eos pools at its last position in jaxbig, at
 position 0 in HF (the 'eos' rule; real tokenizers always append the eot).
+
+The directory's tokenizer.json becomes the run's caption tokenizer (data.tokenizer, read by
+`captions.FileCaptionTokenizer`: <|startoftext|> ... <|endoftext|>, padded with the eot),
+and data.eos_id the id the text tower pools at ('argmax' checkpoints: -1, the file's own
+<|endoftext|>), so training captions and zero-shot prompts are tokenized as transformers'
+CLIPTokenizer does.
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ def _tower_common(cfg: dict, where: str) -> dict:
                 mlp_act=ACTS[act])
 
 
-def model_section(hf: dict) -> dict:
-    """The jaxbig 'two_tower' model section of a HF CLIPConfig."""
+def model_section(hf: dict, dtype: str = 'float32') -> dict:
+    """The jaxbig 'two_tower' model section of a HF CLIPConfig (params, compute in `dtype`)."""
     v, t = hf.get('vision_config') or {}, hf.get('text_config') or {}
     image = square('vision_config.image_size', v.get('image_size', 224), 'CLIP')
     patch = square('vision_config.patch_size', v.get('patch_size', 32), 'CLIP')
@@ -60,26 +66,31 @@ def model_section(hf: dict) -> dict:
          f'an id in the vocabulary (vocab_size={vocab})', 'CLIP')
     tower = dict(name='vit', patch_size=patch, **_tower_common(v, 'vision_config'), pool='cls',
                  num_classes=0, positions='all', patch_bias=False, pre_norm=True,
-                 final_norm='pooled', pooler_dim=0, image_size=image)
+                 final_norm='pooled', pooler_dim=0, image_size=image, dtype=dtype,
+                 param_dtype=dtype)
     text = dict(name='text_encoder', vocab_size=vocab,
                 max_len=t.get('max_position_embeddings', 77),
                 **_tower_common(t, 'text_config'), pool='argmax' if eos == 2 else 'eos',
-                pad_id=-1, eos_id=eos, causal=True)
+                pad_id=-1, eos_id=eos, causal=True, dtype=dtype, param_dtype=dtype)
     return dict(name='two_tower', image=tower, text=text, embed_dim=hf.get('projection_dim', 512),
                 logit_scale_init=float(hf.get('logit_scale_init_value', 2.6592)),
-                use_bias=False, logit_bias_init=0.0)
+                use_bias=False, logit_bias_init=0.0, dtype=dtype, param_dtype=dtype)
 
 
-def run_config(hf: dict) -> ml_collections.ConfigDict:
+def run_config(hf: dict, dtype: str = 'float32') -> ml_collections.ConfigDict:
     """experiments/clip.py's sections (loss=clip, data=coco_captions, a placeholder at the
-    checkpoint's image size and text length) around the imported model."""
+    checkpoint's image size and text length) around the imported model. The model
+    directory's tokenizer.json, when it has one, becomes data.tokenizer (copied into the
+    workdir by the import), with data.eos_id = the id the text tower pools at."""
     c = ml_collections.ConfigDict()
-    c.model = model_section(hf)
+    c.model = model_section(hf, dtype)
     max_len = c.model.text.max_len
+    eos = c.model.text.eos_id if c.model.text.pool == 'eos' else -1  # argmax: the file's
     c.data = dict(pipeline='image_text', name='coco_captions', data_dir='', resolution=32,
                   num_train=5000, num_test=1000, shapes_seed=0, image_key='image',
-                  text_key='captions/text', label_key='', tokenizer='bytes', max_len=max_len,
-                  image_size=c.model.image.image_size, train_split='train', val_split='val')
+                  text_key='captions/text', label_key='', tokenizer='bytes', eos_id=eos,
+                  max_len=max_len, image_size=c.model.image.image_size, train_split='train',
+                  val_split='val')
     c.loss = dict(name='multimodal', kind='clip', max_logit_scale=4.605170185988092)  # log 100
     c.optimizer = defaults.optimizer(lr=1e-5, warmup_steps='auto', min_lr_ratio=0.0, b2=0.98,
                                      eps=1e-6, weight_decay=1e-4)

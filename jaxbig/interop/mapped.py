@@ -66,7 +66,8 @@ def import_mapped(directory: str, workdir: str, reader, config, example: tuple, 
     its name map `specs_of(model) -> (family name, {hf name: (canonical path, to_jaxbig,
     to_hf)})` names (checking shapes; a tensor missing, or one left over that does not end
     with `ignored`, is an error), stacks scanned layers and writes the workdir (with
-    `tokenizer`, a tokenizer.json path, when it exists). Params are float32."""
+    `tokenizer`, a tokenizer.json path, when it exists). Params take the dtypes of the
+    model's own (its param_dtype: a bfloat16 checkpoint's values stay exact)."""
     import flax.linen as nn
 
     from jaxbig import models, parallel
@@ -113,7 +114,7 @@ def import_mapped(directory: str, workdir: str, reader, config, example: tuple, 
         value = one(parts[0][0]) if parts[0][2] is None else np.stack([one(c) for c, *_ in parts])
         params[path] = jax.device_put(value.astype(leaf.dtype), flat_shardings[path])
     hf_lib._write_workdir(workdir, config, unflatten(params), tokenizer)
-    return dict(family=name, dtype='float32',
+    return dict(family=name, dtype=str(next(iter(flat.values())).dtype),
                 num_params=sum(int(np.prod(x.shape)) for x in flat.values()))
 
 

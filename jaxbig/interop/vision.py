@@ -17,9 +17,12 @@ name-mapped loops are interop/mapped.py's).
                                    data=coco_captions) — see interop/clip.py
 
 The data sections are placeholders (cifar10 / coco_captions at the checkpoint's image size,
-byte captions): point them at your data with --config overrides. Pixel normalisation is
-the data pipeline's ([-1, 1]; CLIP checkpoints expect their own mean / std). Params are
-float32 (the vision models compute in float32; bfloat16 checkpoints are upcast). Export
+byte captions, or CLIP's own tokenizer.json when the directory has one): point them at your
+data with --config overrides. Pixel normalisation is the data pipeline's ([-1, 1]; CLIP
+checkpoints expect their own mean / std). Params keep the checkpoint's dtype (bfloat16 /
+float16 checkpoints import as such, the model's `dtype` / `param_dtype` set to it; a
+classifier's head stays float32) unless `param_dtype` (`--param-dtype float32`) says
+otherwise. Export
 writes a jaxbig 'vit' without pooler_dim as ViTModel without a pooler: load it with
 `ViTModel.from_pretrained(dir, add_pooling_layer=False)`; class labels are LABEL_i.
 
@@ -111,8 +114,9 @@ def image_side(v, shapes: dict, jb: str) -> int:
 
 # ----------------------------------------------------------------------------- ViT
 
-def vit_section(hf: dict, pooler_dim: int, num_classes: int = 0) -> dict:
-    """The jaxbig 'vit' model section of a HF ViTConfig."""
+def vit_section(hf: dict, pooler_dim: int, num_classes: int = 0,
+                dtype: str = 'float32') -> dict:
+    """The jaxbig 'vit' model section of a HF ViTConfig (params and compute in `dtype`)."""
     act = hf.get('hidden_act', 'gelu')
     need('hidden_act', act, act in ACTS, f'expected one of {sorted(ACTS)}')
     need('qkv_bias', hf.get('qkv_bias', True), hf.get('qkv_bias', True), 'expected true')
@@ -130,7 +134,7 @@ def vit_section(hf: dict, pooler_dim: int, num_classes: int = 0) -> dict:
                 scan_layers=depth > 6, num_classes=num_classes, use_bias=True,
                 norm_eps=hf.get('layer_norm_eps', 1e-12), mlp_act=ACTS[act],
                 positions='all', patch_bias=True, pre_norm=False, final_norm='tokens',
-                pooler_dim=pooler_dim, image_size=image)
+                pooler_dim=pooler_dim, image_size=image, dtype=dtype, param_dtype=dtype)
 
 
 def _vit_layout(model):
@@ -192,7 +196,7 @@ def _image_data(image_size: int, views: int) -> dict:
     return data
 
 
-def vit_run_config(hf: dict, names) -> ml_collections.ConfigDict:
+def vit_run_config(hf: dict, names, dtype: str = 'float32') -> ml_collections.ConfigDict:
     """finetune_image's sections (ViTForImageClassification: classifier, mode full) or
     simclr's (ViTModel: the bare ViT, its features probed), data a placeholder."""
     arch = hf['architectures'][0]
@@ -200,7 +204,8 @@ def vit_run_config(hf: dict, names) -> ml_collections.ConfigDict:
     if arch == 'ViTForImageClassification':
         labels = len(hf.get('id2label') or {}) or hf.get('num_labels', 2)
         need('num_labels', labels, labels > 0, 'expected a classifier head')
-        c.model = dict(name='classifier', backbone=vit_section(hf, 0), num_classes=labels,
+        c.model = dict(name='classifier', backbone=vit_section(hf, 0, dtype=dtype),
+                       num_classes=labels,
                        pooling='mean')
         c.data = _image_data(c.model.backbone.image_size, views=0)
         c.loss = dict(name='classification', kind='softmax', label_smoothing=0.0)
@@ -214,7 +219,7 @@ def vit_run_config(hf: dict, names) -> ml_collections.ConfigDict:
         prefix = 'vit.' if 'vit.embeddings.cls_token' in names else ''
         pooler = (hf.get('pooler_output_size') or hf.get('hidden_size', 768)
                   if f'{prefix}pooler.dense.weight' in names else 0)
-        c.model = vit_section(hf, pooler)
+        c.model = vit_section(hf, pooler, dtype=dtype)
         c.data = _image_data(c.model.image_size, views=2)
         c.loss = dict(name='contrastive', temperature=0.2)
         c.optimizer = defaults.optimizer(lr=2e-3, warmup_steps='auto', min_lr_ratio=0.0,
@@ -260,16 +265,29 @@ def vit_example(hf: dict) -> tuple:
     return (np.zeros((1, side, side, hf.get('num_channels', 3)), np.float32),)
 
 
+DTYPES = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16'}  # safetensors' names
+
+
+def stored_dtype(reader) -> str:
+    """The floating dtype the checkpoint's weights are stored in (its first weight's)."""
+    floats = [n for n in reader.names() if reader.dtype(n) in DTYPES]
+    return DTYPES[reader.dtype(floats[0])] if floats else 'float32'
+
+
 def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '') -> dict:
     """`hf.import_dir` for the encoder families (see the module docstring)."""
+    import os
+
     from jaxbig.interop import clip
 
-    if param_dtype not in ('', 'float32'):
-        raise ConfigError(f'--param-dtype {param_dtype}: the vision models keep float32 params')
+    if param_dtype not in ('', *DTYPES.values()):
+        raise ConfigError(f'--param-dtype {param_dtype}: expected one of '
+                          f'{", ".join(sorted(set(DTYPES.values())))}')
     reader = TensorReader(directory)
     names = set(reader.names())
+    dtype = param_dtype or stored_dtype(reader)
     is_vit = hf['architectures'][0] in VIT_ARCHS
-    config = vit_run_config(hf, names) if is_vit else clip.run_config(hf)
+    config = vit_run_config(hf, names, dtype) if is_vit else clip.run_config(hf, dtype)
     example = vit_example(hf) if is_vit else clip.example(hf)
     prefix = 'vit.' if 'vit.embeddings.cls_token' in names else ''
 
@@ -277,7 +295,9 @@ def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '')
         name, _, tensors, _ = _family(model)
         return name, tensors(model, prefix)
 
-    return import_mapped(directory, workdir, reader, config, example, specs_of)
+    tokenizer = '' if is_vit else os.path.join(directory, 'tokenizer.json')  # CLIP's captions
+    return import_mapped(directory, workdir, reader, config, example, specs_of,
+                         tokenizer=tokenizer)
 
 
 def export_run(run, model, out: str, *, as_family: str = '') -> dict:

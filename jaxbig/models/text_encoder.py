@@ -13,12 +13,15 @@ Switches for published checkpoints (`vit.Encoder`'s; defaults keep jaxbig's enco
 use_bias (biases on q/k/v/out and the MLP), norm_eps (LayerNorm epsilon, default 1e-6),
 mlp_act ('gelu' tanh approximation | 'gelu_exact' | 'quick_gelu'), causal (False).
 pad_id = -1 masks nothing (Hugging Face CLIP derives no mask from the ids).
+dtype / param_dtype ('float32'): compute and storage dtypes, as `vit.Model`'s.
 """
+
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxbig.models.vit import Encoder
+from jaxbig.models.vit import Encoder, as_dtype
 
 POOLS = ('eos', 'argmax', 'mean')
 
@@ -27,13 +30,17 @@ class Embed(nn.Module):
     vocab_size: int
     max_len: int
     width: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, tokens):
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ('vocab', 'embed'))
-        x = nn.Embed(self.vocab_size, self.width, embedding_init=init)(tokens)
+        x = nn.Embed(self.vocab_size, self.width, embedding_init=init, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(tokens)
         pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ('length', 'embed'))
-        pos = self.param('pos_embedding', pos_init, (self.max_len, self.width))
+        pos = self.param('pos_embedding', pos_init, (self.max_len, self.width),
+                         self.param_dtype).astype(self.dtype)
         if tokens.shape[1] > self.max_len:
             raise ValueError(f'text length {tokens.shape[1]} > model max_len={self.max_len}')
         return nn.with_logical_constraint(x + pos[: tokens.shape[1]], ('batch', 'length', 'embed'))
@@ -57,15 +64,19 @@ class Model(nn.Module):
     norm_eps: float = 1e-6
     mlp_act: str = 'gelu'
     causal: bool = False
+    dtype: str = 'float32'
+    param_dtype: str = 'float32'
 
     def setup(self):
         if self.pool not in POOLS:
             raise ValueError(f'text model pool {self.pool!r}: expected one of {POOLS}')
-        self.embed = Embed(self.vocab_size, self.max_len, self.width)
+        dtypes = dict(dtype=as_dtype('dtype', self.dtype),
+                      param_dtype=as_dtype('param_dtype', self.param_dtype))
+        self.embed = Embed(self.vocab_size, self.max_len, self.width, **dtypes)
         self.encoder = Encoder(
             self.depth, self.num_heads, self.mlp_dim, self.dropout, self.scan_layers,
             use_bias=self.use_bias, norm_eps=self.norm_eps, mlp_act=self.mlp_act,
-            causal=self.causal,
+            causal=self.causal, **dtypes,
         )
 
     def features(self, tokens, *, train: bool = False):

@@ -12,7 +12,9 @@ dict(name='vit', patch_size=4, ...), dict(name='text_encoder', vocab_size=..., .
 The first tower takes whatever its model takes: with image=dict(name='audio', backbone=...)
 (`models.audio`: log-mel front end + an image backbone) it embeds waveforms float32
 [B, samples] (CLAP, experiments/clap.py); `encode_image` and the output key 'image' keep
-their names.
+their names. dtype / param_dtype ('float32'): the projections' compute and storage dtypes
+and the logit scale / bias storage dtype (an imported bfloat16 CLIP keeps its own; the
+towers have their own fields); embeddings are float32 (`l2_normalize`).
 """
 
 import math
@@ -42,17 +44,24 @@ class Model(nn.Module):
     logit_scale_init: float = math.log(1 / 0.07)
     use_bias: bool = False
     logit_bias_init: float = -10.0
+    dtype: str = 'float32'
+    param_dtype: str = 'float32'
 
     def setup(self):
+        from jaxbig.models.vit import as_dtype
+
         self.image_tower = _tower(self.image or {'name': 'vit'})
         self.text_tower = _tower(self.text or {'name': 'text_encoder'})
+        dtypes = dict(dtype=as_dtype('dtype', self.dtype),
+                      param_dtype=as_dtype('param_dtype', self.param_dtype))
         init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ('mlp', 'embed'))
-        self.image_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=init)
-        self.text_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=init)
+        self.image_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=init, **dtypes)
+        self.text_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=init, **dtypes)
         const = lambda v: nn.with_logical_partitioning(nn.initializers.constant(v), ())
-        self.logit_scale = self.param('logit_scale', const(self.logit_scale_init), ())
+        p = dtypes['param_dtype']
+        self.logit_scale = self.param('logit_scale', const(self.logit_scale_init), (), p)
         if self.use_bias:
-            self.logit_bias = self.param('logit_bias', const(self.logit_bias_init), ())
+            self.logit_bias = self.param('logit_bias', const(self.logit_bias_init), (), p)
 
     def features(self, images, *, train: bool = False):
         """images -> the image tower's representation [B, Di] (before the projection)."""

@@ -31,9 +31,15 @@ defaults are jaxbig's own ViT, whose parameters and outputs they leave unchanged
                          pooler; params `pooler`)
     image_size   0       > 0: images must be image_size x image_size (as HF checks); 0 = any
                          multiple of patch_size (the position table is sized by the init)
+    dtype        'float32'  compute dtype of the convolution, matmuls and norms' outputs
+                         (norm statistics and the attention softmax stay float32)
+    param_dtype  'float32'  storage dtype of every parameter (an imported bfloat16 / float16
+                         checkpoint keeps its own; jaxbig.interop.vision)
 
 Parameters carry logical axes ('embed', 'heads', 'kv', 'mlp', 'layers').
 """
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -55,6 +61,15 @@ def activation(x, kind: str):
     raise ValueError(f'mlp_act {kind!r}: expected one of {MLP_ACTS}')
 
 
+def as_dtype(field: str, name):
+    """A model dtype field ('float32', 'bfloat16', ...) -> jnp dtype; one-line error."""
+    try:
+        return jnp.dtype(name)
+    except TypeError:
+        raise ValueError(f"model {field}={name!r} is not a dtype; use e.g. 'float32' or "
+                         "'bfloat16'") from None
+
+
 class EncoderBlock(nn.Module):
     """Pre-LN Transformer layer; x [B, T, width], mask bool [B, T] (True = attend) or None.
     Returns (x, None) so that it can be the body of nn.scan."""
@@ -66,14 +81,17 @@ class EncoderBlock(nn.Module):
     norm_eps: float = 1e-6
     mlp_act: str = 'gelu'
     causal: bool = False  # position i attends to keys <= i (CLIP's text tower)
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask, train: bool):
         width = x.shape[-1]
         head_dim = width // self.num_heads
         drop = nn.Dropout(self.dropout, deterministic=not train)
-        bias = dict(use_bias=self.use_bias)
-        h = nn.LayerNorm(epsilon=self.norm_eps, name='attn_norm')(x)
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        bias = dict(use_bias=self.use_bias, **dtypes)
+        h = nn.LayerNorm(epsilon=self.norm_eps, name='attn_norm', **dtypes)(x)
         q, k, v = (
             Linear((self.num_heads, head_dim), ('embed', 'heads', 'kv'), name=n, **bias)(h)
             for n in ('query', 'key', 'value')
@@ -82,7 +100,7 @@ class EncoderBlock(nn.Module):
         h = jax.nn.dot_product_attention(q, k, v, mask=attn_mask, is_causal=self.causal)
         h = Linear((width,), ('heads', 'kv', 'embed'), contract=2, name='out', **bias)(h)
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
-        h = nn.LayerNorm(epsilon=self.norm_eps, name='mlp_norm')(x)
+        h = nn.LayerNorm(epsilon=self.norm_eps, name='mlp_norm', **dtypes)(x)
         h = Linear((self.mlp_dim,), ('embed', 'mlp'), name='mlp_in', **bias)(h)
         h = Linear((width,), ('mlp', 'embed'), name='mlp_out', **bias)(activation(h, self.mlp_act))
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
@@ -103,12 +121,15 @@ class Encoder(nn.Module):
     mlp_act: str = 'gelu'
     causal: bool = False
     final_norm: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask=None, *, train: bool = False):
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         args = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
                     use_bias=self.use_bias, norm_eps=self.norm_eps, mlp_act=self.mlp_act,
-                    causal=self.causal)
+                    causal=self.causal, **dtypes)
         if self.scan_layers:
             layers = nn.scan(
                 EncoderBlock,
@@ -124,7 +145,7 @@ class Encoder(nn.Module):
                 x, _ = EncoderBlock(**args, name=f'layers_{i}')(x, mask, train)
         if not self.final_norm:
             return x
-        return nn.LayerNorm(epsilon=self.norm_eps, name='final_norm')(x)
+        return nn.LayerNorm(epsilon=self.norm_eps, name='final_norm', **dtypes)(x)
 
 
 class PatchEmbed(nn.Module):
@@ -137,6 +158,8 @@ class PatchEmbed(nn.Module):
     class_token: bool
     positions: str = 'patches'
     use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images):
@@ -150,17 +173,22 @@ class PatchEmbed(nn.Module):
         )
         p = (self.patch_size, self.patch_size)
         x = nn.Conv(self.width, p, strides=p, padding='VALID', kernel_init=kernel_init,
-                    use_bias=self.use_bias)(images.astype(jnp.float32))
+                    use_bias=self.use_bias, dtype=self.dtype,
+                    param_dtype=self.param_dtype)(images.astype(self.dtype))
         x = x.reshape(x.shape[0], -1, self.width)  # [B, N, width]
         pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ('length', 'embed'))
+
+        def param(name, init, shape):
+            return self.param(name, init, shape, self.param_dtype).astype(self.dtype)
+
         if self.positions == 'patches':
-            x = x + self.param('pos_embedding', pos_init, x.shape[1:])
+            x = x + param('pos_embedding', pos_init, x.shape[1:])
         if self.class_token:
             cls_init = nn.with_logical_partitioning(nn.initializers.zeros, (None, None, 'embed'))
-            cls = self.param('cls', cls_init, (1, 1, self.width))
+            cls = param('cls', cls_init, (1, 1, self.width))
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], 1)
         if self.positions == 'all':
-            x = x + self.param('pos_embedding', pos_init, x.shape[1:])
+            x = x + param('pos_embedding', pos_init, x.shape[1:])
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -189,6 +217,8 @@ class Model(nn.Module):
     final_norm: str = 'tokens'
     pooler_dim: int = 0
     image_size: int = 0
+    dtype: str = 'float32'
+    param_dtype: str = 'float32'
 
     def setup(self):
         for field, value, allowed in (('pool', self.pool, ('cls', 'mean')),
@@ -197,23 +227,25 @@ class Model(nn.Module):
                                       ('final_norm', self.final_norm, ('tokens', 'pooled'))):
             if value not in allowed:
                 raise ValueError(f'model {field} {value!r}: expected one of {allowed}')
+        dtypes = dict(dtype=as_dtype('dtype', self.dtype),
+                      param_dtype=as_dtype('param_dtype', self.param_dtype))
         self.embed = PatchEmbed(self.patch_size, self.width, self.pool == 'cls',
-                                self.positions, self.patch_bias)
+                                self.positions, self.patch_bias, **dtypes)
         if self.pre_norm:
-            self.embed_norm = nn.LayerNorm(epsilon=self.norm_eps)
+            self.embed_norm = nn.LayerNorm(epsilon=self.norm_eps, **dtypes)
         self.encoder = Encoder(
             self.depth, self.num_heads, self.mlp_dim, self.dropout, self.scan_layers,
             use_bias=self.use_bias, norm_eps=self.norm_eps, mlp_act=self.mlp_act,
-            final_norm=self.final_norm == 'tokens',
+            final_norm=self.final_norm == 'tokens', **dtypes,
         )
         if self.final_norm == 'pooled':
-            self.pool_norm = nn.LayerNorm(epsilon=self.norm_eps)
+            self.pool_norm = nn.LayerNorm(epsilon=self.norm_eps, **dtypes)
         if self.pooler_dim:
             init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ('embed', 'mlp'))
-            self.pooler = nn.Dense(self.pooler_dim, kernel_init=init)
+            self.pooler = nn.Dense(self.pooler_dim, kernel_init=init, **dtypes)
         if self.num_classes:
             init = nn.with_logical_partitioning(nn.initializers.zeros, ('embed', 'vocab'))
-            self.head = nn.Dense(self.num_classes, kernel_init=init)
+            self.head = nn.Dense(self.num_classes, kernel_init=init, **dtypes)
 
     def tokens(self, images, *, train: bool = False):
         """images [B, H, W, C] -> the encoder's output tokens [B, (1 +) N, width] (HF's
