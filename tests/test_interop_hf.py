@@ -174,8 +174,8 @@ BAD = {
                        'no config.json (not a Hugging Face model directory)'),
     'no weights': (lambda p: os.remove(os.path.join(p, 'model.safetensors')),
                    'no model.safetensors or model.safetensors.index.json'),
-    'architecture': (lambda p: _edit_config(p, architectures=['T5ForConditionalGeneration']),
-                     "architecture 'T5ForConditionalGeneration' is not supported (supported: "
+    'architecture': (lambda p: _edit_config(p, architectures=['BartForConditionalGeneration']),
+                     "architecture 'BartForConditionalGeneration' is not supported (supported: "
                      'GPT2LMHeadModel, LlamaForCausalLM'),
     'field': (lambda p: _edit_config(p, activation_function='relu'),
               "activation_function='relu' is not representable"),

@@ -280,5 +280,6 @@ def test_unsupported_architecture_names_every_family(tmp_path):
                                           r'GPT2LMHeadModel, .*ViTModel, '
                                           r'ViTForImageClassification, CLIPModel, '
                                           r'BertModel, BertForMaskedLM, '
-                                          r'BertForSequenceClassification\)'):
+                                          r'BertForSequenceClassification, '
+                                          r'T5ForConditionalGeneration\)'):
         hf.import_dir(path, str(tmp_path / 'run'))

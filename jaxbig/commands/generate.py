@@ -2,8 +2,10 @@
 
 Loads the run (jaxbig.run.load_run), optionally int8-quantizes its kernels (jaxbig.quantize),
 and samples with jaxbig.generate: one prompt streams to stdout as it is generated, several
-are printed one after another; `--stop` text is never printed. The options are parsed by
-jaxbig/cli.py.
+are printed one after another; `--stop` text is never printed.
+An encoder-decoder (a model module with its own `generate`, jaxbig.models.t5) reads the
+prompt as its encoder input and prints the response only (not streamed). The options
+are parsed by jaxbig/cli.py.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ def main(args) -> int:
         raise ValueError('give --prompt TEXT (repeatable) or --prompt-file FILE')
     stop_text = (args.stop or '').replace('\\n', '\n').replace('\\t', '\t')
     stop = tok.encode(stop_text) if stop_text else None
+    from jaxbig.evals.generation import generate_fn, response_texts
+
+    own = generate_fn(model)
+    if own is not gen.generate:  # the family's own (an encoder-decoder): prompt -> response
+        out, lengths = own(model, params, [tok.encode(t) for t in texts],
+                           max_new_tokens=args.max_new_tokens, eos_id=tok.eos_id,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           seed=args.seed)
+        for text, response in zip(texts, response_texts(tok, out, lengths)):
+            response = response.split(stop_text)[0] if stop_text else response
+            print(response if len(texts) == 1 else f'--- prompt: {text!r}\n{response}')
+        return 0
     single = len(texts) == 1
     stream = gen.Streamer(tok, stop=stop) if single else None
     if single:

@@ -13,8 +13,9 @@
 
 Decoders (GPT-2, Llama, Mistral, Qwen2: interop/decoders.py) are handled here; ViTModel,
 ViTForImageClassification and CLIPModel go to interop/vision.py (and interop/clip.py),
-BertModel, BertForMaskedLM and BertForSequenceClassification to interop/bert.py (import
-only), which build their own experiment sections and reuse `_write_workdir`.
+BertModel, BertForMaskedLM and BertForSequenceClassification to interop/bert.py,
+T5ForConditionalGeneration to interop/t5.py (import only), which build their own
+experiment sections and reuse `_write_workdir`.
 
 Tensors are read one at a time and placed straight into their sharding (a scanned model's
 per-layer tensors are stacked into one array first); bfloat16 / float16 checkpoints keep
@@ -95,13 +96,14 @@ def _expected_shapes(specs: dict, shapes: dict[str, tuple]) -> dict[str, tuple]:
 
 def _decoder_family(hf: dict):
     """decoders.family_of, naming the encoder architectures too when none matches."""
-    from jaxbig.interop import bert, vision
+    from jaxbig.interop import bert, t5, vision
 
     arch = (hf.get('architectures') or [''])[0]
     if not any(arch in f.architectures for f in decoders.FAMILIES):
         supported = [a for f in decoders.FAMILIES for a in f.architectures]
+        supported += [*vision.architectures(), *bert.ARCHS, *t5.ARCHS]
         raise ConfigError(f'config.json: architecture {arch!r} is not supported (supported: '
-                          f'{", ".join([*supported, *vision.architectures(), *bert.ARCHS])})')
+                          f'{", ".join(supported)})')
     return decoders.family_of(hf)
 
 
@@ -120,6 +122,10 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
 
     if bert.handles(hf):  # BertModel, BertForMaskedLM, BertForSequenceClassification
         return bert.import_dir(directory, workdir, hf, param_dtype=param_dtype)
+    from jaxbig.interop import t5
+
+    if t5.handles(hf):  # T5ForConditionalGeneration
+        return t5.import_dir(directory, workdir, hf, param_dtype=param_dtype)
     family = _decoder_family(hf)
     model_cfg = family.model_config(hf)
     reader = TensorReader(directory)
