@@ -13,6 +13,9 @@ never trained on.)
     jaxbig train --config experiments/finetune_text.py --workdir runs/scratch  # no init
     jaxbig train --config experiments/mlm.py --workdir runs/mlm               # BERT backbone
     jaxbig train --config experiments/finetune_text.py:init=runs/mlm,mode=lora --workdir runs/b
+    jaxbig train --config experiments/finetune_text.py:data=imdb_reviews --workdir runs/imdb
+    jaxbig train --config experiments/finetune_text.py:data=ag_news_subset,init=runs/lm \
+        --workdir runs/ag            # any prepared TFDS set with a Text and a ClassLabel
 
 Arguments: init (a pretraining workdir; its config.json gives the backbone's shape, its
 latest checkpoint the weights; '' = from scratch, tiny GPT), mode (full | linear_probe |
@@ -21,7 +24,12 @@ features, linear_probe and features; 1e-3 otherwise), pooling ('last' real token
 under the mask; '' = mean for linear_probe / features, last otherwise; a BERT: 'mean' |
 'cls', '' = mean), backbone_lr_mult
 (full mode: learning-rate multiplier of the backbone), rank, alpha (lora), examples
-(features: training snippets to embed).
+(features: training snippets to embed), data ('pystdlib': the embedded snippet task | the
+name of a prepared TFDS text classification dataset, array_record: each example's text
+(`text`, or every Text feature joined, e.g. ag_news' description and title; or
+data.text_key) truncated to `seq` tokens, its ClassLabel the label; model.num_classes
+follows the ClassLabel and the evaluator names its classes; a dataset without a
+'validation' split is evaluated on its 'test' split).
 
 The head is new (a zero-initialised Dense on the pooled features); `init_from` loads every
 `encoder/...` parameter from the LM checkpoint. linear_probe freezes `encoder/.*`
@@ -101,6 +109,7 @@ def get_config(arg=None):
         rank=8,
         alpha=16.0,
         examples=4096,
+        data='pystdlib',
     )
     if arg.mode not in MODES:
         raise ConfigError(
@@ -127,18 +136,21 @@ def get_config(arg=None):
     snippets = dict(
         **tokenizer,
         pipeline='text_classes',
-        name='pystdlib',
+        name=arg.data,  # or a prepared TFDS text + ClassLabel dataset (imdb_reviews, ...)
         data_dir='',
+        text_key='',  # TFDS: '' = `text`, else every Text feature (jaxbig/data/text_classes.py)
+        label_key='',  # TFDS: '' = its only ClassLabel feature, whose names are the classes
         seq_len=arg.seq,
         min_files=2,
         train_split='train',
         val_split='validation',
         folds=defaults.folds(),  # k-fold cross-validation of `train` (sweep.kfold); k=0: off
     )
+    num_classes = 9 if arg.data == 'pystdlib' else 'auto'  # auto: the ClassLabel's names
     evals = dict(type='classification', split='validation', num_batches=16, batch_size=64)
     c = ml_collections.ConfigDict()
     if arg.mode == 'features':
-        c.model = dict(name='linear', num_classes=9)
+        c.model = dict(name='linear', num_classes=num_classes)
         c.data = dict(
             pipeline='features',
             source=snippets,
@@ -154,7 +166,7 @@ def get_config(arg=None):
             ),
         )
     else:
-        c.model = dict(name='classifier', backbone=backbone, num_classes=9,
+        c.model = dict(name='classifier', backbone=backbone, num_classes=num_classes,
                        pooling='mean' if backbone['name'] == 'bert' else pooling)
         c.data = snippets
     if arg.mode == 'lora':

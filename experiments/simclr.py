@@ -11,7 +11,9 @@ and k-NN on the frozen backbone features.
 
 Arguments (`experiments/simclr.py:key=value,...`):
   data      'digits' (embedded: scikit-learn's 1,797 8x8 digits) | any prepared TFDS image
-            classification dataset with image/label features (cifar10, ...)
+            classification dataset with image/label features (mnist, cifar10, ...: PNG/JPEG
+            `Image` features, 1 or 3 channels, decoded by TFDS with PIL; prepared as
+            array_record). Evaluated on its 'test' split, else 'validation' (imagenet2012)
   backbone  'resnet18' | 'resnet50' | 'cnn' (jaxbig.models.resnet) | 'vit' (jaxbig.models.vit)
   width     backbone width (resnet/cnn base channels; vit embedding width)
   image_size  0 = images as stored (all one size: digits 8, cifar10 32); S = every image

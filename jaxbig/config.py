@@ -68,6 +68,9 @@ def load(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg or None)
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'--config {path}: get_config must return an ml_collections.ConfigDict')
+    from jaxbig import defaults  # the keys every data section has (data.prefetch)
+
+    defaults.complete_data(config)
     return config
 
 
@@ -119,7 +122,8 @@ def resolve(package: str, name: str, what: str, provides: str):
 
 AUTO = 'auto'
 # The type each 'auto' key resolves to: an override of it is checked against that type.
-_AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0, 'vocab_size': 0}
+_AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0, 'vocab_size': 0,
+               'num_classes': 0}
 
 
 def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -134,6 +138,7 @@ def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
                                  and up), else 'none' (benchmarks/RESULTS.md)
         optimizer.warmup_steps   'auto' -> 5 % of train.steps (at least 1)
         model.vocab_size         'auto' -> the vocabulary of data.tokenizer (bytes: 256)
+        model.num_classes        'auto' -> the classes of the data (`jaxbig.data.num_classes`)
     """
     model, opt = config.get('model'), config.get('optimizer')
     if model is not None:
@@ -142,6 +147,10 @@ def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
                 from jaxbig.data import tokenizers
 
                 model.vocab_size = tokenizers.from_config(config.get('data') or {}).vocab_size
+            if model.get('num_classes') == AUTO:
+                from jaxbig import data
+
+                model.num_classes = data.num_classes(config.data)
             if model.get('scan_layers') == AUTO:
                 model.scan_layers = model.get('num_layers', model.get('depth', 0)) > 6
             if model.get('remat') == AUTO:

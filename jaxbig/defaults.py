@@ -122,6 +122,28 @@ def train(**overrides) -> dict:
     )
 
 
+def data_loading(**overrides) -> dict:
+    """Keys every `data` section has, whatever its pipeline (`complete_data` adds those an
+    experiment leaves out, so `--config.data.prefetch=0` works for every experiment).
+
+    prefetch: host batches of this many compiled calls are built ahead of the step by a
+    background thread (jaxbig/data/prefetch.py), in order; 0 = off (built between steps).
+    """
+    return _merge('data', dict(prefetch=2), overrides)
+
+
+def complete_data(config) -> None:
+    """Adds the missing `data_loading()` keys to `config.data` (if any), in place; called by
+    `config.load` and `train.train`, so configs built in code get them too."""
+    data = config.get('data')
+    if data is None:
+        return
+    with data.unlocked():
+        for key, value in data_loading().items():
+            if key not in data:
+                data[key] = value
+
+
 # ----------------------------------------------------------------------------- shared recipes
 # Sections several experiments share, so each file states only what is particular to it.
 
@@ -149,6 +171,7 @@ def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
             val_split='validation',
             tokenizer='bytes',  # or a tokenizer.json path (jaxbig.data.tokenizers)
             eos_id=-1,  # the tokenizer's end-of-sequence id (bytes: NUL)
+            **data_loading(),
         ),
         overrides,
     )
@@ -171,6 +194,7 @@ def conditional_data(task: str = 'name', seq_len: int = 256, **overrides) -> dic
             val_split='validation',
             tokenizer='bytes',  # or a tokenizer.json / SentencePiece .model path
             eos_id=-1,  # the tokenizer's end-of-sequence id (bytes: NUL); ends responses
+            **data_loading(),
         ),
         overrides,
     )

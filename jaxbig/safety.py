@@ -16,6 +16,8 @@ CONFIG_FILE = 'config.json'
 # Sections that define *what* is trained; a workdir refuses to resume under different ones.
 # train.steps, cadences, optimizer settings may change between launches (train longer, etc.).
 IDENTITY_SECTIONS = ('model', 'data', 'loss')
+# Keys of those sections that change how, not what, is trained (free to change too).
+NOT_IDENTITY_KEYS = ('data.prefetch',)
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,6 +39,8 @@ def check_workdir_config(workdir: str, config, *, force: bool = False):
         for key in keys:
             if key not in old_keys:  # a key newer than the run (e.g. data.tokenizer): the
                 continue  # run was made under its default
+            if f'{section}.{key}' in NOT_IDENTITY_KEYS:
+                continue
             va, vb = _get(a, key), _get(b, key)
             if va != vb:
                 raise config_lib.ConfigError(

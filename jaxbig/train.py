@@ -21,10 +21,11 @@ import numpy as np
 from jaxbig import checkpoint as ckpt_lib
 from jaxbig import config as config_lib
 from jaxbig import data as data_lib
-from jaxbig import finetune, optim, parallel, safety, writers
+from jaxbig import defaults, finetune, optim, parallel, safety, writers
 from jaxbig import run as run_lib
 from jaxbig import pmap as pmap_lib
 from jaxbig import step as step_lib
+from jaxbig.data import prefetch as prefetch_lib
 
 
 def validate(config):
@@ -44,6 +45,7 @@ def validate(config):
             f'train.profile_steps={t.profile_steps}: expected (first, last) with '
             f'0 <= first < last (trace updates first+1 .. last), or () for off')
     optim.validate(config.optimizer)
+    prefetch_lib.validate(config.data)
     accum = config.optimizer.grad_accum_steps
     if t.batch_size % accum:
         raise config_lib.ConfigError(
@@ -60,6 +62,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
     it, so the corrected command starts cleanly.
     """
     config_lib.resolve_auto(config)
+    defaults.complete_data(config)  # keys a config built in code may lack (data.prefetch)
     validate(config)
     parallel.maybe_initialize_distributed(config.parallel)
     safety.check_workdir_config(workdir, config, force=force)
@@ -164,11 +167,15 @@ def _train(config, workdir: str, guard) -> dict:
         cadences = [t.log_every, t.checkpoint_every, *(every for every, _ in evaluators.values())]
         profiler = _Profiler(workdir, t.profile_steps, enabled=is_main)
         last, step = {}, first
+        # the host batches of the calls to come, built data.prefetch calls ahead by a thread
+        # (started once the signal handlers are in place; ended on leaving the `with`)
+        calls = call_plan(first, last_step, steps_per_call, cadences, profiler.marks)
+        host_batches = lambda call: _host_batches(train_data, *call, stacked=stacked)  # noqa: E731
         try:
-            with safety.StopRequest() as stop:
-                while step < last_step:
-                    n = steps_in_call(step, last_step, steps_per_call, cadences, profiler.marks)
-                    batch = _host_batches(train_data, step, n, stacked=stacked)
+            with (safety.StopRequest() as stop,
+                  prefetch_lib.Prefetcher(host_batches, calls,
+                                          depth=config.data.prefetch) as batches):
+                for (_, n), batch in batches:  # calls (step, n) in order, from `first`
                     profiler.before(step)
                     state, metrics = train_step(state, to_device(batch))
                     step += n  # updates applied so far; below, everything due at `step`
@@ -268,6 +275,17 @@ def steps_in_call(step: int, last_step: int, steps_per_call: int, cadences, mark
         if mark > step:
             end = min(end, mark)
     return end - step
+
+
+def call_plan(first: int, last_step: int, steps_per_call: int, cadences, marks=()):
+    """(step, n) of every compiled call from update `first` to `last_step`, in order: the
+    call after update `step` runs n = `steps_in_call(...)` updates. Depends on nothing the
+    loop computes, so the batches of coming calls can be built ahead (data.prefetch)."""
+    step = first
+    while step < last_step:
+        n = steps_in_call(step, last_step, steps_per_call, cadences, marks)
+        yield step, n
+        step += n
 
 
 class _Profiler:

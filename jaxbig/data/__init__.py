@@ -15,7 +15,7 @@ is a new module with `prepare(config)` and `build_pipeline(config, ...)`.
 from jaxbig.config import resolve
 from jaxbig.data.tokenizers import ByteTokenizer
 
-__all__ = ['ByteTokenizer', 'build_pipeline', 'prepare', 'pipeline_module']
+__all__ = ['ByteTokenizer', 'build_pipeline', 'num_classes', 'pipeline_module', 'prepare']
 
 
 def pipeline_module(config):
@@ -29,3 +29,17 @@ def prepare(config) -> None:
 
 def build_pipeline(config, **kwargs):
     return pipeline_module(config).build_pipeline(config, **kwargs)
+
+
+def num_classes(config) -> int:
+    """The number of classes of a classification data section (model.num_classes='auto'):
+    its pipeline module's `num_classes(config)` (a `features` section asks its source)."""
+    from jaxbig.config import ConfigError
+
+    source = config.get('source') or config
+    module = pipeline_module(source)
+    if not hasattr(module, 'num_classes'):
+        raise ConfigError(f"model.num_classes='auto': data.pipeline="
+                          f"{source.get('pipeline', 'lm')!r} does not know its classes; set "
+                          'model.num_classes')
+    return int(module.num_classes(source))

@@ -1,29 +1,29 @@
-"""Documents of a text split, read on demand: records, the length index, the Corpus.
+"""Documents of a text split: records, the length index, the Corpus.
 
 A split is a list of records (TFDS examples or folder files). Document bytes are the
-record's text UTF-8 encoded with NUL bytes removed; a document is followed by eos
-(NUL, `ByteTokenizer.eos_id`) and empty documents are skipped. The split's token stream is the concatenation of
-its documents, each with its eos — never materialised: a per-split *length index*
+record's text UTF-8 encoded with NUL bytes removed; a document is followed by eos (NUL,
+`ByteTokenizer.eos_id`, or a tokenizer's) and empty documents are skipped. The split's token
+stream is the concatenation of its documents, each with its eos: a per-split *length index*
 `ends` int64[num_records] (cumulative document lengths incl. eos, 0 for a skipped record)
-locates any byte, and only the documents a reader needs are read, through the
-random-access TFDS data source (or the folder's files), with an LRU cache of decoded
-documents (`CACHE_BYTES` per split and process).
+locates any token, and the stream itself is cached once (`jaxbig.data.token_cache`), so
+reading a window slices a memory-mapped array. Without that cache (a Corpus built from
+records and ends only) the documents a reader needs are read through the random-access
+TFDS data source (or the folder's files) and encoded, with an LRU cache (`CACHE_BYTES`).
 
     TfdsDocuments(builder, split, text_key)  records of a TFDS split: read(ids) -> list[bytes]
     FolderDocuments(root, split)             the same for the files of a folder's split
     load_index(documents)                    ends int64[num_records], cached on disk (TFDS)
-    Corpus(records, ends)                    the virtual stream: doc_ids / doc_starts /
-                                             doc_lengths int64[d], read(starts, length) ->
-                                             uint8[n, length], documents(records)
-    load_corpus(name, split, data_dir, ...)  the Corpus of a split (cached in-process)
+    Corpus(records, ends, tokens=None)       the stream: doc_ids / doc_starts / doc_lengths
+                                             int64[d], read(starts, length) -> [n, length],
+                                             documents(records)
+    load_corpus(name, split, data_dir, ...)  the Corpus of a split, its index and token ids
+                                             cached (in-process too)
 
 The index of a TFDS split is computed once (by `jaxbig.data.lm.prepare`, i.e. process 0
-before training, or by the first pipeline that needs it) and cached next to the prepared
-data as `<dataset dir>/jaxbig-index.<split>.<text_key>.<hash>.npy` (+ `.json`, its
-fingerprint), written atomically and memory-mapped when read; a missing, stale or corrupt
-index is rebuilt. A folder's index is computed in memory (one read of every file of the
-split).
-"""
+before training, or by the first pipeline that needs it), with the token ids, and cached
+next to the prepared data as `<dataset dir>/jaxbig-index.<split>.<text_key>.<hash>.npy`
+(+ `.json`, its fingerprint), written atomically and memory-mapped when read; a missing,
+stale or corrupt index is rebuilt. A folder's is computed in memory."""
 
 import collections
 import functools
@@ -35,9 +35,9 @@ import re
 import tempfile
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from jaxbig.data import pystdlib
+from jaxbig.data import pystdlib, tfds_sources
+from jaxbig.data.encodings import BYTES, ByteEncoding, TokenizerEncoding, encoding_for  # noqa: F401
 
 EMBEDDED = {'pystdlib': pystdlib.Pystdlib}
 INDEX_FORMAT = 1
@@ -45,29 +45,9 @@ CACHE_BYTES = 64 << 20  # decoded documents kept per split and process (LRU)
 SPOT_CHECKS = 8  # records re-measured when a cached index is opened
 
 
-def resolve_data_dir(data_dir: str) -> str:
-    """'' -> TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets); expands '~'."""
-    default = tfds.core.constants.get_default_data_dir() or '~/tensorflow_datasets'  # TFDS_DATA_DIR=''
-    return os.path.abspath(os.path.expanduser(data_dir or default))
-
-
-def _not_prepared(name: str, data_dir: str) -> ValueError:
-    return ValueError(
-        f'data.name={name!r}: TFDS dataset not prepared in data_dir {data_dir!r}; '
-        f'prepare it on a machine with internet: `tfds build {name} --data_dir '
-        f'{data_dir} --file_format=array_record` (then copy that directory here).'
-    )
-
-
-def _tfds_builder(name: str, data_dir: str):
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        prepared = builder.is_prepared()
-    except Exception as e:  # unknown name, missing files, catalog import errors...
-        raise _not_prepared(name, data_dir) from e
-    if not prepared:
-        raise _not_prepared(name, data_dir)
-    return builder
+resolve_data_dir = tfds_sources.resolve_data_dir
+_not_prepared = tfds_sources.not_prepared
+_tfds_builder = tfds_sources.open_builder
 
 
 # ------------------------------------------------------------------- Records
@@ -77,14 +57,8 @@ class TfdsDocuments:
     """Random access to the raw text of one TFDS split: read(ids) -> list[bytes]."""
 
     def __init__(self, builder, split: str, text_key: str):
-        try:
-            self.source = builder.as_data_source(split=split)
-        except Exception as e:
-            raise ValueError(
-                f'data split {split!r} not available for {builder.name!r} '
-                f'(splits: {sorted(builder.info.splits)})'
-            ) from e
-        self.text_key = text_key
+        self.source, split = tfds_sources.data_source(builder, split)
+        self.split, self.text_key = split, text_key
         try:
             num_bytes = int(builder.info.splits[split].num_bytes)
         except Exception:  # noqa: BLE001 (unknown for some split specs)
@@ -149,45 +123,6 @@ class FolderDocuments:
 # ------------------------------------------------------------------- Length index
 
 
-class ByteEncoding:
-    """A record's stream tokens: its UTF-8 bytes without NUL, then eos (NUL); uint8."""
-
-    name, dtype, eos_id = 'bytes', np.uint8, 0
-
-    def __call__(self, raw: bytes) -> np.ndarray:
-        return np.frombuffer(raw.replace(b'\0', b'') + b'\0', np.uint8)
-
-    def lengths(self, docs: list[bytes]) -> np.ndarray:
-        n = np.array([len(d) - d.count(0) for d in docs], np.int64)
-        return np.where(n > 0, n + 1, 0)
-
-
-class TokenizerEncoding:
-    """A record's stream tokens from a tokenizer (`jaxbig.data.tokenizers.FileTokenizer`):
-    encode(text without NUL), then `eos_id`; int32. `name` carries the tokenizer file's
-    content hash, so length indexes of different tokenizers never mix."""
-
-    dtype = np.int32
-
-    def __init__(self, tokenizer):
-        if tokenizer.eos_id is None:
-            raise ValueError(f'data.eos_id: {tokenizer!r} needs an end-of-sequence id to '
-                             'separate documents')
-        self.tokenizer, self.eos_id = tokenizer, int(tokenizer.eos_id)
-        with open(tokenizer.path, 'rb') as f:
-            self.name = f'tokenizer-{hashlib.sha1(f.read()).hexdigest()[:12]}-eos{self.eos_id}'
-
-    def __call__(self, raw: bytes) -> np.ndarray:
-        text = raw.replace(b'\0', b'').decode('utf-8', errors='replace')
-        if not text:
-            return np.zeros(0, np.int32)
-        return np.append(self.tokenizer.encode(text), self.eos_id).astype(np.int32)
-
-    def lengths(self, docs: list[bytes]) -> np.ndarray:
-        return np.array([len(self(d)) for d in docs], np.int64)
-
-
-BYTES = ByteEncoding()
 
 
 def _token_lengths(docs: list[bytes], encoding=BYTES) -> np.ndarray:
@@ -195,12 +130,19 @@ def _token_lengths(docs: list[bytes], encoding=BYTES) -> np.ndarray:
     return encoding.lengths(docs)
 
 
-def compute_ends(documents, chunk: int = 1024, encoding=BYTES) -> np.ndarray:
-    """ends int64[num_records]: cumulative stream lengths (one pass over every record)."""
+def compute_ends(documents, chunk: int = 1024, encoding=BYTES, sink=None) -> np.ndarray:
+    """ends int64[num_records]: cumulative stream lengths (one pass over every record).
+    `sink(list of each record's tokens)`, if given, receives the stream in order."""
     lengths = np.zeros(len(documents), np.int64)
     for start in range(0, len(documents), chunk):
         stop = min(len(documents), start + chunk)
-        lengths[start:stop] = _token_lengths(documents.read(range(start, stop)), encoding)
+        docs = documents.read(range(start, stop))
+        if sink is None:
+            lengths[start:stop] = _token_lengths(docs, encoding)
+        else:
+            encoded = encoding.encode_many(docs)
+            lengths[start:stop] = [len(a) for a in encoded]
+            sink(encoded)
     return np.cumsum(lengths)
 
 
@@ -220,8 +162,9 @@ def _lengths_at(ends: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return ends[ids] - prev
 
 
-def _open_index(documents, npy: str, meta: str, encoding=BYTES) -> np.ndarray:
-    """The cached ends (memory-mapped) if they match `documents`; raises ValueError if not."""
+def _open_index(documents, npy: str, meta: str, encoding=BYTES, spot_check=True) -> np.ndarray:
+    """The cached ends (memory-mapped) if they match `documents` (`spot_check`: re-measures
+    SPOT_CHECKS records); raises ValueError if not."""
     with open(meta) as f:
         info = json.load(f)
     if info.get('format') != INDEX_FORMAT or info.get('fingerprint') != documents.fingerprint:
@@ -233,7 +176,7 @@ def _open_index(documents, npy: str, meta: str, encoding=BYTES) -> np.ndarray:
     if n and int(ends[-1]) != info.get('num_tokens'):
         raise ValueError(f'total {int(ends[-1])} tokens != {info.get("num_tokens")} recorded')
     ids = np.unique(np.linspace(0, n - 1, SPOT_CHECKS).astype(np.int64))
-    if n and not np.array_equal(_lengths_at(ends, ids),
+    if n and spot_check and not np.array_equal(_lengths_at(ends, ids),
                                 _token_lengths(documents.read(ids), encoding)):
         raise ValueError(f'document lengths at records {ids.tolist()} differ from the data')
     return ends
@@ -251,19 +194,21 @@ def _atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
-def load_index(documents, encoding=BYTES) -> np.ndarray:
-    """ends int64[num_records] of `documents` under `encoding` (bytes, or a tokenizer's ids):
-    the cached index when it matches the data, else computed (one pass, which tokenizes
-    every record once) and cached atomically; a folder's is always computed."""
-    if documents.cache_dir is None:
-        return compute_ends(documents, encoding=encoding)
+def cached_index(documents, encoding=BYTES, spot_check=True) -> np.ndarray | None:
+    """The cached ends of `documents` (memory-mapped) if present and valid, else None
+    (a stale or corrupt one is logged)."""
     npy, meta = index_paths(documents, encoding)
     if os.path.exists(meta):
         try:
-            return _open_index(documents, npy, meta, encoding)
+            return _open_index(documents, npy, meta, encoding, spot_check)
         except Exception as e:  # noqa: BLE001 (stale, truncated, unparsable: rebuild)
             logging.warning('data: rebuilding length index %s: %s', npy, e)
-    ends = compute_ends(documents, encoding=encoding)
+    return None
+
+
+def save_index(documents, ends: np.ndarray, encoding=BYTES) -> None:
+    """Caches `ends` atomically (a read-only data dir: logged, each process computes it)."""
+    npy, meta = index_paths(documents, encoding)
     info = {
         'format': INDEX_FORMAT,
         'fingerprint': documents.fingerprint,
@@ -274,6 +219,19 @@ def load_index(documents, encoding=BYTES) -> np.ndarray:
         _atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
     except OSError as e:
         logging.warning('data: cannot cache length index %s (%s); each process computes it', npy, e)
+
+
+def load_index(documents, encoding=BYTES) -> np.ndarray:
+    """ends int64[num_records] of `documents` under `encoding` (bytes, or a tokenizer's ids):
+    the cached index when it matches the data, else computed (one pass, which tokenizes
+    every record once) and cached atomically; a folder's is always computed. (Training reads
+    `token_cache.load_stream`, which builds this index and the token ids in one pass.)"""
+    if documents.cache_dir is None:
+        return compute_ends(documents, encoding=encoding)
+    ends = cached_index(documents, encoding)
+    if ends is None:
+        ends = compute_ends(documents, encoding=encoding)
+        save_index(documents, ends, encoding)
     return ends
 
 
@@ -286,13 +244,20 @@ class Corpus:
     ends int64[num_records] (maybe memory-mapped); num_tokens: stream length; doc_ids
     int64[d]: record of each kept document; doc_starts/doc_lengths int64[d] (lengths incl.
     the eos). `read(starts, length)` -> uint8[n, length] windows; `documents(records)` ->
-    {record: uint8[length]} (with eos), through an LRU cache of `cache_bytes`; `stream()`
-    -> the whole uint8[num_tokens] stream (int32 ids with a tokenizer's `encoding`).
+    {record: uint8[length]} (with eos); `stream()` -> the whole uint8[num_tokens] stream
+    (a tokenizer's ids with its `encoding`: int32, or the cache's dtype).
+
+    `tokens` [num_tokens] (the cached stream, `token_cache`; memory-mapped): reads slice it,
+    nothing is tokenized. Without it, documents are read from `records` and encoded when
+    needed, through an LRU cache of `cache_bytes`.
     """
 
     def __init__(self, records, ends: np.ndarray, cache_bytes: int = CACHE_BYTES,
-                 encoding=BYTES):
+                 encoding=BYTES, tokens: np.ndarray | None = None):
         self.records, self.cache_bytes, self.encoding = records, cache_bytes, encoding
+        self.tokens = tokens
+        if tokens is not None and len(tokens) != (int(ends[-1]) if len(ends) else 0):
+            raise ValueError(f'data: {len(tokens)} cached tokens for a stream of {ends[-1]}')
         self.ends = np.asarray(ends)  # a plain view of a memmap: fast element access
         self.num_records = len(ends)
         self.num_tokens = int(ends[-1]) if len(ends) else 0
@@ -313,6 +278,10 @@ class Corpus:
     def documents(self, records) -> dict[int, np.ndarray]:
         """{record: uint8[len]}: its document bytes and eos; fetches the uncached ones at once."""
         records = list(dict.fromkeys(int(r) for r in records))
+        if self.tokens is not None:
+            n = _lengths_at(self.ends, np.asarray(records, np.int64))
+            return {r: np.asarray(self.tokens[e - k : e])
+                    for r, e, k in zip(records, self.ends[records].tolist(), n.tolist())}
         missing = [r for r in records if r not in self._cache]
         out = {}
         for r in records:
@@ -344,6 +313,11 @@ class Corpus:
         starts = np.asarray(starts, np.int64).reshape(-1)
         if len(starts) and (starts.min() < 0 or starts.max() + length > self.num_tokens):
             raise ValueError(f'windows of {length} tokens exceed the stream ({self.num_tokens})')
+        if self.tokens is not None:
+            out = np.empty((len(starts), length), self.tokens.dtype)
+            for row, s in enumerate(starts.tolist()):
+                out[row] = self.tokens[s : s + length]
+            return out
         first = np.searchsorted(self.ends, starts, side='right')
         last = np.searchsorted(self.ends, starts + length - 1, side='right')
         spans = [range(a, b + 1) for a, b in zip(first.tolist(), last.tolist(), strict=True)]
@@ -367,12 +341,17 @@ def load_corpus(
     name: str, split: str, data_dir: str, path: str = '', text_key: str = 'text',
     tokenizer: str = 'bytes', eos_id: int = -1,
 ) -> Corpus:
-    """The Corpus of a split: its length index, no document text (cached in-process).
-    `tokenizer`: 'bytes' or a tokenizer.json path (`eos_id` its end-of-sequence id)."""
+    """The Corpus of a split: its length index and token ids (`token_cache.load_stream`:
+    memory-mapped, computed once), no document text (cached in-process). `tokenizer`:
+    'bytes', a tokenizer.json or a SentencePiece .model path (`eos_id` its end-of-sequence
+    id)."""
+    from jaxbig.data import token_cache
+
     encoding = encoding_for(tokenizer, eos_id)
     if name == 'folder':
         records = FolderDocuments(path, split)
-        corpus = Corpus(records, load_index(records, encoding), encoding=encoding)
+        ends, tokens = token_cache.load_stream(records, encoding)
+        corpus = Corpus(records, ends, encoding=encoding, tokens=tokens)
         if not corpus.num_tokens:
             raise ValueError(f'data.path: no UTF-8 text files for split {split!r} under {path!r}')
         return corpus
@@ -386,13 +365,5 @@ def load_corpus(
     else:
         builder = _tfds_builder(name, data_dir)
     records = TfdsDocuments(builder, split, text_key)
-    return Corpus(records, load_index(records, encoding), encoding=encoding)
-
-
-def encoding_for(tokenizer: str = 'bytes', eos_id: int = -1):
-    """The stream encoding of a data section's `tokenizer` / `eos_id` (see data.tokenizers)."""
-    if tokenizer in ('bytes', 'byte'):
-        return BYTES
-    from jaxbig.data import tokenizers
-
-    return TokenizerEncoding(tokenizers.from_config({'tokenizer': tokenizer, 'eos_id': eos_id}))
+    ends, tokens = token_cache.load_stream(records, encoding)
+    return Corpus(records, ends, encoding=encoding, tokens=tokens)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import functools
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbig.data import digits, folds, shapes
-from jaxbig.data.documents import _not_prepared, resolve_data_dir
+from jaxbig.data import digits, folds, shapes, tfds_sources
+from jaxbig.data.shuffle import epoch_permutation
+from jaxbig.data.tfds_sources import resolve_data_dir
 
 EMBEDDED = ('digits', 'shapes')
 IN_MEMORY_BYTES = 512 * 2**20  # splits whose image column fits are kept in memory
@@ -45,14 +45,7 @@ def builder(config):
         cfg = _shapes_config(config)
         known = {c.name for c in shapes.Shapes.BUILDER_CONFIGS}
         return shapes.Shapes(config=cfg.name if cfg.name in known else cfg, data_dir=data_dir)
-    try:
-        b = tfds.builder(name, data_dir=data_dir)
-        prepared = b.is_prepared()
-    except Exception as e:  # unknown name, missing files, catalog import errors...
-        raise _not_prepared(name, data_dir) from e
-    if not prepared:
-        raise _not_prepared(name, data_dir)
-    return b
+    return tfds_sources.open_builder(name, data_dir)  # prepared, array_record
 
 
 def prepare(config) -> None:
@@ -140,13 +133,7 @@ def _load_split(config_key: tuple, split: str, keys: tuple[str, ...]) -> Split:
             f'data.name={config.name!r}: not prepared in data_dir {b.data_dir!r}; '
             'call jaxbig.data.prepare(config) first'
         )
-    try:
-        source = b.as_data_source(split=split)
-    except Exception as e:
-        raise ValueError(
-            f'data split {split!r} not available for {config.name!r} '
-            f'(splits: {sorted(b.info.splits)})'
-        ) from e
+    source, _ = tfds_sources.data_source(b, split, config.name)  # 'test' for 'validation'...
     return Split(source, b.info, keys)
 
 
@@ -198,9 +185,8 @@ class IndexOrder:
         if epoch not in self._orders:
             if len(self._orders) >= 4:
                 self._orders.clear()
-            ds = grain.MapDataset.range(self.n)
-            self._orders[epoch] = np.asarray(
-                [ds.shuffle(seed=_epoch_seed(self.seed, epoch))[k] for k in range(self.n)]
+            self._orders[epoch] = (  # grain.MapDataset.range(n).shuffle(seed)'s order
+                epoch_permutation(self.n, _epoch_seed(self.seed, epoch))
                 if self.shuffle
                 else np.arange(self.n)
             )

@@ -1,13 +1,14 @@
 """Language-modelling data: documents -> virtual token stream -> index-based batches.
 
-Tokens are UTF-8 bytes by default; `data.tokenizer` = a tokenizer.json path (with
-`data.eos_id`) makes them that tokenizer's ids: the length index then counts its tokens
-(computed once by `prepare`, cached per tokenizer content), and documents are tokenized
-when read.
+Tokens are UTF-8 bytes by default; `data.tokenizer` = a tokenizer.json or SentencePiece
+.model path (with `data.eos_id`) makes them that tokenizer's ids.
 
 Reading a split is `jaxbig.data.documents`: its documents, the token stream they form
-(each document followed by `EOS`, NUL), never materialised, and the length index that
-locates any byte of it, so that a host reads only the documents its rows overlap.
+(each document followed by eos: NUL for bytes) and the length index that locates any token
+of it. The stream's ids are computed once (`jaxbig.data.token_cache`, by `prepare`: one
+tokenizing pass per split, cached next to the prepared data per tokenizer content) and
+memory-mapped, so `get_batch` slices them, never tokenizes, and a host reads only the
+pages of its own rows.
 
 * `pack=True`: sequence k is `stream[k*(T+1) : (k+1)*(T+1)]` (the tail is dropped);
   mask is all ones.
@@ -22,19 +23,27 @@ number of processes (each reads only its own rows): resuming at step k replays e
 what an uninterrupted run would have seen.
 
 `prepare(config)` (process 0, before training) builds or checks the dataset and caches
-the length index of the train and validation splits; `build_pipeline(config, ...)` ->
+the length index and token ids of the train and validation splits; `build_pipeline(config, ...)` ->
 LMPipeline.
 """
 
 import numbers
 import os
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbig.data.documents import (EMBEDDED, Corpus, TfdsDocuments, _tfds_builder,
-                                   encoding_for, load_corpus, load_index, resolve_data_dir)
+from jaxbig.data.documents import (
+    EMBEDDED,
+    Corpus,
+    TfdsDocuments,
+    _tfds_builder,
+    encoding_for,
+    load_corpus,
+    resolve_data_dir,
+)
+from jaxbig.data.shuffle import epoch_permutation
+from jaxbig.data.token_cache import load_stream
 from jaxbig.data.tokenizers import ByteTokenizer
 
 EOS = ByteTokenizer.eos_id
@@ -60,10 +69,10 @@ def prepare(config) -> None:
     splits = (config.get('train_split', 'train'), config.get('val_split', 'validation'))
     for split in dict.fromkeys(splits):
         try:
-            documents = TfdsDocuments(builder, split, config.get('text_key', 'text'))
+            documents = TfdsDocuments(builder, split, (config.get('text_key') or 'text'))
         except ValueError:  # not a split of this dataset: build_pipeline says so
             continue
-        load_index(documents, _encoding(config))
+        load_stream(documents, _encoding(config))
 
 
 def _encoding(config):
@@ -126,12 +135,14 @@ class LMPipeline:
             )
         self._orders = {}
 
-    def _order(self, epoch: int) -> grain.MapDataset:
+    def _order(self, epoch: int) -> np.ndarray:
+        """int64[num_sequences]: epoch `epoch`'s order, that of
+        `grain.MapDataset.range(num_sequences).shuffle(s_e)` (computed once per epoch)."""
         if epoch not in self._orders:
             if len(self._orders) >= 4:
                 self._orders.clear()
-            self._orders[epoch] = grain.MapDataset.range(self.num_sequences).shuffle(
-                seed=_epoch_seed(self.seed, epoch)
+            self._orders[epoch] = epoch_permutation(
+                self.num_sequences, _epoch_seed(self.seed, epoch)
             )
         return self._orders[epoch]
 
@@ -140,10 +151,12 @@ class LMPipeline:
         if i < 0:
             raise ValueError(f'batch index {i} must be >= 0')
         start = i * self.global_batch_size + self.row_offset
+        rows = np.arange(start, start + self.batch_size, dtype=np.int64)
+        epochs, within = np.divmod(rows, self.num_sequences)
         out = np.empty(self.batch_size, np.int64)
-        for r, g in enumerate(range(start, start + self.batch_size)):
-            epoch, k = divmod(g, self.num_sequences)
-            out[r] = self._order(epoch)[k]
+        for epoch in np.unique(epochs).tolist():  # one, or two where batch i spans epochs
+            sel = epochs == epoch
+            out[sel] = self._order(epoch)[within[sel]]
         return out
 
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
@@ -189,7 +202,7 @@ def build_pipeline(
             name,
             split,
             resolve_data_dir(config.get('data_dir', '')),
-            text_key=config.get('text_key', 'text'),
+            text_key=(config.get('text_key') or 'text'),
             **tok,
         )
     return LMPipeline(

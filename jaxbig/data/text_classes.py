@@ -12,6 +12,17 @@ stratified by package: 'train' samples the files outside fold `index`, 'fold' th
 it (a class with no file in a part is not drawn there).
 
 Batch: inputs int32[b, T] (bytes), mask float32[b, T] (1 = real byte), label int32[b].
+
+Any other `data.name` is a prepared TFDS text classification dataset (imdb_reviews: `text`
++ `label`; ag_news_subset: `description`, `title` + `label`; ...): `ExamplePipeline` reads
+its examples in seeded-shuffle epochs (`image_sources.IndexOrder`, so batch i is a pure
+function of (seed, i) too), each example's text truncated to `seq_len` tokens (bytes, or
+`data.tokenizer`'s ids) and right-padded (mask 0), labelled by its `ClassLabel` feature,
+whose names are the classes. `data.text_key` ('' = the feature `text` if there is one, else
+every Text feature, in the features' order, joined by a newline; or names joined by ',')
+and `data.label_key` ('' = the only ClassLabel feature) choose the features. The
+evaluation split is found among the dataset's (`tfds_sources.find_split`: 'test' for
+'validation').
 """
 
 from __future__ import annotations
@@ -21,20 +32,49 @@ import functools
 import numpy as np
 
 from jaxbig.config import ConfigError
-from jaxbig.data import documents, folds, lm
+from jaxbig.data import documents, folds, image_sources, lm
 from jaxbig.data.tokenizers import ByteTokenizer
 
 
 def prepare(config) -> None:
-    lm.prepare(_source_config(config))
+    if _from_tfds(config):
+        image_sources.prepare(config)  # a prepared TFDS dataset (array_record): checked
+    else:
+        lm.prepare(config)
 
 
-def _source_config(config):
-    if config.get('name', 'pystdlib') != 'pystdlib':
-        raise ConfigError(
-            f"data.name={config.name!r}: the text_classes task is built from 'pystdlib' only"
-        )
-    return config
+def _from_tfds(config) -> bool:
+    return config.get('name', 'pystdlib') != 'pystdlib'
+
+
+def num_classes(config) -> int:
+    """Classes of the task (`model.num_classes='auto'`): the ClassLabel's, or the snippets'."""
+    if _from_tfds(config):
+        return len(tfds_features(config)[2])
+    return len(load_files(documents.resolve_data_dir(config.get('data_dir', '')),
+                          config.get('min_files', 2))[1])
+
+
+def tfds_features(config) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
+    """(text feature names, label feature name, class names) of a TFDS dataset (see the
+    module docstring for `data.text_key` / `data.label_key`); one-line ConfigError if the
+    dataset has no such features."""
+    import tensorflow_datasets as tfds
+
+    features = image_sources.builder(config).info.features
+    texts = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
+    labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
+    where = f'data.name={config.name!r} (Text features {texts}, ClassLabel features {labels})'
+    text_key = config.get('text_key', '')
+    keys = tuple(text_key.split(',')) if text_key else (
+        ('text',) if 'text' in texts else tuple(texts))
+    if not keys or any(k not in texts for k in keys):
+        raise ConfigError(f'data.text_key={text_key!r}: expected Text features of {where}')
+    label_key = config.get('label_key', '') or (labels[0] if len(labels) == 1 else '')
+    if label_key not in labels:
+        raise ConfigError(f'data.label_key={config.get("label_key", "")!r}: expected a '
+                          f'ClassLabel feature of {where}')
+    return keys, label_key, tuple(features[label_key].names)
 
 
 @functools.lru_cache(maxsize=4)
@@ -120,9 +160,45 @@ class SnippetPipeline:
         return {'inputs': inputs, 'mask': mask, 'label': label}
 
 
+class ExamplePipeline:
+    """A TFDS text classification split (see the module docstring): get_batch(i) ->
+    inputs int32[b, T], mask float32[b, T], label int32[b]; `classes`: the label names."""
+
+    def __init__(self, config, *, split, batch_size, seed, process_index, process_count):
+        from jaxbig.data import tokenizers
+
+        self.text_keys, label_key, self.classes = tfds_features(config)
+        self.num_classes = len(self.classes)
+        self.split = image_sources.load_split(config, split, (*self.text_keys, label_key))
+        self.label_key, self.seq_len = label_key, config.seq_len
+        self.tokenizer = tokenizers.from_config(config)
+        self.order = image_sources.IndexOrder(len(self.split), seed)
+        self.batch_size, self.process_index = batch_size, process_index
+        self.process_count = process_count
+        image_sources.host_rows(0, batch_size, process_index, process_count)  # validates
+
+    def get_batch(self, i: int) -> dict[str, np.ndarray]:
+        rows = image_sources.host_rows(i, self.batch_size, self.process_index, self.process_count)
+        columns = self.split.read(self.order.ids(rows))
+        b, t = len(rows), self.seq_len
+        inputs, mask = np.zeros((b, t), np.int32), np.zeros((b, t), np.float32)
+        for r in range(b):
+            text = '\n'.join(str(columns[k][r]) for k in self.text_keys)
+            ids = self.tokenizer.encode(text)[:t] if text else np.zeros(1, np.int32)  # eos
+            inputs[r, : len(ids)], mask[r, : len(ids)] = ids, 1.0
+        return {'inputs': inputs, 'mask': mask,
+                'label': columns[self.label_key].astype(np.int32)}
+
+
 def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
     if config.seq_len < 1:
         raise ConfigError(f'data.seq_len={config.seq_len}: must be >= 1')
+    if _from_tfds(config):
+        if batch_size % process_count:
+            raise ConfigError(f'train.batch_size={batch_size} is not divisible by the '
+                              f'{process_count} processes')
+        return ExamplePipeline(config, split=split, batch_size=batch_size, seed=seed,
+                               process_index=process_index, process_count=process_count)
     files, classes = load_files(
         documents.resolve_data_dir(config.get('data_dir', '')), config.get('min_files', 2),
         config.get('tokenizer', 'bytes'), config.get('eos_id', -1),

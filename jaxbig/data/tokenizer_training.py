@@ -33,7 +33,7 @@ def split_texts(data_config, split: str) -> Iterator[str]:
         data_dir = documents.resolve_data_dir(data_config.get('data_dir', ''))
         builder = (documents.EMBEDDED[name](data_dir=data_dir) if name in documents.EMBEDDED
                    else documents._tfds_builder(name, data_dir))
-        records = documents.TfdsDocuments(builder, split, data_config.get('text_key', 'text'))
+        records = documents.TfdsDocuments(builder, split, (data_config.get('text_key') or 'text'))
     for start in range(0, len(records), 256):
         for raw in records.read(range(start, min(start + 256, len(records)))):
             text = raw.replace(b'\0', b'').decode('utf-8', errors='replace')

@@ -55,6 +55,10 @@ class FileTokenizer:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text).ids, np.int32)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """[encode(t) for t in texts], on the library's threads."""
+        return [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch(list(texts))]
+
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                 skip_special_tokens=False)
@@ -94,6 +98,10 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._sp.encode(text), np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """[encode(t) for t in texts], on the library's threads."""
+        return [np.asarray(ids, np.int32) for ids in self._sp.encode(list(texts))]
 
     def decode(self, ids) -> str:
         return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1)])

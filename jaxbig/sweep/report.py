@@ -1,8 +1,9 @@
 """The report of a sweep: results.csv / results.md (one row per run) and PNG plots.
 
 Columns: run, status, each swept key, steps (last logged), final train/loss, every other
-logged metric (val/..., zero_shot/..., retrieval/...) final and best (min for losses and
-perplexities, max otherwise), parameter count, wall time (seconds the sweep spent running
+logged metric (val/..., zero_shot/..., retrieval/...) final and best (min for losses,
+perplexities and bits per byte, max otherwise; LM runs log val/bits_per_byte, which compares
+runs across tokenizers), parameter count, wall time (seconds the sweep spent running
 it), error. Values are read from each run's own metrics.jsonl. Plots: `loss_curves.png`
 (train/loss of every run, val/loss dashed) and `final_vs_<key>.png` for each swept key
 (one panel per final metric; one line per combination of the other swept keys).
@@ -25,7 +26,7 @@ from jaxbig import writers
 from jaxbig.sweep import cv
 
 CSV_FILE, MD_FILE, CURVES_FILE = 'results.csv', 'results.md', 'loss_curves.png'
-LOWER_IS_BETTER = ('loss', 'perplexity', 'error', 'nll')
+LOWER_IS_BETTER = ('loss', 'perplexity', 'error', 'nll', 'bits_per_byte')
 MAX_PANELS = 9
 
 
