@@ -349,10 +349,12 @@ class _Throughput:
 
 def tokens_per_batch(batch) -> int:
     """Tokens per batch for token-sequence inputs (int [batch, seq]; arrays or
-    ShapeDtypeStructs); 0 otherwise."""
-    x = batch.get('inputs')
-    if x is not None and x.ndim == 2 and np.issubdtype(x.dtype, np.integer):
-        return int(x.size)
+    ShapeDtypeStructs): `inputs`, or an encoder-decoder's `enc_tokens` + `dec_inputs`;
+    0 otherwise."""
+    keys = ('inputs',) if 'inputs' in batch else ('enc_tokens', 'dec_inputs')
+    xs = [batch.get(k) for k in keys]
+    if all(x is not None and x.ndim == 2 and np.issubdtype(x.dtype, np.integer) for x in xs):
+        return sum(int(x.size) for x in xs)
     return 0
 
 

@@ -303,3 +303,13 @@ def test_seq2seq_cli_trains_generates_evaluates(prepared, tmp_path):
     assert bad.returncode == 2 and 'jaxbig: error:' in bad.stderr
     line = next(x for x in bad.stderr.splitlines() if x.startswith('jaxbig: error:'))
     assert "model.feed_forward='swish-x'" in line
+
+
+def test_tokens_per_batch_counts_encoder_and_decoder_tokens():
+    from jaxbig.train import tokens_per_batch
+
+    batch = dict(enc_tokens=np.zeros((4, 10), np.int32), enc_mask=np.ones((4, 10), np.float32),
+                 dec_inputs=np.zeros((4, 6), np.int32), dec_targets=np.zeros((4, 6), np.int32))
+    assert tokens_per_batch(batch) == 4 * 10 + 4 * 6
+    assert tokens_per_batch(dict(inputs=np.zeros((2, 8), np.int32))) == 16
+    assert tokens_per_batch(dict(image=np.zeros((2, 8, 8, 3), np.float32))) == 0
