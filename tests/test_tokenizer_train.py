@@ -68,11 +68,13 @@ def test_lm_trains_on_the_tokenizer_and_reports_bits_per_byte(corpus, tmp_path):
     (['--vocab-size', '10'], '--vocab-size 10: expected 300'),
     (['--vocab-size', '600', '--config.data.name=folder', '--config.data.path=/nonexistent'],
      'data.path'),
+    (['--vocab-size', '300', '--kind', 'sentencepiece'],  # 256 byte pieces + the characters
+     '--kind sentencepiece --vocab-size 300: Vocabulary size is smaller than required_chars'),
 ])
 def test_bad_input_is_one_line(corpus, tmp_path, capsys, argv, message):
     out = tmp_path / 'tok'
     assert cli.main(['tokenizer', 'train', '--config', 'experiments/lm.py', '--out', str(out),
-                     *argv]) == 2
+                     *_folder(corpus), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and '\n' not in err
     assert not out.exists()

@@ -14,6 +14,7 @@ Either file is then `data.tokenizer` (jaxbig.data.tokenizers reads both); experi
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 
 from jaxbig.config import ConfigError
@@ -89,6 +90,18 @@ def train(data_config, *, vocab_size: int, out: str, kind: str = 'bpe') -> str:
     from jaxbig import data
 
     data.prepare(data_config)
+    created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
     texts = split_texts(data_config, data_config.train_split)
-    return (train_bpe if kind == 'bpe' else train_sentencepiece)(texts, vocab_size, out)
+    try:
+        return (train_bpe if kind == 'bpe' else train_sentencepiece)(texts, vocab_size, out)
+    except RuntimeError as e:  # the trainer's own checks, e.g. a vocab below its characters
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        why = str(e).strip().splitlines()[0]
+        why = why.split('] ', 1)[-1]  # sentencepiece prefixes the failed C++ check
+        raise ConfigError(f'--kind {kind} --vocab-size {vocab_size}: {why}') from None
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
