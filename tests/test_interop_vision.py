@@ -150,6 +150,7 @@ def test_export_round_trip_is_bit_identical_and_loads_cleanly(imported):
                                back.eval()(pixel_values=pixels)[key])
 
 
+@pytest.mark.slow  # ~1 min of training; the CLIP parity tests stay default
 def test_imported_clip_trains_with_its_own_loss_section(tmp_path):
     """The run's loss section on the imported towers: a finite loss and gradients that reach
     both towers (causal text attention, scanned text layers included)."""

@@ -110,6 +110,7 @@ def test_linear_probe_keeps_the_imported_backbone(vit_run, tmp_path):
         np.testing.assert_array_equal(np.asarray(after[path]), value, err_msg=path)
 
 
+@pytest.mark.slow  # ~30 s of training; linear_probe keeps the imported backbone path default
 def test_full_finetune_trains_the_imported_backbone(vit_run, tmp_path):
     run, _ = vit_run
     out = str(tmp_path / 'full')

@@ -201,6 +201,7 @@ def test_lora_train_steps_change_only_adapters_and_head(tfds_dir):
     assert any(p.endswith('attn/query/kernel/b') for p in changed)
 
 
+@pytest.mark.slow  # ~1.5 min: pretrain + CLI lora + merge + eval; the lora math and train step stay default
 def test_lora_mode_through_the_cli_then_merge_and_eval(tfds_dir, tmp_path):
     lm = tmp_path / 'lm'
     tiny = ['--config.model.num_layers=2', '--config.model.embed_dim=64',
