@@ -338,6 +338,7 @@ def test_clap_config_errors_are_one_line(capsys, tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # a CLI training run; the audio tower and data tests stay default
 def test_short_clap_run_loss_falls(audio_dir, tmp_path):
     """30 CLIP steps on 2 devices: the loss falls below log(batch), the loss of embeddings
     that cannot tell the pairs apart; both evaluators report."""

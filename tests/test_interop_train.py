@@ -111,6 +111,7 @@ def test_lora_continued_pretraining_generates_and_exports_merged(gpt2_run, tmp_p
     assert os.path.isfile(os.path.join(exported, 'tokenizer.json'))
 
 
+@pytest.mark.slow  # ~20 s; finetune_text from jaxbig runs is covered by tests/test_finetune.py
 def test_finetune_text_from_an_imported_decoder(gpt2_run, tmp_path):
     workdir, _, _ = gpt2_run
     out = str(tmp_path / 'ft')

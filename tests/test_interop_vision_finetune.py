@@ -149,7 +149,7 @@ def test_lora_needs_a_vit_and_other_runs_are_refused(tmp_path):
     (tmp_path / 'gpt').mkdir()
     (tmp_path / 'gpt' / 'config.json').write_text(json.dumps({'model': {'name': 'gpt'}}))
     with pytest.raises(ConfigError, match=r"init=.* has model.name='gpt', expected a run "):
-        cli.load_config(f'experiments/finetune_image.py:init={tmp_path / "gpt"}')
+        cli.load_config(f'experiments/finetune_image.py:init={tmp_path / "gpt"}', [])
     with pytest.raises(ConfigError, match="mode=lora needs a ViT backbone, not 'resnet'"):
-        cli.load_config('experiments/finetune_image.py:mode=lora')
+        cli.load_config('experiments/finetune_image.py:mode=lora', [])
     assert os.listdir(tmp_path) == ['gpt']

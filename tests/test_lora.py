@@ -180,6 +180,7 @@ def test_parameter_count_reduction_is_reported(caplog):
     assert 'rank 2 on 1 kernels (512 parameters): 128 adapter parameters = 25.00%' in caplog.text
 
 
+@pytest.mark.slow  # ~40 s; tests/test_interop_train.py trains LoRA through the CLI by default
 def test_lora_train_steps_change_only_adapters_and_head(tfds_dir):
     """Real updates with the text task's lora config: the backbone stays bit-identical."""
     config = config_lib.resolve_auto(
