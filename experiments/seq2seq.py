@@ -86,16 +86,5 @@ def get_config(arg=None):
         c.data.tokenizer = data.get('tokenizer', 'bytes')
         c.data.eos_id = data.get('eos_id', -1)
         c.data.decoder_start_id = c.model.decoder_start_id
-    c.loss = dict(name='seq2seq', z_loss=0.0)
-    c.optimizer = defaults.lm_optimizer(lr=arg.lr or (1e-3 if arg.init else 3e-3))
-    c.parallel = defaults.parallel()
-    c.train = defaults.train(steps=arg.steps, batch_size=arg.batch, steps_per_call=4,
-                             eval_every=max(arg.steps // 2, 1),
-                             checkpoint_every=max(arg.steps // 2, 1))
-    c.evals = dict(
-        val=dict(type='loss', split='validation', num_batches=8, batch_size=0),
-        gen=dict(type='generation', split='validation', num_examples=128, batch_size=0,
-                 max_new_tokens=0),
-    )
-    c.lora = dict(targets=[], rank=8, alpha=16.0)
+    defaults.conditional_run(c, arg, loss='seq2seq')
     return c

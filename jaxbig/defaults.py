@@ -211,6 +211,24 @@ def lm_evals() -> dict:
     return dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
 
 
+def conditional_run(c, arg, loss: str) -> None:
+    """The optimizer, parallel, train, evals and lora sections of the conditional-generation
+    experiments (experiments/sft.py, experiments/seq2seq.py), set on `c`: `loss` with no
+    z-loss; AdamW at arg.lr (default 1e-3 from an init run, else 3e-3); evaluation and
+    checkpoints at half-way and the end; validation loss plus generated-text metrics."""
+    c.loss = dict(name=loss, z_loss=0.0)
+    c.optimizer = lm_optimizer(lr=arg.lr or (1e-3 if arg.init else 3e-3))
+    c.parallel = parallel()
+    c.train = train(steps=arg.steps, batch_size=arg.batch, steps_per_call=4,
+                    eval_every=max(arg.steps // 2, 1), checkpoint_every=max(arg.steps // 2, 1))
+    c.evals = dict(
+        **lm_evals(),
+        gen=dict(type='generation', split='validation', num_examples=128, batch_size=0,
+                 max_new_tokens=0),
+    )
+    c.lora = dict(targets=[], rank=8, alpha=16.0)
+
+
 def init_from(**overrides) -> dict:
     """Load another run's params (jaxbig/finetune.py); path '' = from scratch."""
     return _merge('init_from', dict(path='', step=-1, rename=[], include=[], exclude=[]),

@@ -49,8 +49,14 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics) for one batch; see module docstring for shapes."""
     packed = {k: batch[k] for k in ('positions', 'segment_ids') if k in batch}
     logits = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs, **packed)
-    stats = token_cross_entropy(logits, batch['targets'], batch['mask'])
-    z_loss = config.get('z_loss', 0.0)
+    return with_z_loss(token_cross_entropy(logits, batch['targets'], batch['mask']),
+                       config.get('z_loss', 0.0))
+
+
+def with_z_loss(stats, z_loss: float) -> tuple:
+    """(total loss, metrics) from `token_cross_entropy`'s stats: the mean cross-entropy
+    plus z_loss * mean log(Z)^2 when z_loss > 0; metrics loss, perplexity, token_accuracy
+    (and z_loss)."""
     total = stats['loss'] + z_loss * stats['log_z_sq'] if z_loss else stats['loss']
     metrics = {
         'loss': stats['loss'],

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxbig.losses.autoregressive import token_cross_entropy
+from jaxbig.losses.autoregressive import token_cross_entropy, with_z_loss
 
 
 def model_inputs(batch):
@@ -39,15 +39,9 @@ def sequence_accuracy(logits, targets, mask):
 def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics) for one batch; see the module docstring for shapes."""
     logits = apply_fn({'params': params}, *model_inputs(batch), train=train, rngs=rngs)
-    stats = token_cross_entropy(logits, batch['dec_targets'], batch['dec_mask'])
-    z_loss = config.get('z_loss', 0.0)
-    total = stats['loss'] + z_loss * stats['log_z_sq'] if z_loss else stats['loss']
-    metrics = {
-        'loss': stats['loss'],
-        'perplexity': jnp.exp(stats['loss']),
-        'token_accuracy': stats['accuracy'],
-        'sequence_accuracy': sequence_accuracy(logits, batch['dec_targets'], batch['dec_mask']),
-    }
-    if z_loss:
-        metrics['z_loss'] = z_loss * stats['log_z_sq']
+    total, metrics = with_z_loss(
+        token_cross_entropy(logits, batch['dec_targets'], batch['dec_mask']),
+        config.get('z_loss', 0.0))
+    metrics['sequence_accuracy'] = sequence_accuracy(logits, batch['dec_targets'],
+                                                     batch['dec_mask'])
     return total, metrics
