@@ -15,7 +15,9 @@ Arguments: init (a workdir; its config.json gives the backbone; '' = from scratc
 whose params have `encoder/...` (SimCLR, a classifier, an imported
 ViTForImageClassification), or a bare image backbone (`model.name` 'vit' or 'resnet': an
 imported ViTModel, loaded under `encoder/`); mode (full | linear_probe | features | lora),
-steps, batch, lr, backbone_lr_mult (full mode), rank, alpha (lora).
+steps, batch, lr, backbone_lr_mult (full mode), rank, alpha (lora), labels (the fraction of
+the training labels used: 0.01 keeps 1 % of each class's rows, at least one; 1.0 = all;
+`jaxbig.data.label_subset`), label_seed (which rows: nested, the 1 % rows are among the 10 %).
 
 Modes: `full` trains everything; `linear_probe` trains the new head on the frozen backbone
 (bit-identical after training); `features` embeds the dataset once with the frozen backbone
@@ -44,6 +46,7 @@ import ml_collections
 from jaxbig import defaults
 from jaxbig.run import read_config
 from jaxbig.config import ConfigError, parse_arg
+from jaxbig.data import label_subset
 
 MODES = ('full', 'linear_probe', 'features', 'lora')
 LORA_TARGETS = ['.*/(query|value)/kernel']  # a ViT's attention (jaxbig.lora)
@@ -67,7 +70,7 @@ def backbone_of(init: str) -> tuple[dict, list]:
 def get_config(arg=None):
     arg = parse_arg(
         arg, init='', mode='linear_probe', steps=300, batch=128, lr=1e-2, backbone_lr_mult=1.0,
-        rank=8, alpha=16.0,
+        rank=8, alpha=16.0, labels=1.0, label_seed=0,
     )
     if arg.mode not in MODES:
         raise ConfigError(
@@ -92,7 +95,10 @@ def get_config(arg=None):
         views=0,
         image_size=backbone.get('image_size', 0),  # a ViT fixed to its checkpoint's size
         folds=defaults.folds(),  # k-fold cross-validation of `train` (sweep.kfold); k=0: off
+        label_fraction=float(arg.labels),  # jaxbig.data.label_subset; 1.0 = every label
+        label_seed=int(arg.label_seed),
     )
+    label_subset.settings(images, 'experiments/finetune_image.py: labels')  # one-line error
     c = ml_collections.ConfigDict()
     if arg.mode == 'features':
         if not arg.init:

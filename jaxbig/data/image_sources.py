@@ -4,7 +4,8 @@
                                     data.data_dir if needed; any other TFDS name (cifar10,
                                     imagenet2012, coco_captions, ...) must already be prepared
     load_split(config, split)       -> Split: the split's examples as in-memory numpy columns
-                                    (a Subset of the training split's rows with data.folds)
+                                    (a Subset of the training split's rows with data.folds
+                                    or data.label_fraction)
     IndexOrder(n, seed)             global row g of the endless epoch stream -> example id
 
 The embedded datasets are small (digits: 1.8 k x 64 B; shapes: 6 k x 3 KB by default), so
@@ -19,7 +20,8 @@ import functools
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbig.data import digits, folds, shapes, tfds_sources
+from jaxbig.config import ConfigError
+from jaxbig.data import digits, folds, label_subset, shapes, tfds_sources
 from jaxbig.data.shuffle import epoch_permutation
 from jaxbig.data.tfds_sources import resolve_data_dir
 
@@ -137,22 +139,37 @@ def _load_split(config_key: tuple, split: str, keys: tuple[str, ...]) -> Split:
     return Split(source, b.info, keys)
 
 
-def load_split(config, split: str, keys: tuple[str, ...]) -> Split:
-    """`split` of the dataset named by `config` with columns `keys` (cached in-process).
+def load_split(config, split: str, keys: tuple[str, ...]):
+    """`split` of the dataset named by `config` with columns `keys` (cached in-process): a
+    Split, or a `Subset` of the stored split's rows where the config selects some.
 
     With `data.folds` on (`jaxbig.data.folds`), the training split is its rows outside the
-    held-out fold and the split 'fold' is that fold: a `Subset` of the stored split,
-    stratified by the `data.label_key` column."""
+    held-out fold and the split 'fold' is that fold, stratified by the `data.label_key`
+    column; with `data.label_fraction` < 1 (`jaxbig.data.label_subset`) the training split
+    (after the folds) keeps that fraction of each class's rows."""
     wanted = ('name', 'data_dir', 'resolution', 'num_train', 'num_test', 'shapes_seed')
     key = tuple((k, config[k]) for k in wanted if k in config)
-    if not folds.selects(config, split):
-        return _load_split(key, split, tuple(keys))
-    stored = folds.source_split(config, split)
-    whole = _load_split(key, stored, tuple(keys))
     label_key = config.get('label_key', 'label')
-    labels = _load_split(key, stored, (label_key,)).read(np.arange(len(whole)))[label_key] if (
-        label_key and folds.settings(config).stratify) else len(whole)
-    return Subset(whole, folds.select(config, split, labels))
+    stored = folds.source_split(config, split) if folds.selects(config, split) else split
+    part = _load_split(key, stored, tuple(keys))
+
+    def labels_of(rows=None):  # the stored split's labels (of `rows`)
+        column = _load_split(key, stored, (label_key,))
+        rows = np.arange(len(column)) if rows is None else rows
+        return column.read(rows)[label_key]
+
+    if folds.selects(config, split):
+        labels = labels_of() if label_key and folds.settings(config).stratify else len(part)
+        part = Subset(part, folds.select(config, split, labels))
+    if label_subset.selects(config, split):
+        if not label_key:
+            raise ConfigError('data.label_fraction < 1 keeps a fraction of each class, but '
+                              'data.label_key is empty (this dataset has no labels)')
+        rows = part.ids if isinstance(part, Subset) else None
+        kept = label_subset.labelled_rows(labels_of(rows), *label_subset.settings(config))
+        part = Subset(part.split, part.ids[kept]) if isinstance(part, Subset) else Subset(
+            part, kept)
+    return part
 
 
 class Subset:

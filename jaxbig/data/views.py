@@ -18,7 +18,8 @@ each training view's random resized crop is resampled straight to S x S, and pla
 
 Data config keys: name ('digits' embedded | any prepared TFDS image dataset, e.g. cifar10,
 imagenet2012), data_dir, image_key, label_key, train_split, val_split, views, image_size,
-and the augmentation
+folds (`jaxbig.data.folds`), label_fraction / label_seed (`jaxbig.data.label_subset`: a
+stratified fraction of the training labels), and the augmentation
 (`augment.AugmentConfig` fields): crop_min_scale, flip, jitter_strength, jitter_prob,
 grayscale_prob, blur_prob.
 """
