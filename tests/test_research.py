@@ -247,3 +247,45 @@ def test_power_law_fit_recovers_a_known_law():
     # 64 tokens a step: at step 1000 the law gives 1 + 3 / sqrt(1000) bits/byte
     assert f'{1 + 3 / math.sqrt(1000):.3f} bits/byte at the full recipe' in line
     assert report.extrapolation({'runs': [run]}, full=64000, warmup=35) == []  # too few points
+
+
+# ------------------------------------------------------------------ grid entries (mean +- std)
+
+grid = research.grid
+
+
+def _record(name, seed, value, cpu=10.0):
+    return dict(name=name, seed=seed, command=f'jaxbig train {name}', cpu_s=cpu, wall_s=2 * cpu,
+                final={'val/accuracy': value})
+
+
+def test_grid_cell_is_numpy_mean_and_sample_std():
+    values = [0.71, 0.74, 0.80]
+    c = grid.cell('probe', 0.01, [_record(f'r{i}', i, v) for i, v in enumerate(values)],
+                  'val/accuracy')
+    assert c['mean'] == pytest.approx(np.mean(values))
+    assert c['std'] == pytest.approx(np.std(values, ddof=1))
+    assert (c['seeds'], c['cpu_s'], c['command']) == ([0, 1, 2], 30.0, 'jaxbig train r0')
+    single = grid.cell('x', 1, [_record('a', 0, 0.5)], 'val/accuracy')
+    assert single['std'] is None and single['mean'] == 0.5
+    missing = grid.cell('x', 1, [_record('a', 0, None), _record('b', 1, 0.4)], 'val/accuracy')
+    assert missing['mean'] == 0.4 and missing['std'] is None
+    given = grid.cell('pixels', 0.1, [], 'val/accuracy', values=[0.9, 0.92])
+    assert given['mean'] == pytest.approx(0.91) and given['command'] == ''
+
+
+def test_grid_report_table_and_plots(tmp_path):
+    cells = [grid.cell(arm, x, [_record(f'{arm}{x}{s}', s, v + s / 100) for s in range(3)],
+                       'val/accuracy')
+             for arm, v in (('probe', 0.7), ('scratch', 0.3)) for x in (0.01, 0.1, 1.0)]
+    result = dict(grid.grid_result('val/accuracy', 'labelled fraction', cells, [], x_log=True),
+                  entry='label_efficiency', date='2026-12-02', machine='m', wall_s=60.0)
+    text = report.markdown({'label_efficiency': result}, {})
+    assert '| probe | 0.01 | 71.0 +- 1.0 | 70.0 / 71.0 / 72.0 | 30 s |' in text
+    assert '`jaxbig train scratch0.10`' in text
+    assert grid.plot(result, str(tmp_path / 'numeric.png'))
+    categorical = dict(result, cells=[dict(c, x=m) for c, m in zip(cells, 'abcabc')])
+    assert grid.plot(categorical, str(tmp_path / 'bars.png'))
+    for name in ('numeric.png', 'bars.png'):
+        assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert not grid.plot(dict(result, cells=[]), str(tmp_path / 'none.png'))

@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TIMING_KEYS = ('train/steps_per_sec', 'train/tokens_per_sec', 'train/num_params')
 
 
-def _display(path: str) -> str:
+def display(path: str) -> str:
     """A path as the command should show it: relative to the repository when inside it."""
     rel = os.path.relpath(os.path.abspath(path), REPO)
     return path if rel.startswith('..') else rel
@@ -87,7 +87,7 @@ class Context:
         workdir = self.workdir(name)
         resumed = os.path.isdir(os.path.join(workdir, 'checkpoints'))
         args = ['train', '--config', spec, '--workdir', workdir, *overrides]
-        shown = ' '.join(['jaxbig', 'train', '--config', spec, '--workdir', _display(workdir),
+        shown = ' '.join(['jaxbig', 'train', '--config', spec, '--workdir', display(workdir),
                           *overrides])
         print(f'[{self.entry}] {shown}', file=self.log, flush=True)
         os.makedirs(os.path.dirname(workdir), exist_ok=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import os
 
+from research import grid
+
 LN2 = math.log(2)
 LM_ENTRIES = ('lm_recipe_short', 'lm_recipe', 'lm_sizes')
 BASELINE_NAMES = {
@@ -144,7 +146,9 @@ def markdown(results: dict[str, dict], plots: dict[str, str], lm_full=None) -> s
         lines += [f'## {entry}{quick}', '',
                   f'{result["date"]}, {result["machine"]}; entry wall time '
                   f'{_minutes(result["wall_s"])}.', '']
-        if entry == 'lm_baselines':
+        if result.get('kind') == 'grid':
+            lines += grid.section(result)
+        elif entry == 'lm_baselines':
             lines += baselines_section(result)
         elif entry in LM_ENTRIES:
             lines += lm_section(result, zlib_bpb)
@@ -167,6 +171,8 @@ def _tokens(run: dict, step: int) -> float:
 
 def plot_entry(entry: str, result: dict, path: str, baseline_figures: dict) -> bool:
     """Writes `path` (PNG) for entries that have curves; -> whether it wrote one."""
+    if result.get('kind') == 'grid':
+        return grid.plot(result, path)
     runs = result.get('runs') or []
     if not runs:
         return False
