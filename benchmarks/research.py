@@ -126,15 +126,20 @@ def lm_recipe_entry(steps: int, evals: int):
     return run
 
 
-# model size at equal tokens: tiny / small / tiny's depth at twice its width
-LM_SIZES = [('tiny', dict(size='tiny', layers=4)), ('small', dict(size='small', layers=6)),
-            ('wide', dict(size='tiny', layers=4, embed=256))]
+# model size at equal tokens (800 steps of 32 x 128 = 3.3 M bytes, each run's own schedule):
+# tiny (4 x 128), the recipe's shape (6 x 128) and tiny's depth at twice its width (4 x 256);
+# SwiGLU MLP 3x the width throughout, as tiny's
+LM_SIZES = [('tiny 4x128', dict(size='tiny', layers=4)), ('deep 6x128', dict(size='tiny', layers=6)),
+            ('wide 4x256', dict(size='tiny', layers=4, embed=256))]
+LM_SIZES_STEPS = 800
 
 
 def lm_sizes(ctx) -> dict:
-    runs = [lm_run(ctx, name, seq=128, batch=32, lr=3e-3, steps=2000, **shape)
-            for name, shape in LM_SIZES]
-    return dict(runs=runs, figures={r['name']: r['val_bits_per_byte'] for r in runs})
+    runs = [lm_run(ctx, name.split()[0], seq=128, batch=32, lr=3e-3, steps=LM_SIZES_STEPS,
+                   evals=2, **shape) for name, shape in LM_SIZES]
+    for run, (name, _) in zip(runs, LM_SIZES):
+        run['shape'] = name
+    return dict(runs=runs, figures={r['shape']: r['val_bits_per_byte'] for r in runs})
 
 
 # ----------------------------------------------------------------------------- image-text
@@ -226,8 +231,8 @@ ENTRIES = {
                         f'{LM_SHORT_STEPS} steps of the LM recipe: the curve so far'),
     'lm_recipe': (lm_recipe_entry(LM_RECIPE['steps'], evals=4), f'the LM recipe at full length '
                   f'({LM_RECIPE["steps"]} steps, ~60 min of the CPU alone) vs zlib -9'),
-    'lm_sizes': (lm_sizes, 'LM validation bits/byte against model size (tiny / small / wide) '
-                 'at equal tokens (2,000 x 32 x 128)'),
+    'lm_sizes': (lm_sizes, 'LM validation bits/byte against model size (tiny / deep / wide) '
+                 f'at equal tokens ({LM_SIZES_STEPS} x 32 x 128)'),
     'clip_zero_shot': (clip_entry(), 'CLIP and SigLIP on shapes: zero-shot (24 classes) '
                        'and retrieval R@1/5/10 both ways'),
     'clip_longer': (clip_entry(('clip',), steps=800), 'the CLIP recipe at twice the steps '

@@ -94,7 +94,9 @@ def lm_section(result: dict, zlib_bpb) -> list[str]:
         bpb = run.get('val_bits_per_byte')
         versus = '-' if bpb is None or zlib_bpb is None else (
             f'{bpb - zlib_bpb:+.3f} ({"beats" if bpb < zlib_bpb else "behind"})')
-        rows.append(f'| {run["name"]} | {run["tokens"]:,} | {_num(bpb)} | '
+        shape = f' ({run["shape"]}, {run["final"]["train/num_params"]:,} params)' if (
+            'shape' in run and 'train/num_params' in run['final']) else ''
+        rows.append(f'| {run["name"]}{shape} | {run["tokens"]:,} | {_num(bpb)} | '
                     f'{_num(None if bpb is None else bpb * LN2)} | {versus} | {_run_cells(run)} |')
     return rows + ['']
 
@@ -181,7 +183,20 @@ def plot_entry(entry: str, result: dict, path: str, baseline_figures: dict) -> b
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sizes = entry == 'lm_sizes' and all('train/num_params' in r['final'] for r in runs)
+    fig, axes = plt.subplots(1, 2 if sizes else 1, figsize=(12 if sizes else 7, 4.5))
+    ax = axes[0] if sizes else axes
+    if sizes:  # final validation bits/byte against parameters, at equal tokens
+        points = sorted((r['final']['train/num_params'], r['val_bits_per_byte'], r['name'])
+                        for r in runs if r.get('val_bits_per_byte') is not None)
+        axes[1].plot([p[0] for p in points], [p[1] for p in points], 'o-')
+        for n, bpb, name in points:
+            axes[1].annotate(name, (n, bpb), fontsize=8)
+        axes[1].set_xscale('log')
+        axes[1].set_xlabel('parameters (incl. embeddings)')
+        axes[1].set_ylabel('final val bits / byte')
+        axes[1].grid(alpha=0.3)
+        axes[1].set_title('at equal tokens')
     if entry in LM_ENTRIES:
         for run in runs:
             val = [(_tokens(run, r['step']), r['val/bits_per_byte']) for r in run['curve']
