@@ -207,14 +207,21 @@ SWEEP_EXAMPLES = 51_200
 
 
 def clip_batch_sweep(ctx) -> dict:
+    """At batch CLIP_RECIPE['batch'] the recipe is the `clip_zero_shot` entry's own runs
+    (the same command: 400 steps of 128): their stored records are reused when present."""
+    stored = harness.load_results(ctx.results_dir).get('clip_zero_shot', {})
+    reused = {r['name']: r for r in stored.get('runs', [])} if not ctx.quick else {}
     cells, runs = [], []
     for loss in ('clip', 'siglip'):
         for batch in SWEEP_BATCHES[:2] if ctx.quick else SWEEP_BATCHES:
             steps = 4 if ctx.quick else SWEEP_EXAMPLES // batch
             recipe = {'loss': loss, **CLIP_RECIPE, 'steps': steps, 'batch': batch}
             arg = ','.join(f'{k}={v}' for k, v in recipe.items())
-            record = ctx.train(f'{loss}_batch{batch}', f'{CLIP_SPEC}:{arg}',
-                               [*CLIP_OVERRIDES, f'--config.train.eval_every={steps}'])
+            same = recipe == {'loss': loss, **CLIP_RECIPE} and loss in reused
+            record = dict(reused[loss], name=f'{loss}_batch{batch}',
+                          reused_from='clip_zero_shot') if same else ctx.train(
+                f'{loss}_batch{batch}', f'{CLIP_SPEC}:{arg}',
+                [*CLIP_OVERRIDES, f'--config.train.eval_every={steps}'])
             cells.append(grid.cell(loss, batch, [record], 'zero_shot/accuracy'))
             runs.append(record)
     return grid.grid_result('zero_shot/accuracy', 'batch size (equal examples: '

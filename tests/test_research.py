@@ -289,3 +289,32 @@ def test_grid_report_table_and_plots(tmp_path):
     for name in ('numeric.png', 'bars.png'):
         assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert not grid.plot(dict(result, cells=[]), str(tmp_path / 'none.png'))
+
+
+def test_batch_sweep_runs_equal_examples_and_reuses_the_recipe_runs(tmp_path):
+    """Every batch size gets SWEEP_EXAMPLES // batch steps; at the recipe's own batch the
+    clip_zero_shot entry's stored runs are reused, not retrained."""
+    stored = {'runs': [_record(loss, 0, None) | {'final': {'zero_shot/accuracy': acc}}
+                       for loss, acc in (('clip', 0.5), ('siglip', 0.3))]}
+    (tmp_path / 'clip_zero_shot.json').write_text(json.dumps(stored))
+    calls = []
+
+    class Ctx:
+        quick, results_dir = False, str(tmp_path)
+
+        def train(self, name, spec, overrides):
+            calls.append((name, spec, overrides))
+            return _record(name, 0, None) | {'final': {'zero_shot/accuracy': 0.1}}
+
+    result = research.clip_batch_sweep(Ctx())
+    batches = research.SWEEP_BATCHES
+    assert [c['x'] for c in result['cells']] == [*batches, *batches]
+    trained = {name for name, _, _ in calls}
+    assert 'clip_batch128' not in trained and 'siglip_batch128' not in trained
+    assert len(calls) == 2 * (len(batches) - 1)
+    for name, spec, overrides in calls:
+        batch = int(name.split('batch')[1])
+        assert f'steps={research.SWEEP_EXAMPLES // batch},batch={batch}' in spec
+        assert f'--config.train.eval_every={research.SWEEP_EXAMPLES // batch}' in overrides
+    reused = {c['arm']: c['mean'] for c in result['cells'] if c['x'] == 128}
+    assert reused == {'clip': 0.5, 'siglip': 0.3}
