@@ -54,6 +54,12 @@ of batch 32 x 128 bytes; val/accuracy on 1,024 validation snippets, chance 0.111
 At equal load lora ran ~2.4 steps/s and full ~1.5. With last-token pooling the frozen modes
 reach only 0.19-0.21, hence mean pooling for them.
 
+Against the same GPT untrained (benchmarks/research.py entry `text_finetune`: the default
+experiments/lm.py backbone, 600 steps; every mode's defaults at 200 steps; mean +- std over
+3 seeds): features 0.349 +- 0.015 vs 0.273 +- 0.011 untrained, linear_probe 0.333 +- 0.011
+vs 0.270 +- 0.014, full 0.333 +- 0.013 vs 0.201 +- 0.018, lora 0.240 +- 0.019 vs
+0.245 +- 0.004 (no gain at 200 steps with last-token pooling; benchmarks/RESULTS_RESEARCH.md).
+
 A BERT backbone (init = an experiments/mlm.py run, or an imported BertModel /
 BertForMaskedLM) pools inside the encoder, `model.backbone.pool`: pooling 'mean' (the default
 in every mode) | 'cls' (its class token); it is given the snippet's mask, so it attends to
