@@ -151,25 +151,23 @@ def load_split(config, split: str, keys: tuple[str, ...]):
     key = tuple((k, config[k]) for k in wanted if k in config)
     label_key = config.get('label_key', 'label')
     stored = folds.source_split(config, split) if folds.selects(config, split) else split
-    part = _load_split(key, stored, tuple(keys))
+    whole = _load_split(key, stored, tuple(keys))
+    rows = None  # the stored split's rows this split keeps (None: all of them)
 
-    def labels_of(rows=None):  # the stored split's labels (of `rows`)
+    def labels_of(rows):  # the stored split's labels at `rows` (None: every row)
         column = _load_split(key, stored, (label_key,))
-        rows = np.arange(len(column)) if rows is None else rows
-        return column.read(rows)[label_key]
+        return column.read(np.arange(len(column)) if rows is None else rows)[label_key]
 
     if folds.selects(config, split):
-        labels = labels_of() if label_key and folds.settings(config).stratify else len(part)
-        part = Subset(part, folds.select(config, split, labels))
+        stratify = label_key and folds.settings(config).stratify
+        rows = folds.select(config, split, labels_of(None) if stratify else len(whole))
     if label_subset.selects(config, split):
         if not label_key:
             raise ConfigError('data.label_fraction < 1 keeps a fraction of each class, but '
                               'data.label_key is empty (this dataset has no labels)')
-        rows = part.ids if isinstance(part, Subset) else None
         kept = label_subset.labelled_rows(labels_of(rows), *label_subset.settings(config))
-        part = Subset(part.split, part.ids[kept]) if isinstance(part, Subset) else Subset(
-            part, kept)
-    return part
+        rows = kept if rows is None else rows[kept]
+    return whole if rows is None else Subset(whole, rows)
 
 
 class Subset:
