@@ -267,6 +267,10 @@ ENTRIES = {
                          '100 % of the labels: linear probe and full vs scratch, 3 seeds'),
     'text_finetune': (finetune_entries.text_finetune, 'text classification from the LM vs an '
                       'untrained GPT, every fine-tuning mode, equal steps, 3 seeds'),
+    'text_lora_mean': (functools.partial(finetune_entries.text_finetune, modes=('lora',),
+                                         pooling='mean'),
+                       'text_finetune\'s lora cells with mean instead of last-token pooling: '
+                       'from the LM vs untrained, 3 seeds'),
     'clip_diagnosis': (clip_diagnosis_entry, 'the CLIP runs read back: zero-shot errors split '
                        'into colour and shape, prompt ensemble vs best template'),
 }

@@ -98,7 +98,9 @@ LM = 'experiments/lm.py'  # tiny GPT, 600 steps of 32 x 128 bytes
 FINETUNE_TEXT = 'experiments/finetune_text.py'
 
 
-def text_finetune(ctx) -> dict:
+def text_finetune(ctx, modes=TEXT_MODES, pooling: str = '') -> dict:
+    """Every mode in `modes` from the LM and from the same GPT untrained, 3 seeds each;
+    pooling: finetune_text.py's pooling ('' = its default per mode)."""
     seeds, steps = (SEEDS[:2], 4) if ctx.quick else (SEEDS, TEXT_STEPS)
     quick = ['--config.train.steps=4', '--config.train.eval_every=0',
              '--config.evals.val.num_batches=1'] if ctx.quick else []
@@ -106,17 +108,19 @@ def text_finetune(ctx) -> dict:
     untrained = ctx.train('lm_untrained', LM, [*quick[1:], '--config.train.steps=4',
                                                '--config.optimizer.freeze=[".*"]'])
     cells, runs = [], [pretrained, untrained]
+    pool_arg, pool_name = (f',pooling={pooling}', f'_{pooling}') if pooling else ('', '')
     for init, label in (('lm', 'from the LM'), ('lm_untrained', 'untrained GPT')):
         path = harness.display(ctx.workdir(init))
-        for mode in TEXT_MODES:
+        for mode in modes:
             extra = ',examples=256' if ctx.quick and mode == 'features' else ''
-            records = [ctx.train(f'{mode}_{init}_seed{seed}',
+            records = [ctx.train(f'{mode}{pool_name}_{init}_seed{seed}',
                                  f'{FINETUNE_TEXT}:init={path},mode={mode},steps={steps}'
-                                 f'{extra}', [f'--config.train.seed={seed}',
-                                              *(['--config.evals.val.num_batches=1']
-                                                if ctx.quick else [])])
+                                 f'{pool_arg}{extra}', [f'--config.train.seed={seed}',
+                                                        *(['--config.evals.val.num_batches=1']
+                                                          if ctx.quick else [])])
                        for seed in seeds]
-            cells.append(grid.cell(label, mode, records, 'val/accuracy'))
+            cells.append(grid.cell(label, f'{mode}, {pooling} pooling' if pooling else mode,
+                                   records, 'val/accuracy'))
             runs += records
     return grid.grid_result('val/accuracy', 'mode', cells, runs,
                             pretrain=pretrained['command'], untrained=untrained['command'])
