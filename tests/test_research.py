@@ -245,7 +245,7 @@ def test_power_law_fit_recovers_a_known_law():
                     for s in range(2, 40, 3)]
     (line, _) = report.extrapolation({'runs': [run]}, full=1000 * 64, warmup=5)
     # 64 tokens a step: at step 1000 the law gives 1 + 3 / sqrt(1000) bits/byte
-    assert f'{1 + 3 / math.sqrt(1000):.3f} bits/byte at the full recipe' in line
+    assert f'{1 + 3 / math.sqrt(1000):.3f} bits/byte at its schedule\'s end' in line
     assert report.extrapolation({'runs': [run]}, full=64000, warmup=35) == []  # too few points
 
 

@@ -82,8 +82,8 @@ def extrapolation(result: dict, full: int, warmup: int) -> list[str]:
     a, b, c = power_law_fit(*zip(*points, strict=True))
     at = a + b * (full / 1e6) ** -c
     return [f'Extrapolation (train bits/byte after step {warmup}, fitted to a + b D^-c, D in '
-            f'millions of bytes: a = {a:.3f}, b = {b:.3f}, c = {c:.3f}): {at:.3f} bits/byte at the '
-            f'full recipe\'s {full / 1e6:.0f} M bytes. The fit sees only the constant-LR part '
+            f'millions of bytes: a = {a:.3f}, b = {b:.3f}, c = {c:.3f}): {at:.3f} bits/byte at its '
+            f'schedule\'s end ({full / 1e6:.0f} M bytes). The fit sees only the constant-LR part '
             'of the schedule, none of the final cosine decay.', '']
 
 
