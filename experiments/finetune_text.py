@@ -58,7 +58,8 @@ Against the same GPT untrained (benchmarks/research.py entry `text_finetune`: th
 experiments/lm.py backbone, 600 steps; every mode's defaults at 200 steps; mean +- std over
 3 seeds): features 0.349 +- 0.015 vs 0.273 +- 0.011 untrained, linear_probe 0.333 +- 0.011
 vs 0.270 +- 0.014, full 0.333 +- 0.013 vs 0.201 +- 0.018, lora 0.240 +- 0.019 vs
-0.245 +- 0.004 (no gain at 200 steps with last-token pooling; benchmarks/RESULTS_RESEARCH.md).
+0.245 +- 0.004 (no gain with last-token pooling); lora with pooling=mean 0.301 +- 0.008 vs
+0.256 +- 0.005 (entry `text_lora_mean`; benchmarks/RESULTS_RESEARCH.md).
 
 A BERT backbone (init = an experiments/mlm.py run, or an imported BertModel /
 BertForMaskedLM) pools inside the encoder, `model.backbone.pool`: pooling 'mean' (the default
