@@ -83,7 +83,7 @@ def full_val_batches(seq: int, batch: int) -> int:
 # 3,000 steps = 24.6 M bytes, sized from a step measured alone on this 2-core CPU
 # (benchmarks/train_step.py --seq 256: ~1.07 s) to fit ~60 minutes with its two whole-split
 # evaluations. Tiny rather than deeper: at equal CPU time it sees ~1.6x the tokens of 6 x 128,
-# which lm_sizes found worth only 0.008 bits/byte at equal tokens; 24.6 M bytes is ~28 bytes
+# which lm_sizes found worth only 0.008-0.016 bits/byte at equal tokens; 24.6 M bytes is ~28 bytes
 # per parameter, near the compute-optimal ~20.
 LM_RECIPE = dict(size='tiny', layers=4, seq=256, batch=32, lr=3e-3, steps=3000)
 # The first recipe (6 x 128, 5,500 steps = 45 M bytes) was sized from a step time estimated
@@ -93,6 +93,11 @@ LM_RECIPE = dict(size='tiny', layers=4, seq=256, batch=32, lr=3e-3, steps=3000)
 # start of that run's.
 LM_RECIPE_5500 = dict(size='tiny', layers=6, seq=256, batch=32, lr=3e-3, steps=5500)
 LM_SHORT_STEPS = 800
+
+
+def warmup_steps(schedule_steps: int) -> int:
+    """The LM runs' warmup: 5 % of the schedule."""
+    return max(schedule_steps // 20, 1)
 
 
 def lm_run(ctx, name: str, *, size, layers, seq, batch, lr, steps, schedule_steps=0, embed=0,
@@ -105,7 +110,7 @@ def lm_run(ctx, name: str, *, size, layers, seq, batch, lr, steps, schedule_step
     eval_batches = 2 if ctx.quick else full_val_batches(seq, batch)
     every = max(steps // evals // 4 * 4, 4)  # multiples of steps_per_call (4)
     overrides = [f'--config.model.num_layers={layers}', f'--config.optimizer.lr={lr}',
-                 f'--config.optimizer.warmup_steps={max(schedule_steps // 20, 1)}',
+                 f'--config.optimizer.warmup_steps={warmup_steps(schedule_steps)}',
                  f'--config.optimizer.decay_steps={schedule_steps}',
                  f'--config.evals.val.num_batches={eval_batches}',
                  f'--config.train.eval_every={every}', f'--config.train.checkpoint_every={every}',
@@ -119,15 +124,20 @@ def lm_run(ctx, name: str, *, size, layers, seq, batch, lr, steps, schedule_step
     return record
 
 
+def lm_full(recipe: dict) -> tuple[int, int]:
+    """(tokens, warmup steps) of `recipe` run to its schedule's end."""
+    return recipe['steps'] * recipe['batch'] * recipe['seq'], warmup_steps(recipe['steps'])
+
+
 def lm_recipe_entry(recipe: dict, steps: int, evals: int):
     """The first `steps` of `recipe` (its schedule stays recipe['steps'] long) vs zlib -9."""
     def run(ctx) -> dict:
         _, val = lm_streams()
         zlib_bpb = baselines.compressed_bpb(val, 'zlib')
-        record = lm_run(ctx, 'recipe', **{**recipe, 'steps': steps},
-                        schedule_steps=recipe['steps'], evals=evals)
+        ran = {**recipe, 'steps': steps}
+        record = lm_run(ctx, 'recipe', **ran, schedule_steps=recipe['steps'], evals=evals)
         bpb = record['val_bits_per_byte']
-        return dict(runs=[record], recipe={**recipe, 'steps': steps},
+        return dict(runs=[record], recipe=ran,
                     figures=dict(val_bits_per_byte=bpb, zlib_9=zlib_bpb,
                                  beats_zlib=bool(bpb is not None and bpb < zlib_bpb)))
 
@@ -309,11 +319,9 @@ def main(argv=None) -> int:
             print(f'{name}: {"done" if ran else "stored, skipped (--force reruns it)"}')
     stored = harness.load_results(results_dir)
     ordered = {e: stored[e] for e in [*ENTRIES, *stored] if e in stored}  # ENTRIES' order
-    first = LM_RECIPE_5500  # lm_recipe_short's extrapolation is to its own schedule's end
     report.write(ordered, out, results_dir,
                  notes=os.path.join(HERE, 'research', 'NOTES.md'),
-                 lm_full=(first['steps'] * first['batch'] * first['seq'],
-                          max(first['steps'] // 20, 1)))
+                 lm_full=lm_full(LM_RECIPE_5500))  # lm_recipe_short's own schedule
     print(f'wrote {out}')
     return 0
 

@@ -108,16 +108,15 @@ def text_finetune(ctx, modes=TEXT_MODES, pooling: str = '') -> dict:
     untrained = ctx.train('lm_untrained', LM, [*quick[1:], '--config.train.steps=4',
                                                '--config.optimizer.freeze=[".*"]'])
     cells, runs = [], [pretrained, untrained]
+    eval_quick = ['--config.evals.val.num_batches=1'] if ctx.quick else []
     pool_arg, pool_name = (f',pooling={pooling}', f'_{pooling}') if pooling else ('', '')
     for init, label in (('lm', 'from the LM'), ('lm_untrained', 'untrained GPT')):
         path = harness.display(ctx.workdir(init))
         for mode in modes:
             extra = ',examples=256' if ctx.quick and mode == 'features' else ''
-            records = [ctx.train(f'{mode}{pool_name}_{init}_seed{seed}',
-                                 f'{FINETUNE_TEXT}:init={path},mode={mode},steps={steps}'
-                                 f'{pool_arg}{extra}', [f'--config.train.seed={seed}',
-                                                        *(['--config.evals.val.num_batches=1']
-                                                          if ctx.quick else [])])
+            spec = f'{FINETUNE_TEXT}:init={path},mode={mode},steps={steps}{pool_arg}{extra}'
+            records = [ctx.train(f'{mode}{pool_name}_{init}_seed{seed}', spec,
+                                 [f'--config.train.seed={seed}', *eval_quick])
                        for seed in seeds]
             cells.append(grid.cell(label, f'{mode}, {pooling} pooling' if pooling else mode,
                                    records, 'val/accuracy'))
