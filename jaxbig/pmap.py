@@ -1,9 +1,10 @@
 """The classic data-parallel path (`parallel.strategy='pmap'`): replicated state, `jax.pmap`.
 
 Every local device holds a full copy of the TrainState (leading axis = local devices) and
-its own slice of the host batch; `make_train_step(..., pmap_axis=AXIS)` averages loss,
-metrics and gradients over all devices of all processes with `lax.pmean`, so the replicas
-stay identical and the losses equal the mesh path's. Losses whose examples interact
+its own slice of the host batch; `make_train_step(..., pmap_axis=AXIS)` adds the sums and
+counts of loss, metrics and gradients over all devices of all processes with `lax.psum` and
+divides once (jaxbig/aggregate.py), so the replicas stay identical and the losses and
+updates equal the mesh path's, however unevenly the valid targets fall on the devices. Losses whose examples interact
 (contrastive negatives) gather the embeddings of every device with `global_rows` and so see
 the global batch, as under the mesh path.
 
@@ -50,10 +51,11 @@ def global_rows(x):
     (`all_gather` over AXIS, tiled, in device order; all processes' devices); elsewhere x.
 
     For losses that couple the examples of a batch (contrastive negatives). Every device
-    then computes the global loss L. The gradient of the gather is a `psum_scatter`, so
-    device d's parameter gradient is n_dev * dL/dparams through d's rows (plus dL/dparams
-    for parameters used outside the gather, e.g. a logit scale); `step.py`'s `pmean`
-    divides by n_dev and sums over d: exactly the one-device gradient of L.
+    then computes the global loss L and reports it as Mean(C * L, C) over the C global
+    rows. The gradient of the gather is a `psum_scatter`, so device d's parameter gradient
+    is C (n_dev * dL/dparams through d's rows + dL/dparams for parameters used outside the
+    gather, e.g. a logit scale); `step.py`'s `psum` adds them over d and divides by the
+    summed count n_dev * C: exactly the one-device gradient of L.
     """
     return jax.lax.all_gather(x, AXIS, tiled=True) if in_pmap() else x
 
@@ -184,10 +186,10 @@ def pmap_train_step(train_step):
 
 def pmap_eval_step(eval_step):
     """`eval_step(params, batch) -> metrics` -> pmapped over replicated params and a
-    `shard_batch` batch; metrics are averaged over all devices and come back as numpy
-    (evaluators may add them up under train.py's global mesh, which with several processes
-    rejects arrays that live on one process's devices)."""
-    pmapped = jax.pmap(lambda p, b: jax.lax.pmean(eval_step(p, b), AXIS), axis_name=AXIS)
+    `shard_batch` batch; the metrics' sums and counts (jaxbig/aggregate.py) are added over
+    all devices and come back as numpy (evaluators add them up under train.py's global
+    mesh, which with several processes rejects arrays that live on one process's devices)."""
+    pmapped = jax.pmap(lambda p, b: jax.lax.psum(eval_step(p, b), AXIS), axis_name=AXIS)
 
     def step(params, batch):
         with _outside_mesh():

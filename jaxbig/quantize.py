@@ -101,14 +101,16 @@ def kernel_bytes(params) -> int:
 
 
 def eval_loss(config, model, params, *, num_batches: int = 0, batch_size: int = 0) -> float:
-    """Mean validation loss (the run's own loss, its val split and evals.val batches)."""
-    from jaxbig import data, losses
+    """Validation loss (the run's own loss on its val split: the examples evals.val scores,
+    each once), aggregated as sums and counts (token-weighted for language models).
+    `num_batches` > 0 scores only the first num_batches batches of them."""
+    from jaxbig import aggregate, data, losses
 
     val = (config.get('evals') or {}).get('val', {})
-    num_batches = num_batches or val.get('num_batches', 8)
     batch_size = batch_size or val.get('batch_size', 0) or config.train.batch_size
     pipe = data.build_pipeline(config.data, split=config.data.val_split,
-                               batch_size=batch_size, seed=0)
+                               batch_size=batch_size, seed=0, one_pass=True,
+                               num_examples=val.get('num_examples', 0))
     loss_module = losses.get_loss_module(config.loss.name)
     loss_fn = losses.bind(loss_module, config.loss)
 
@@ -116,7 +118,11 @@ def eval_loss(config, model, params, *, num_batches: int = 0, batch_size: int = 
     def step(p, batch):
         return loss_fn(model.apply, dequantize(p), batch, {}, config.loss, train=False)[1]['loss']
 
-    return float(np.mean([step(params, pipe.get_batch(i)) for i in range(num_batches)]))
+    batches = min(num_batches, pipe.num_batches) if num_batches else pipe.num_batches
+    total = None
+    for i in range(batches):
+        total = aggregate.add(total, jax.device_get(step(params, pipe.get_batch(i))))
+    return aggregate.host_values(total)
 
 
 def report(workdir: str, step: int | None = None, num_batches: int = 0) -> dict:

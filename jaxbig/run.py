@@ -141,6 +141,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None
         example_batch = read_example_batch(config)
     model = models.from_config(config)
     loss_module = losses.get_loss_module(config.loss.name)
+    losses.check_accumulation(loss_module, config)
     loss_fn = losses.bind(loss_module, config.loss)
     tx, schedule = optim.build_optimizer(config.optimizer, config.train.steps)
     example = loss_module.model_inputs(jax.tree.map(lambda x: x[:1], example_batch))
@@ -192,7 +193,19 @@ def train_step_fn(config: ml_collections.ConfigDict, s: Setup, *, pmap_axis=None
         s.model, s.loss_fn, config.loss, s.tx, s.schedule, config.optimizer.grad_accum_steps,
         skip_nonfinite=t.skip_nonfinite_steps, poison_step=t.debug_nan_at_step,
         pmap_axis=pmap_axis,
+        trainable=trainable_mask(config.optimizer, s.abstract_state.params),
     )
+
+
+def trainable_mask(optimizer_config, params):
+    """Tree of bools (False = frozen by `optimizer.freeze`) for `params`, or None when
+    nothing is frozen: the parameters whose gradients `train/grad_norm` measures."""
+    from jaxbig import optim
+
+    if not optimizer_config.freeze:
+        return None
+    groups = optim.param_groups(params, freeze=list(optimizer_config.freeze), mults=[])
+    return jax.tree.map(lambda g: g != 'frozen', groups)
 
 
 def read_example_batch(config):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbig import pruning
+from jaxbig import aggregate, pruning
 
 
 @flax.struct.dataclass
@@ -91,14 +91,26 @@ def make_train_step(
     skip_nonfinite: bool = False,
     poison_step: int = 0,
     pmap_axis: str | None = None,
+    trainable=None,
 ):
     """Builds the (un-jitted) train step; `train.py` jits it with shardings and donation.
+
+    Aggregation (jaxbig/aggregate.py): the loss returns Mean(summed loss, count); the step
+    differentiates the sum, adds sums and counts over the micro-batches and (pmap) devices,
+    and divides once by the total count, so the update and `loss` are those of the whole
+    global batch whatever the accumulation or device count, however unevenly the valid
+    targets fall. Metrics come back divided (floats), plus `loss_count`: what the loss
+    counted over the whole update (valid targets, examples, views).
 
     skip_nonfinite: an update whose loss or gradient norm is not finite is dropped (params
       and optimizer state unchanged; the step counter still advances) and counted in
       metrics['skipped'].
-    pmap_axis: under `jax.pmap`, the mapped axis name: gradients, loss and metrics are
-      averaged over it (`lax.pmean`) before the update, so replicas stay identical.
+    pmap_axis: under `jax.pmap`, the mapped axis name: sums and counts of loss, metrics and
+      gradients are added over it (`lax.psum`) before the one division, so replicas stay
+      identical.
+    trainable: a tree of bools matching the params (None = all): `grad_norm` (and so the
+      non-finite guard) reads the trainable parameters' gradients only, the norm clipping
+      uses; frozen ones are updated by nothing anyway.
     poison_step: for tests of the guards, update number `poison_step` (1-based) multiplies
       the loss by NaN inside the differentiated function, so the loss *and* every gradient
       are NaN (as in a real divergence). 0 = off; not compiled in when off.
@@ -109,11 +121,12 @@ def make_train_step(
             loss, metrics = loss_fn(
                 model.apply, p, batch, {'dropout': rng}, loss_config, train=True
             )
+            aggregate.check(dict(metrics, total_loss=loss), 'loss_fn')
             if poison_step:
-                loss = loss * jnp.where(poisoned, jnp.nan, 1.0)
-            return loss, metrics
+                loss = loss.replace(total=loss.total * jnp.where(poisoned, jnp.nan, 1.0))
+            return loss.total, (loss, metrics)
 
-        (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
+        (_, (loss, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, metrics, grads
 
     def train_step(state: TrainState, batch):
@@ -141,18 +154,22 @@ def make_train_step(
                     poisoned,
                 ),
             )
-            total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
-            loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
+            (loss, metrics, grads), _ = jax.lax.scan(
+                body, zeros, (jnp.arange(accum_steps), micro))
         if pmap_axis is not None:
-            loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), pmap_axis)
+            loss, metrics, grads = jax.lax.psum((loss, metrics, grads), pmap_axis)
+        count = jnp.maximum(loss.count, 1.0)  # no valid target at all: zero gradient
+        grads = jax.tree.map(lambda g: (g / count).astype(g.dtype), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = optax.tree.norm(grads if trainable is None else jax.tree.map(
+            lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable))
         metrics = dict(
-            metrics, total_loss=loss, grad_norm=grad_norm, update_norm=optax.tree.norm(updates)
+            aggregate.values(metrics), total_loss=loss.value(), loss_count=loss.count,
+            grad_norm=grad_norm, update_norm=optax.tree.norm(updates),
         )
         if skip_nonfinite:
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            finite = jnp.isfinite(metrics['total_loss']) & jnp.isfinite(grad_norm)
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
             params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
             metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
@@ -180,11 +197,15 @@ def multi_step(train_step):
 
 
 def make_eval_step(model: nn.Module, loss_fn, loss_config):
-    """eval_step(params, batch) -> metrics (means over the batch), deterministic."""
+    """eval_step(params, batch) -> metrics, deterministic: the loss's Means / Sums of this
+    batch, undivided (jaxbig/aggregate.py), so an evaluator adds them over its batches and
+    divides once."""
 
     def eval_step(params, batch):
         loss, metrics = loss_fn(model.apply, params, batch, {}, loss_config, train=False)
-        return dict(metrics, total_loss=loss)
+        metrics = dict(metrics, total_loss=loss)
+        aggregate.check(metrics, 'loss_fn')
+        return metrics
 
     return eval_step
 

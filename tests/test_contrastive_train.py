@@ -22,6 +22,7 @@ import pytest
 
 from conftest import REPO, metric_series, run_cli
 from jaxbig import data, models
+from jaxbig.aggregate import values
 from jaxbig.evals.embedding import plain_data_config
 from jaxbig.evals.linear_probe import probe_accuracy
 from jaxbig.step import init_fn
@@ -105,7 +106,8 @@ def check_sharded_loss(name):
         max(np.prod(s.shape[:-1]), 1))).astype(s.dtype), shapes['params'])
 
     def loss_and_metrics(params, batch):
-        return loss_fn(model.apply, params, batch, {'dropout': key}, cfg.loss, train=True)
+        return values(loss_fn(model.apply, params, batch, {'dropout': key}, cfg.loss,
+                              train=True))
 
     results = []
     for devices in (jax.devices()[:1], jax.devices()):

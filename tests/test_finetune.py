@@ -46,7 +46,7 @@ def test_label_smoothing_cross_entropy_matches_numpy():
     target = np.full((5, 4), s / 4)
     target[np.arange(5), labels] += 1 - s
     expected = -(target * logp).sum(-1).mean()
-    got = cls_loss.smoothed_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), s)
+    got = cls_loss.smoothed_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), s).mean()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 

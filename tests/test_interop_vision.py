@@ -13,6 +13,7 @@ transformers = pytest.importorskip('transformers')
 
 from conftest import edit_safetensors  # noqa: E402
 from jaxbig import run as run_lib  # noqa: E402
+from jaxbig.aggregate import values
 from jaxbig.config import ConfigError  # noqa: E402
 from jaxbig.interop import hf  # noqa: E402
 
@@ -165,7 +166,7 @@ def test_imported_clip_trains_with_its_own_loss_section(tmp_path):
     batch = dict(image=_images().transpose(0, 2, 3, 1),
                  text=_texts(EOS)[0].astype(np.int32))
     (loss, _), grads = jax.value_and_grad(
-        lambda p: loss_fn(run.model.apply, p, batch, {}, run.config.loss, train=True),
+        lambda p: values(loss_fn(run.model.apply, p, batch, {}, run.config.loss, train=True)),
         has_aux=True)(run.params)
     assert np.isfinite(float(loss))
     for tower in ('image_tower', 'text_tower'):

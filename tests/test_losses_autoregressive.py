@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 
 from jaxbig.losses import autoregressive
+from jaxbig.aggregate import values
 
 
 def numpy_lm_loss(logits, targets, mask):
@@ -23,14 +24,17 @@ def test_matches_numpy_with_padding():
     mask = np.ones((3, 7), np.float32)
     mask[0, 4:] = 0
     mask[2, 1:] = 0
-    stats = autoregressive.token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), mask)
+    stats = values(autoregressive.token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets),
+                                                      mask))
+    assert float(stats['targets']) == mask.sum()
     loss, acc = numpy_lm_loss(logits, targets, mask)
     np.testing.assert_allclose(stats['loss'], loss, rtol=1e-5)
     np.testing.assert_allclose(stats['accuracy'], acc, rtol=1e-6)
     # Padded positions do not matter at all.
     logits2 = logits.copy()
     logits2[0, 5] += 100.0
-    stats2 = autoregressive.token_cross_entropy(jnp.asarray(logits2), jnp.asarray(targets), mask)
+    stats2 = values(autoregressive.token_cross_entropy(jnp.asarray(logits2), jnp.asarray(targets),
+                                                       mask))
     np.testing.assert_allclose(stats2['loss'], stats['loss'], rtol=1e-6)
 
 
@@ -42,7 +46,7 @@ def test_loss_fn_z_loss_and_metrics():
              'mask': jnp.ones((2, 5))}
     apply_fn = lambda variables, inputs, train, rngs: logits.astype(jnp.bfloat16)
     cfg = ml_collections.ConfigDict({'name': 'autoregressive', 'z_loss': 1e-2})
-    total, metrics = autoregressive.loss_fn(apply_fn, {}, batch, {}, cfg)
+    total, metrics = values(autoregressive.loss_fn(apply_fn, {}, batch, {}, cfg))
     lf = np.asarray(logits.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
     log_z = np.log(np.exp(lf).sum(-1))
     nll, _ = numpy_lm_loss(lf, np.asarray(batch['targets']), np.ones((2, 5)))
@@ -52,6 +56,6 @@ def test_loss_fn_z_loss_and_metrics():
 
 
 def test_uniform_logits_give_log_vocab():
-    stats = autoregressive.token_cross_entropy(jnp.zeros((1, 4, 256)), jnp.zeros((1, 4), jnp.int32),
-                                               jnp.ones((1, 4)))
+    stats = values(autoregressive.token_cross_entropy(jnp.zeros((1, 4, 256)),
+                                                      jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4))))
     np.testing.assert_allclose(stats['loss'], np.log(256), rtol=1e-6)

@@ -15,6 +15,7 @@ from conftest import metric_series, run_cli
 from scipy import special, stats
 
 from jaxbig import checkpoint, finetune
+from jaxbig.aggregate import values
 from jaxbig.config import ConfigError, load
 from jaxbig.losses import masked_lm
 from jaxbig.models import bert
@@ -442,8 +443,8 @@ def test_imported_mlm_with_tokenizer_trains_with_its_loss(tmp_path):
     batch = dict(zip(('inputs', 'mask'), _tokens(np.random.default_rng(0), (4, 16))))
     batch['inputs'] %= 50
     (loss, metrics), grads = jax.value_and_grad(
-        lambda p: loss_fn(run.model.apply, p, batch, {'dropout': jax.random.PRNGKey(0)},
-                          run.config.loss, train=True), has_aux=True)(run.params)
+        lambda p: values(loss_fn(run.model.apply, p, batch, {'dropout': jax.random.PRNGKey(0)},
+                                 run.config.loss, train=True)), has_aux=True)(run.params)
     assert np.isfinite(float(loss)) and float(metrics['chosen_fraction']) > 0
     assert all(float(np.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 

@@ -75,7 +75,7 @@ def test_int8_logits_and_loss_barely_move():
     ref, q8 = fwd(params), fwd(quantize.quantize_params(params))
     rel = np.linalg.norm(q8 - ref) / np.linalg.norm(ref)
     assert rel < 0.02, rel
-    loss = lambda logits: token_cross_entropy(logits, tokens[:, 1:], jnp.ones((4, 32)))['loss']
+    loss = lambda logits: float(token_cross_entropy(logits, tokens[:, 1:], jnp.ones((4, 32)))['loss'])
     assert abs(loss(q8) / loss(ref) - 1) < 0.02
 
 

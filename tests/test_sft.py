@@ -275,7 +275,7 @@ def test_prompt_tokens_have_zero_gradient():
     def loss_with_probe(probe, batch):
         apply = lambda v, x, **kw: model.apply(v, x, **kw) + probe
         cfg = ml_collections.ConfigDict({'z_loss': 0.0})
-        return autoregressive.loss_fn(apply, params, batch, None, cfg, train=False)[0]
+        return autoregressive.loss_fn(apply, params, batch, None, cfg, train=False)[0].value()
 
     got = np.asarray(jax.jit(jax.grad(loss_with_probe))(probe, jax.tree.map(jnp.asarray, batch)))
     mask = batch['mask']
@@ -289,7 +289,7 @@ def test_prompt_tokens_have_zero_gradient():
                                            batch['targets']).astype(np.int32))
     assert not np.array_equal(changed['targets'], batch['targets'])
     grad = jax.jit(jax.grad(lambda prm, b: autoregressive.loss_fn(
-        model.apply, prm, b, None, ml_collections.ConfigDict({'z_loss': 0.0}))[0]))
+        model.apply, prm, b, None, ml_collections.ConfigDict({'z_loss': 0.0}))[0].value()))
     grads = [grad(params, jax.tree.map(jnp.asarray, b)) for b in (batch, changed)]
     jax.tree.map(np.testing.assert_array_equal, *grads)
     assert loss_of(model, params, batch) == loss_of(model, params, changed)

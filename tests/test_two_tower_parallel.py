@@ -22,6 +22,7 @@ import pytest
 
 from conftest import REPO
 from jaxbig import data
+from jaxbig.aggregate import values
 
 STEPS = 5
 CLIP = 'experiments/clip.py'
@@ -168,7 +169,7 @@ for name, (loss_fn, apply, cfg, used) in losses.items():
     cfg = ml_collections.ConfigDict(cfg)
     params = {k: all_params[k] for k in used}
     batch = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), batches[name])
-    f = lambda p, b: loss_fn(apply, p, b, {}, cfg, train=True)
+    f = lambda p, b: values(loss_fn(apply, p, b, {}, cfg, train=True))
     (ref_loss, ref_metrics), ref_grads = jax.jit(jax.value_and_grad(f, has_aux=True))(
         params, batch)
 

@@ -1,15 +1,20 @@
-"""Held-out loss: the task's own loss_fn over a fixed set of batches of a data split.
+"""Held-out loss: the task's own loss_fn over a data split, each example once.
 
-Config: type='loss', split (default data.val_split), num_batches, batch_size (0 =
-train.batch_size). Reports every metric the loss returns averaged over the batches (equal
-sized, so the mean of batch means is the mean over examples) and, for language models,
-the perplexity of the averaged loss, exp(mean nats/token), not the mean of perplexities.
-The batches are the same at every evaluation (seed 0, batch indices 0..num_batches-1).
+Config: type='loss', split (default data.val_split), num_examples (0 = the whole split;
+else the first num_examples of the split's fixed order — the same examples for every run
+and batch size), batch_size (0 = train.batch_size). The pipeline covers them in one pass,
+its last batch padded with rows that count nothing (`example_mask`).
 
-Language-model data (a pipeline with a `tokenizer`) also gets `bits_per_byte`: the total
-nats over the evaluated target tokens / the UTF-8 bytes they stand for / ln 2 (eos counts
-one byte, the separator), so runs with different tokenizers compare; with the byte
-tokenizer it is loss / ln 2.
+Every metric the loss reports is aggregated as sums and counts over all scored examples
+and divided once (jaxbig/aggregate.py): `loss` is token-weighted (nats per target over all
+targets, not a mean of batch means) and `perplexity` is exp of it. Also logged:
+`num_examples` (examples scored), the loss's counts (`targets` for token losses,
+`examples` for classification).
+
+Language-model data (a pipeline with a `tokenizer`) also gets `bytes` (the UTF-8 bytes of
+the scored targets' text, `tokenizer.target_bytes`) and `bits_per_byte` = summed nats /
+bytes / ln 2, so `loss / ln 2 * targets / bytes = bits_per_byte` exactly and runs with
+different tokenizers compare; with the byte tokenizer it is loss / ln 2.
 """
 
 from __future__ import annotations
@@ -19,51 +24,53 @@ import math
 import jax
 import numpy as np
 
+from jaxbig import aggregate
 from jaxbig.config import ConfigError
 
 
 class Evaluator:
     def __init__(self, cfg, ctx, *, name: str = 'val'):
-        self.num_batches = cfg.get('num_batches', 8)
-        if self.num_batches < 1:
-            raise ConfigError(f'evals.{name}.num_batches={self.num_batches}: must be >= 1')
+        num_examples = cfg.get('num_examples', 0)
+        if num_examples < 0:
+            raise ConfigError(f'evals.{name}.num_examples={num_examples}: must be >= 0 '
+                              '(0 = the whole split)')
         data_cfg = ctx.config.data
         self.pipeline = ctx.build_pipeline(
             data_cfg,
             split=cfg.get('split', '') or data_cfg.val_split,
             batch_size=cfg.get('batch_size', 0) or ctx.config.train.batch_size,
+            one_pass=True,
+            num_examples=num_examples,
         )
         self.eval_step, self.to_global, self.prefix = ctx.eval_step, ctx.to_global, name
         tokenizer = getattr(self.pipeline, 'tokenizer', None)
-        self.token_bytes = (tokenizer.token_bytes() if hasattr(tokenizer, 'token_bytes')
-                            else None)
+        self.tokenizer = tokenizer if hasattr(tokenizer, 'target_bytes') else None
 
     def run(self, params) -> dict[str, float]:
-        sums, nats, counts = None, 0.0, np.zeros(2)  # counts: host [tokens, bytes]
-        for i in range(self.num_batches):
+        sums, size = None, 0.0  # size: host-local UTF-8 bytes of the scored targets
+        for i in range(self.pipeline.num_batches):
             batch = self.pipeline.get_batch(i)
-            metrics = self.eval_step(params, self.to_global(batch))
-            sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
-            if self.token_bytes is not None and 'targets' in batch:
-                mask = batch.get('mask', np.ones(batch['targets'].shape))
-                tokens, size = self._global(mask.sum(),
-                                            (self.token_bytes[batch['targets']] * mask).sum())
-                nats += float(metrics['loss']) * tokens  # loss: mean nats per target token
-                counts += (tokens, size)
-        sums = jax.device_get(sums)
-        means = {k: float(np.asarray(v)) / self.num_batches for k, v in sums.items()}
-        if 'perplexity' in means:
-            means['perplexity'] = math.exp(means['loss'])
-        if counts[1] > 0:
-            means['bits_per_byte'] = nats / counts[1] / math.log(2)
-        return {f'{self.prefix}/{k}': v for k, v in means.items()}
+            metrics = jax.device_get(self.eval_step(params, self.to_global(batch)))
+            sums = aggregate.add(sums, metrics)
+            if self.tokenizer is not None and 'targets' in batch:
+                mask = np.asarray(batch.get('mask', np.ones(batch['targets'].shape)), np.float64)
+                mask = mask * np.asarray(batch['example_mask'], np.float64)[:, None]
+                size += float((self.tokenizer.target_bytes(batch['inputs'], batch['targets'])
+                               * mask).sum())
+        out = aggregate.host_values(sums)
+        out['num_examples'] = float(self.pipeline.num_examples)
+        size = _global_sum(size)
+        if size > 0 and 'loss' in sums:
+            out['bytes'] = size
+            out['bits_per_byte'] = float(np.asarray(sums['loss'].total, np.float64)) / size / (
+                math.log(2))
+        return {f'{self.prefix}/{k}': v for k, v in out.items()}
 
-    @staticmethod
-    def _global(tokens, size):
-        """Host-local (target tokens, bytes) of a batch -> summed over processes."""
-        local = np.asarray([tokens, size], np.float64)
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
 
-        return np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 2).sum(0)
+def _global_sum(value: float) -> float:
+    """A host-local number summed over processes."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return float(np.asarray(multihost_utils.process_allgather(np.float64(value))).sum())

@@ -1,16 +1,24 @@
 """Training objectives, one module per objective, each exposing
 
-        loss_fn(apply_fn, params, batch, rngs, config, *, train) -> (scalar loss, {name: scalar})
+        loss_fn(apply_fn, params, batch, rngs, config, *, train) -> (loss, {name: metric})
         model_inputs(batch) -> tuple of positional model inputs (used to initialise the model)
     bind(config) -> loss_fn   (optional) for losses that need frozen state built once per
                               run, e.g. a distillation teacher's params: the returned
                               function has the loss_fn signature and closes over that state
 
+The loss and every metric are `jaxbig.aggregate` values — Mean(sum, count) (per target
+token, per example, ...), ExpMean (perplexity) or Sum (a count) — never batch means: the
+train step and the evaluators add sums and counts over micro-batches, devices and batches
+and divide once, so no speed or memory switch changes the objective. A loss whose rows
+interact (contrastive negatives) sets `COUPLES_EXAMPLES = True`: it sees the global batch,
+and gradient accumulation is refused for it. An evaluator's padding rows carry
+`batch['example_mask']` 0 and must count nothing (`aggregate.example_mask`).
+
 `config` is the experiment's `loss` section; `config.name` picks the module
 (`'autoregressive'` -> `jaxbig.losses.autoregressive`).
 """
 
-from jaxbig.config import resolve
+from jaxbig.config import ConfigError, resolve
 
 
 def get_loss_module(name: str):
@@ -21,3 +29,14 @@ def get_loss_module(name: str):
 def bind(module, config):
     """The loss function the step should call: `module.bind(config)` if defined."""
     return module.bind(config) if hasattr(module, 'bind') else module.loss_fn
+
+
+def check_accumulation(module, config) -> None:
+    """One-line ConfigError for grad_accum_steps > 1 with a loss that couples examples:
+    its micro-batches would each see only their own negatives — another objective."""
+    accum = config.optimizer.grad_accum_steps
+    if accum > 1 and getattr(module, 'COUPLES_EXAMPLES', False):
+        raise ConfigError(
+            f'optimizer.grad_accum_steps={accum}: loss.name={config.loss.name!r} couples the '
+            'examples of a batch (in-batch negatives), so micro-batches would change the '
+            'objective; use 1 and shard the batch over more devices (parallel.data) instead')

@@ -5,8 +5,10 @@ batch: inputs int32[batch, seq], targets int32[batch, seq] (inputs shifted by on
        optional positions, segment_ids int32[batch, seq] (examples packed into rows,
               jaxbig.data.conditional) are passed to the model, which then keeps
               attention within each example.
-Loss is the mean cross-entropy in nats per target token, plus an optional z-loss
-`z_loss * mean(logsumexp(logits)^2)` that keeps the softmax normaliser near 1 (PaLM).
+Loss is the cross-entropy in nats per target token, plus an optional z-loss
+`z_loss * logsumexp(logits)^2` per target that keeps the softmax normaliser near 1 (PaLM),
+reported as sums over the valid targets and their count (jaxbig/aggregate.py): the step
+divides once per update, so every valid target of the global batch weighs the same.
 
 `config` (the experiment's `loss` section): name='autoregressive', z_loss (float, 0 = off).
 """
@@ -16,29 +18,36 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxbig import aggregate
+
 
 def token_cross_entropy(logits, targets, mask):
-    """Masked mean next-token statistics.
+    """Masked next-token statistics as sums and counts (jaxbig/aggregate.py).
 
     Args:
         logits: [batch, seq, vocab], any float dtype (computed in float32).
         targets: int[batch, seq]. mask: [batch, seq], 1 for real targets.
     Returns:
-        dict with 'loss' (nats/token), 'accuracy', 'log_z_sq' (mean logsumexp^2), 'tokens'.
+        dict of Means over the masked targets — 'loss' (nats/target), 'accuracy',
+        'log_z_sq' (logsumexp^2) — and Sum 'targets' (how many were counted).
     """
     logits = logits.astype(jnp.float32)
     mask = mask.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    tokens = jnp.maximum(mask.sum(), 1.0)
-    nll = ((log_z - target_logit) * mask).sum() / tokens
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return {
-        'loss': nll,
-        'accuracy': (correct * mask).sum() / tokens,
-        'log_z_sq': (jnp.square(log_z) * mask).sum() / tokens,
-        'tokens': mask.sum(),
+        'loss': aggregate.mean(log_z - target_logit, mask),
+        'accuracy': aggregate.mean(correct, mask),
+        'log_z_sq': aggregate.mean(jnp.square(log_z), mask),
+        'targets': aggregate.Sum(mask.sum()),
     }
+
+
+def target_mask(batch, key: str = 'mask'):
+    """batch[key] [B, T] as float32, zero on an evaluator's padding rows (example_mask)."""
+    mask = jnp.asarray(batch[key], jnp.float32)
+    return mask * aggregate.example_mask(batch, mask.shape[0])[:, None]
 
 
 def model_inputs(batch):
@@ -49,20 +58,24 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics) for one batch; see module docstring for shapes."""
     packed = {k: batch[k] for k in ('positions', 'segment_ids') if k in batch}
     logits = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs, **packed)
-    return with_z_loss(token_cross_entropy(logits, batch['targets'], batch['mask']),
+    return with_z_loss(token_cross_entropy(logits, batch['targets'], target_mask(batch)),
                        config.get('z_loss', 0.0))
 
 
 def with_z_loss(stats, z_loss: float) -> tuple:
-    """(total loss, metrics) from `token_cross_entropy`'s stats: the mean cross-entropy
-    plus z_loss * mean log(Z)^2 when z_loss > 0; metrics loss, perplexity, token_accuracy
-    (and z_loss)."""
-    total = stats['loss'] + z_loss * stats['log_z_sq'] if z_loss else stats['loss']
+    """(total loss, metrics) from `token_cross_entropy`'s stats: the cross-entropy plus
+    z_loss * log(Z)^2 when z_loss > 0, per target; metrics loss, perplexity (exp of the
+    aggregated loss), token_accuracy, targets (and z_loss)."""
+    nll = stats['loss']
+    total = nll
+    if z_loss:
+        total = aggregate.Mean(nll.total + z_loss * stats['log_z_sq'].total, nll.count)
     metrics = {
-        'loss': stats['loss'],
-        'perplexity': jnp.exp(stats['loss']),
+        'loss': nll,
+        'perplexity': aggregate.exp_of(nll),
         'token_accuracy': stats['accuracy'],
+        'targets': stats['targets'],
     }
     if z_loss:
-        metrics['z_loss'] = z_loss * stats['log_z_sq']
+        metrics['z_loss'] = aggregate.Mean(z_loss * stats['log_z_sq'].total, nll.count)
     return total, metrics

@@ -12,6 +12,9 @@ negatives of every device and host; under `parallel.strategy='pmap'` each device
 every device's embeddings (`pmap.global_rows`) and computes the same global loss.
 
 `config` (the experiment's `loss` section): name='contrastive', temperature (tau > 0).
+The loss couples the whole batch, so it is reported as Mean(2N * loss, 2N) (jaxbig/aggregate.py)
+and gradient accumulation is refused (micro-batches would see only their own negatives).
+An evaluator's padding rows (`example_mask` 0) are neither anchors nor negatives.
 Metrics: loss, pos_sim (mean cosine of positive pairs), neg_sim (mean over negatives),
 sim_gap = pos_sim - neg_sim, accuracy (positive is the most similar other view),
 temperature.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxbig import aggregate
 from jaxbig.pmap import global_rows
 
 
@@ -31,23 +35,33 @@ def l2_normalize(x, eps=1e-12):
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps**2))
 
 
-def nt_xent(z1, z2, temperature: float):
-    """z1, z2 [N, D] (any scale; normalised here) -> (scalar loss, stats dict)."""
+def nt_xent(z1, z2, temperature: float, valid=None):
+    """z1, z2 [N, D] (any scale; normalised here) -> (scalar loss, stats dict).
+
+    valid: bool [N] (None = all): pairs that take part; the others are neither anchors nor
+    negatives (an evaluator's padding rows)."""
     z = l2_normalize(jnp.concatenate([z1, z2], axis=0))  # [2N, D]
     n2 = z.shape[0]
+    valid = jnp.ones((n2,), bool) if valid is None else jnp.concatenate([valid, valid])
     sim = z @ z.T  # [2N, 2N] cosine similarities
     positive = (jnp.arange(n2) + n2 // 2) % n2
     self_mask = jnp.eye(n2, dtype=bool)
-    logits = jnp.where(self_mask, -jnp.inf, sim / temperature)
+    logits = jnp.where(self_mask | ~valid[None, :], -jnp.inf, sim / temperature)
     pos_logit = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
-    loss = jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos_logit)
-    pos_mask = jax.nn.one_hot(positive, n2, dtype=bool)
-    neg_mask = ~(self_mask | pos_mask)
-    pos_sim = jnp.sum(jnp.where(pos_mask, sim, 0)) / n2
+    rows = valid.astype(jnp.float32)
+    num_rows = jnp.maximum(rows.sum(), 1.0)
+    per_row = jnp.where(valid, jax.nn.logsumexp(logits, axis=1) - pos_logit, 0.0)
+    loss = per_row.sum() / num_rows
+    pos_mask = jax.nn.one_hot(positive, n2, dtype=bool) & valid[:, None]
+    neg_mask = ~(self_mask | pos_mask) & valid[:, None] & valid[None, :]
+    pos_sim = jnp.sum(jnp.where(pos_mask, sim, 0)) / num_rows
     neg_sim = jnp.sum(jnp.where(neg_mask, sim, 0)) / jnp.maximum(neg_mask.sum(), 1)
-    accuracy = jnp.mean(jnp.argmax(logits, axis=1) == positive)
+    accuracy = jnp.sum((jnp.argmax(logits, axis=1) == positive) * rows) / num_rows
     stats = dict(pos_sim=pos_sim, neg_sim=neg_sim, sim_gap=pos_sim - neg_sim, accuracy=accuracy)
     return loss, stats
+
+
+COUPLES_EXAMPLES = True  # the loss of a row depends on the other rows (its negatives)
 
 
 def model_inputs(batch):
@@ -60,5 +74,9 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     n = batch['view1'].shape[0]
     views = jnp.concatenate([batch['view1'], batch['view2']], axis=0)  # [2N, H, W, C]
     z = apply_fn({'params': params}, views, train=train, rngs=rngs)
-    loss, stats = nt_xent(global_rows(z[:n]), global_rows(z[n:]), temperature)
-    return loss, dict(stats, loss=loss, temperature=jnp.float32(temperature))
+    valid = global_rows(aggregate.example_mask(batch, n)) > 0
+    loss, stats = nt_xent(global_rows(z[:n]), global_rows(z[n:]), temperature, valid)
+    views_counted = 2.0 * valid.sum()  # the global batch's: the objective couples them all
+    metrics = {k: aggregate.of_value(v, views_counted) for k, v in dict(stats, loss=loss).items()}
+    metrics['temperature'] = aggregate.constant(temperature)
+    return aggregate.of_value(loss, views_counted), metrics

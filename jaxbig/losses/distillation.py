@@ -7,6 +7,8 @@ batch: as jaxbig.losses.autoregressive (inputs, targets, mask [batch, seq]).
     kl  = masked mean over tokens of KL(p_T || q_T) = sum_v p_T (log p_T - log q_T)
     total = alpha * T^2 * kl + (1 - alpha) * hard       (T^2 keeps gradient scales ~ T-free)
 
+(reported as sums over the valid targets and their count, jaxbig/aggregate.py)
+
 `hard` is the student's cross-entropy on the targets. Reported: loss (= hard, so val/loss
 compares with a student trained from scratch), kl, distill_loss (= T^2 kl), perplexity,
 token_accuracy.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxbig import aggregate
 from jaxbig.config import ConfigError
 from jaxbig.losses import autoregressive
 
@@ -31,13 +34,12 @@ model_inputs = autoregressive.model_inputs
 
 
 def distillation_kl(student_logits, teacher_logits, mask, temperature: float):
-    """Masked mean over tokens of KL(softmax(t/T) || softmax(s/T)) in nats; logits
-    [batch, seq, vocab] (float32 inside), mask [batch, seq]."""
+    """Mean over the masked tokens of KL(softmax(t/T) || softmax(s/T)) in nats, as a Mean
+    (sum, count); logits [batch, seq, vocab] (float32 inside), mask [batch, seq]."""
     log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
     log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
     kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-    mask = mask.astype(jnp.float32)
-    return (kl * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return aggregate.mean(kl, mask)
 
 
 def load_teacher(workdir: str):
@@ -60,22 +62,25 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True, teache
         t_model.apply({'params': t_params}, batch['inputs'], train=False)
     )
     logits = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs)
-    stats = autoregressive.token_cross_entropy(logits, batch['targets'], batch['mask'])
+    mask = autoregressive.target_mask(batch)
+    stats = autoregressive.token_cross_entropy(logits, batch['targets'], mask)
     temperature, alpha = config.get('temperature', 2.0), config.get('alpha', 0.5)
-    kl = distillation_kl(logits, t_logits, batch['mask'], temperature)
-    soft = temperature**2 * kl
-    total = alpha * soft + (1.0 - alpha) * stats['loss']
+    kl = distillation_kl(logits, t_logits, mask, temperature)
+    count = kl.count
+    soft = aggregate.Mean(temperature**2 * kl.total, count)
+    total = alpha * soft.total + (1.0 - alpha) * stats['loss'].total
     z_loss = config.get('z_loss', 0.0)
     if z_loss:
-        total = total + z_loss * stats['log_z_sq']
+        total = total + z_loss * stats['log_z_sq'].total
     metrics = {
         'loss': stats['loss'],
-        'perplexity': jnp.exp(stats['loss']),
+        'perplexity': aggregate.exp_of(stats['loss']),
         'token_accuracy': stats['accuracy'],
+        'targets': stats['targets'],
         'kl': kl,
         'distill_loss': soft,
     }
-    return total, metrics
+    return aggregate.Mean(total, count), metrics
 
 
 def bind(config):

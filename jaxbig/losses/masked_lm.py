@@ -9,7 +9,7 @@ becomes `mask_id` with probability `mask_frac` (0.8), a token drawn uniformly fr
 [0, random_ids) with `random_frac` (0.1; it may draw the original), and is left unchanged
 otherwise (0.1). The model reads the corrupted ids (attending to the real tokens only) and
 the loss is the cross entropy of the original ids at the chosen positions only, in nats per
-chosen token; unchosen positions do not enter it.
+chosen token (sums and counts, jaxbig/aggregate.py); unchosen positions do not enter it.
 
 The mask token: the byte vocabulary has 256 ids, so jaxbig's BERT has vocab_size=257 and
 mask_id=256, random replacements drawn from the 256 bytes (random_ids=256); an imported
@@ -32,6 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxbig import aggregate
 from jaxbig.config import ConfigError
 from jaxbig.losses.autoregressive import token_cross_entropy
 
@@ -94,7 +95,8 @@ def model_inputs(batch):
 def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics) for one batch; see the module docstring."""
     args = _check(config)
-    tokens, valid = batch['inputs'], batch['mask'] > 0
+    tokens = batch['inputs']
+    valid = (batch['mask'] > 0) & (aggregate.example_mask(batch, tokens.shape[0])[:, None] > 0)
     if rngs and 'dropout' in rngs:
         key = jax.random.fold_in(rngs['dropout'], STREAM)
     else:
@@ -113,8 +115,9 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     stats = token_cross_entropy(logits, tokens, chosen)
     metrics = {
         'loss': stats['loss'],
-        'perplexity': jnp.exp(stats['loss']),
+        'perplexity': aggregate.exp_of(stats['loss']),
         'masked_accuracy': stats['accuracy'],
-        'chosen_fraction': chosen.sum() / jnp.maximum(valid.sum(), 1),
+        'targets': stats['targets'],
+        'chosen_fraction': aggregate.mean(chosen, valid),
     }
     return stats['loss'], metrics

@@ -11,7 +11,9 @@ The model (`models.two_tower`) returns unit-norm embeddings x (images), y (texts
   siglip  (Zhai et al. 2023) pairwise sigmoid: z_ij = +1 if i == j else -1,
           loss = -(1 / N) sum_ij log sigmoid(z_ij * (exp(t) x_i.y_j + b))
 
-N is the global batch (under jit over a sharded batch the negatives come from every device
+The loss couples the whole batch, so it is reported as Mean(N * loss, N) (jaxbig/aggregate.py)
+and gradient accumulation is refused; an evaluator's padding rows (`example_mask` 0) take
+no part. N is the global batch (under jit over a sharded batch the negatives come from every device
 and host; under `parallel.strategy='pmap'` each device gathers every device's embeddings
 with `pmap.global_rows`). `config`: name='multimodal', kind='clip' | 'siglip',
 max_logit_scale (clip: CLIP clamps exp(t) at 100, so log 100). Metrics: loss, logit_scale
@@ -26,46 +28,65 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxbig import aggregate
 from jaxbig.pmap import global_rows
 
 KINDS = ('clip', 'siglip')
 
 
-def clip_loss(image_emb, text_emb, logit_scale):
-    """image_emb, text_emb [N, E] unit-norm; logit_scale t (scalar, log inverse temperature)."""
+def clip_loss(image_emb, text_emb, logit_scale, valid=None):
+    """image_emb, text_emb [N, E] unit-norm; logit_scale t (scalar, log inverse
+    temperature); valid bool [N] (None = all): pairs that take part at all."""
+    n = image_emb.shape[0]
+    valid = jnp.ones((n,), bool) if valid is None else valid
     logits = jnp.exp(logit_scale) * image_emb @ text_emb.T  # [N, N]
-    labels = jnp.arange(logits.shape[0])
-    row = jax.nn.logsumexp(logits, axis=1) - logits[labels, labels]
-    col = jax.nn.logsumexp(logits, axis=0) - logits[labels, labels]
-    return 0.5 * (row.mean() + col.mean())
-
-
-def siglip_loss(image_emb, text_emb, logit_scale, logit_bias):
-    """Pairwise sigmoid loss, summed over the N x N pairs and divided by N."""
-    logits = jnp.exp(logit_scale) * image_emb @ text_emb.T + logit_bias
-    signs = 2.0 * jnp.eye(logits.shape[0]) - 1.0
-    return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
-
-
-def similarity_stats(image_emb, text_emb):
-    sim = image_emb @ text_emb.T
-    n = sim.shape[0]
-    eye = jnp.eye(n, dtype=bool)
-    pos = jnp.trace(sim) / n
-    neg = jnp.sum(jnp.where(eye, 0.0, sim)) / max(n * (n - 1), 1)
+    pair = valid[:, None] & valid[None, :]
+    masked = jnp.where(pair, logits, -jnp.inf)
     labels = jnp.arange(n)
+    diag = logits[labels, labels]
+    row = jnp.where(valid, jax.nn.logsumexp(masked, axis=1) - diag, 0.0)
+    col = jnp.where(valid, jax.nn.logsumexp(masked, axis=0) - diag, 0.0)
+    return 0.5 * (row.sum() + col.sum()) / jnp.maximum(valid.sum(), 1)
+
+
+def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, valid=None):
+    """Pairwise sigmoid loss, summed over the N x N pairs (of valid rows) and divided by N."""
+    n = image_emb.shape[0]
+    valid = jnp.ones((n,), bool) if valid is None else valid
+    logits = jnp.exp(logit_scale) * image_emb @ text_emb.T + logit_bias
+    signs = 2.0 * jnp.eye(n) - 1.0
+    pair = valid[:, None] & valid[None, :]
+    return -jnp.sum(jnp.where(pair, jax.nn.log_sigmoid(signs * logits), 0.0)) / jnp.maximum(
+        valid.sum(), 1)
+
+
+def similarity_stats(image_emb, text_emb, valid=None):
+    n = image_emb.shape[0]
+    valid = jnp.ones((n,), bool) if valid is None else valid
+    sim = image_emb @ text_emb.T
+    eye = jnp.eye(n, dtype=bool)
+    pair = valid[:, None] & valid[None, :]
+    m = jnp.maximum(valid.sum(), 1)
+    pos = jnp.sum(jnp.where(eye & pair, sim, 0.0)) / m
+    neg = jnp.sum(jnp.where(~eye & pair, sim, 0.0)) / jnp.maximum(m * (m - 1), 1)
+    labels = jnp.arange(n)
+    masked = jnp.where(pair, sim, -jnp.inf)
+    rows = valid.astype(jnp.float32)
     return dict(
         pos_sim=pos,
         neg_sim=neg,
         sim_gap=pos - neg,
-        i2t_accuracy=jnp.mean(jnp.argmax(sim, axis=1) == labels),
-        t2i_accuracy=jnp.mean(jnp.argmax(sim, axis=0) == labels),
+        i2t_accuracy=jnp.sum((jnp.argmax(masked, axis=1) == labels) * rows) / m,
+        t2i_accuracy=jnp.sum((jnp.argmax(masked, axis=0) == labels) * rows) / m,
     )
 
 
 def tower_input(batch):
     """The first tower's input: batch['audio'] when the batch has one, else batch['image']."""
     return batch['audio'] if 'audio' in batch else batch['image']
+
+
+COUPLES_EXAMPLES = True  # each pair's loss depends on every other pair of the batch
 
 
 def model_inputs(batch):
@@ -77,14 +98,21 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     kind = config.get('kind', 'clip')
     out = apply_fn({'params': params}, *model_inputs(batch), train=train, rngs=rngs)
     x, y, t = global_rows(out['image']), global_rows(out['text']), out['logit_scale']
-    metrics = similarity_stats(x, y)
+    valid = global_rows(aggregate.example_mask(batch, out['image'].shape[0])) > 0
+    metrics = similarity_stats(x, y, valid)
     if kind == 'clip':
         t = jnp.minimum(t, config.get('max_logit_scale', math.log(100.0)))
-        loss = clip_loss(x, y, t)
+        loss = clip_loss(x, y, t, valid)
     elif kind == 'siglip':
-        loss = siglip_loss(x, y, t, out['logit_bias'])
+        loss = siglip_loss(x, y, t, out['logit_bias'], valid)
         metrics['logit_bias'] = out['logit_bias']
     else:
         raise ValueError(f'loss.kind={kind!r}: expected one of {KINDS}')
     scale = jnp.exp(t)
-    return loss, dict(metrics, loss=loss, logit_scale=scale, temperature=1.0 / scale)
+    pairs = valid.sum().astype(jnp.float32)  # the global batch's: the loss couples them all
+    metrics = {k: aggregate.of_value(v, pairs) for k, v in dict(metrics, loss=loss).items()}
+    metrics.update(logit_scale=aggregate.constant(scale),
+                   temperature=aggregate.constant(1.0 / scale))
+    if kind == 'siglip':
+        metrics['logit_bias'] = aggregate.constant(out['logit_bias'])
+    return aggregate.of_value(loss, pairs), metrics

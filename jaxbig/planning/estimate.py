@@ -83,10 +83,13 @@ KNOBS = {
                     'optimizer.grad_accum_steps=K (K micro-batches: activations / K)',
                     'raise parallel.tensor: the logits [rows, seq, vocab] split over it '
                     '(rule vocab -> tensor), as do heads and the MLP',
-                    'a smaller train.batch_size, or more data x fsdp devices',
+                    'more data x fsdp devices (fewer rows each)',
                     'model.dtype=bfloat16 (activations in 16 bits)'],
-    'batch': ['a smaller train.batch_size or data.seq_len, or more data x fsdp devices'],
+    'batch': ['more data x fsdp devices (fewer rows each)'],
 }
+# Only knobs that leave the objective unchanged are advised: never a smaller batch or
+# sequence (another experiment), and no gradient accumulation for a loss whose examples
+# interact (contrastive negatives: jaxbig refuses it, see losses.check_accumulation).
 
 
 def advice(terms: dict, knobs: dict, capacity: float | None = None) -> tuple[str, list[str]]:
@@ -108,6 +111,8 @@ def advice(terms: dict, knobs: dict, capacity: float | None = None) -> tuple[str
 
 
 def _already_set(hint: str, knobs: dict) -> bool:
+    if hint.startswith('optimizer.grad_accum_steps') and knobs.get('couples_examples'):
+        return True  # not a memory knob for this loss: it would change the objective
     for prefix, key, value in (('model.remat=full', 'remat', 'full'),
                                ('optimizer.mu_dtype', 'mu_dtype', 'bfloat16'),
                                ('model.param_dtype', 'param_dtype', 'bfloat16'),
