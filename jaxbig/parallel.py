@@ -248,3 +248,15 @@ def host_batch_rows(global_batch: int, mesh) -> int:
             f'size data*fsdp={dp}'
         )
     return global_batch // jax.process_count()
+
+
+def micro_batch_rows(global_batch: int, accum_steps: int, mesh) -> int:
+    """Rows of one micro-batch (`optimizer.grad_accum_steps`); each must split evenly over
+    the data-parallel devices, as the whole batch does, or every micro-step would reshard."""
+    rows, dp = global_batch // max(accum_steps, 1), data_parallel_size(mesh)
+    if rows % dp:
+        raise ConfigError(
+            f'train.batch_size={global_batch} / optimizer.grad_accum_steps={accum_steps} = '
+            f'{rows} rows per micro-batch, not divisible by the data-parallel size '
+            f'data*fsdp={dp}; choose a batch_size divisible by {accum_steps * dp}')
+    return rows

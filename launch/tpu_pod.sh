@@ -111,8 +111,10 @@ do_copy() {
     trap "rm -rf '$stage'" RETURN
     mkdir "$stage/$REMOTE_DIR"
     ((dry_run)) && echo "# staged: git ls-files --cached --others --exclude-standard of $repo"
+    # files deleted in the work tree but still in the index are skipped (tar would fail)
     (cd "$repo" && git ls-files -z --cached --others --exclude-standard |
-        tar --null -T - -cf - 2>/dev/null) | tar -xf - -C "$stage/$REMOTE_DIR"
+        while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done |
+        tar --null -T - -cf -) | tar -xf - -C "$stage/$REMOTE_DIR"
     tpu_ssh "rm -rf ~/$REMOTE_DIR"
     gcloud_ compute tpus tpu-vm scp --recurse "$stage/$REMOTE_DIR" "$name:~/" \
         "${where[@]}" --worker=all

@@ -2,6 +2,7 @@
 run against stand-ins for python / srun / scontrol (fast, no JAX), so env, signal
 forwarding and failure handling are checked for real."""
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -146,6 +147,23 @@ def test_tpu_pod_dry_run_each_command(command):
     assert f'gcloud compute tpus tpu-vm {"scp" if command == "copy" else ""}' in proc.stdout
     if command == 'run':
         assert proc.stdout.count('gcloud ') == 1 and '--worker=all' in proc.stdout
+
+
+def test_tpu_pod_copy_skips_files_deleted_in_the_work_tree(tmp_path):
+    repo = tmp_path / 'repo'
+    (repo / 'launch').mkdir(parents=True)
+    shutil.copy(os.path.join(REPO, 'launch', 'tpu_pod.sh'), repo / 'launch')
+    for name in ('kept.py', 'gone.py'):
+        (repo / name).write_text('x = 1\n')
+    git = lambda *a: subprocess.run(['git', *a], cwd=repo, check=True, capture_output=True)
+    git('init', '-q')
+    git('add', '.')
+    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'init')
+    (repo / 'gone.py').unlink()  # an unstaged deletion: still in `git ls-files --cached`
+    proc = subprocess.run(['bash', 'launch/tpu_pod.sh', 'copy', '--dry-run', '--name', 'p',
+                           '--zone', 'z'], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert 'gcloud compute tpus tpu-vm scp' in proc.stdout
 
 
 def test_tpu_pod_usage_errors():

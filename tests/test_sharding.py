@@ -163,3 +163,18 @@ def test_fit_specs_on_a_tree():
               'b': jax.ShapeDtypeStruct((8,), jnp.float32)}
     assert parallel.fit_specs(specs, shapes, mesh, parallel.DEFAULT_RULES) == {
         'a': P(None, 'embed'), 'b': P('mlp')}
+
+
+def test_micro_batches_must_split_over_the_data_parallel_devices():
+    from types import SimpleNamespace
+
+    from jaxbig import parallel
+    from jaxbig.config import ConfigError
+
+    mesh = SimpleNamespace(shape={'data': 2, 'fsdp': 2, 'tensor': 1})
+    assert parallel.micro_batch_rows(16, 4, mesh) == 4
+    with pytest.raises(ConfigError, match=r'= 2 rows per micro-batch, not divisible by the '
+                       r'data-parallel size data\*fsdp=4; choose a batch_size divisible by 16'
+                       ) as e:
+        parallel.micro_batch_rows(8, 4, mesh)
+    assert '\n' not in str(e.value)
