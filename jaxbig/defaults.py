@@ -23,6 +23,8 @@ def _merge(section: str, base: dict, overrides: dict) -> dict:
 
 def optimizer(**overrides) -> dict:
     """AdamW, warmup + cosine to 10 % of the peak, global-norm clipping at 1 (see optim.py).
+    Weight decay (off by default) applies to the parameters `weight_decay_mask` names by
+    path; [] = optim.DEFAULT_WEIGHT_DECAY_MASK: kernels, never norms, biases or embeddings.
     `prune=dict(...)` is merged into `prune()`'s defaults (pruning off: sparsity 0)."""
     if 'prune' in overrides:
         overrides = {**overrides, 'prune': prune(**overrides['prune'])}
@@ -40,6 +42,7 @@ def optimizer(**overrides) -> dict:
             eps=1e-8,
             mu_dtype='',
             weight_decay=0.0,
+            weight_decay_mask=[],  # regexes of the decayed params; [] = optim's default rules
             l1=0.0,
             l2=0.0,
             clip_norm=1.0,

@@ -20,8 +20,14 @@ the only place they are set):
     mu_dtype      Adam's first-moment storage dtype ('' = the parameter dtype; 'bfloat16'
                   halves its memory, as MaxText's mu_dtype; the update math stays float32)
     momentum, nesterov   SGD
-    weight_decay  decoupled (AdamW-style) decay, applied to parameters with ndim >= 2
-    l2            coupled L2 penalty: grad += l2 * param (all parameters)
+    weight_decay  decoupled (AdamW-style) decay: update += weight_decay * param on the
+                parameters `weight_decay_mask` selects (then scaled by -lr(step))
+  weight_decay_mask  list of regexes on '/'-joined parameter paths (re.fullmatch): matching
+                parameters are decayed, the rest are not; [] = DEFAULT_WEIGHT_DECAY_MASK
+                (below); ['.*'] decays everything. Each regex must match a (trainable)
+                parameter. A config.json written before this key existed reads as [].
+    l2            coupled L2 penalty: grad += l2 * param (all parameters, whatever the
+                weight_decay_mask: it is a gradient term, not a decay rule)
     l1            L1 penalty: grad += l1 * sign(param)
     clip_norm     global-norm clipping threshold (0 = off)
     decay_steps   length of the schedule in updates (0 = train.steps). Fix it when you plan to
@@ -46,15 +52,45 @@ the only place they are set):
                         = one shot. The train metrics then include `sparsity`.
       targets           regexes on '/'-joined paths; [] = every kernel (ndim >= 2) outside
                         paths containing 'embed' (never norms, biases, embeddings)
-Every freeze / lr_mults / prune.targets regex must match at least one parameter (a typo is
-an error), and the number of parameters in each group ('frozen', 'mult_<i>', 'default') is
-logged.
+Every freeze / lr_mults / prune.targets / weight_decay_mask regex must match at least one
+parameter (a typo is an error), and the number of parameters in each group ('frozen',
+'mult_<i>', 'default') is logged, as are the decayed and not-decayed tensors and scalars
+when weight_decay > 0.
+
+Which parameters decay: by what a parameter is (its path), never by its rank. A rank rule
+(ndim >= 2, what this file used before) depends on the layout: with model.scan_layers the
+norm scales and biases of the stacked layers are [layers, d] and were decayed, unrolled they
+were not; and it always decayed embeddings, position tables and the [heads, head_dim]
+query/key/value biases of GPT-2 / Qwen2. The default rules (DEFAULT_WEIGHT_DECAY_MASK):
+
+    (.*/)?kernel    the weight of every Dense / DenseGeneral / `layers.Linear` / Conv layer:
+                    attention query/key/value/out, MLP, LSTM gates, patch embedding conv,
+                    poolers, heads, CLIP projections, an untied unembedding (flax's name)
+    (.*/)?w         a weight in Haiku's naming and hand-written trees ('b' is its bias)
+    lora/.*/(a|b)   LoRA factors of a kernel (jaxbig/lora.py), as HF PEFT + Trainer decay
+                    lora_A / lora_B
+
+Not decayed, since no rule names them (every model in jaxbig/models was checked, scanned and
+unrolled): norm scales and biases (LayerNorm / RMSNorm / GroupNorm `scale`, `bias`), every
+`bias` (Dense, q/k/v, BERT's `mlm_bias`), token embedding tables (`embedding`, tied or not;
+T5's `shared`), position tables (GPT-2's `pos_embed/embedding`, ViT / BERT / text encoder
+`pos_embedding`, BERT's `type_embedding`, T5's `relative_bias/embedding`), class tokens
+(`cls`), and CLIP / SigLIP's scalar `logit_scale` / `logit_bias`.
+
+What others do: big_vision decays `.*/kernel$` by default (`wd_mults`; its ViT names
+position tables `pos_embedding`, so those are not decayed), as here; minGPT decays only
+nn.Linear weights (never biases, LayerNorm, nn.Embedding); levanter's default mask skips
+LayerNorm / RMSNorm / Embedding modules and biases and decays the rest; the Hugging Face
+Trainer skips biases and norm parameters and decays everything else, embeddings included;
+nanoGPT decays every parameter with dim >= 2 (matmul weights and embeddings), the rank rule
+this replaces; MaxText's optimizers.py gives optax.adamw no mask, so it decays everything.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 
 import jax
@@ -101,10 +137,6 @@ def add_l1_penalty(l1: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def _matrices_only(params):
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
 def scale_by_lr_mults(mults) -> optax.GradientTransformation:
     """updates *= the multiplier of the first `[regex, multiplier]` matching the leaf's path.
 
@@ -148,10 +180,11 @@ def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation
         )
     elif name == 'rmsprop':
         parts.append(optax.scale_by_rms(decay=cfg.b2, eps=cfg.eps))
-    if cfg.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_matrices_only))
-    parts.append(optax.scale_by_learning_rate(schedule))
     freeze, mults = list(cfg.freeze), [tuple(m) for m in cfg.lr_mults]
+    if cfg.weight_decay > 0:
+        parts.append(add_masked_weight_decay(
+            cfg.weight_decay, tuple(_weight_decay_mask_config(cfg)), trainable_only=bool(freeze)))
+    parts.append(optax.scale_by_learning_rate(schedule))
     if mults:
         parts.append(scale_by_lr_mults(mults))
     prune = _prune_config(cfg)
@@ -176,6 +209,12 @@ def build_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation
 def _prune_config(cfg):
     """`cfg.prune`, or None for a config.json written before pruning existed (= off)."""
     return cfg.get('prune')
+
+
+def _weight_decay_mask_config(cfg):
+    """`cfg.weight_decay_mask`, or () (the default rules) for a config.json written before
+    the key existed."""
+    return cfg.get('weight_decay_mask', ())
 
 
 def _checking_groups(tx, groups) -> optax.GradientTransformation:
@@ -229,6 +268,92 @@ def param_groups(params, *, freeze, mults):
     return labels
 
 
+# ----------------------------------------------------------------------------- weight decay
+
+# Regexes (re.fullmatch on '/'-joined paths) of the parameters decoupled weight decay applies
+# to by default; the module docstring says what each names and what is left out.
+DEFAULT_WEIGHT_DECAY_MASK = (
+    r'(.*/)?kernel',
+    r'(.*/)?w',
+    r'lora/.*/(a|b)',
+)
+
+
+def _compile_weight_decay_mask(patterns):
+    if isinstance(patterns, str):
+        raise ConfigError(f'optimizer.weight_decay_mask={patterns!r}: expected a list of '
+                          "regexes such as ['.*/kernel'] ([] = the default rules)")
+    out = []
+    for pattern in patterns:
+        try:
+            out.append(re.compile(pattern))
+        except (re.error, TypeError) as e:
+            raise ConfigError(f'optimizer.weight_decay_mask: {pattern!r} is not a regex '
+                              f'({e})') from None
+    return out
+
+
+def weight_decay_mask(params, patterns=(), *, trainable_only: bool = False,
+                      log_rate: float | None = None):
+    """Tree of bool like `params`: True where decoupled weight decay applies.
+
+    patterns: regexes fullmatched on '/'-joined paths; () = DEFAULT_WEIGHT_DECAY_MASK. Leaves
+    without arrays (optax.MaskedNode: the frozen part of a `freeze` partition) stay as they
+    are. Raises ConfigError when one of `patterns` matches no parameter (`trainable_only`:
+    the message says "trainable"). log_rate: log the decayed / not-decayed counts, at that
+    rate (the init path; None = silent, as on every update).
+    """
+    default = not patterns
+    compiled = _compile_weight_decay_mask(DEFAULT_WEIGHT_DECAY_MASK if default else patterns)
+    used = set()
+
+    def decayed(path, _):
+        hits = [p.pattern for p in compiled if p.fullmatch(_path_name(path))]
+        used.update(hits)
+        return bool(hits)
+
+    mask = jax.tree_util.tree_map_with_path(decayed, params)
+    for pattern in () if default else patterns:
+        if pattern not in used:
+            flat = jax.tree_util.tree_flatten_with_path(params)[0]
+            names = sorted(_path_name(p) for p, _ in flat)
+            kind = 'trainable parameter' if trainable_only else 'parameter'
+            raise ConfigError(f'optimizer.weight_decay_mask: {pattern!r} matches no {kind} '
+                              f'(paths look like {", ".join(names[:3])})')
+    if log_rate is not None:
+        _log_weight_decay(params, mask, log_rate, 'default rules' if default else list(patterns))
+    return mask
+
+
+def _log_weight_decay(params, mask, rate, rules):
+    counts = {True: [0, 0], False: [0, 0]}  # decayed?: [tensors, scalars]
+    for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)):
+        counts[m][0] += 1
+        counts[m][1] += math.prod(x.shape)
+    (dt, ds), (nt, ns) = counts[True], counts[False]
+    log = logging.info if dt else logging.warning
+    log('weight decay %g (%s): %d tensors / %s scalars decayed, %d tensors / %s scalars not',
+        rate, rules, dt, f'{ds:,}', nt, f'{ns:,}')
+
+
+def add_masked_weight_decay(rate: float, patterns=(), *, trainable_only: bool = False
+                            ) -> optax.GradientTransformation:
+    """update += rate * param on the leaves `weight_decay_mask(params, patterns)` selects.
+
+    As optax.add_decayed_weights(rate, mask) (the same state: optimizer states saved before
+    the mask was by path still load), whose init also checks the patterns and logs the
+    decayed / not-decayed counts once.
+    """
+    mask = functools.partial(weight_decay_mask, patterns=patterns, trainable_only=trainable_only)
+    tx = optax.add_decayed_weights(rate, mask=mask)
+
+    def init(params):
+        weight_decay_mask(params, patterns, trainable_only=trainable_only, log_rate=rate)
+        return tx.init(params)
+
+    return optax.GradientTransformation(init, tx.update)
+
+
 def validate(cfg, total_steps: int | None = None):
     """Range checks with one-line errors naming the key (`total_steps`: train.steps, for
     the checks that need it; None skips them)."""
@@ -260,5 +385,6 @@ def validate(cfg, total_steps: int | None = None):
         raise ConfigError(f'optimizer.grad_accum_steps={cfg.grad_accum_steps}: must be >= 1')
     if not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError(f'optimizer.min_lr_ratio={cfg.min_lr_ratio}: must be in [0, 1]')
+    _compile_weight_decay_mask(_weight_decay_mask_config(cfg))
     if _prune_config(cfg) is not None:
         pruning.validate(cfg.prune, total_steps)
