@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbig import config as config_lib
+from jaxbig import experiment
 from jaxbig import losses, models, optim
 from jaxbig import step as step_lib
 from jaxbig.models import gpt
@@ -70,7 +71,7 @@ def build_lm_step(size: str, batch: int, seq: int, overrides=(), *, abstract: bo
     (step.multi_step) on the batch stacked k times, as `jaxbig train` runs it; `updates`
     says k. abstract: state and batch are ShapeDtypeStructs (enough to lower and compile)."""
     config = config_lib.load(f'{EXPERIMENTS}/lm.py:size={size},batch={batch},seq={seq}')
-    config_lib.resolve_auto(config_lib.apply_overrides(config, overrides))
+    experiment.resolve_auto(config_lib.apply_overrides(config, overrides))
     model = models.from_config(config)
     loss_module = losses.get_loss_module(config.loss.name)
     tx, schedule = optim.build_optimizer(config.optimizer, config.train.steps)

@@ -45,7 +45,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
 
     # scan_layers / remat 'auto' are resolved after --config overrides
-    # (jaxbig.config.resolve_auto): scan over depth above 6 layers (unrolled runs ~12 %
+    # (jaxbig.experiment.resolve_auto): scan over depth above 6 layers (unrolled runs ~12 %
     # faster on CPU at 4-6, scan keeps compile time flat); remat 'dots' from GPT-2-small
     # width up, where saving only the matmul outputs is faster, 'none' below
     # (benchmarks/RESULTS.md).

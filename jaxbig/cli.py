@@ -4,8 +4,9 @@ The one parser of every `jaxbig <command>` (train, eval, generate, sweep, quanti
 merge); each handler imports its command module (jaxbig/commands/, jaxbig/sweep/cli.py) only
 when that command runs. Config problems exit with status 2 and one line naming the key;
 `--debug` (before or after the subcommand) shows tracebacks. `jaxbig quantize ARGS` and
-`jaxbig lora merge ARGS` hand ARGS verbatim to the commands' own parsers (the same ones
-`python -m jaxbig.quantize` / `python -m jaxbig.lora merge` use: same help, same exits).
+`jaxbig lora merge ARGS` hand ARGS verbatim to the commands' own parsers. There is one way
+in: `jaxbig <command>` (no `python -m jaxbig.<tool>` forms; library modules never import
+this one).
 No option may be abbreviated (`--work` is not `--workdir`); `--config.a.b=v` overrides reach
 `train`/`sweep` as unparsed extras.
 """
@@ -21,9 +22,9 @@ from jaxbig.safety import TrainingDiverged
 
 
 def load_config(spec: str, extra: list[str]):
-    config = config_lib.load(spec)
-    config_lib.apply_overrides(config, config_lib.split_overrides(extra))
-    return config_lib.resolve_auto(config)
+    from jaxbig import experiment
+
+    return experiment.load_config(spec, extra)
 
 
 def _train(args, extra):
@@ -85,21 +86,21 @@ class _HelpFormatter(
 
 
 def _run_quantize(args, extra):
-    """`jaxbig quantize ARGS` = `python -m jaxbig.quantize ARGS`."""
+    """`jaxbig quantize ARGS`: jaxbig/commands/quantize.py's parser."""
     from jaxbig.commands import quantize
 
     return quantize.main(extra, prog='jaxbig quantize')
 
 
 def _run_prune(args, extra):
-    """`jaxbig prune ARGS` = `python -m jaxbig.prune ARGS`."""
+    """`jaxbig prune ARGS`: jaxbig/commands/prune.py's parser."""
     from jaxbig.commands import prune
 
     return prune.main(extra, prog='jaxbig prune')
 
 
 def _run_lora(args, extra):
-    """`jaxbig lora merge ARGS` = `python -m jaxbig.lora merge ARGS`."""
+    """`jaxbig lora merge ARGS`: jaxbig/commands/lora.py's parser."""
     from jaxbig.commands import lora
 
     return lora.main(extra, prog='jaxbig lora')
@@ -206,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 def guarded(command, debug: bool = False) -> int:
     """Runs `command()` with the CLI's logging and error policy; returns the exit status:
     command()'s own (None = 0); 2 after a config, value or OS error, 3 after a diverged
-    training, each printed as one line `jaxbig: error: ...` (re-raised with `debug`).
-    Also what `python -m jaxbig.quantize` / `python -m jaxbig.lora` run their command with."""
+    training, each printed as one line `jaxbig: error: ...` (re-raised with `debug`)."""
     logging.basicConfig(
         level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S'
     )

@@ -23,9 +23,7 @@ from typing import Any
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A config problem a user can fix; the CLI prints it as one line."""
+from jaxbig.errors import ConfigError  # noqa: F401  (re-exported: jaxbig.config.ConfigError)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -124,41 +122,6 @@ AUTO = 'auto'
 # The type each 'auto' key resolves to: an override of it is checked against that type.
 _AUTO_TYPES = {'scan_layers': False, 'remat': '', 'warmup_steps': 0, 'vocab_size': 0,
                'num_classes': 0}
-
-
-def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Fills the keys left at 'auto' from the values they depend on, after overrides (so
-    `--config.model.num_layers=12` on a 4-layer preset scans, and `--config.train.steps`
-    moves the warmup). In place; idempotent; the resolved values go to config.json.
-
-        model.scan_layers        'auto' -> nn.scan over depth when num_layers > 6 (unrolled
-                                 layers run ~12 % faster on CPU at 4-6 layers; scan keeps
-                                 compile time flat in depth)
-        model.remat              'auto' -> 'dots' when embed_dim >= 768 (GPT-2-small width
-                                 and up), else 'none' (benchmarks/RESULTS.md)
-        optimizer.warmup_steps   'auto' -> 5 % of train.steps (at least 1)
-        model.vocab_size         'auto' -> the vocabulary of data.tokenizer (bytes: 256)
-        model.num_classes        'auto' -> the classes of the data (`jaxbig.data.num_classes`)
-    """
-    model, opt = config.get('model'), config.get('optimizer')
-    if model is not None:
-        with model.ignore_type():
-            if model.get('vocab_size') == AUTO:
-                from jaxbig.data import tokenizers
-
-                model.vocab_size = tokenizers.from_config(config.get('data') or {}).vocab_size
-            if model.get('num_classes') == AUTO:
-                from jaxbig import data
-
-                model.num_classes = data.num_classes(config.data)
-            if model.get('scan_layers') == AUTO:
-                model.scan_layers = model.get('num_layers', model.get('depth', 0)) > 6
-            if model.get('remat') == AUTO:
-                model.remat = 'dots' if model.get('embed_dim', 0) >= 768 else 'none'
-    if opt is not None and opt.get('warmup_steps') == AUTO:
-        with opt.ignore_type():
-            opt.warmup_steps = max(config.train.steps // 20, 1)
-    return config
 
 
 def split_overrides(extra: list[str]) -> list[tuple[str, str]]:

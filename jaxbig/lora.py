@@ -221,12 +221,3 @@ def _contracted_dims(module) -> int | None:
     if isinstance(module, nn.Dense):
         return 1
     return None
-
-
-if __name__ == '__main__':  # `python -m jaxbig.lora merge ARGS`: jaxbig/commands/lora.py
-    import sys
-
-    from jaxbig import cli
-    from jaxbig.commands import lora as command
-
-    sys.exit(cli.guarded(command.main))

@@ -112,12 +112,3 @@ def write_workdir(directory: str, config, params, step: int):
     saver.save(step, {'params': params, 'step': np.int32(step)}, force=True)
     saver.wait()
     saver.close()
-
-
-if __name__ == '__main__':  # `python -m jaxbig.prune ARGS`: jaxbig/commands/prune.py
-    import sys
-
-    from jaxbig import cli
-    from jaxbig.commands import prune as command
-
-    sys.exit(cli.guarded(command.main))

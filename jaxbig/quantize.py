@@ -139,12 +139,3 @@ def report(workdir: str, step: int | None = None, num_batches: int = 0) -> dict:
     out['val_loss_int8'] = eval_loss(config, model, qparams, num_batches=num_batches)
     out['val_loss_change'] = out['val_loss_int8'] / out['val_loss_float'] - 1
     return out
-
-
-if __name__ == '__main__':  # `python -m jaxbig.quantize ARGS`: jaxbig/commands/quantize.py
-    import sys
-
-    from jaxbig import cli
-    from jaxbig.commands import quantize as command
-
-    sys.exit(cli.guarded(command.main))

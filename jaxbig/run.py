@@ -123,7 +123,7 @@ def host_info() -> dict[str, int]:
 def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None,
           devices=None, with_evals: bool = True) -> Setup:
     """Builds mesh, model, loss, optimizer, state shardings, eval step and evaluators for
-    `config` (resolved: see `config.resolve_auto`). Reads, never writes, `workdir`.
+    `config` (resolved: see `experiment.resolve_auto`). Reads, never writes, `workdir`.
 
     `example_batch`: a host batch of the training split (its first row shapes the model's
     init); None reads one. The data must be prepared (`jaxbig.data.prepare`).

@@ -21,7 +21,7 @@ import numpy as np
 from jaxbig import checkpoint as ckpt_lib
 from jaxbig import config as config_lib
 from jaxbig import data as data_lib
-from jaxbig import defaults, finetune, optim, parallel, safety, writers
+from jaxbig import defaults, experiment, finetune, optim, parallel, safety, writers
 from jaxbig import run as run_lib
 from jaxbig import pmap as pmap_lib
 from jaxbig import step as step_lib
@@ -61,7 +61,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
     the mesh, data, model or evaluators, or while compiling) leaves the workdir as it found
     it, so the corrected command starts cleanly.
     """
-    config_lib.resolve_auto(config)
+    experiment.resolve_auto(config)
     defaults.complete_data(config)  # keys a config built in code may lack (data.prefetch)
     validate(config)
     parallel.maybe_initialize_distributed(config.parallel)

@@ -239,32 +239,6 @@ def test_lora_merge_help_is_the_commands_own(capsys):
     assert '--workdir' in out and '--out' in out and '--best' in out and '--step' in out
 
 
-def test_module_forms_still_work(tmp_path):
-    """`python -m jaxbig.quantize` / `python -m jaxbig.lora merge`: the same commands, their
-    own usage line, and the same one-line errors with status 2."""
-    import subprocess
-    import sys
-
-    def module(*args):
-        return subprocess.run([sys.executable, '-m', *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
-
-    proc = module('jaxbig.quantize', '--help')
-    assert proc.returncode == 0 and proc.stdout.startswith('usage: python -m jaxbig.quantize')
-    assert '--num-batches' in proc.stdout
-    proc = module('jaxbig.lora', 'merge', '--help')
-    assert proc.returncode == 0 and proc.stdout.startswith('usage: python -m jaxbig.lora merge')
-    assert '--out' in proc.stdout
-    nope = str(tmp_path / 'nope')
-    for args in (['jaxbig.quantize', '--workdir', nope],
-                 ['jaxbig.lora', 'merge', '--workdir', nope, '--out', str(tmp_path / 'o')]):
-        proc = module(*args)
-        err = proc.stderr.strip()
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert err.startswith('jaxbig: error:') and 'no config.json' in err, err
-        assert '\n' not in err, err
-
-
 def test_library_modules_do_not_parse_arguments():
     """The commands parse; the library modules they call do not import argparse."""
     import ast

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from jaxbig import cli
 from jaxbig import config as config_lib
 from jaxbig import data, sweep, writers
 from jaxbig.config import ConfigError
@@ -293,7 +294,7 @@ def test_kfold_sweep_of_a_config_without_folds_fails_its_runs(tmp_path, capsys):
     sweep_file = tmp_path / 'cv.py'
     sweep_file.write_text('from jaxbig import sweep\n\ndef get_sweep():\n'
                           '    return sweep.kfold(2)\n')
-    assert sweep.main(['--config', f'{LM}:size=tiny', '--sweep', str(sweep_file),
+    assert cli.main(['sweep', '--config', f'{LM}:size=tiny', '--sweep', str(sweep_file),
                        '--workdir', str(tmp_path / 'w'), '--dry-run']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("# invalid: --config.data.folds.k: unknown config key "
@@ -372,7 +373,7 @@ NAMES = ['lr=0.01,fold=0of2', 'lr=0.01,fold=1of2', 'lr=0.03,fold=0of2', 'lr=0.03
 
 
 def _sweep_cmd(sweep_file, workdir):
-    return [sys.executable, '-m', 'jaxbig.sweep', '--config',
+    return [sys.executable, '-m', 'jaxbig', 'sweep', '--config',
             f'{IMAGE}:mode=full,steps={STEPS},batch=32', '--sweep', str(sweep_file),
             '--workdir', str(workdir), '--parallel', '2', *TINY_CNN]
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import metric_series, run_cli
 from jaxbig import checkpoint, data, finetune, lora, losses, models, optim
 from jaxbig import config as config_lib
+from jaxbig import experiment
 from jaxbig import step as step_lib
 from jaxbig.commands import lora as lora_command
 from jaxbig.config import ConfigError
@@ -183,7 +184,7 @@ def test_parameter_count_reduction_is_reported(caplog):
 @pytest.mark.slow  # ~40 s; tests/test_interop_train.py trains LoRA through the CLI by default
 def test_lora_train_steps_change_only_adapters_and_head(tfds_dir):
     """Real updates with the text task's lora config: the backbone stays bit-identical."""
-    config = config_lib.resolve_auto(
+    config = experiment.resolve_auto(
         config_lib.load('experiments/finetune_text.py:mode=lora,steps=3,seq=32,batch=8'))
     config.model.backbone.update(num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64)
     pipe = data.build_pipeline(config.data, split='train', batch_size=8, seed=0)

@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO, metric_series, run_cli
 from jaxbig import config as config_lib
 from jaxbig import defaults
+from jaxbig import experiment
 from jaxbig import generate as gen_lib
 from jaxbig import run as run_lib
 from jaxbig.config import ConfigError
@@ -326,7 +327,7 @@ def sft_config(tfds_dir):
     cfg.model.num_layers, cfg.model.embed_dim, cfg.model.mlp_dim = 2, 32, 64
     cfg.data.data_dir = tfds_dir
     cfg.evals.gen.num_examples = 6
-    return config_lib.resolve_auto(cfg)
+    return experiment.resolve_auto(cfg)
 
 
 def test_generation_evaluator_against_uncached_greedy(tfds_dir, name_examples, tmp_path):

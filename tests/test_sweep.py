@@ -17,6 +17,7 @@ import time
 import pytest
 
 from conftest import REPO, TINY_LM
+from jaxbig import cli
 from jaxbig import config as config_lib
 from jaxbig import sweep, writers
 
@@ -40,7 +41,7 @@ def _env():
 
 
 def _sweep_cmd(sweep_file, workdir, *extra, steps=STEPS):
-    return [sys.executable, '-m', 'jaxbig.sweep', '--config', f'{LM}:size=tiny,steps={steps}',
+    return [sys.executable, '-m', 'jaxbig', 'sweep', '--config', f'{LM}:size=tiny,steps={steps}',
             '--sweep', str(sweep_file), '--workdir', str(workdir), *extra, *BASE]
 
 
@@ -108,7 +109,7 @@ def test_every_sweep_file_plans(sweep_file, tmp_path, capsys):
     runs = sweep.load_sweep(sweep_file)
     workdir = tmp_path / 'sweep'
     capsys.readouterr()
-    assert sweep.main(['--config', spec, '--sweep', sweep_file, '--workdir', str(workdir),
+    assert cli.main(['sweep', '--config', spec, '--sweep', sweep_file, '--workdir', str(workdir),
                        '--dry-run']) == 0, capsys.readouterr().err
     lines = capsys.readouterr().out.strip().splitlines()
     assert not [ln for ln in lines if ln.startswith('# invalid')], lines
@@ -243,15 +244,15 @@ def test_plots_are_images(resumed):
 def test_report_and_dry_runs_on_a_finished_sweep(resumed, capsys):
     workdir = str(resumed['workdir'])
     os.remove(os.path.join(workdir, 'results.csv'))
-    assert sweep.main(['--workdir', workdir, '--report']) == 0
+    assert cli.main(['sweep', '--workdir', workdir, '--report']) == 0
     assert os.path.exists(os.path.join(workdir, 'results.csv'))
     capsys.readouterr()
     # Done runs are not relaunched: nothing left to print.
-    assert sweep.main(['--workdir', workdir, '--dry-run', *BASE]) == 0
-    assert sweep.main(['--workdir', workdir, '--dry-run']) == 0  # config etc. from sweep.json
+    assert cli.main(['sweep', '--workdir', workdir, '--dry-run', *BASE]) == 0
+    assert cli.main(['sweep', '--workdir', workdir, '--dry-run']) == 0  # config etc. from sweep.json
     assert capsys.readouterr().out == ''
     # A different base config in the same workdir is refused.
-    assert sweep.main(['--workdir', workdir, '--dry-run', '--config.train.seed=1', *BASE]) == 2
+    assert cli.main(['sweep', '--workdir', workdir, '--dry-run', '--config.train.seed=1', *BASE]) == 2
     assert 'holds a sweep of' in capsys.readouterr().err
 
 
@@ -290,17 +291,17 @@ def test_launcher_dry_runs(tmp_path, capsys):
     workdir = str(tmp_path / 'sweep')
     common = ['--config', f'{LM}:size=tiny', '--sweep', str(sweep_file), '--workdir', workdir,
               '--dry-run', '--config.train.steps=7']
-    assert sweep.main([*common, '--launcher', 'slurm']) == 0
+    assert cli.main(['sweep', *common, '--launcher', 'slurm']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
     for line, name in zip(lines, NAMES):
         assert line.startswith('sbatch --job-name=') and ' launch/slurm.sbatch --config ' in line
         assert f'--workdir {shlex.quote(os.path.join(workdir, name))}' in line
         assert '--config.train.steps=7' in line
-    assert sweep.main([*common, '--launcher', 'tpu']) == 0
+    assert cli.main(['sweep', *common, '--launcher', 'tpu']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all(ln.startswith('bash launch/tpu_pod.sh run -- ') for ln in lines)
-    assert sweep.main([*common, '--parallel', '2']) == 0
+    assert cli.main(['sweep', *common, '--parallel', '2']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all(ln.startswith('python -m jaxbig train ') for ln in lines)
     assert not os.path.exists(workdir)  # a dry run writes nothing

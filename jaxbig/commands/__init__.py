@@ -15,9 +15,7 @@
                                      FLOPs, collectives, step time (jaxbig.planning)
 
 jaxbig/cli.py is the one parser (`jaxbig --help` lists every command) and imports these
-modules only when their command runs. `quantize`, `prune` and `lora` keep their own parsers,
-so `python -m jaxbig.quantize ARGS`, `python -m jaxbig.prune ARGS` and
-`python -m jaxbig.lora merge ARGS` still work (the
-modules' `__main__` shims call `main` here). Library errors propagate to the caller, whose
+modules only when their command runs. `quantize`, `prune` and `lora` keep their own parsers
+(cli.py hands them their arguments verbatim). Library errors propagate to the caller, whose
 policy (jaxbig.cli.guarded) prints one line `jaxbig: error: ...` and exits 2.
 """

@@ -1,5 +1,4 @@
-"""`jaxbig lora merge --workdir RUN --out DIR [--step N] [--best]` (= `python -m jaxbig.lora
-merge ...`): write a LoRA run's merged plain weights, W + (alpha/rank) A B (jaxbig.lora.merge),
+"""`jaxbig lora merge --workdir RUN --out DIR [--step N] [--best]`: write a LoRA run's merged plain weights, W + (alpha/rank) A B (jaxbig.lora.merge),
 as a new workdir that the model without adapters loads (eval, generate, init_from).
 
 Keeps its own parser: jaxbig/cli.py hands `jaxbig lora ARGS` to `main(ARGS, prog='jaxbig
@@ -20,7 +19,7 @@ from jaxbig import checkpoint, lora
 from jaxbig import run as run_lib
 from jaxbig.config import ConfigError
 
-PROG = 'python -m jaxbig.lora'
+PROG = 'jaxbig lora'
 
 
 def merge_run(workdir: str, out: str, step: int | None = None, *, best: bool = False) -> int:

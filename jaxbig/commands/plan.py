@@ -39,11 +39,11 @@ def add_parser(add):
 
 
 def run(args, extra):
-    from jaxbig import cli, planning
+    from jaxbig import experiment, planning
 
     mesh = planning.parse_mesh(args.mesh) if args.mesh else None
     targets.parse(args.target)  # a bad target fails before the config is built
-    config = cli.load_config(args.config, extra)
+    config = experiment.load_config(args.config, extra)
     result = planning.plan(config, args.target, mesh, mfu=args.mfu,
                            peak_tflops=args.peak_tflops or 0.0)
     result['config']['spec'] = args.config

@@ -1,5 +1,5 @@
 """`jaxbig prune --workdir RUN --sparsity S [--scope global|layer] [--targets REGEX ...]
-[--step N] [--out NEWRUN] [--num-batches K]` (= `python -m jaxbig.prune`): one-shot magnitude
+[--step N] [--out NEWRUN] [--num-batches K]`: one-shot magnitude
 pruning of a run (jaxbig.prune.prune_run): sparsity per layer and validation loss before /
 after; with --out, the pruned run as a new workdir (eval, generate, init_from read it).
 
@@ -13,7 +13,7 @@ import argparse
 
 from jaxbig import prune
 
-PROG = 'python -m jaxbig.prune'
+PROG = 'jaxbig prune'
 DESCRIPTION = 'one-shot magnitude pruning of a run: sparsity per layer, validation loss'
 EPILOG = """\
 selection: --targets are regexes fullmatched on '/'-joined parameter paths

@@ -1,4 +1,4 @@
-"""`jaxbig quantize --workdir RUN [--step N] [--num-batches K]` (= `python -m jaxbig.quantize`):
+"""`jaxbig quantize --workdir RUN [--step N] [--num-batches K]`:
 the int8 weight-only quantization report of a run, kernel bytes and validation loss, float32
 against int8 (jaxbig.quantize.report).
 
@@ -12,7 +12,7 @@ import argparse
 
 from jaxbig import quantize
 
-PROG = 'python -m jaxbig.quantize'
+PROG = 'jaxbig quantize'
 DESCRIPTION = 'int8 weight-only quantization report'
 
 

@@ -9,10 +9,10 @@ import time
 
 
 def train_main(args, extra) -> int:
-    from jaxbig import cli
+    from jaxbig import experiment
     from jaxbig.data import tokenizer_training, tokenizers
 
-    config = cli.load_config(args.config, extra)
+    config = experiment.load_config(args.config, extra)
     start = time.perf_counter()
     path = tokenizer_training.train(config.data, vocab_size=args.vocab_size, out=args.out,
                                     kind=args.kind)

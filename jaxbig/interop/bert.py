@@ -29,8 +29,8 @@ import re
 
 import ml_collections
 
-from jaxbig import config as config_lib
 from jaxbig import defaults
+from jaxbig import experiment
 from jaxbig.config import ConfigError
 from jaxbig.interop import mapped, vision
 from jaxbig.interop.mapped import ACTS, need, same, transposed
@@ -104,7 +104,7 @@ def run_config(hf: dict, names: set, directory: str) -> ml_collections.ConfigDic
         c.optimizer = defaults.optimizer(lr=2e-5, warmup_steps='auto', weight_decay=0.01)
         c.init_from = defaults.init_from()
         c.train = defaults.finetune_train(300, 32)
-        c.evals = dict(val=dict(type='classification', split='validation', num_batches=16,
+        c.evals = dict(val=dict(type='classification', split='validation', num_examples=1024,
                                 batch_size=64))
     else:
         c.model = model_section(hf, pooler=pooler,
@@ -117,7 +117,7 @@ def run_config(hf: dict, names: set, directory: str) -> ml_collections.ConfigDic
         c.evals = defaults.lm_evals()
     c.parallel = defaults.parallel()
     c.lora = dict(targets=[], rank=8, alpha=16.0)
-    return config_lib.resolve_auto(c)
+    return experiment.resolve_auto(c)
 
 
 def layout(model):

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxbig import config as config_lib
 from jaxbig import defaults
+from jaxbig import experiment
 from jaxbig.config import ConfigError
 from jaxbig.interop import vision
 from jaxbig.interop.mapped import ACTS, ACTS_BACK, need, same, square, transposed
@@ -98,7 +98,7 @@ def run_config(hf: dict, dtype: str = 'float32') -> ml_collections.ConfigDict:
     c.train = defaults.pretrain_train(600, 128)
     c.evals = dict(retrieval=dict(type='retrieval', every=0, split='', max_examples=1000,
                                   ks=(1, 5, 10), batch_size=0))
-    return config_lib.resolve_auto(c)
+    return experiment.resolve_auto(c)
 
 
 def example(hf: dict) -> tuple:

@@ -12,10 +12,10 @@
                                   model.safetensors, tokenizer.json when the run has one)
 
 Decoders (GPT-2, Llama, Mistral, Qwen2: interop/decoders.py) are handled here; ViTModel,
-ViTForImageClassification and CLIPModel go to interop/vision.py (and interop/clip.py),
+ViTForImageClassification and CLIPModel go to interop/encoders.py (vision.py, clip.py),
 BertModel, BertForMaskedLM and BertForSequenceClassification to interop/bert.py,
 T5ForConditionalGeneration to interop/t5.py (import only), which build their own
-experiment sections and reuse `_write_workdir`.
+experiment sections and reuse `tensors.write_workdir`.
 
 Tensors are read one at a time and placed straight into their sharding (a scanned model's
 per-layer tensors are stacked into one array first); bfloat16 / float16 checkpoints keep
@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import flax.linen as nn
 import jax
@@ -38,11 +36,11 @@ import numpy as np
 
 from jaxbig import config as config_lib
 from jaxbig import defaults
+from jaxbig import experiment
 from jaxbig.config import ConfigError
 from jaxbig.interop import decoders
-from jaxbig.interop.tensors import TensorReader, write_model_dir
+from jaxbig.interop.tensors import TOKENIZER_FILE, TensorReader, write_model_dir, write_workdir
 
-TOKENIZER_FILE = 'tokenizer.json'
 _DTYPES = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16'}
 
 
@@ -67,7 +65,7 @@ def run_config(model: dict, tokenizer: str = 'bytes', eos_id: int = -1
     c.train = defaults.train(steps=600, batch_size=32)
     c.evals = defaults.lm_evals()
     c.lora = dict(targets=[], rank=8, alpha=16.0)
-    return config_lib.resolve_auto(c)
+    return experiment.resolve_auto(c)
 
 
 def _layer_paths(path: str) -> tuple[str, int | None] | None:
@@ -96,12 +94,12 @@ def _expected_shapes(specs: dict, shapes: dict[str, tuple]) -> dict[str, tuple]:
 
 def _decoder_family(hf: dict):
     """decoders.family_of, naming the encoder architectures too when none matches."""
-    from jaxbig.interop import bert, t5, vision
+    from jaxbig.interop import bert, encoders, t5
 
     arch = (hf.get('architectures') or [''])[0]
     if not any(arch in f.architectures for f in decoders.FAMILIES):
         supported = [a for f in decoders.FAMILIES for a in f.architectures]
-        supported += [*vision.architectures(), *bert.ARCHS, *t5.ARCHS]
+        supported += [*encoders.architectures(), *bert.ARCHS, *t5.ARCHS]
         raise ConfigError(f'config.json: architecture {arch!r} is not supported (supported: '
                           f'{", ".join(supported)})')
     return decoders.family_of(hf)
@@ -114,10 +112,10 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
     if os.path.exists(os.path.join(workdir, 'config.json')):
         raise ConfigError(f'--workdir {workdir}: already holds a run; import into a new one')
     hf = read_hf_config(directory)
-    from jaxbig.interop import vision
+    from jaxbig.interop import encoders
 
-    if vision.handles(hf):  # ViT, ViT classifier, CLIP: interop/vision.py
-        return vision.import_dir(directory, workdir, hf, param_dtype=param_dtype)
+    if encoders.handles(hf):  # ViT, ViT classifier, CLIP: interop/vision.py
+        return encoders.import_dir(directory, workdir, hf, param_dtype=param_dtype)
     from jaxbig.interop import bert
 
     if bert.handles(hf):  # BertModel, BertForMaskedLM, BertForSequenceClassification
@@ -197,37 +195,9 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
     if left:
         raise ConfigError(f'{directory}: tensors left over after mapping to {family.name}: '
                           f'{", ".join(left[:6])}{" ..." if len(left) > 6 else ""}')
-    _write_workdir(workdir, config, unflatten(params), tokenizer)
+    write_workdir(workdir, config, unflatten(params), tokenizer)
     return dict(family=family.name, dtype=dtype, num_params=sum(
         int(np.prod(x.shape)) for x in flat.values()))
-
-
-def _write_workdir(workdir: str, config, params, tokenizer: str):
-    """Writes config.json, tokenizer.json and checkpoint 0 into a temporary directory beside
-    `workdir`, then moves them in: a failed import leaves nothing behind."""
-    from jaxbig import checkpoint
-
-    parent = os.path.dirname(os.path.abspath(workdir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.jaxbig-import-', dir=parent)
-    try:
-        if os.path.isfile(tokenizer):
-            shutil.copy(tokenizer, os.path.join(tmp, TOKENIZER_FILE))
-            config.data.tokenizer = os.path.join(os.path.abspath(workdir), TOKENIZER_FILE)
-        with open(os.path.join(tmp, 'config.json'), 'w') as f:
-            f.write(config_lib.to_json(config))
-        saver = checkpoint.Checkpointer(tmp, keep=1, async_save=False)
-        saver.save(0, {'params': params, 'step': np.int32(0)}, force=True)
-        saver.wait()
-        saver.close()
-        if os.path.isdir(workdir):
-            if os.listdir(workdir):
-                raise ConfigError(f'--workdir {workdir}: exists and is not empty')
-            os.rmdir(workdir)
-        os.replace(tmp, workdir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_run(workdir: str, out: str, step: int | None = None, *, as_family: str = '') -> dict:
@@ -238,10 +208,10 @@ def export_run(workdir: str, out: str, step: int | None = None, *, as_family: st
 
     run = run_lib.load_run(workdir, step)
     model = lora.unwrap(run.model)
-    from jaxbig.interop import vision
+    from jaxbig.interop import encoders
 
-    if vision.handles_model(model):  # vit, classifier on a vit, two_tower: interop/vision.py
-        return vision.export_run(run, model, out, as_family=as_family)
+    if encoders.handles_model(model):  # vit, classifier on a vit, two_tower: interop/vision.py
+        return encoders.export_run(run, model, out, as_family=as_family)
     if type(model).__module__ != 'jaxbig.models.gpt':
         raise ConfigError(f'{workdir}: model.name={run.config.model.name!r}; export knows '
                           "jaxbig's GPT (model.name='gpt'), ViT ('vit', 'classifier' on a "

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxbig.config import ConfigError
-from jaxbig.interop.tensors import write_model_dir
+from jaxbig.interop.tensors import write_model_dir, write_workdir
 
 ACTS = {'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu',
         'gelu_fast': 'gelu', 'quick_gelu': 'quick_gelu'}
@@ -72,7 +72,6 @@ def import_mapped(directory: str, workdir: str, reader, config, example: tuple, 
 
     from jaxbig import models, parallel
     from jaxbig.finetune import flatten, unflatten
-    from jaxbig.interop import hf as hf_lib
 
     names = set(reader.names())
     model = models.from_config(config)
@@ -113,7 +112,7 @@ def import_mapped(directory: str, workdir: str, reader, config, example: tuple, 
         parts = unscan(path, leaf.shape)
         value = one(parts[0][0]) if parts[0][2] is None else np.stack([one(c) for c, *_ in parts])
         params[path] = jax.device_put(value.astype(leaf.dtype), flat_shardings[path])
-    hf_lib._write_workdir(workdir, config, unflatten(params), tokenizer)
+    write_workdir(workdir, config, unflatten(params), tokenizer)
     return dict(family=name, dtype=str(next(iter(flat.values())).dtype),
                 num_params=sum(int(np.prod(x.shape)) for x in flat.values()))
 

@@ -31,8 +31,8 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxbig import config as config_lib
 from jaxbig import defaults
+from jaxbig import experiment
 from jaxbig.config import ConfigError
 from jaxbig.interop import mapped
 from jaxbig.interop.mapped import need, same, transposed
@@ -108,11 +108,11 @@ def run_config(hf: dict, untied: bool, directory: str) -> ml_collections.ConfigD
     c.init_from = defaults.init_from()
     c.parallel = defaults.parallel()
     c.train = defaults.train(steps=300, batch_size=32)
-    c.evals = dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0),
+    c.evals = dict(val=dict(type='loss', split='validation', num_examples=0, batch_size=0),
                    gen=dict(type='generation', split='validation', num_examples=128,
                             batch_size=0, max_new_tokens=0))
     c.lora = dict(targets=[], rank=8, alpha=16.0)
-    return config_lib.resolve_auto(c)
+    return experiment.resolve_auto(c)
 
 
 def _heads(h: int, d: int):

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
 from jaxbig.config import ConfigError
+
+TOKENIZER_FILE = 'tokenizer.json'
 
 SINGLE = 'model.safetensors'
 INDEX = 'model.safetensors.index.json'
@@ -100,3 +104,32 @@ def write_model_dir(out: str, tensors: dict[str, np.ndarray], hf_config: dict,
     if tokenizer and os.path.isfile(tokenizer):
         shutil.copy(tokenizer, os.path.join(out, 'tokenizer.json'))
     return dtype
+
+
+def write_workdir(workdir: str, config, params, tokenizer: str):
+    """Writes config.json, tokenizer.json and checkpoint 0 into a temporary directory beside
+    `workdir`, then moves them in: a failed import leaves nothing behind."""
+    from jaxbig import checkpoint  # orbax: only an import needs it
+    from jaxbig import config as config_lib
+
+    parent = os.path.dirname(os.path.abspath(workdir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.jaxbig-import-', dir=parent)
+    try:
+        if os.path.isfile(tokenizer):
+            shutil.copy(tokenizer, os.path.join(tmp, TOKENIZER_FILE))
+            config.data.tokenizer = os.path.join(os.path.abspath(workdir), TOKENIZER_FILE)
+        with open(os.path.join(tmp, 'config.json'), 'w') as f:
+            f.write(config_lib.to_json(config))
+        saver = checkpoint.Checkpointer(tmp, keep=1, async_save=False)
+        saver.save(0, {'params': params, 'step': np.int32(0)}, force=True)
+        saver.wait()
+        saver.close()
+        if os.path.isdir(workdir):
+            if os.listdir(workdir):
+                raise ConfigError(f'--workdir {workdir}: exists and is not empty')
+            os.rmdir(workdir)
+        os.replace(tmp, workdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

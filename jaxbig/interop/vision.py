@@ -37,8 +37,8 @@ import math
 import ml_collections
 import numpy as np
 
-from jaxbig import config as config_lib
 from jaxbig import defaults
+from jaxbig import experiment
 from jaxbig.config import ConfigError
 from jaxbig.interop.mapped import (ACTS, ACTS_BACK, _c, export_mapped, import_mapped, need,
                                    same, square, transposed)
@@ -213,7 +213,7 @@ def vit_run_config(hf: dict, names, dtype: str = 'float32') -> ml_collections.Co
         c.init_from = defaults.init_from()
         c.parallel = defaults.parallel()
         c.train = defaults.finetune_train(300, 128)
-        c.evals = dict(val=dict(type='classification', split='test', num_batches=3,
+        c.evals = dict(val=dict(type='classification', split='test', num_examples=0,
                                 batch_size=120))
     else:
         prefix = 'vit.' if 'vit.embeddings.cls_token' in names else ''
@@ -228,35 +228,7 @@ def vit_run_config(hf: dict, names, dtype: str = 'float32') -> ml_collections.Co
         c.train = defaults.pretrain_train(300, 256)
         c.evals = dict(probe=defaults.features_eval('linear_probe'),
                        knn=defaults.features_eval('knn'))
-    return config_lib.resolve_auto(c)
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-def architectures() -> tuple[str, ...]:
-    from jaxbig.interop import clip
-
-    return (*VIT_ARCHS, *clip.ARCHS)
-
-
-def handles(hf: dict) -> bool:
-    return (hf.get('architectures') or [''])[0] in architectures()
-
-
-def _family(model):
-    """(name, tensors(model), hf_config(model, shapes)) of a jaxbig model, or None."""
-    from jaxbig.interop import clip
-
-    if _vit_layout(model) is not None:
-        reasons = vit_reasons(_vit_layout(model)[0])
-        return 'vit', reasons, vit_tensors, vit_hf
-    if clip.layout(model) is not None:
-        return 'clip', clip.reasons(model), clip.tensors, clip.hf_config
-    return None
-
-
-def handles_model(model) -> bool:
-    return _family(model) is not None
+    return experiment.resolve_auto(c)
 
 
 def vit_example(hf: dict) -> tuple:
@@ -272,40 +244,3 @@ def stored_dtype(reader) -> str:
     """The floating dtype the checkpoint's weights are stored in (its first weight's)."""
     floats = [n for n in reader.names() if reader.dtype(n) in DTYPES]
     return DTYPES[reader.dtype(floats[0])] if floats else 'float32'
-
-
-def import_dir(directory: str, workdir: str, hf: dict, *, param_dtype: str = '') -> dict:
-    """`hf.import_dir` for the encoder families (see the module docstring)."""
-    import os
-
-    from jaxbig.interop import clip
-
-    if param_dtype not in ('', *DTYPES.values()):
-        raise ConfigError(f'--param-dtype {param_dtype}: expected one of '
-                          f'{", ".join(sorted(set(DTYPES.values())))}')
-    reader = TensorReader(directory)
-    names = set(reader.names())
-    dtype = param_dtype or stored_dtype(reader)
-    is_vit = hf['architectures'][0] in VIT_ARCHS
-    config = vit_run_config(hf, names, dtype) if is_vit else clip.run_config(hf, dtype)
-    example = vit_example(hf) if is_vit else clip.example(hf)
-    prefix = 'vit.' if 'vit.embeddings.cls_token' in names else ''
-
-    def specs_of(model):
-        name, _, tensors, _ = _family(model)
-        return name, tensors(model, prefix)
-
-    tokenizer = '' if is_vit else os.path.join(directory, 'tokenizer.json')  # CLIP's captions
-    return import_mapped(directory, workdir, reader, config, example, specs_of,
-                         tokenizer=tokenizer)
-
-
-def export_run(run, model, out: str, *, as_family: str = '') -> dict:
-    """`hf.export_run` for a jaxbig vit / classifier on a vit / two_tower CLIP."""
-    name, reasons, tensors, hf_config = _family(model)
-    if as_family:
-        raise ConfigError(f'--as {as_family!r}: a {name} model exports as itself; drop --as')
-    if reasons:
-        raise ConfigError(f'this model matches no exportable family: {name} needs other '
-                          f'{", ".join(reasons)}')
-    return export_mapped(run, model, out, name, tensors, hf_config)

@@ -35,10 +35,10 @@ The package: plan.py (the helpers; sweep file -> named runs with their overrides
 state.py (sweep.json), runner.py (local runs, --parallel, resume, failures), launchers.py
 (train commands for local / slurm / tpu, --dry-run, SLURM submission), report.py (results
 table and plots; imported only when a report is written), cv.py (the k-fold table), cli.py
-(`add_parser`, `main`).
+(`add_parser`, `run`).
 """
 
-from jaxbig.sweep.cli import add_parser, main, run
+from jaxbig.sweep.cli import add_parser, run
 from jaxbig.sweep.launchers import train_command
 from jaxbig.sweep.plan import (
     arg_value,
@@ -59,6 +59,6 @@ from jaxbig.sweep.state import LOG_FILE, STATE_FILE, State, finished, last_line
 
 __all__ = [
     'LOG_FILE', 'STATE_FILE', 'Runner', 'State', 'add_parser', 'arg_value', 'axis', 'chain',
-    'finished', 'fixed', 'fold_keys', 'kfold', 'last_line', 'load_sweep', 'main', 'plan_runs', 'product', 'run',
+    'finished', 'fixed', 'fold_keys', 'kfold', 'last_line', 'load_sweep', 'plan_runs', 'product', 'run',
     'run_names', 'run_spec', 'train_command', 'zip_',
 ]

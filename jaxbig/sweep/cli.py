@@ -1,8 +1,7 @@
-"""`jaxbig sweep` / `python -m jaxbig.sweep`: the parser and the command.
+"""`jaxbig sweep`: the parser and the command.
 
 `add_parser(subparsers)` adds the `sweep` subcommand (jaxbig/cli.py calls it); `run` plans
-the sweep, (re)launches what is left through the chosen launcher and writes the report;
-`main(argv)` is the standalone `python -m jaxbig.sweep ARGS` (= `jaxbig sweep ARGS`).
+the sweep, (re)launches what is left through the chosen launcher and writes the report.
 """
 
 from __future__ import annotations
@@ -89,11 +88,3 @@ def run(args, extra):
     if failed:
         print(f'sweep: {len(failed)} run(s) failed: {", ".join(failed)}', file=sys.stderr)
         raise SystemExit(1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jaxbig.sweep ARGS` = `jaxbig sweep ARGS`: the one CLI's parser, logging
-    and error policy (one line, status 2)."""
-    from jaxbig import cli  # the entry point only: jaxbig.cli imports this module
-
-    return cli.main(['sweep', *(sys.argv[1:] if argv is None else argv)])
