@@ -48,3 +48,29 @@ def test_step_counts_and_loss_falls():
     assert int(state.step) == 20
     assert losses[-1] < losses[0] - 0.5
     assert np.isfinite(float(metrics['learning_rate']))
+
+
+def test_grad_norm_reads_the_trainable_parameters_only():
+    """With a frozen part (as in a linear probe), train/grad_norm is the trainable gradients' norm —
+    the one clipping uses — not the norm over every parameter."""
+    _, _, batch = _setup(1)
+    model = models.get_model('gpt', vocab_size=32, num_layers=1, num_heads=2, embed_dim=16,
+                             mlp_dim=32)
+    loss_cfg = ml_collections.ConfigDict({'name': 'autoregressive', 'z_loss': 0.0})
+    opt = ml_collections.ConfigDict(defaults.optimizer(
+        name='sgd', lr=0.5, schedule='constant', momentum=0.0, clip_norm=0.0,
+        freeze=['(?!final_norm/).*']))
+    tx, schedule = optim.build_optimizer(opt, 10)
+    frozen = jax.jit(step_lib.init_fn(model, tx, (batch['inputs'][:1],), seed=0))()
+    from jaxbig.run import trainable_mask
+    trainable = trainable_mask(opt, frozen.params)
+    assert sum(jax.tree.leaves(trainable)) == 1  # only the final norm's scale
+    grads = jax.jit(jax.grad(lambda p: autoregressive.loss_fn(
+        model.apply, p, batch, {}, loss_cfg)[0].value()))(frozen.params)
+    step = jax.jit(step_lib.make_train_step(model, autoregressive.loss_fn, loss_cfg, tx,
+                                            schedule, trainable=trainable))
+    _, metrics = step(frozen, batch)
+    head_norm = float(np.linalg.norm(np.asarray(grads['final_norm']['scale'])))
+    all_norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads))))
+    np.testing.assert_allclose(float(metrics['grad_norm']), head_norm, rtol=1e-5)
+    assert all_norm > 2 * head_norm  # the frozen body's gradients would dominate
