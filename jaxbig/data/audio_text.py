@@ -20,7 +20,8 @@ Sources (`data.name`):
                     or zero-padded at the end to duration_ms. No labels: retrieval only.
 
 Global batch i holds stream positions i*B .. i*B+B-1 of endless seeded-shuffle epochs
-(`image_sources.IndexOrder`), so it is a pure function of (seed, i).
+(`image_sources.IndexOrder`), so it is a pure function of (seed, i); `one_pass=True`
+(evaluators) visits each clip once and adds `example_mask` (`jaxbig.data.one_pass`).
 
 Other data config keys: audio_key, text_key, label_key ('' = none), tokenizer ('words': the
 audio_captions vocabulary | 'bytes': UTF-8 bytes, for free-form captions), max_len,
@@ -39,6 +40,7 @@ import tensorflow_datasets as tfds
 
 from jaxbig.config import ConfigError
 from jaxbig.data import audio_captions, captions, image_sources
+from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.documents import resolve_data_dir
 
 SOURCES = ('audio_captions', 'folder')
@@ -208,7 +210,8 @@ def to_float(audio: np.ndarray) -> np.ndarray:
 class AudioTextPipeline:
     """See the module docstring. get_batch(i) -> dict(audio, text[, label])."""
 
-    def __init__(self, config, *, split, batch_size, seed, process_index=0, process_count=1):
+    def __init__(self, config, *, split, batch_size, seed, process_index=0, process_count=1,
+                 one_pass=False, num_examples=0):
         self.audio_key = config.get('audio_key', 'audio')
         self.text_key = config.get('text_key', 'caption')
         self.label_key = config.get('label_key', 'label')
@@ -216,23 +219,27 @@ class AudioTextPipeline:
         self.split = load_split(config, split, keys)
         self.tokenizer = get_tokenizer(config.get('tokenizer', 'words'))
         self.max_len = config.get('max_len', 10)
-        self.order = image_sources.IndexOrder(len(self.split), seed)
-        self.batch_size = batch_size
-        self.process_index, self.process_count = process_index, process_count
-        image_sources.host_rows(0, batch_size, process_index, process_count)  # validates
+        self.rows = image_sources.ExampleRows(
+            len(self.split), batch_size=batch_size, seed=seed, process_index=process_index,
+            process_count=process_count, one_pass=one_pass, num_examples=num_examples,
+            split=split)
+        self.order = self.rows.order
+        one_pass_lib.attach(self, self.rows.one_pass)
 
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
-        rows = image_sources.host_rows(i, self.batch_size, self.process_index, self.process_count)
-        columns = self.split.read(self.order.ids(rows))
+        _, ids, example_mask = self.rows.batch(i)
+        columns = self.split.read(ids)
         out = {
             'audio': to_float(columns[self.audio_key]),
             'text': self.tokenizer.encode_batch(list(columns[self.text_key]), self.max_len),
         }
         if self.label_key:
             out['label'] = columns[self.label_key].astype(np.int32)
-        return out
+        return one_pass_lib.with_mask(out, example_mask)
 
 
-def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
+                   one_pass=False, num_examples=0):
     return AudioTextPipeline(config, split=split, batch_size=batch_size, seed=seed,
-                             process_index=process_index, process_count=process_count)
+                             process_index=process_index, process_count=process_count,
+                             one_pass=one_pass, num_examples=num_examples)

@@ -32,6 +32,10 @@ e visits the examples in a permutation seeded by (seed, e).
   example), with which the GPT keeps attention within an example: a packed row computes
   what its examples would alone, and the loss mask is each example's own.
 * `pack=False`: one example per row.
+* `one_pass=True` (evaluators; `jaxbig.data.one_pass`): each of the first `num_examples`
+  (0 = all) examples of epoch 0's order once, one example per row whatever `pack` (so a
+  row is an example and `example_mask` float32[b] says which rows are real; with pack the
+  row still has its segment_ids / positions, one segment).
 
     inputs, targets int32[b, T]; mask float32[b, T]; (pack) segment_ids, positions int32[b, T]
 
@@ -55,6 +59,7 @@ import tensorflow_datasets as tfds
 
 from jaxbig.config import ConfigError
 from jaxbig.data import documents
+from jaxbig.data import one_pass as one_pass_lib
 
 TASKS = ('name', 'body')
 PLACEHOLDER = '<name>'
@@ -289,7 +294,8 @@ class ConditionalPipeline:
     """
 
     def __init__(self, examples, references, *, tokenizer, seq_len, pack, batch_size,
-                 seed, process_index=0, process_count=1, num_skipped=0):
+                 seed, process_index=0, process_count=1, num_skipped=0, one_pass=False,
+                 num_examples=0, split=''):
         if batch_size < 1 or batch_size % process_count:
             raise ConfigError(f'batch_size={batch_size} must be a positive multiple of '
                               f'process_count={process_count}')
@@ -302,14 +308,24 @@ class ConditionalPipeline:
         self.global_batch_size, self.batch_size = batch_size, batch_size // process_count
         self.row_offset = process_index * self.batch_size
         self._rows, self._epoch_ends = {}, []  # epoch -> (order, bounds); cumulative rows
+        self.split = split
+        self.one_pass = one_pass_lib.plan(
+            one_pass, num_examples, len(examples), split=split, batch_size=batch_size,
+            process_index=process_index, process_count=process_count)
+        one_pass_lib.attach(self, self.one_pass)
+        self._pass_order = None if self.one_pass is None else self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """int64[n]: the order in which epoch `epoch` visits the examples."""
+        return np.random.default_rng(_epoch_seed(self.seed, epoch)).permutation(
+            len(self.examples))
 
     def _epoch(self, epoch: int):
         """(order int64[n], bounds int64[rows + 1]) of an epoch (bounds None: one per row)."""
         if epoch not in self._rows:
             if len(self._rows) >= 4:
                 self._rows.clear()
-            order = np.random.default_rng(_epoch_seed(self.seed, epoch)).permutation(
-                len(self.examples))
+            order = self._permutation(epoch)
             bounds = greedy_rows(self.lengths[order], self.seq_len) if self.pack else None
             self._rows[epoch] = order, bounds
         return self._rows[epoch]
@@ -319,7 +335,11 @@ class ConditionalPipeline:
         return len(self.examples) if bounds is None else len(bounds) - 1
 
     def row_groups(self, i: int) -> list[list[int]]:
-        """Indices into `examples` of each host-local row of global batch i."""
+        """Indices into `examples` of each host-local row of global batch i (a one pass: one
+        example per row, the first num_examples of epoch 0's order, padding rows repeating
+        the last)."""
+        if self.one_pass is not None:
+            return [[int(j)] for j in self._pass_order[self.one_pass.rows(i)[0]]]
         if i < 0:
             raise ValueError(f'batch index {i} must be >= 0')
         groups = []
@@ -336,12 +356,19 @@ class ConditionalPipeline:
         return groups
 
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
-        return make_rows(self.examples, self.row_groups(i), self.seq_len,
-                         self.tokenizer.eos_id, self.pack)
+        batch = self.make_rows(self.row_groups(i))
+        return one_pass_lib.with_mask(batch, None if self.one_pass is None
+                                      else self.one_pass.rows(i)[1])
+
+    def make_rows(self, groups) -> dict[str, np.ndarray]:
+        """The batch of rows holding examples `groups` (see `row_groups`)."""
+        return make_rows(self.examples, groups, self.seq_len, self.tokenizer.eos_id, self.pack)
 
     def generation_examples(self, n: int) -> list[tuple[np.ndarray, str]]:
-        """n (prompt ids, reference text) pairs spread evenly over the split (fixed)."""
-        picks = np.unique(np.linspace(0, len(self.examples) - 1, n).round().astype(np.int64))
+        """n (0 = all) distinct (prompt ids, reference text) pairs spread evenly over the
+        split, in its order (fixed); more than the split has: `one_pass.NumExamplesError`."""
+        n = one_pass_lib.count(n, len(self.examples), split=self.split)
+        picks = np.linspace(0, len(self.examples) - 1, n).round().astype(np.int64)
         return [(self.examples[j][0], self.references[j]) for j in picks.tolist()]
 
 
@@ -363,7 +390,8 @@ def _encoded(data_dir: str, task: str, split: str, tokenizer: str, eos_id: int, 
     return tok, kept, references, skipped
 
 
-def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
+                   one_pass=False, num_examples=0):
     """The conditional pipeline over `split` ('train' | 'validation') of `config` (a data
     ConfigDict: task, seq_len, pack, tokenizer, eos_id, data_dir); batch_size is global."""
     task = _check(config)
@@ -380,4 +408,5 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
     return ConditionalPipeline(
         examples, references, tokenizer=tok, seq_len=seq_len,
         pack=config.get('pack', True), batch_size=batch_size, seed=seed,
-        process_index=process_index, process_count=process_count, num_skipped=skipped)
+        process_index=process_index, process_count=process_count, num_skipped=skipped,
+        one_pass=one_pass, num_examples=num_examples, split=split)

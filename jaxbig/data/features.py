@@ -11,8 +11,9 @@ source — the text task samples snippets without end, so it must set n), poolin
 mask; `jaxbig.models.classifier.pool`). Each split is embedded once per process with the
 model's `features` method (jitted, float32) and cached in memory; then batches are
 `inputs float32[b, E]`, `label int32[b]` in a seeded per-epoch shuffle, a pure function of
-(seed, i) like every pipeline. Every process embeds the whole split (fine for the embedded
-datasets; shard it before using this on ImageNet-sized data).
+(seed, i) like every pipeline (`one_pass=True`, for evaluators: each embedded example
+once, with `example_mask`; `jaxbig.data.one_pass`). Every process embeds the whole split
+(fine for the embedded datasets; shard it before using this on ImageNet-sized data).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from jaxbig.config import ConfigError, from_json
 from jaxbig.data import image_sources
+from jaxbig.data import one_pass as one_pass_lib
 
 
 def prepare(config) -> None:
@@ -84,20 +86,20 @@ def _embedded(
 
 
 class FeaturePipeline:
-    def __init__(self, features, labels, *, batch_size, seed, process_index, process_count):
+    def __init__(self, features, labels, *, batch_size, seed, process_index, process_count,
+                 one_pass=False, num_examples=0, split=''):
         self.features, self.labels = features, labels
-        self.order = image_sources.IndexOrder(len(labels), seed)
-        self.batch_size, self.process_index, self.process_count = (
-            batch_size,
-            process_index,
-            process_count,
-        )
-        image_sources.host_rows(0, batch_size, process_index, process_count)  # validates
+        self.rows = image_sources.ExampleRows(
+            len(labels), batch_size=batch_size, seed=seed, process_index=process_index,
+            process_count=process_count, one_pass=one_pass, num_examples=num_examples,
+            split=split)
+        self.order = self.rows.order
+        one_pass_lib.attach(self, self.rows.one_pass)
 
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
-        rows = image_sources.host_rows(i, self.batch_size, self.process_index, self.process_count)
-        ids = self.order.ids(rows)
-        return {'inputs': self.features[ids], 'label': self.labels[ids]}
+        _, ids, example_mask = self.rows.batch(i)
+        return one_pass_lib.with_mask({'inputs': self.features[ids], 'label': self.labels[ids]},
+                                      example_mask)
 
 
 def _examples(config, split: str) -> int:
@@ -105,7 +107,8 @@ def _examples(config, split: str) -> int:
     return int(n.get(split, 0)) if hasattr(n, 'get') else int(n)
 
 
-def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
+                   one_pass=False, num_examples=0):
     from jaxbig.config import to_json
 
     features, labels = _embedded(
@@ -124,4 +127,7 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
         seed=seed,
         process_index=process_index,
         process_count=process_count,
+        one_pass=one_pass,
+        num_examples=num_examples,
+        split=split,
     )

@@ -7,6 +7,8 @@
                                     (a Subset of the training split's rows with data.folds
                                     or data.label_fraction)
     IndexOrder(n, seed)             global row g of the endless epoch stream -> example id
+    ExampleRows(n, ...)             the example ids of a host's rows of batch i: that
+                                    stream, or one pass (`jaxbig.data.one_pass`)
 
 The embedded datasets are small (digits: 1.8 k x 64 B; shapes: 6 k x 3 KB by default), so
 a split is read once and kept in memory (cached per process); a dataset too large for that
@@ -22,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from jaxbig.config import ConfigError
 from jaxbig.data import digits, folds, label_subset, shapes, tfds_sources
+from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.shuffle import epoch_permutation
 from jaxbig.data.tfds_sources import resolve_data_dir
 
@@ -227,6 +230,35 @@ def host_rows(i: int, batch_size: int, process_index: int, process_count: int) -
     rows = batch_size // process_count
     start = i * batch_size + process_index * rows
     return np.arange(start, start + rows, dtype=np.int64)
+
+
+class ExampleRows:
+    """Which of a split's `num_available` examples the host rows of global batch i read: the
+    endless seeded-shuffle stream (`IndexOrder`, `host_rows`), or with `one_pass` one pass
+    over the first `num_examples` (0 = all) of its epoch 0 (`jaxbig.data.one_pass`; then
+    `num_examples` and `num_batches` are set).
+
+    batch(i) -> (global rows int64[b], example ids int64[b], example_mask float32[b] or None)
+    """
+
+    def __init__(self, num_available: int, *, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, one_pass: bool = False, num_examples: int = 0,
+                 split: str = ''):
+        host_rows(0, batch_size, process_index, process_count)  # validates
+        self.order = IndexOrder(num_available, seed)
+        self.batch_size, self.process_index, self.process_count = (
+            batch_size, process_index, process_count)
+        self.one_pass = one_pass_lib.plan(
+            one_pass, num_examples, num_available, split=split, batch_size=batch_size,
+            process_index=process_index, process_count=process_count)
+        one_pass_lib.attach(self, self.one_pass)
+
+    def batch(self, i: int):
+        if self.one_pass is None:
+            rows = host_rows(i, self.batch_size, self.process_index, self.process_count)
+            return rows, self.order.ids(rows), None
+        positions, mask = self.one_pass.rows(i)
+        return self.one_pass.global_rows(i), self.order.ids(positions), mask
 
 
 def normalize(images: np.ndarray) -> np.ndarray:

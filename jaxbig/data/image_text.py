@@ -7,7 +7,9 @@
     label  int32 [b]            class id (when data.label_key is set; used by zero-shot)
 
 Global batch i holds stream positions i*B .. i*B+B-1 of endless seeded-shuffle epochs
-(`image_sources.IndexOrder`), so it is a pure function of (seed, i). No augmentation: the
+(`image_sources.IndexOrder`), so it is a pure function of (seed, i); `one_pass=True`
+(evaluators) visits each pair once and adds `example_mask` (`jaxbig.data.one_pass`). No
+augmentation: the
 shapes captions name position (left/right, top/bottom), which crops and flips would falsify.
 
 Data config keys: name ('shapes' embedded, with resolution, num_train, num_test,
@@ -24,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxbig.data import augment, captions, image_sources
+from jaxbig.data import one_pass as one_pass_lib
 
 
 def prepare(config) -> None:
@@ -41,7 +44,8 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
 class ImageTextPipeline:
     """See the module docstring. get_batch(i) -> dict(image, text[, label])."""
 
-    def __init__(self, config, *, split, batch_size, seed, process_index=0, process_count=1):
+    def __init__(self, config, *, split, batch_size, seed, process_index=0, process_count=1,
+                 one_pass=False, num_examples=0):
         self.image_key = config.get('image_key', 'image')
         self.text_key = config.get('text_key', 'caption')
         self.label_key = config.get('label_key', 'label')
@@ -51,14 +55,16 @@ class ImageTextPipeline:
                                                 config.get('eos_id', -1))
         self.max_len = config.get('max_len', 12)
         self.image_size = config.get('image_size', 0)
-        self.order = image_sources.IndexOrder(len(self.split), seed)
-        self.batch_size = batch_size
-        self.process_index, self.process_count = process_index, process_count
-        image_sources.host_rows(0, batch_size, process_index, process_count)  # validates
+        self.rows = image_sources.ExampleRows(
+            len(self.split), batch_size=batch_size, seed=seed, process_index=process_index,
+            process_count=process_count, one_pass=one_pass, num_examples=num_examples,
+            split=split)
+        self.order = self.rows.order
+        one_pass_lib.attach(self, self.rows.one_pass)
 
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
-        rows = image_sources.host_rows(i, self.batch_size, self.process_index, self.process_count)
-        columns = self.split.read(self.order.ids(rows))
+        _, ids, example_mask = self.rows.batch(i)
+        columns = self.split.read(ids)
         images = columns[self.image_key]
         if self.image_size:
             images = np.stack([square_resize(x, self.image_size) for x in images])
@@ -68,15 +74,11 @@ class ImageTextPipeline:
         }
         if self.label_key:
             out['label'] = columns[self.label_key].astype(np.int32)
-        return out
+        return one_pass_lib.with_mask(out, example_mask)
 
 
-def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
-    return ImageTextPipeline(
-        config,
-        split=split,
-        batch_size=batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-    )
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
+                   one_pass=False, num_examples=0):
+    return ImageTextPipeline(config, split=split, batch_size=batch_size, seed=seed,
+                             process_index=process_index, process_count=process_count,
+                             one_pass=one_pass, num_examples=num_examples)

@@ -22,6 +22,10 @@ s_e derived from (seed, e). So a batch is a pure function of (seed, i), whatever
 number of processes (each reads only its own rows): resuming at step k replays exactly
 what an uninterrupted run would have seen.
 
+`one_pass=True` (evaluators; `jaxbig.data.one_pass`): each sequence once — pack=True the
+split's non-overlapping windows of T+1 tokens, pack=False its documents —, the first
+`num_examples` (0 = all) of epoch 0's order, and `example_mask` float32[b] in the batch.
+
 `prepare(config)` (process 0, before training) builds or checks the dataset and caches
 the length index and token ids of the train and validation splits; `build_pipeline(config, ...)` ->
 LMPipeline.
@@ -42,6 +46,7 @@ from jaxbig.data.documents import (
     load_corpus,
     resolve_data_dir,
 )
+from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.shuffle import epoch_permutation
 from jaxbig.data.token_cache import load_stream
 from jaxbig.data.tokenizers import ByteTokenizer
@@ -109,6 +114,9 @@ class LMPipeline:
         seed: int,
         process_index: int = 0,
         process_count: int = 1,
+        one_pass: bool = False,
+        num_examples: int = 0,
+        split: str = '',
     ):
         if batch_size < 1 or batch_size % process_count:
             raise ValueError(
@@ -134,6 +142,11 @@ class LMPipeline:
                 'tokens, too small for a single sequence'
             )
         self._orders = {}
+        self.one_pass = one_pass_lib.plan(
+            one_pass, num_examples, self.num_sequences, split=split, batch_size=batch_size,
+            process_index=process_index, process_count=process_count,
+            what='sequences' if pack else 'documents')
+        one_pass_lib.attach(self, self.one_pass)
 
     def _order(self, epoch: int) -> np.ndarray:
         """int64[num_sequences]: epoch `epoch`'s order, that of
@@ -147,7 +160,10 @@ class LMPipeline:
         return self._orders[epoch]
 
     def sequence_ids(self, i: int) -> np.ndarray:
-        """int64[b]: indices (into one epoch's sequences) of this host's rows of batch i."""
+        """int64[b]: indices (into one epoch's sequences) of this host's rows of batch i (a
+        one pass: of the first num_examples of epoch 0, padding rows repeating the last)."""
+        if self.one_pass is not None:
+            return self._order(0)[self.one_pass.rows(i)[0]]
         if i < 0:
             raise ValueError(f'batch index {i} must be >= 0')
         start = i * self.global_batch_size + self.row_offset
@@ -177,7 +193,10 @@ class LMPipeline:
                 seqs[row, : lengths[row]] = docs[r][: lengths[row]]
             mask = (np.arange(1, window) < lengths[:, None]).astype(np.float32)
         seqs = seqs.astype(np.int32)
-        return {'inputs': seqs[:, :-1], 'targets': seqs[:, 1:], 'mask': mask}
+        batch = {'inputs': seqs[:, :-1], 'targets': seqs[:, 1:], 'mask': mask}
+        if self.one_pass is not None:
+            batch['example_mask'] = self.one_pass.rows(i)[1]
+        return batch
 
 
 def build_pipeline(
@@ -188,6 +207,8 @@ def build_pipeline(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    one_pass: bool = False,
+    num_examples: int = 0,
 ) -> LMPipeline:
     """LM pipeline over `split` of `config` (a data ConfigDict); batch_size is global."""
     seq_len = config.seq_len
@@ -213,4 +234,7 @@ def build_pipeline(
         seed=seed,
         process_index=process_index,
         process_count=process_count,
+        one_pass=one_pass,
+        num_examples=num_examples,
+        split=split,
     )

@@ -6,7 +6,8 @@ The examples are conditional.py's, cached and held out by file in the same way a
 filtered by the same rule (prompt + response + eos <= `data.seq_len` + 1 tokens, so SFT
 and seq2seq train on the same examples), then also by the decoder's width: response + eos
 <= `data.target_len` (0 = seq_len). One example per row (no packing), in the epoch
-permutations of conditional.py (batch i is a pure function of (seed, i); resume is exact):
+permutations of conditional.py (batch i is a pure function of (seed, i); resume is exact;
+`one_pass=True` for evaluators, each example once with `example_mask`, as there):
 
     enc_tokens  int32 [b, seq_len]     prompt ids, right-padded with pad 0
     enc_mask    int32 [b, seq_len]     1 on the prompt
@@ -60,17 +61,17 @@ def make_rows(examples, indices, seq_len: int, target_len: int, start_id: int) -
 
 
 class Seq2SeqPipeline(conditional.ConditionalPipeline):
-    """conditional.py's unpacked pipeline (its epochs, rows and generation examples) with
-    encoder-decoder rows; get_batch(i) -> the host-local rows of global batch i."""
+    """conditional.py's unpacked pipeline (its epochs, rows, one pass and generation
+    examples) with encoder-decoder rows; get_batch(i) -> the host-local rows of global
+    batch i."""
 
     def __init__(self, examples, references, *, target_len, decoder_start_id, **kwargs):
         super().__init__(examples, references, pack=False, **kwargs)
         self.target_len, self.decoder_start_id = target_len, decoder_start_id
 
-    def get_batch(self, i: int) -> dict[str, np.ndarray]:
-        indices = [group[0] for group in self.row_groups(i)]
-        return make_rows(self.examples, indices, self.seq_len, self.target_len,
-                         self.decoder_start_id)
+    def make_rows(self, groups) -> dict[str, np.ndarray]:
+        return make_rows(self.examples, [group[0] for group in groups], self.seq_len,
+                         self.target_len, self.decoder_start_id)
 
 
 def prepare(config) -> None:
@@ -84,7 +85,8 @@ def _int(config, key: str, least: int) -> int:
     return value
 
 
-def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
+                   one_pass=False, num_examples=0):
     """The seq2seq pipeline over `split` ('train' | 'validation') of `config` (a data
     ConfigDict: task, seq_len, target_len, decoder_start_id, tokenizer, eos_id, data_dir);
     batch_size is global."""
@@ -109,4 +111,5 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
         [examples[k] for k in fits], [references[k] for k in fits], tokenizer=tok,
         seq_len=seq_len, target_len=target_len, decoder_start_id=start_id,
         batch_size=batch_size, seed=seed, process_index=process_index,
-        process_count=process_count, num_skipped=skipped + len(examples) - len(fits))
+        process_count=process_count, num_skipped=skipped + len(examples) - len(fits),
+        one_pass=one_pass, num_examples=num_examples, split=split)

@@ -6,6 +6,9 @@ validation snippets always come from files never seen in training (the split is 
 stable hash of the file path). Example `(i, row)` of global batch `i` is drawn from an rng
 seeded by (seed, i, row): a class uniformly (balanced), a file of that class, and a window
 of `seq_len` bytes of it. So batch `i` is a pure function of (seed, i), like every pipeline.
+The snippets never run out, so a one pass (`one_pass=True`, for evaluators;
+`jaxbig.data.one_pass`) scores a fixed set of `num_examples` (> 0) of them: snippet j is the
+one row j of batch 0 draws (rng seeded by (seed, 0, j)), the same at every batch size.
 
 With `data.folds` on (`jaxbig.data.folds`), the training files are divided into k folds
 stratified by package: 'train' samples the files outside fold `index`, 'fold' the files in
@@ -18,11 +21,11 @@ Any other `data.name` is a prepared TFDS text classification dataset (imdb_revie
 its examples in seeded-shuffle epochs (`image_sources.IndexOrder`, so batch i is a pure
 function of (seed, i) too), each example's text truncated to `seq_len` tokens (bytes, or
 `data.tokenizer`'s ids) and right-padded (mask 0), labelled by its `ClassLabel` feature,
-whose names are the classes. `data.text_key` ('' = the feature `text` if there is one, else
-every Text feature, in the features' order, joined by a newline; or names joined by ',')
-and `data.label_key` ('' = the only ClassLabel feature) choose the features. The
-evaluation split is found among the dataset's (`tfds_sources.find_split`: 'test' for
-'validation').
+whose names are the classes (`one_pass=True`: each example of the split once).
+`data.text_key` ('' = the feature `text` if there is one, else every Text feature, in the
+features' order, joined by a newline; or names joined by ',') and `data.label_key` ('' =
+the only ClassLabel feature) choose the features. The evaluation split is found among the
+dataset's (`tfds_sources.find_split`: 'test' for 'validation').
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 
 from jaxbig.config import ConfigError
 from jaxbig.data import documents, folds, image_sources, lm
+from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.tokenizers import ByteTokenizer
 
 
@@ -127,13 +131,23 @@ def _top_package(path) -> str:
 
 
 class SnippetPipeline:
+    """Snippets drawn without end (see the module docstring); with `one_pass` (evaluators) a
+    fixed set of `num_examples` snippets instead: snippet j is the one the stream draws for
+    batch 0, row j (rng seeded by (seed, 0, j); evaluators use seed 0), whatever the batch
+    size; it needs `num_examples` > 0 (the stream has no end to count to)."""
+
     def __init__(
-        self, docs, labels, classes, *, seq_len, batch_size, seed, process_index, process_count
+        self, docs, labels, classes, *, seq_len, batch_size, seed, process_index, process_count,
+        one_pass=False, num_examples=0, split='',
     ):
         if batch_size % process_count:
             raise ConfigError(
                 f'train.batch_size={batch_size} is not divisible by the {process_count} processes'
             )
+        if one_pass and not num_examples:
+            raise one_pass_lib.NumExamplesError(
+                f'num_examples=0: the text_classes snippets of {split!r} are drawn without end; '
+                'set how many to score (a fixed set drawn from the seed, e.g. 1024)')
         self.docs, self.labels, self.classes = docs, labels, classes
         self.by_class = [np.flatnonzero(labels == k) for k in range(len(classes))]
         self.drawn = [k for k, rows in enumerate(self.by_class) if len(rows)]  # classes present
@@ -142,14 +156,24 @@ class SnippetPipeline:
         self.first_row = process_index * self.batch_size
         self.num_classes = len(classes)
         self.tokenizer = ByteTokenizer()
+        self.one_pass = one_pass_lib.plan(
+            one_pass, num_examples, num_examples, split=split, batch_size=batch_size,
+            process_index=process_index, process_count=process_count, what='snippets')
+        one_pass_lib.attach(self, self.one_pass)
 
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
+        if self.one_pass is None:
+            seeds = [(self.seed, i, self.first_row + r) for r in range(self.batch_size)]
+            example_mask = None
+        else:
+            positions, example_mask = self.one_pass.rows(i)
+            seeds = [(self.seed, 0, int(j)) for j in positions]
         b, t = self.batch_size, self.seq_len
         inputs = np.zeros((b, t), np.int32)
         mask = np.zeros((b, t), np.float32)
         label = np.zeros((b,), np.int32)
-        for r in range(b):
-            rng = np.random.default_rng([self.seed, i, self.first_row + r])
+        for r, seed in enumerate(seeds):
+            rng = np.random.default_rng(list(seed))
             k = self.drawn[int(rng.integers(len(self.drawn)))]  # = rng.integers(K) if all are
             doc = self.docs[int(rng.choice(self.by_class[k]))]
             start = int(rng.integers(max(len(doc) - t, 0) + 1))
@@ -157,14 +181,16 @@ class SnippetPipeline:
             inputs[r, : len(window)] = window
             mask[r, : len(window)] = 1.0
             label[r] = k
-        return {'inputs': inputs, 'mask': mask, 'label': label}
+        return one_pass_lib.with_mask({'inputs': inputs, 'mask': mask, 'label': label},
+                                      example_mask)
 
 
 class ExamplePipeline:
     """A TFDS text classification split (see the module docstring): get_batch(i) ->
     inputs int32[b, T], mask float32[b, T], label int32[b]; `classes`: the label names."""
 
-    def __init__(self, config, *, split, batch_size, seed, process_index, process_count):
+    def __init__(self, config, *, split, batch_size, seed, process_index, process_count,
+                 one_pass=False, num_examples=0):
         from jaxbig.data import tokenizers
 
         self.text_keys, label_key, self.classes = tfds_features(config)
@@ -172,25 +198,29 @@ class ExamplePipeline:
         self.split = image_sources.load_split(config, split, (*self.text_keys, label_key))
         self.label_key, self.seq_len = label_key, config.seq_len
         self.tokenizer = tokenizers.from_config(config)
-        self.order = image_sources.IndexOrder(len(self.split), seed)
-        self.batch_size, self.process_index = batch_size, process_index
-        self.process_count = process_count
-        image_sources.host_rows(0, batch_size, process_index, process_count)  # validates
+        self.rows = image_sources.ExampleRows(
+            len(self.split), batch_size=batch_size, seed=seed, process_index=process_index,
+            process_count=process_count, one_pass=one_pass, num_examples=num_examples,
+            split=split)
+        self.order = self.rows.order
+        one_pass_lib.attach(self, self.rows.one_pass)
 
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
-        rows = image_sources.host_rows(i, self.batch_size, self.process_index, self.process_count)
-        columns = self.split.read(self.order.ids(rows))
+        rows, ids, example_mask = self.rows.batch(i)
+        columns = self.split.read(ids)
         b, t = len(rows), self.seq_len
         inputs, mask = np.zeros((b, t), np.int32), np.zeros((b, t), np.float32)
         for r in range(b):
             text = '\n'.join(str(columns[k][r]) for k in self.text_keys)
             ids = self.tokenizer.encode(text)[:t] if text else np.zeros(1, np.int32)  # eos
             inputs[r, : len(ids)], mask[r, : len(ids)] = ids, 1.0
-        return {'inputs': inputs, 'mask': mask,
-                'label': columns[self.label_key].astype(np.int32)}
+        return one_pass_lib.with_mask({'inputs': inputs, 'mask': mask,
+                                       'label': columns[self.label_key].astype(np.int32)},
+                                      example_mask)
 
 
-def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
+                   one_pass=False, num_examples=0):
     if config.seq_len < 1:
         raise ConfigError(f'data.seq_len={config.seq_len}: must be >= 1')
     if _from_tfds(config):
@@ -198,7 +228,8 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
             raise ConfigError(f'train.batch_size={batch_size} is not divisible by the '
                               f'{process_count} processes')
         return ExamplePipeline(config, split=split, batch_size=batch_size, seed=seed,
-                               process_index=process_index, process_count=process_count)
+                               process_index=process_index, process_count=process_count,
+                               one_pass=one_pass, num_examples=num_examples)
     files, classes = load_files(
         documents.resolve_data_dir(config.get('data_dir', '')), config.get('min_files', 2),
         config.get('tokenizer', 'bytes'), config.get('eos_id', -1),
@@ -221,4 +252,7 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
         seed=seed,
         process_index=process_index,
         process_count=process_count,
+        one_pass=one_pass,
+        num_examples=num_examples,
+        split=split,
     )

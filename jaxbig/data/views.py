@@ -9,7 +9,8 @@
 Global batch i holds stream positions i*B .. i*B+B-1; epoch e visits every example in a
 seeded shuffle (`image_sources.IndexOrder`); the augmentation of position g in batch i draws
 from `augment.example_rng(seed, i, g)`. So batch i is a pure function of (seed, i), however
-many hosts share it.
+many hosts share it. `one_pass=True` (evaluators) visits each example of the split once
+and adds `example_mask` (`jaxbig.data.one_pass`).
 
 Image size: image_size = 0 keeps the stored H, W (every image must have the same size);
 image_size = S gives S x S from images of any (also varying) size, as imagenet2012 needs:
@@ -32,6 +33,7 @@ import numpy as np
 
 from jaxbig.config import ConfigError
 from jaxbig.data import augment, image_sources
+from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.image_text import square_resize
 
 
@@ -47,12 +49,18 @@ def augment_config(config) -> augment.AugmentConfig:
 class ViewsPipeline:
     """See the module docstring. get_batch(i) -> dict of numpy arrays with b rows."""
 
-    def __init__(self, config, *, split, batch_size, seed, process_index=0, process_count=1):
+    def __init__(self, config, *, split, batch_size, seed, process_index=0, process_count=1,
+                 one_pass=False, num_examples=0):
         self.image_key = config.get('image_key', 'image')
         self.label_key = config.get('label_key', 'label')
         keys = (self.image_key, self.label_key) if self.label_key else (self.image_key,)
         self.split = image_sources.load_split(config, split, keys)
-        self.order = image_sources.IndexOrder(len(self.split), seed)
+        self.rows = image_sources.ExampleRows(
+            len(self.split), batch_size=batch_size, seed=seed, process_index=process_index,
+            process_count=process_count, one_pass=one_pass, num_examples=num_examples,
+            split=split)
+        self.order = self.rows.order
+        one_pass_lib.attach(self, self.rows.one_pass)
         self.num_views = config.get('views', 2)
         self.augment = augment_config(config)
         self.image_size = config.get('image_size', 0)
@@ -61,15 +69,13 @@ class ViewsPipeline:
                 f'data.image_size={self.image_size!r}: expected 0 (as stored) or a size in pixels'
             )
         self.name = config.get('name', '')
-        self.seed, self.batch_size = int(seed), batch_size
-        self.process_index, self.process_count = process_index, process_count
-        image_sources.host_rows(0, batch_size, process_index, process_count)  # validates
+        self.seed = int(seed)
 
     def get_batch(self, i: int) -> dict[str, np.ndarray]:
-        rows = image_sources.host_rows(i, self.batch_size, self.process_index, self.process_count)
-        columns = self.split.read(self.order.ids(rows))
+        rows, ids, example_mask = self.rows.batch(i)
+        columns = self.split.read(ids)
         images = self._images(columns[self.image_key])
-        out = {}
+        out = one_pass_lib.with_mask({}, example_mask)
         if self.label_key:
             out['label'] = columns[self.label_key].astype(np.int32)
         if self.num_views == 0:
@@ -99,12 +105,8 @@ class ViewsPipeline:
         return column.astype(np.float32) / 255.0
 
 
-def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1):
-    return ViewsPipeline(
-        config,
-        split=split,
-        batch_size=batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-    )
+def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
+                   one_pass=False, num_examples=0):
+    return ViewsPipeline(config, split=split, batch_size=batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count,
+                         one_pass=one_pass, num_examples=num_examples)
