@@ -1,11 +1,82 @@
-"""Tokenizers. `ByteTokenizer`: UTF-8 bytes as ids, NUL (0) doubles as end-of-document."""
+"""Tokenizers: `ByteTokenizer` (UTF-8 bytes as ids, NUL (0) doubles as end-of-document),
+`FileTokenizer` (a Hugging Face tokenizer.json), `SentencePieceTokenizer` (a `.model`).
+
+Bits per byte. Every tokenizer has `target_bytes(inputs, targets)`: the UTF-8 bytes of the
+text each target token stands for, in context (see `ByteCounting.target_bytes`), and
+`token_bytes()`, the same count for a token in the middle of a document. A document's targets
+sum to len(text.encode('utf-8')) + 1: its end-of-document token (`eos_id`) counts 1 byte, as
+the byte tokenizer's NUL does, and every other special or control token (bos, pad, cls,
+sep, mask) 0, so all tokenizers divide by the same bytes of the same text.
+"""
 
 import json
+import re
 
 import numpy as np
 
+BYTE_PIECE = re.compile(r'<0x[0-9A-Fa-f]{2}>')  # a byte-fallback token: one byte
+METASPACE = '\u2581'  # '▁': SentencePiece's space
+BYTE_LEVEL_SPACE = '\u0120'  # 'Ġ': the space byte in GPT-2's byte-level alphabet
+NO_SPACE_BEFORE = frozenset('.,!?;:)]}%')  # WordPiece: punctuation written against the word before
+NO_SPACE_AFTER = frozenset('([{$')  # ... and against the word after
 
-class ByteTokenizer:
+
+class ByteCounting:
+    """`target_bytes` and `token_bytes` from three int64[vocab] tables a tokenizer's
+    `_byte_tables()` builds once:
+
+        count[v]  UTF-8 bytes of the text v stands for in the middle of a document, a space
+                  the tokenizer may have added itself (`lead`) included
+        lead[v]   1 where v's first byte is such a space: SentencePiece's dummy prefix '▁'
+                  (or byte-level BPE's add_prefix_space 'Ġ'), a WordPiece word's separating space
+        drops[v]  1 where the text after v has no such space: v is a document boundary
+                  (special / control tokens: bos, eos, pad ...) or, for WordPiece, an opening
+                  bracket
+    """
+
+    _tables = None
+
+    def target_bytes(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """int64 [B, T]: the UTF-8 bytes of the text each target token stands for, in context
+        (targets[b, t] is predicted after inputs[b, t], the previous token): count[target],
+        less the leading space the tokenizer added itself when the previous token starts a
+        document. Special tokens: `eos_id` counts 1 byte (the separator, as the byte
+        tokenizer's NUL), an unknown token 1 (it stands for >= 1 character), bos / pad /
+        other control tokens 0. Over a document's tokens, eos included, the sum is
+        len(text.encode('utf-8')) + 1 exactly for the byte tokenizer, byte-level BPE
+        (GPT-2 alphabet), SentencePiece `.model` files and SentencePiece-converted
+        tokenizer.json files (Llama-2 / Mistral style: '▁' = a space byte, `<0xNN>` byte
+        fallback = 1 byte, the dummy '▁' that starts a document's first piece = 0 bytes), with
+        these limits, which the ids cannot tell apart:
+          - a Metaspace pre-tokenizer (prepend_scheme 'first' / 'always') or byte-level
+            add_prefix_space adds no dummy to a text that already starts with a space: such
+            a document counts 1 byte short (a Prepend('▁') normalizer, Llama-2's legacy
+            conversion, always adds it: exact);
+          - normalisation that changes the text (NFKC, lowercasing, accent stripping,
+            SentencePiece's remove_extra_whitespaces) counts the normalised text's bytes;
+          - special-token strings written inside a document's text count as special tokens;
+            SentencePiece's treat_whitespace_as_suffix is not modelled.
+        WordPiece is approximate: spaces are not kept, so each word piece counts one space
+        before it except at a document start, for a '##' continuation, for the punctuation
+        `.,!?;:)]}%` and after `([{$` (English spacing; 'don't' or Chinese text come out
+        wrong). Other tokenizer.json kinds (char-level BPE, WordLevel) count each token
+        decoded alone."""
+        count, lead, drops = self._byte_tables_once()
+        targets = np.asarray(targets)
+        return count[targets] - lead[targets] * drops[np.asarray(inputs)]
+
+    def token_bytes(self) -> np.ndarray:
+        """int64[vocab]: bytes each id stands for in the middle of a document (the context-free
+        table of `target_bytes`: a leading '▁' counts its space)."""
+        return self._byte_tables_once()[0].copy()
+
+    def _byte_tables_once(self):
+        if self._tables is None:
+            self._tables = self._byte_tables()
+        return self._tables
+
+
+class ByteTokenizer(ByteCounting):
     """Byte-level tokenizer: id = UTF-8 byte value; `vocab_size` 256, `eos_id` 0.
 
     NUL never occurs in source text, so id 0 separates/terminates documents.
@@ -25,15 +96,16 @@ class ByteTokenizer:
         ids = ids[(ids > 0) & (ids < self.vocab_size)]
         return ids.astype(np.uint8).tobytes().decode('utf-8', errors='replace')
 
-    def token_bytes(self) -> np.ndarray:
-        """int64[vocab]: UTF-8 bytes each id stands for (1 each; eos, the separator, too)."""
-        return np.ones(self.vocab_size, np.int64)
+    def _byte_tables(self):
+        """1 byte each, eos (the separator) too; no token adds a space."""
+        none = np.zeros(self.vocab_size, np.int64)
+        return np.ones(self.vocab_size, np.int64), none, none
 
     def __repr__(self) -> str:
         return 'ByteTokenizer(vocab_size=256, eos_id=0)'
 
 
-class FileTokenizer:
+class FileTokenizer(ByteCounting):
     """A `tokenizer.json` (Hugging Face `tokenizers` format: BPE, WordPiece, Unigram) read
     with the `tokenizers` library. encode(text) -> int32 [n] (with the file's post-processor,
     e.g. a BOS, as transformers' tokenizer(text) adds it); decode(ids) -> str (special tokens
@@ -63,27 +135,77 @@ class FileTokenizer:
         return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                 skip_special_tokens=False)
 
-    def token_bytes(self) -> np.ndarray:
-        """int64[vocab]: UTF-8 bytes of text each id stands for, for bits per byte. Byte-level
-        BPE tokens are one character per byte (GPT-2's alphabet); others are measured by
-        decoding the token alone. Special tokens (eos, bos, pad) count 1 byte, as the
-        document separator does for the byte tokenizer, so runs with either compare."""
-        byte_level = 'ByteLevel' in json.dumps(json.loads(self._tok.to_str()).get('decoder'))
-        special = {t.content for t in self._tok.get_added_tokens_decoder().values()
-                   if t.special}
-        out = np.ones(self.vocab_size, np.int64)
+    def _byte_tables(self):
+        """(count, lead, drops) of `ByteCounting`, read off the file's pipeline: byte-level
+        pieces are one character per byte; Metaspace pieces ('▁' = a space) with byte
+        fallback; WordPiece pieces (a space before each word); anything else decoded alone."""
+        spec = json.loads(self._tok.to_str())
+        model = spec['model']
+        norms, pres, decs = (_parts(spec.get(k)) for k in ('normalizer', 'pre_tokenizer',
+                                                            'decoder'))
+        byte_level = any(p['type'] == 'ByteLevel' for p in norms + pres + decs)
+        wordpiece = model['type'] == 'WordPiece'
+        metaspace = next((p for p in pres + decs if p['type'] == 'Metaspace'), None)
+        space = (metaspace or {}).get('replacement') or next(
+            (p['content'] for p in norms if p['type'] == 'Replace'
+             and p['pattern'].get('String') == ' '), None)
+        # where the tokenizer adds a space of its own before a text (segment), if it does:
+        # 'prepend' always; 'always' / 'first' unless the text starts with a space already
+        scheme, lead_char = None, space
+        if byte_level:
+            lead_char = BYTE_LEVEL_SPACE
+            if any(p['type'] == 'ByteLevel' and p.get('add_prefix_space') for p in pres):
+                scheme = 'always'
+        elif any(p['type'] == 'Prepend' and p['prepend'] == space for p in norms):
+            scheme = 'prepend'
+        elif metaspace is not None and metaspace in pres:
+            scheme = metaspace.get('prepend_scheme') or (
+                'always' if metaspace.get('add_prefix_space', True) else 'never')
+            scheme = None if scheme == 'never' else scheme
+        unk = model.get('unk_id')
+        if unk is None and model.get('unk_token') is not None:
+            unk = self._tok.token_to_id(model['unk_token'])
+        added = self._tok.get_added_tokens_decoder()
+        alphabet = _byte_level_alphabet() if byte_level else frozenset()
+        prefix = model.get('continuing_subword_prefix') or '##'
+        count, lead, drops = (np.zeros(self.vocab_size, np.int64) for _ in range(3))
         for v in range(self.vocab_size):
             piece = self._tok.id_to_token(v)
-            if piece is None or piece in special:
+            if v in added:  # matched in the raw text: its content, or a boundary if special
+                token = added[v]
+                count[v] = (1 if v == unk else 0 if token.special
+                            else len(token.content.encode('utf-8')))
+                # the text after it is a new segment: it gets the dummy again, unless 'first';
+                # an unknown token stands for text the model could not read: no boundary
+                drops[v] = v != unk and (token.special or scheme == 'always' or (
+                    scheme == 'prepend' and not token.normalized))
+            elif piece is None:
                 continue
-            out[v] = len(piece) if byte_level else len(self._tok.decode([v]).encode('utf-8'))
-        return out
+            elif v == unk or (model.get('byte_fallback') and BYTE_PIECE.fullmatch(piece)):
+                count[v] = 1
+            elif byte_level:
+                count[v] = sum(1 if c in alphabet else len(c.encode('utf-8')) for c in piece)
+                lead[v] = scheme is not None and piece.startswith(lead_char)
+            elif wordpiece:
+                word = not piece.startswith(prefix)
+                text = piece if word else piece[len(prefix):]
+                lead[v] = word and text not in NO_SPACE_BEFORE
+                count[v] = len(text.encode('utf-8')) + lead[v]
+                drops[v] = word and text in NO_SPACE_AFTER
+            elif space:
+                count[v] = len(piece.replace(space, ' ').encode('utf-8'))
+                lead[v] = scheme is not None and piece.startswith(lead_char)
+            else:
+                count[v] = len(self._tok.decode([v]).encode('utf-8'))
+        if self.eos_id is not None:
+            count[self.eos_id] = drops[self.eos_id] = 1
+        return count, lead, drops
 
     def __repr__(self) -> str:
         return f'FileTokenizer({self.path!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})'
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(ByteCounting):
     """A SentencePiece `.model` file (the `sentencepiece` library): encode(text) -> int32 [n]
     (no bos/eos added), decode(ids) -> str; eos_id: the model's </s> (or `eos_id`)."""
 
@@ -106,19 +228,47 @@ class SentencePieceTokenizer:
     def decode(self, ids) -> str:
         return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
-    def token_bytes(self) -> np.ndarray:
-        """int64[vocab]: bytes per piece (▁ = a space; <0xNN> byte pieces 1; control and
-        unknown pieces 1, as the byte tokenizer's separator)."""
-        out = np.ones(self.vocab_size, np.int64)
+    def _byte_tables(self):
+        """(count, lead, drops) of `ByteCounting`: pieces with '▁' = a space, <0xNN> byte
+        pieces and unknown pieces 1, control pieces (bos, eos, pad) 0 and document
+        boundaries; with add_dummy_prefix a piece's leading '▁' is the dummy at a start."""
+        sp = self._sp
+        dummy = ''.join(sp.encode('a', out_type=str)).startswith(METASPACE)
+        count, lead, drops = (np.zeros(self.vocab_size, np.int64) for _ in range(3))
         for v in range(self.vocab_size):
-            if self._sp.is_control(v) or self._sp.is_unknown(v) or self._sp.is_byte(v):
-                continue
-            out[v] = len(self._sp.id_to_piece(v).replace('\u2581', ' ').encode('utf-8'))
-        return out
+            if sp.is_control(v):
+                drops[v] = 1
+            elif sp.is_unknown(v) or sp.is_byte(v):
+                count[v] = 1
+            else:
+                piece = sp.id_to_piece(v)
+                count[v] = len(piece.replace(METASPACE, ' ').encode('utf-8'))
+                lead[v] = dummy and piece.startswith(METASPACE)
+        if self.eos_id is not None:
+            count[self.eos_id] = drops[self.eos_id] = 1
+        return count, lead, drops
 
     def __repr__(self) -> str:
         return (f'SentencePieceTokenizer({self.path!r}, vocab_size={self.vocab_size}, '
                 f'eos_id={self.eos_id})')
+
+
+def _parts(component) -> list[dict]:
+    """A tokenizer.json normalizer / pre_tokenizer / decoder as its flat list of parts
+    (Sequences opened), [] for null."""
+    if not component:
+        return []
+    for key in ('normalizers', 'pretokenizers', 'decoders'):
+        if key in component:
+            return [p for sub in component[key] for p in _parts(sub)]
+    return [component]
+
+
+def _byte_level_alphabet() -> frozenset:
+    """The 256 characters of GPT-2's byte-level alphabet, one per byte."""
+    from tokenizers import pre_tokenizers
+
+    return frozenset(pre_tokenizers.ByteLevel.alphabet())
 
 
 def from_config(data_config):
