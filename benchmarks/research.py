@@ -102,8 +102,9 @@ def warmup_steps(schedule_steps: int) -> int:
 
 def lm_run(ctx, name: str, *, size, layers, seq, batch, lr, steps, schedule_steps=0, embed=0,
            evals=4) -> dict:
-    """One experiments/lm.py run; its `val` evaluator scores the whole validation split
-    (--quick: 2 batches) `evals` times. schedule_steps: the LR schedule's length (0 = steps)."""
+    """One experiments/lm.py run; its `val` evaluator scores the whole batches of the whole
+    validation split (--quick: 2 batches) `evals` times. schedule_steps: the LR schedule's
+    length (0 = steps)."""
     schedule_steps = schedule_steps or steps
     if ctx.quick:
         steps, schedule_steps, seq, batch = 8, 8, 32, 8
@@ -112,7 +113,7 @@ def lm_run(ctx, name: str, *, size, layers, seq, batch, lr, steps, schedule_step
     overrides = [f'--config.model.num_layers={layers}', f'--config.optimizer.lr={lr}',
                  f'--config.optimizer.warmup_steps={warmup_steps(schedule_steps)}',
                  f'--config.optimizer.decay_steps={schedule_steps}',
-                 f'--config.evals.val.num_batches={eval_batches}',
+                 f'--config.evals.val.num_examples={eval_batches * batch}',
                  f'--config.train.eval_every={every}', f'--config.train.checkpoint_every={every}',
                  f'--config.train.log_every={max(min(100, steps // 15) // 4 * 4, 4)}']
     if embed:

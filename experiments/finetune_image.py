@@ -145,5 +145,5 @@ def get_config(arg=None):
     )
     c.parallel = defaults.parallel()
     c.train = defaults.finetune_train(arg.steps, arg.batch)
-    c.evals = dict(val=dict(type='classification', split='test', num_batches=3, batch_size=120))
+    c.evals = dict(val=dict(type='classification', split='test', num_examples=0, batch_size=120))
     return c

@@ -154,7 +154,9 @@ def get_config(arg=None):
         folds=defaults.folds(),  # k-fold cross-validation of `train` (sweep.kfold); k=0: off
     )
     num_classes = 9 if arg.data == 'pystdlib' else 'auto'  # auto: the ClassLabel's names
-    evals = dict(type='classification', split='validation', num_batches=16, batch_size=64)
+    # snippets are drawn without end: score a fixed 1,024 of them; a TFDS split whole
+    evals = dict(type='classification', split='validation',
+                 num_examples=1024 if arg.data == 'pystdlib' else 0, batch_size=64)
     c = ml_collections.ConfigDict()
     if arg.mode == 'features':
         c.model = dict(name='linear', num_classes=num_classes)
@@ -168,8 +170,8 @@ def get_config(arg=None):
             val_split='validation',
             embed_batch=256,
             embed_examples=dict(
-                train=arg.examples, validation=evals['num_batches'] * evals['batch_size'],
-                fold=evals['num_batches'] * evals['batch_size'],  # with data.source.folds
+                train=arg.examples, validation=evals['num_examples'],  # 0: the whole split
+                fold=evals['num_examples'],  # with data.source.folds
             ),
         )
     else:

@@ -77,5 +77,5 @@ def get_config(arg=None):
     c.optimizer = defaults.lm_optimizer(lr=arg.lr or LR[arg.size], clip_norm=1.0)
     c.parallel = defaults.parallel(data=1, fsdp=-1)
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)
-    c.evals = defaults.lm_evals()
+    c.evals = defaults.lm_evals(num_examples=8 * arg.batch)
     return c

@@ -209,23 +209,27 @@ def lm_optimizer(**overrides) -> dict:
                         **overrides})
 
 
-def lm_evals() -> dict:
-    """Validation loss (nats/token, perplexity, accuracy) on 8 batches of the val split."""
-    return dict(val=dict(type='loss', split='validation', num_batches=8, batch_size=0))
+def lm_evals(num_examples: int = 256) -> dict:
+    """Validation loss (nats/token, perplexity, accuracy) on the first `num_examples`
+    sequences of the val split's fixed order, each once (0 = the whole split; 256 = the 8
+    batches of 32 the evaluator read before it counted examples)."""
+    return dict(val=dict(type='loss', split='validation', num_examples=num_examples,
+                         batch_size=0))
 
 
 def conditional_run(c, arg, loss: str) -> None:
     """The optimizer, parallel, train, evals and lora sections of the conditional-generation
     experiments (experiments/sft.py, experiments/seq2seq.py), set on `c`: `loss` with no
     z-loss; AdamW at arg.lr (default 1e-3 from an init run, else 3e-3); evaluation and
-    checkpoints at half-way and the end; validation loss plus generated-text metrics."""
+    checkpoints at half-way and the end; validation loss on every held-out example plus
+    generated-text metrics."""
     c.loss = dict(name=loss, z_loss=0.0)
     c.optimizer = lm_optimizer(lr=arg.lr or (1e-3 if arg.init else 3e-3))
     c.parallel = parallel()
     c.train = train(steps=arg.steps, batch_size=arg.batch, steps_per_call=4,
                     eval_every=max(arg.steps // 2, 1), checkpoint_every=max(arg.steps // 2, 1))
     c.evals = dict(
-        **lm_evals(),
+        **lm_evals(num_examples=0),
         gen=dict(type='generation', split='validation', num_examples=128, batch_size=0,
                  max_new_tokens=0),
     )

@@ -85,7 +85,7 @@ def test_cli_patience_keeps_best_and_a_rerun_stays_stopped(tfds_dir, tmp_path):
     stops 'improving' after its first evaluation: best/ must keep step 1 through a resume
     (which the old in-memory tracker overwrote) and patience must fire after it."""
     args = ['train', '--workdir', str(tmp_path), '--config', 'experiments/lm.py:steps=10', *TINY_LM,
-            '--config.train.eval_every=1', '--config.evals.val.num_batches=1',
+            '--config.train.eval_every=1', '--config.evals.val.num_examples=16',
             '--config.train.best_metric=val/loss', '--config.train.best_mode=max',
             '--config.train.patience=2', '--config.optimizer.decay_steps=10',
             '--config.train.checkpoint_every=0']

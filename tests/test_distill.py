@@ -97,7 +97,7 @@ STUDENT = ['--config.model.num_layers=1', '--config.model.embed_dim=32',
            '--config.model.num_heads=2', '--config.model.mlp_dim=64']
 COMMON = ['--config.data.seq_len=32', '--config.train.batch_size=16',
           '--config.train.log_every=5', '--config.train.eval_every=0',
-          '--config.evals.val.num_batches=8']
+          '--config.evals.val.num_examples=128']
 
 
 @pytest.mark.slow

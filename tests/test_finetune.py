@@ -114,7 +114,7 @@ def test_linear_probe_from_lm_checkpoint_keeps_backbone(tfds_dir, tmp_path):
     run_cli('train', '--config', f'experiments/finetune_text.py:init={lm},mode=linear_probe,'
             'steps=6,seq=32,batch=8,lr=0.1', '--workdir', str(probe),
             '--config.train.log_every=2', '--config.train.eval_every=3',
-            '--config.evals.val.num_batches=2')
+            '--config.evals.val.num_examples=128')
     before, _ = checkpoint.restore_params(str(lm))
     after, step = checkpoint.restore_params(str(probe))
     assert step == 6

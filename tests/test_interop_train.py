@@ -16,7 +16,7 @@ from jaxbig.interop import hf  # noqa: E402
 
 SMALL = ['--config.data.seq_len=32', '--config.train.batch_size=8',
          '--config.train.log_every=1', '--config.train.eval_every=0',
-         '--config.train.checkpoint_every=0', '--config.evals.val.num_batches=2']
+         '--config.train.checkpoint_every=0', '--config.evals.val.num_examples=16']
 
 
 def _bpe(path, vocab_size=400):
@@ -118,7 +118,7 @@ def test_finetune_text_from_an_imported_decoder(gpt2_run, tmp_path):
     config = cli.load_config(
         f'experiments/finetune_text.py:init={workdir},mode=linear_probe,steps=30,seq=32,batch=16',
         ['--config.train.log_every=1', '--config.train.eval_every=0',
-         '--config.evals.val.num_batches=2', '--config.evals.val.batch_size=16'])
+         '--config.evals.val.num_examples=32', '--config.evals.val.batch_size=16'])
     assert config.data.tokenizer.endswith('tokenizer.json')
     last = train.train(config, out)
     _falls(out)
@@ -155,10 +155,11 @@ def test_bits_per_byte_across_tokenizers(gpt2_run, tfds_dir, tmp_path):
     results = eval_cmd.evaluate(workdir)
     cfg = run.config
     pipe = data.build_pipeline(cfg.data, split=cfg.evals.val.split,
-                               batch_size=cfg.train.batch_size, seed=0)
+                               batch_size=cfg.train.batch_size, seed=0, one_pass=True,
+                               num_examples=cfg.evals.val.num_examples)
     nats = size = 0.0
     table = run.tokenizer.token_bytes()
-    for i in range(cfg.evals.val.num_batches):
+    for i in range(pipe.num_batches):  # 16 = 2 whole batches: no padding rows
         b = pipe.get_batch(i)
         logits = np.asarray(run.model.apply({'params': run.params}, b['inputs']), np.float64)
         logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,

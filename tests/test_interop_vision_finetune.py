@@ -22,7 +22,7 @@ from jaxbig.interop import hf  # noqa: E402
 VIT = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
            image_size=8, patch_size=4, num_channels=1)
 SMALL = ['--config.train.log_every=1', '--config.train.eval_every=0',
-         '--config.train.checkpoint_every=0', '--config.evals.val.num_batches=1']
+         '--config.train.checkpoint_every=0', '--config.evals.val.num_examples=120']
 
 
 def _pretrained_vit():

@@ -361,7 +361,7 @@ def test_cv_table_is_numpy_mean_and_sample_std_of_the_folds(tmp_path):
 TINY_CNN = ['--config.model.backbone.variant=cnn', '--config.model.backbone.width=8',
             '--config.model.backbone.cnn_layers=1', '--config.train.log_every=2',
             '--config.train.eval_every=0', '--config.train.checkpoint_every=2',
-            '--config.evals.val.num_batches=2', '--config.evals.val.batch_size=48']
+            '--config.evals.val.num_examples=96', '--config.evals.val.batch_size=48']
 STEPS = 8
 SWEEP_2X2 = '''
 from jaxbig import sweep

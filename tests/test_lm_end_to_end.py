@@ -25,7 +25,7 @@ def test_default_experiment_beats_bigram_entropy(tfds_dir, tmp_path):
     # The default run's first 150 steps (its learning-rate schedule spans the default 600).
     run_cli('train', '--config', 'experiments/lm.py:steps=150', '--workdir', str(tmp_path),
             '--config.optimizer.decay_steps=600', '--config.train.eval_every=0',
-            '--config.evals.val.num_batches=16', timeout=600)
+            '--config.evals.val.num_examples=512', timeout=600)
     val_loss = metric_series(tmp_path, 'val/loss')[150]
     assert val_loss < bigram, (val_loss, bigram)
     assert (tmp_path / 'loss_curve.png').stat().st_size > 1000

@@ -213,7 +213,7 @@ def test_lora_mode_through_the_cli_then_merge_and_eval(tfds_dir, tmp_path):
     ft = tmp_path / 'ft'
     proc = run_cli('train', '--config', f'experiments/finetune_text.py:init={lm},mode=lora,'
                    'steps=4,seq=32,batch=8,lr=0.05', '--workdir', str(ft),
-                   '--config.train.eval_every=0', '--config.evals.val.num_batches=2')
+                   '--config.train.eval_every=0', '--config.evals.val.num_examples=128')
     assert 'lora: rank 8 on 4 kernels' in proc.stderr  # query, value x 2 unscanned layers
     base, _ = checkpoint.restore_params(str(lm))
     after, step = checkpoint.restore_params(str(ft))

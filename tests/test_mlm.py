@@ -266,7 +266,7 @@ def mlm_run(tfds_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp('mlm') / 'run'
     run_cli('train', '--config', 'experiments/mlm.py:steps=40,seq=32,batch=16', '--workdir',
             str(workdir), *TINY, '--config.train.log_every=4', '--config.train.eval_every=40',
-            '--config.evals.val.num_batches=2', devices=2)
+            '--config.evals.val.num_examples=32', devices=2)
     return workdir
 
 
@@ -292,7 +292,7 @@ def test_linear_probe_from_mlm_run_keeps_backbone(mlm_run, tmp_path):
     probe = tmp_path / 'probe'
     run_cli('train', '--config', f'experiments/finetune_text.py:init={mlm_run},'
             'mode=linear_probe,steps=4,seq=32,batch=8,lr=0.1', '--workdir', str(probe),
-            '--config.train.eval_every=4', '--config.evals.val.num_batches=1')
+            '--config.train.eval_every=4', '--config.evals.val.num_examples=64')
     before, _ = checkpoint.restore_params(str(mlm_run))
     after, step = checkpoint.restore_params(str(probe))
     after = finetune.flatten(after)
@@ -343,7 +343,7 @@ def test_full_and_lora_finetune_from_mlm_run(mlm_run, tmp_path, mode):
     workdir = tmp_path / mode
     run_cli('train', '--config', f'experiments/finetune_text.py:init={mlm_run},mode={mode},'
             'steps=6,seq=32,batch=8', '--workdir', str(workdir), '--config.train.eval_every=6',
-            '--config.evals.val.num_batches=1')
+            '--config.evals.val.num_examples=64')
     assert 0 <= metric_series(workdir, 'val/accuracy')[6] <= 1
 
 

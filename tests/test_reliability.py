@@ -47,7 +47,7 @@ BAD_CONFIGS = [
     (['--config.data.name=folder', '--config.data.path=/nonexistent/texts'], 'data.path'),
     (['--config.data.seq_len=0'], 'data.seq_len=0'),
     (['--config.evals.val.type=nope'], "evals.val.type='nope'"),
-    (['--config.evals.val.num_batches=0'], 'evals.val.num_batches=0'),
+    (['--config.evals.val.num_examples=-1'], 'evals.val.num_examples=-1'),
 ]
 
 
@@ -86,7 +86,7 @@ def test_nan_guard_stops_before_checkpointing_or_evaluating(tfds_dir, tmp_path):
     proc = run_cli('train', '--workdir', str(tmp_path), '--config', f'{LM}:steps=8', *TINY_LM,
                    '--config.train.debug_nan_at_step=5', '--config.train.log_every=4',
                    '--config.train.checkpoint_every=2', '--config.train.eval_every=5',
-                   '--config.evals.val.num_batches=1', '--config.train.best_metric=val/loss',
+                   '--config.evals.val.num_examples=16', '--config.train.best_metric=val/loss',
                    '--config.train.best_mode=min', check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]

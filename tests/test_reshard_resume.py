@@ -39,7 +39,7 @@ PMAP = ['--config.parallel.strategy=pmap']  # data=-1: every device
 def train_args(steps: int = TOTAL) -> list[str]:
     return ['--config', f'experiments/lm.py:steps={TOTAL}', *TINY_LM,
             f'--config.optimizer.decay_steps={TOTAL}', '--config.optimizer.warmup_steps=1',
-            '--config.train.checkpoint_every=0', '--config.evals.val.num_batches=1',
+            '--config.train.checkpoint_every=0', '--config.evals.val.num_examples=16',
             f'--config.train.steps={steps}']
 
 

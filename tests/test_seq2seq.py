@@ -278,7 +278,7 @@ def test_config_errors(prepared):
 
 TINY = ['--config.model.num_layers=1', '--config.model.embed_dim=64',
         '--config.model.mlp_dim=128', '--config.train.log_every=4',
-        '--config.evals.gen.num_examples=4', '--config.evals.val.num_batches=1',
+        '--config.evals.gen.num_examples=4', '--config.evals.val.num_examples=16',
         '--config.optimizer.lr=1e-2']
 
 

@@ -337,7 +337,8 @@ def test_generation_evaluator_against_uncached_greedy(tfds_dir, name_examples, t
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):  # as in training
         metrics = evaluator.run(params)
     rows = read_json(tmp_path / 'generations_gen.json')
-    assert len(rows) == 6 and set(metrics) == {'gen/exact_match', 'gen/chrf'}
+    assert len(rows) == 6 and set(metrics) == {'gen/exact_match', 'gen/chrf', 'gen/num_examples'}
+    assert metrics['gen/num_examples'] == 6
     hyps, refs = [r['response'] for r in rows], [r['reference'] for r in rows]
     assert metrics['gen/exact_match'] == generation.exact_match(hyps, refs)
     assert metrics['gen/chrf'] == pytest.approx(generation.chrf(hyps, refs))
@@ -390,7 +391,7 @@ def test_config_errors(tfds_dir, name_examples, tmp_path):
         conditional.build_pipeline(data_config(tfds_dir, seq_len=4), split='validation',
                                    batch_size=2, seed=0)
     bad = sft_config(tfds_dir)
-    bad.evals.gen.num_examples = 0
+    bad.evals.gen.num_examples = -1
     with pytest.raises(ConfigError, match='evals.gen.num_examples'):
         run_lib.setup(bad, str(tmp_path))
     lm = sft_config(tfds_dir)
@@ -434,7 +435,7 @@ def test_tokenizer_with_a_bos_template(tmp_path):
 TINY_SFT = ['--config.model.num_layers=2', '--config.model.embed_dim=64',
             '--config.model.num_heads=4', '--config.model.mlp_dim=128',
             '--config.train.log_every=4', '--config.evals.gen.num_examples=8',
-            '--config.evals.val.num_batches=2']
+            '--config.evals.val.num_examples=32']
 
 
 def test_sft_cli_trains_evaluates_generates(tfds_dir, name_examples, tmp_path):
@@ -466,7 +467,7 @@ def test_sft_from_an_lm_workdir(tfds_dir, name_examples, tmp_path):
     sft = str(tmp_path / 'sft')
     run_cli('train', '--config', f'experiments/sft.py:init={lm},steps=4,batch=8,seq=128',
             '--workdir', sft, '--config.train.log_every=4', '--config.evals.gen.num_examples=4',
-            '--config.evals.val.num_batches=1', "--config.optimizer.freeze=['.*']")
+            '--config.evals.val.num_examples=8', "--config.optimizer.freeze=['.*']")
     a, b = run_lib.load_run(lm), run_lib.load_run(sft)
     assert b.config.model.to_dict() == a.config.model.to_dict()
     assert b.config.init_from.path == lm

@@ -74,7 +74,7 @@ def rows(workdir) -> dict[int, dict]:
 # calls of 2, 2, 1, 1, 1 updates (cut by the cadences), the resumed run 1 + 1.
 CADENCES = ['--config', f'{LM}:steps=7', *TINY_LM, '--config.optimizer.decay_steps=7',
             '--config.train.log_every=2', '--config.train.eval_every=4',
-            '--config.evals.val.num_batches=1', '--config.train.checkpoint_every=5']
+            '--config.evals.val.num_examples=16', '--config.train.checkpoint_every=5']
 
 
 @pytest.fixture(scope='module')

@@ -22,7 +22,7 @@ from jaxbig import config as config_lib
 from jaxbig import sweep, writers
 
 LM = os.path.join(REPO, 'experiments', 'lm.py')
-BASE = [*TINY_LM, '--config.evals.val.num_batches=1', '--config.train.checkpoint_every=10']
+BASE = [*TINY_LM, '--config.evals.val.num_examples=16', '--config.train.checkpoint_every=10']
 STEPS = 20  # long enough to catch a run mid-way
 SWEEP_4 = '''
 from jaxbig import sweep

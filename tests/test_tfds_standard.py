@@ -328,7 +328,7 @@ def test_image_finetuning_trains_on_cifar10_shaped_png(tfds_data, tmp_path):
             '--workdir', str(tmp_path), '--config.data.name=cifar10_like',
             '--config.model.backbone.variant=cnn', '--config.model.backbone.width=8',
             '--config.train.log_every=1',
-            '--config.evals.val.num_batches=1', '--config.evals.val.batch_size=64')
+            '--config.evals.val.num_examples=0', '--config.evals.val.batch_size=64')
     loss = losses(tmp_path)
     assert len(loss) == 12 and np.mean(loss[-3:]) < np.mean(loss[:3])
     assert metric_series(tmp_path, 'val/accuracy')
@@ -348,7 +348,7 @@ def test_clip_trains_on_coco_shaped_captions(tfds_data, tmp_path):
 @pytest.mark.slow
 def test_lm_trains_on_a_test_only_dataset(tfds_data, tmp_path):
     run_cli('train', '--config', 'experiments/lm.py:steps=6', '--workdir', str(tmp_path),
-            '--config.data.name=lm1b_like', *TINY_LM, '--config.evals.val.num_batches=1',
+            '--config.data.name=lm1b_like', *TINY_LM, '--config.evals.val.num_examples=0',
             '--config.optimizer.lr=3e-3')
     loss = losses(tmp_path)
     assert len(loss) == 6 and loss[-1] < loss[0]
@@ -362,7 +362,7 @@ def test_text_classification_trains_via_cli(tfds_data, tmp_path, name, classes):
             'seq=48', '--workdir', str(tmp_path), '--config.model.backbone.num_layers=1',
             '--config.model.backbone.embed_dim=32', '--config.model.backbone.num_heads=2',
             '--config.model.backbone.mlp_dim=64', '--config.train.log_every=1',
-            '--config.evals.val.num_batches=2', '--config.evals.val.batch_size=32')
+            '--config.evals.val.num_examples=0', '--config.evals.val.batch_size=32')
     with open(tmp_path / 'config.json') as f:
         assert json.load(f)['model']['num_classes'] == classes  # 'auto': the ClassLabel's
     loss = losses(tmp_path)

@@ -206,7 +206,7 @@ def test_sweep_report_tabulates_bits_per_byte(tfds_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, '-m', 'jaxbig.sweep', '--config', 'experiments/lm.py:steps=3',
          '--sweep', str(tmp_path / 'tok.py'), '--workdir', str(workdir), '--parallel', '2',
-         *TINY_LM, '--config.evals.val.num_batches=1', '--config.train.eval_every=3'],
+         *TINY_LM, '--config.evals.val.num_examples=16', '--config.train.eval_every=3'],
         cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
         timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

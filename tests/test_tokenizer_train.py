@@ -54,7 +54,7 @@ def test_lm_trains_on_the_tokenizer_and_reports_bits_per_byte(corpus, tmp_path):
     config = cli.load_config('experiments/lm.py:steps=4,seq=32,batch=8', [
         *_folder(corpus), f'--config.data.tokenizer={path}', '--config.model.num_layers=1',
         '--config.train.log_every=1', '--config.train.eval_every=0',
-        '--config.evals.val.num_batches=1'])
+        '--config.evals.val.num_examples=8'])
     assert config.model.vocab_size == 500  # 'auto': follows the tokenizer
     from jaxbig import data
 

@@ -103,12 +103,12 @@ def text_finetune(ctx, modes=TEXT_MODES, pooling: str = '') -> dict:
     pooling: finetune_text.py's pooling ('' = its default per mode)."""
     seeds, steps = (SEEDS[:2], 4) if ctx.quick else (SEEDS, TEXT_STEPS)
     quick = ['--config.train.steps=4', '--config.train.eval_every=0',
-             '--config.evals.val.num_batches=1'] if ctx.quick else []
+             '--config.evals.val.num_examples=32'] if ctx.quick else []
     pretrained = ctx.train('lm', LM, quick)
     untrained = ctx.train('lm_untrained', LM, [*quick[1:], '--config.train.steps=4',
                                                '--config.optimizer.freeze=[".*"]'])
     cells, runs = [], [pretrained, untrained]
-    eval_quick = ['--config.evals.val.num_batches=1'] if ctx.quick else []
+    eval_quick = ['--config.evals.val.num_examples=64'] if ctx.quick else []
     pool_arg, pool_name = (f',pooling={pooling}', f'_{pooling}') if pooling else ('', '')
     for init, label in (('lm', 'from the LM'), ('lm_untrained', 'untrained GPT')):
         path = harness.display(ctx.workdir(init))

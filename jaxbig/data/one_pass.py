@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxbig.config import ConfigError
+from jaxbig.errors import ConfigError
 
 
 class NumExamplesError(ConfigError):

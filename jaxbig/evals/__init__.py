@@ -5,15 +5,23 @@ Each module exposes `Evaluator(cfg, ctx)` with `run(params) -> {metric name: flo
 evaluators need from the run. Metric names are prefixed with the evaluator's name
 (`val/loss`). Evaluators run every `cfg.every` steps (0 = `train.eval_every`) and at the end.
 
-    c.evals = dict(val=dict(type='loss', split='validation', num_batches=8))
+    c.evals = dict(val=dict(type='loss', split='validation', num_examples=0))
+
+Batch evaluators score each example of their split exactly once: they build the split's
+pipeline with `ctx.build_pipeline(..., one_pass=True, num_examples=n)` (`jaxbig.data.one_pass`:
+n = 0 the whole split, else the first n of a fixed order, the same in every run and at every
+batch size), loop over its `num_batches` batches, weigh rows by `example_mask` (the padding
+of the last batch counts nothing) and log `<name>/num_examples`. A `num_examples` the split
+cannot give is a one-line ConfigError naming `evals.<name>.num_examples`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
-from jaxbig.config import resolve
+from jaxbig.config import ConfigError, resolve
 
 
 @dataclasses.dataclass
@@ -30,9 +38,20 @@ class EvalContext:
     process_index: int = 0
     process_count: int = 1
 
-    def build_pipeline(self, data_config, *, split: str, batch_size: int, seed: int = 0):
+    def build_pipeline(self, data_config, *, split: str, batch_size: int, seed: int = 0,
+                       one_pass: bool = False, num_examples: int = 0):
+        """`data_config`'s pipeline over `split`, this process's rows of global batches of
+        `batch_size`: the endless stream of `seed`, or with `one_pass` each of `num_examples`
+        examples (0 = all) once, with `num_examples`, `num_batches` and `example_mask`."""
         from jaxbig import data
 
+        kwargs = dict(one_pass=True, num_examples=num_examples) if one_pass else {}
+        if one_pass:
+            module = data.pipeline_module(data_config)
+            if 'one_pass' not in inspect.signature(module.build_pipeline).parameters:
+                raise ConfigError(f'data.pipeline={data_config.get("pipeline", "lm")!r}: its '
+                                  'build_pipeline has no one_pass mode, which evaluators need '
+                                  '(see jaxbig/data/one_pass.py)')
         return data.build_pipeline(
             data_config,
             split=split,
@@ -40,15 +59,25 @@ class EvalContext:
             seed=seed,
             process_index=self.process_index,
             process_count=self.process_count,
+            **kwargs,
         )
 
 
 def build_evaluators(config, ctx: EvalContext) -> dict[str, tuple[int, Any]]:
     """{name: (every, evaluator)} from `config.evals`."""
+    from jaxbig.data.one_pass import NumExamplesError
+
     out = {}
     for name, cfg in (config.get('evals') or {}).items():
         kind = cfg.get('type', '')
         module = resolve(__name__, kind, f'evals.{name}.type', 'Evaluator')
         every = cfg.get('every', 0) or config.train.eval_every
-        out[name] = (every, module.Evaluator(cfg, ctx, name=name))
+        n = cfg.get('num_examples', 0)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ConfigError(f'evals.{name}.num_examples={n!r}: must be an int >= 0 (0 = the '
+                              'whole split)')
+        try:
+            out[name] = (every, module.Evaluator(cfg, ctx, name=name))
+        except NumExamplesError as e:  # 'num_examples=...: why'
+            raise ConfigError(f'evals.{name}.{e}') from None
     return out

@@ -1,10 +1,18 @@
-"""Classification metrics on a held-out split: accuracy, macro recall, macro F1, and the
-confusion matrix (saved as `<workdir>/confusion_<name>_<step>.{json,png}`).
+"""Classification metrics on a held-out split, each example scored once: accuracy, macro and
+weighted precision / recall / F1, and the confusion matrix (saved as
+`<workdir>/confusion_<name>.{json,png}`).
 
-Config: type='classification', split (default data.val_split), num_batches, batch_size
-(0 = train.batch_size). Macro averages run over the classes present in the labels or in the
-predictions, exactly as scikit-learn's `average='macro'`; a class never predicted has
-precision 0 and a class absent from the labels recall 0 (so F1 0), as its zero_division=0.
+Config: type='classification', split (default data.val_split), num_examples (0 = the whole
+split; else the first num_examples of the split's fixed order, the same in every run and at
+every batch size; `jaxbig.data.one_pass`), batch_size (0 = train.batch_size). The split is
+read in one pass whose last batch is padded with copies of a real row; those rows are
+dropped before the confusion matrix. Logs `<name>/num_examples`, the examples scored (so
+accuracy * num_examples is the integer count of correct predictions).
+
+Averages are scikit-learn's `precision_recall_fscore_support(..., zero_division=0)`: over
+the classes present in the labels or in the predictions; a class never predicted has
+precision 0 and a class absent from the labels recall 0 (so F1 0). `macro_*` weigh those
+classes equally, `weighted_*` by their number of true examples (support).
 """
 from __future__ import annotations
 
@@ -14,8 +22,6 @@ import os
 import jax
 import numpy as np
 
-from jaxbig.config import ConfigError
-
 
 def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
     """int64[K, K]; row = true class, column = predicted class."""
@@ -24,6 +30,8 @@ def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
 
 
 def scores(cm: np.ndarray) -> dict[str, float]:
+    """accuracy, macro_{precision,recall,f1}, weighted_{precision,recall,f1} of a confusion
+    matrix (see the module docstring)."""
     tp = np.diag(cm).astype(np.float64)
     support, predicted = cm.sum(1), cm.sum(0)
     present = (support > 0) | (predicted > 0)  # sklearn: labels present in y_true or y_pred
@@ -31,20 +39,21 @@ def scores(cm: np.ndarray) -> dict[str, float]:
     precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
     denom = precision + recall
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
-    return {'accuracy': float(tp.sum() / max(cm.sum(), 1)),
-            'macro_recall': float(recall[present].mean()),
-            'macro_f1': float(f1[present].mean())}
+    total = support.sum()
+    out = {'accuracy': float(tp.sum() / max(cm.sum(), 1))}
+    for key, value in (('precision', precision), ('recall', recall), ('f1', f1)):
+        out[f'macro_{key}'] = float(value[present].mean()) if present.any() else 0.0
+        out[f'weighted_{key}'] = float((value * support).sum() / total) if total else 0.0
+    return out
 
 
 class Evaluator:
     def __init__(self, cfg, ctx, *, name: str = 'val'):
-        self.num_batches = cfg.get('num_batches', 8)
-        if self.num_batches < 1:
-            raise ConfigError(f'evals.{name}.num_batches={self.num_batches}: must be >= 1')
         data_cfg = ctx.config.data
         self.pipeline = ctx.build_pipeline(
             data_cfg, split=cfg.get('split', '') or data_cfg.val_split,
-            batch_size=cfg.get('batch_size', 0) or ctx.config.train.batch_size)
+            batch_size=cfg.get('batch_size', 0) or ctx.config.train.batch_size,
+            one_pass=True, num_examples=cfg.get('num_examples', 0))
         self.num_classes = ctx.config.model.num_classes
         self.class_names = list(getattr(self.pipeline, 'classes', range(self.num_classes)))
         self.ctx, self.name, self.evaluations = ctx, name, 0
@@ -55,18 +64,25 @@ class Evaluator:
 
     def run(self, params) -> dict[str, float]:
         from jax.experimental import multihost_utils
-        labels, preds = [], []
-        for i in range(self.num_batches):
+        labels, preds, real = [], [], []
+        for i in range(self.pipeline.num_batches):
             batch = self.pipeline.get_batch(i)
             pred = self._predict(params, self.ctx.to_global(batch))
             preds.append(np.asarray(multihost_utils.process_allgather(pred, tiled=True)))
-            labels.append(np.asarray(multihost_utils.process_allgather(
-                self.ctx.to_global({'label': batch['label']})['label'], tiled=True)))
-        cm = confusion_matrix(np.concatenate(labels), np.concatenate(preds), self.num_classes)
+            rows = self.ctx.to_global({k: batch[k] for k in ('label', 'example_mask')})
+            labels.append(np.asarray(multihost_utils.process_allgather(rows['label'],
+                                                                       tiled=True)))
+            real.append(np.asarray(multihost_utils.process_allgather(rows['example_mask'],
+                                                                     tiled=True)) > 0)
+        real = np.concatenate(real)
+        cm = confusion_matrix(np.concatenate(labels)[real], np.concatenate(preds)[real],
+                              self.num_classes)
         self.evaluations += 1
         if self.ctx.process_index == 0:
             self._save(cm)
-        return {f'{self.name}/{k}': v for k, v in scores(cm).items()}
+        out = {f'{self.name}/{k}': v for k, v in scores(cm).items()}
+        out[f'{self.name}/num_examples'] = float(cm.sum())
+        return out
 
     def _save(self, cm):
         stem = os.path.join(self.ctx.workdir, f'confusion_{self.name}')

@@ -12,6 +12,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxbig.data.one_pass import OnePass
+
 
 def plain_data_config(data_cfg) -> ml_collections.ConfigDict:
     """A copy of the data config asking for un-augmented images (`views=0` when present)."""
@@ -31,35 +33,43 @@ def jitted_method(ctx, method: str):
 
 
 def run_rows(ctx, fn, params, rows: np.ndarray, batch_size: int) -> np.ndarray:
-    """fn over `rows` [n, ...] (identical on every host) in global batches of batch_size."""
-    n = len(rows)
-    pad = -n % batch_size
-    rows = np.concatenate([rows, np.repeat(rows[-1:], pad, 0)]) if pad else rows
-    local = batch_size // ctx.process_count
+    """fn over `rows` [n, ...] (identical on every host) in global batches of batch_size,
+    each row once (`jaxbig.data.one_pass`: the last batch padded with copies of the last
+    row, whose outputs are dropped)."""
+    plan = OnePass(len(rows), batch_size=batch_size, process_index=ctx.process_index,
+                   process_count=ctx.process_count)
     out = []
-    for start in range(0, len(rows), batch_size):
-        mine = rows[start + ctx.process_index * local : start + (ctx.process_index + 1) * local]
+    for i in range(plan.num_batches):
+        mine = rows[plan.rows(i)[0]]
         out.append(np.asarray(jax.device_get(fn(params, ctx.to_global(mine)))))
-    return np.concatenate(out)[:n]
+    return np.concatenate(out)[:len(rows)]
 
 
 class SplitEmbedder:
-    """Every example of a split once (epoch 0 of the pipeline's order) through `method`.
+    """Every example of a split once through `method`: the split's one-pass pipeline
+    (`jaxbig.data.one_pass`; the first max_examples of its fixed order, 0 = all), the
+    padding rows of its last batch dropped.
 
     __call__(params) -> (outputs [n, ...], labels int [n] or None), n = min(split size,
-    max_examples); also keeps `inputs` for evaluators that need other columns.
+    max_examples); `column(key)` gives other batch columns (e.g. 'text') of the same rows.
     """
 
     def __init__(self, ctx, data_cfg, *, split, batch_size, method, input_key, max_examples):
-        self.pipeline = ctx.build_pipeline(data_cfg, split=split, batch_size=batch_size, seed=0)
-        self.n = min(len(self.pipeline.split), max_examples or len(self.pipeline.split))
-        self.num_batches = -(-self.n // batch_size)
+        def build(n):
+            return ctx.build_pipeline(data_cfg, split=split, batch_size=batch_size, seed=0,
+                                      one_pass=True, num_examples=n)
+
+        self.pipeline = build(0)
+        if max_examples and max_examples < self.pipeline.num_examples:  # a cap, not a demand
+            self.pipeline = build(max_examples)
+        self.n, self.num_batches = self.pipeline.num_examples, self.pipeline.num_batches
         self.input_key, self.ctx = input_key, ctx
         self.fn = jitted_method(ctx, method)
         gather = jax.jit(lambda x: x, out_shardings=NamedSharding(ctx.mesh, P()))
         self.columns = {}
         for i in range(self.num_batches):  # fixed across evaluations: read once
             batch = self.pipeline.get_batch(i)
+            batch.pop('example_mask')  # padding: the global rows past n, cut off below
             for k, v in batch.items():
                 self.columns.setdefault(k, []).append(
                     np.asarray(jax.device_get(gather(ctx.to_global(v)))) if k != input_key else v

@@ -1,9 +1,11 @@
 """Generated-text metrics: greedy responses to held-out prompts, scored by exact match and
 chrF against the references.
 
-Config: type='generation', split (default data.val_split), num_examples (prompts, spread
-evenly over the split; the same at every evaluation), batch_size (prompts per generation
-call; 0 = all at once), max_new_tokens (0 = the longest reference's tokens + 1).
+Config: type='generation', split (default data.val_split), num_examples (distinct prompts,
+each scored once, spread evenly over the split; the same at every evaluation; 0 = every
+example of the split, `generation_examples(0)`; more than the split has: a ConfigError),
+batch_size (prompts per generation call; 0 = all at once), max_new_tokens (0 = the longest
+reference's tokens + 1).
 
 The data pipeline of the split provides `generation_examples(n) -> [(prompt ids, reference
 text)]` and `tokenizer` (jaxbig.data.conditional does). Responses are generated greedily
@@ -17,6 +19,7 @@ response (the same prompts, greedy); multi-host runs of it are untested.
 Metrics (`<name>/...`), on the texts with surrounding whitespace stripped:
     exact_match  fraction of responses equal to their reference (0..1)
     chrf         sacrebleu's corpus chrF (character 6-grams, beta 2; 0..100)
+    num_examples the prompts scored
 Process 0 writes the prompts, references and responses to `<workdir>/generations_<name>.json`.
 """
 
@@ -73,9 +76,9 @@ class Evaluator:
         self.batch_size = cfg.get('batch_size', 0)
         self.max_new_tokens = cfg.get('max_new_tokens', 0)
         for key in ('num_examples', 'batch_size', 'max_new_tokens'):
-            value, least = getattr(self, key), 1 if key == 'num_examples' else 0
-            if not isinstance(value, int) or value < least:
-                raise ConfigError(f'evals.{name}.{key}={value!r}: must be an int >= {least}')
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f'evals.{name}.{key}={value!r}: must be an int >= 0')
         data_cfg = ctx.config.data
         pipeline = ctx.build_pipeline(data_cfg, split=cfg.get('split', '') or data_cfg.val_split,
                                       batch_size=ctx.process_count)
@@ -108,7 +111,8 @@ class Evaluator:
         if self.ctx.process_index == 0 and self.ctx.workdir:
             self._save(hypotheses)
         return {f'{self.name}/exact_match': exact_match(hypotheses, references),
-                f'{self.name}/chrf': chrf(hypotheses, references)}
+                f'{self.name}/chrf': chrf(hypotheses, references),
+                f'{self.name}/num_examples': float(len(references))}
 
     def _save(self, hypotheses):
         rows = [{'prompt': self.tokenizer.decode(p), 'reference': ref, 'response': hyp}
