@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxbig import aggregate, pruning
+from jaxbig.models import layout
 
 
 @flax.struct.dataclass
@@ -51,9 +52,9 @@ def init_fn(
     def init():
         rng = jax.random.PRNGKey(seed)
         init_rng, state_rng = jax.random.split(rng)
-        params = model.init(
-            {'params': init_rng, 'dropout': init_rng}, *example_inputs, train=False
-        )['params']
+        # the same numbers whatever model.scan_layers (a speed switch, not another init)
+        params = layout.init_params(
+            model, {'params': init_rng, 'dropout': init_rng}, *example_inputs, train=False)
         if boxed:
             return params
         params = nn.unbox(params)
