@@ -66,7 +66,6 @@ query/key/value biases of GPT-2 / Qwen2. The default rules (DEFAULT_WEIGHT_DECAY
     (.*/)?kernel    the weight of every Dense / DenseGeneral / `layers.Linear` / Conv layer:
                     attention query/key/value/out, MLP, LSTM gates, patch embedding conv,
                     poolers, heads, CLIP projections, an untied unembedding (flax's name)
-    (.*/)?w         a weight in Haiku's naming and hand-written trees ('b' is its bias)
     lora/.*/(a|b)   LoRA factors of a kernel (jaxbig/lora.py), as HF PEFT + Trainer decay
                     lora_A / lora_B
 
@@ -274,7 +273,6 @@ def param_groups(params, *, freeze, mults):
 # to by default; the module docstring says what each names and what is left out.
 DEFAULT_WEIGHT_DECAY_MASK = (
     r'(.*/)?kernel',
-    r'(.*/)?w',
     r'lora/.*/(a|b)',
 )
 

@@ -22,8 +22,8 @@ LR, STEPS, WD, CLIP = 0.1, 10, 0.1, 0.5
 
 # Distinct shapes, so a moment of a frozen leaf would be recognisable by its shape.
 PARAMS = {
-    'encoder': {'w': jnp.full((6, 5), 0.3), 'b': jnp.full((7,), -0.2)},
-    'head': {'w': jnp.full((4, 3), 0.1), 'b': jnp.zeros((2,))},
+    'encoder': {'kernel': jnp.full((6, 5), 0.3), 'bias': jnp.full((7,), -0.2)},
+    'head': {'kernel': jnp.full((4, 3), 0.1), 'bias': jnp.zeros((2,))},
 }
 
 
@@ -90,8 +90,8 @@ def test_frozen_leaves_have_no_optimizer_state():
         tx.init(PARAMS), is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
         if isinstance(s, optax.ScaleByAdamState)]
     assert len(adam) == 1
-    assert isinstance(adam[0].mu['encoder']['w'], optax.MaskedNode)
-    assert adam[0].mu['head']['w'].shape == (4, 3)
+    assert isinstance(adam[0].mu['encoder']['kernel'], optax.MaskedNode)
+    assert adam[0].mu['head']['kernel'].shape == (4, 3)
 
 
 def test_frozen_bit_identical_and_trainable_match_plain_optax_on_the_subtree():
@@ -110,13 +110,13 @@ def test_frozen_bit_identical_and_trainable_match_plain_optax_on_the_subtree():
         assert not np.array_equal(params['head'][name], PARAMS['head'][name])
 
 
-@pytest.mark.parametrize('freeze', [[], ['encoder/w']])
+@pytest.mark.parametrize('freeze', [[], ['encoder/kernel']])
 def test_lr_mults_scale_the_updates(freeze):
     """Each update is the plain optax chain's update on the trainable subtree (at the same
     parameters) times the leaf's multiplier. First match wins, freeze before lr_mults:
-    encoder/w stays frozen though 'encoder/.*' matches it; head/w takes 0.5, not 10."""
-    mults = [['encoder/.*', 3.0], ['head/w', 0.5], ['.*', 10.0]]
-    expected = {'encoder': {'w': 3.0, 'b': 3.0}, 'head': {'w': 0.5, 'b': 10.0}}
+    encoder/kernel stays frozen though 'encoder/.*' matches it; head/kernel takes 0.5, not 10."""
+    mults = [['encoder/.*', 3.0], ['head/kernel', 0.5], ['.*', 10.0]]
+    expected = {'encoder': {'kernel': 3.0, 'bias': 3.0}, 'head': {'kernel': 0.5, 'bias': 10.0}}
     tx, _ = optim.build_optimizer(cfg(freeze=freeze, lr_mults=mults), STEPS)
     ref = reference_chain()
 
@@ -149,7 +149,7 @@ def test_lr_mults_scale_the_updates(freeze):
     (dict(freeze=['encoder/.*'], lr_mults=[['heaad/.*', 0.1]]), 'heaad/.*'),
     (dict(lr_mults=[['heaad/.*', 0.1]]), 'heaad/.*'),
     # Shadowed: every encoder/ leaf is frozen first, so this lr_mults pattern matches none.
-    (dict(freeze=['encoder/.*'], lr_mults=[['encoder/w', 0.1]]), 'encoder/w'),
+    (dict(freeze=['encoder/.*'], lr_mults=[['encoder/kernel', 0.1]]), 'encoder/kernel'),
 ])
 def test_a_pattern_that_matches_nothing_is_an_error(kw, pattern):
     tx, _ = optim.build_optimizer(cfg(**kw), STEPS)
@@ -159,7 +159,7 @@ def test_a_pattern_that_matches_nothing_is_an_error(kw, pattern):
 
 def test_groups_are_logged(caplog):
     caplog.set_level('INFO')
-    tx, _ = optim.build_optimizer(cfg(freeze=['encoder/w'], lr_mults=[['head/.*', 0.1]]), STEPS)
+    tx, _ = optim.build_optimizer(cfg(freeze=['encoder/kernel'], lr_mults=[['head/.*', 0.1]]), STEPS)
     tx.init(PARAMS)
     assert "optimizer parameter groups: {'default': 1, 'frozen': 1, 'mult_0': 2}" in caplog.text
 
@@ -170,8 +170,8 @@ def test_sharded_state_specs_and_jit_with_frozen_leaves():
     with those shardings, then a jitted update."""
     tx, _ = optim.build_optimizer(cfg(freeze=['encoder/.*'], warmup_steps=0), STEPS)
     P = jax.sharding.PartitionSpec
-    specs = {'encoder': {'w': P('embed', 'mlp'), 'b': P('mlp')},
-             'head': {'w': P('embed', None), 'b': P(None)}}
+    specs = {'encoder': {'kernel': P('embed', 'mlp'), 'bias': P('mlp')},
+             'head': {'kernel': P('embed', None), 'bias': P(None)}}
     rules = [('embed', 'data'), ('mlp', None)]
     mesh = jax.make_mesh((1,), ('data',))
 
@@ -186,10 +186,10 @@ def test_sharded_state_specs_and_jit_with_frozen_leaves():
             s, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
         assert len(adam) == 1
         for moment in (adam[0].mu, adam[0].nu):
-            assert moment['head']['w'] == P('embed', None)
-            assert isinstance(moment['encoder']['w'], optax.MaskedNode)
+            assert moment['head']['kernel'] == P('embed', None)
+            assert isinstance(moment['encoder']['kernel'], optax.MaskedNode)
         shardings = parallel.logical_to_shardings(logical, mesh, rules)
         state = jax.jit(init, out_shardings=shardings)()
         updates, _ = jax.jit(tx.update)(grads_at(0), state.opt_state, state.params)
-    assert not np.any(updates['encoder']['w'])
-    assert np.any(updates['head']['w'])
+    assert not np.any(updates['encoder']['kernel'])
+    assert np.any(updates['head']['kernel'])

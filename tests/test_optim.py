@@ -27,8 +27,8 @@ def one_update(c, params, grads, steps=100):
     return updates
 
 
-P = {'w': jnp.array([[1.0, -2.0], [3.0, 0.5]]), 'b': jnp.array([1.0, -1.0])}
-G = {'w': jnp.array([[0.1, 0.2], [-0.3, 0.4]]), 'b': jnp.array([0.5, 0.5])}
+P = {'kernel': jnp.array([[1.0, -2.0], [3.0, 0.5]]), 'bias': jnp.array([1.0, -1.0])}
+G = {'kernel': jnp.array([[0.1, 0.2], [-0.3, 0.4]]), 'bias': jnp.array([0.5, 0.5])}
 
 
 def test_sgd_plain_l1_l2():
@@ -41,8 +41,8 @@ def test_sgd_plain_l1_l2():
 def test_adamw_decoupled_decay_only_on_matrices():
     u = one_update(cfg(name='adamw', weight_decay=0.5), P, G)
     # First Adam step: m_hat/sqrt(v_hat) = sign(g) (eps negligible).
-    np.testing.assert_allclose(u['w'], -0.1 * (np.sign(G['w']) + 0.5 * np.asarray(P['w'])), atol=1e-5)
-    np.testing.assert_allclose(u['b'], -0.1 * np.sign(G['b']), atol=1e-5)
+    np.testing.assert_allclose(u['kernel'], -0.1 * (np.sign(G['kernel']) + 0.5 * np.asarray(P['kernel'])), atol=1e-5)
+    np.testing.assert_allclose(u['bias'], -0.1 * np.sign(G['bias']), atol=1e-5)
 
 
 def test_adam_mu_dtype_stores_the_first_moment_in_bfloat16():
@@ -70,7 +70,7 @@ def test_adam_mu_dtype_stores_the_first_moment_in_bfloat16():
 def test_clip_by_global_norm():
     u = one_update(cfg(clip_norm=0.1), P, G)
     norm = float(optax.tree.norm(G))
-    np.testing.assert_allclose(u['w'], -0.1 * np.asarray(G['w']) * 0.1 / norm, rtol=1e-5)
+    np.testing.assert_allclose(u['kernel'], -0.1 * np.asarray(G['kernel']) * 0.1 / norm, rtol=1e-5)
 
 
 def test_sgd_nesterov_momentum_two_steps():
@@ -79,10 +79,10 @@ def test_sgd_nesterov_momentum_two_steps():
     state = tx.init(P)
     u1, state = tx.update(G, state, P)
     u2, state = tx.update(G, state, P)
-    g = np.asarray(G['b'])
+    g = np.asarray(G['bias'])
     # trace: m1 = g, nesterov update = g + 0.9 m1; m2 = g + 0.9 g
-    np.testing.assert_allclose(u1['b'], -0.1 * (g + 0.9 * g), rtol=1e-6)
-    np.testing.assert_allclose(u2['b'], -0.1 * (g + 0.9 * (g + 0.9 * g)), rtol=1e-6)
+    np.testing.assert_allclose(u1['bias'], -0.1 * (g + 0.9 * g), rtol=1e-6)
+    np.testing.assert_allclose(u2['bias'], -0.1 * (g + 0.9 * (g + 0.9 * g)), rtol=1e-6)
 
 
 @pytest.mark.parametrize('name', ['rmsprop', 'adam'])
@@ -269,7 +269,7 @@ def test_weight_decay_mask_override_and_errors():
     (dict(weight_decay_mask=['nope/.*']), "'nope/.*' matches no parameter"),
     (dict(weight_decay_mask=['(x']), "optimizer.weight_decay_mask: '(x' is not a regex"),
     (dict(weight_decay_mask='.*'), 'expected a list of regexes'),
-    (dict(weight_decay_mask=['w'], freeze=['w']), "'w' matches no trainable parameter"),
+    (dict(weight_decay_mask=['kernel'], freeze=['kernel']), "'kernel' matches no trainable parameter"),
 ])
 def test_bad_weight_decay_masks(kw, message):
     with pytest.raises(ConfigError) as e:
