@@ -118,8 +118,7 @@ def test_lm_one_pass_covers_each_window_once(lm_config):
     whole = lm_pass(lm_config, 8)
     n = whole.num_examples
     assert n == whole.num_sequences > 100  # every window of seq_len + 1 bytes of the split
-    divisor = next(d for d in range(16, 1, -1) if n % d == 0) if any(
-        n % d == 0 for d in range(2, 17)) else 1
+    divisor = max(d for d in range(1, 17) if n % d == 0)
     for batch in sorted({7, 61, divisor, n}):  # batch sizes that do and do not divide n
         pipe = lm_pass(lm_config, batch)
         assert pipe.num_batches == -(-n // batch)
