@@ -9,7 +9,7 @@ never trained on.)
     jaxbig train --config experiments/finetune_text.py:init=runs/lm,mode=features \
         --workdir runs/features
     jaxbig train --config experiments/finetune_text.py:init=runs/lm,mode=lora --workdir runs/lora
-    python -m jaxbig.lora merge --workdir runs/lora --out runs/lora_merged  # plain weights
+    jaxbig lora merge --workdir runs/lora --out runs/lora_merged  # plain weights
     jaxbig train --config experiments/finetune_text.py --workdir runs/scratch  # no init
     jaxbig train --config experiments/mlm.py --workdir runs/mlm               # BERT backbone
     jaxbig train --config experiments/finetune_text.py:init=runs/mlm,mode=lora --workdir runs/b

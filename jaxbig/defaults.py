@@ -10,7 +10,7 @@ a key to check against); keyword arguments replace defaults and may not add unkn
 
 from __future__ import annotations
 
-from jaxbig.config import ConfigError
+from jaxbig.errors import ConfigError
 from jaxbig.parallel import DEFAULT_RULES
 
 
@@ -152,7 +152,7 @@ def complete_data(config) -> None:
 
 def gpt(shape: dict, **overrides) -> dict:
     """The GPT model section for a `jaxbig.models.gpt.SIZES` shape, bytes vocab (256), no
-    dropout, tied embeddings, float32; scan_layers / remat 'auto' (config.resolve_auto)."""
+    dropout, tied embeddings, float32; scan_layers / remat 'auto' (experiment.resolve_auto)."""
     return {**dict(name='gpt', vocab_size=256, **shape, dropout=0.0, tie_embeddings=True,
                    scan_layers='auto', remat='auto', dtype='float32', param_dtype='float32'),
             **overrides}
