@@ -52,12 +52,12 @@ def lm_streams() -> tuple:
     """(train, validation) uint8 streams of the LM data (`lm_data_config`): every document
     followed by its eos, exactly the bytes jaxbig.data.lm packs and the `val` evaluator
     scores. Read once per process."""
-    from jaxbig.data import documents, lm
+    from jaxbig.data import documents, lm, token_cache
 
     data_cfg = lm_data_config()
     lm.prepare(data_cfg)
     data_dir = documents.resolve_data_dir(data_cfg.data_dir)
-    return tuple(documents.load_corpus(data_cfg.name, split, data_dir,
+    return tuple(token_cache.load_corpus(data_cfg.name, split, data_dir,
                                        text_key=data_cfg.text_key).stream()
                  for split in (data_cfg.train_split, data_cfg.val_split))
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxbig.data import documents, lm
+from jaxbig.data import documents, lm, token_cache
 
 T = 16  # short windows: rows span several short documents, long documents several rows
 
@@ -192,7 +192,7 @@ def host_pipes(corpus, *, hosts, pack, seq_len, batch_size):
 
 @pytest.mark.parametrize('pack', [True, False])
 def test_each_host_reads_only_documents_of_its_rows(edge_dir, edge_ref, pack):
-    corpus = documents.load_corpus('edge_docs', 'train', str(edge_dir))
+    corpus = token_cache.load_corpus('edge_docs', 'train', str(edge_dir))
     for pipe, counting in host_pipes(corpus, hosts=4, pack=pack, seq_len=T, batch_size=8):
         seen = set()
         for i in range(6):
@@ -207,7 +207,7 @@ def test_each_host_reads_only_documents_of_its_rows(edge_dir, edge_ref, pack):
 
 def test_pystdlib_hosts_read_far_less_than_the_split(tfds_dir):
     ref = Reference(raw_docs('pystdlib', 'train', tfds_dir))
-    corpus = documents.load_corpus('pystdlib', 'train', tfds_dir)
+    corpus = token_cache.load_corpus('pystdlib', 'train', tfds_dir)
     for pipe, counting in host_pipes(corpus, hosts=4, pack=True, seq_len=128, batch_size=32):
         batch = pipe.get_batch(7)
         fetched = [r for call in counting.calls for r in call]
@@ -220,9 +220,9 @@ def test_pystdlib_hosts_read_far_less_than_the_split(tfds_dir):
 def own_copy(edge_dir, tmp_path):
     """A private copy of the prepared dataset (its index included) to damage."""
     shutil.copytree(edge_dir, tmp_path / 'data')
-    documents.load_corpus.cache_clear()
+    token_cache.load_corpus.cache_clear()
     yield tmp_path / 'data'
-    documents.load_corpus.cache_clear()
+    token_cache.load_corpus.cache_clear()
 
 
 def index_files(data_dir):
@@ -232,7 +232,7 @@ def index_files(data_dir):
 
 def build(data_dir, edge_ref):
     """A fresh pipeline (no in-process cache) whose batches must equal the reference."""
-    documents.load_corpus.cache_clear()
+    token_cache.load_corpus.cache_clear()
     pipe = lm.build_pipeline(config(data_dir), split='train', batch_size=8, seed=0)
     assert_batch_equal(pipe.get_batch(2), edge_ref.batch(pipe.sequence_ids(2), T, True))
     return pipe
@@ -290,7 +290,7 @@ def test_stale_or_corrupt_index_is_rebuilt(own_copy, edge_ref, monkeypatch, capl
 
 
 def test_index_disagreeing_with_data_is_a_clear_error(edge_dir, edge_ref):
-    corpus = documents.load_corpus('edge_docs', 'train', str(edge_dir))
+    corpus = token_cache.load_corpus('edge_docs', 'train', str(edge_dir))
     wrong = corpus.ends.copy()
     wrong[5:] += 3  # record 5 claims 3 more tokens than it has
     pipe = lm.LMPipeline(documents.Corpus(corpus.records, wrong), seq_len=T, pack=False,

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, TINY_LM
 from test_data_sharded_reading import EdgeDocs, assert_batch_equal, config, edge_texts
 
-from jaxbig.data import documents, lm, tokenizer_training
+from jaxbig.data import documents, lm, token_cache, tokenizer_training
 
 T = 16
 
@@ -62,7 +62,7 @@ def test_cached_batches_equal_on_the_fly_and_never_tokenize(edge_dir, bpe, monke
                                                             pack):
     tokenizer = bpe if kind == 'bpe' else 'bytes'
     cfg = config(edge_dir, pack=pack, tokenizer=tokenizer, eos_id=-1)
-    documents.load_corpus.cache_clear()
+    token_cache.load_corpus.cache_clear()
     lm.prepare(cfg)
     (npy,) = cache_files(edge_dir, tokenizer)
     tokens = np.load(npy)
@@ -71,7 +71,7 @@ def test_cached_batches_equal_on_the_fly_and_never_tokenize(edge_dir, bpe, monke
     reference = on_the_fly(pipe)
     np.testing.assert_array_equal(pipe.corpus.tokens, tokens)
     if kind == 'bpe':  # the tokenizer compresses: fewer tokens than bytes, ids past 255
-        assert len(tokens) < documents.load_corpus('edge_docs', 'train', str(edge_dir)).num_tokens
+        assert len(tokens) < token_cache.load_corpus('edge_docs', 'train', str(edge_dir)).num_tokens
         assert tokens.max() >= 256
     # Reading the cache must not touch the records nor the tokenizer.
     def refuse(*args, **kwargs):
@@ -83,15 +83,15 @@ def test_cached_batches_equal_on_the_fly_and_never_tokenize(edge_dir, bpe, monke
     monkeypatch.undo()
     for i, batch in enumerate(cached):
         assert_batch_equal(batch, reference.get_batch(i))
-    documents.load_corpus.cache_clear()
+    token_cache.load_corpus.cache_clear()
 
 
 @pytest.fixture
 def own_copy(edge_dir, tmp_path):
     shutil.copytree(edge_dir, tmp_path / 'data')
-    documents.load_corpus.cache_clear()
+    token_cache.load_corpus.cache_clear()
     yield tmp_path / 'data'
-    documents.load_corpus.cache_clear()
+    token_cache.load_corpus.cache_clear()
 
 
 def built(data_dir, tokenizer, monkeypatch) -> tuple[lm.LMPipeline, list]:
@@ -99,7 +99,7 @@ def built(data_dir, tokenizer, monkeypatch) -> tuple[lm.LMPipeline, list]:
     passes, real = [], documents.compute_ends
     monkeypatch.setattr(documents, 'compute_ends',
                         lambda d, chunk=1024, **kw: passes.append(1) or real(d, **kw))
-    documents.load_corpus.cache_clear()
+    token_cache.load_corpus.cache_clear()
     pipe = lm.build_pipeline(config(data_dir, tokenizer=tokenizer, eos_id=-1), split='train',
                              batch_size=8, seed=0)
     for i in (0, 5):

@@ -16,8 +16,8 @@ TFDS data source (or the folder's files) and encoded, with an LRU cache (`CACHE_
     Corpus(records, ends, tokens=None)       the stream: doc_ids / doc_starts / doc_lengths
                                              int64[d], read(starts, length) -> [n, length],
                                              documents(records)
-    load_corpus(name, split, data_dir, ...)  the Corpus of a split, its index and token ids
-                                             cached (in-process too)
+    (token_cache.load_corpus(name, split, data_dir, ...): the Corpus of a split, its
+     index and token ids cached — above this module, which it reads)
 
 The index of a TFDS split is computed once (by `jaxbig.data.lm.prepare`, i.e. process 0
 before training, or by the first pipeline that needs it), with the token ids, and cached
@@ -334,36 +334,3 @@ class Corpus:
                     out[row, pos - start : pos - start + take] = docs[r][offset : offset + take]
                     pos += take
         return out
-
-
-@functools.lru_cache(maxsize=8)
-def load_corpus(
-    name: str, split: str, data_dir: str, path: str = '', text_key: str = 'text',
-    tokenizer: str = 'bytes', eos_id: int = -1,
-) -> Corpus:
-    """The Corpus of a split: its length index and token ids (`token_cache.load_stream`:
-    memory-mapped, computed once), no document text (cached in-process). `tokenizer`:
-    'bytes', a tokenizer.json or a SentencePiece .model path (`eos_id` its end-of-sequence
-    id)."""
-    from jaxbig.data import token_cache
-
-    encoding = encoding_for(tokenizer, eos_id)
-    if name == 'folder':
-        records = FolderDocuments(path, split)
-        ends, tokens = token_cache.load_stream(records, encoding)
-        corpus = Corpus(records, ends, encoding=encoding, tokens=tokens)
-        if not corpus.num_tokens:
-            raise ValueError(f'data.path: no UTF-8 text files for split {split!r} under {path!r}')
-        return corpus
-    if name in EMBEDDED:
-        builder = EMBEDDED[name](data_dir=data_dir)
-        if not builder.is_prepared():
-            raise ValueError(
-                f'data.name={name!r}: not prepared in data_dir '
-                f'{data_dir!r}; call jaxbig.data.prepare(config) first'
-            )
-    else:
-        builder = _tfds_builder(name, data_dir)
-    records = TfdsDocuments(builder, split, text_key)
-    ends, tokens = token_cache.load_stream(records, encoding)
-    return Corpus(records, ends, encoding=encoding, tokens=tokens)

@@ -43,9 +43,9 @@ from jaxbig.data.documents import (
     TfdsDocuments,
     _tfds_builder,
     encoding_for,
-    load_corpus,
     resolve_data_dir,
 )
+from jaxbig.data.token_cache import load_corpus
 from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.shuffle import epoch_permutation
 from jaxbig.data.token_cache import load_stream

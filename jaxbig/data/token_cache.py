@@ -22,6 +22,7 @@ checked, and a mismatch rebuilds it. A folder's stream (no disk cache) is built 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -186,3 +187,34 @@ def load_stream(documents, encoding=docs_lib.BYTES) -> tuple[np.ndarray, np.ndar
     if tokens is not None:
         return ends, tokens
     return _build(documents, encoding, ends)
+
+
+@functools.lru_cache(maxsize=8)
+def load_corpus(
+    name: str, split: str, data_dir: str, path: str = '', text_key: str = 'text',
+    tokenizer: str = 'bytes', eos_id: int = -1,
+) -> docs_lib.Corpus:
+    """The Corpus of a split: its length index and token ids (`load_stream`: memory-mapped,
+    computed once), no document text (cached in-process). `tokenizer`:
+    'bytes', a tokenizer.json or a SentencePiece .model path (`eos_id` its end-of-sequence
+    id)."""
+    encoding = docs_lib.encoding_for(tokenizer, eos_id)
+    if name == 'folder':
+        records = docs_lib.FolderDocuments(path, split)
+        ends, tokens = load_stream(records, encoding)
+        corpus = docs_lib.Corpus(records, ends, encoding=encoding, tokens=tokens)
+        if not corpus.num_tokens:
+            raise ValueError(f'data.path: no UTF-8 text files for split {split!r} under {path!r}')
+        return corpus
+    if name in docs_lib.EMBEDDED:
+        builder = docs_lib.EMBEDDED[name](data_dir=data_dir)
+        if not builder.is_prepared():
+            raise ValueError(
+                f'data.name={name!r}: not prepared in data_dir '
+                f'{data_dir!r}; call jaxbig.data.prepare(config) first'
+            )
+    else:
+        builder = docs_lib._tfds_builder(name, data_dir)
+    records = docs_lib.TfdsDocuments(builder, split, text_key)
+    ends, tokens = load_stream(records, encoding)
+    return docs_lib.Corpus(records, ends, encoding=encoding, tokens=tokens)
