@@ -187,6 +187,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None
 def train_step_fn(config: ml_collections.ConfigDict, s: Setup, *, pmap_axis=None):
     """The (un-jitted) update of `config` built from `s`: what `jaxbig train` compiles (with
     `step.multi_step` on top when train.steps_per_call > 1) and `jaxbig plan` costs."""
+    from jaxbig import losses
     from jaxbig import step as step_lib
 
     t = config.train
@@ -195,6 +196,7 @@ def train_step_fn(config: ml_collections.ConfigDict, s: Setup, *, pmap_axis=None
         skip_nonfinite=t.skip_nonfinite_steps, poison_step=t.debug_nan_at_step,
         pmap_axis=pmap_axis,
         trainable=trainable_mask(config.optimizer, s.abstract_state.params),
+        coupled=losses.coupled_parts(s.loss_module),
     )
 
 

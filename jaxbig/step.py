@@ -93,6 +93,7 @@ def make_train_step(
     poison_step: int = 0,
     pmap_axis: str | None = None,
     trainable=None,
+    coupled=None,
 ):
     """Builds the (un-jitted) train step; `train.py` jits it with shardings and donation.
 
@@ -112,6 +113,12 @@ def make_train_step(
     trainable: a tree of bools matching the params (None = all): `grad_norm` (and so the
       non-finite guard) reads the trainable parameters' gradients only, the norm clipping
       uses; frozen ones are updated by nothing anyway.
+    coupled: (embed, loss_from_embeddings) of a loss whose examples interact
+      (`losses.coupled_parts`). With accum_steps > 1 the step then uses a gradient cache:
+      it embeds each micro-batch without gradients, computes the loss on all of them at
+      once (every example meets the whole batch's negatives) and backpropagates each
+      micro-batch through its embeddings' cached gradients — the full batch's objective
+      and gradient, with one micro-batch's activations at a time (a second forward pass).
     poison_step: for tests of the guards, update number `poison_step` (1-based) multiplies
       the loss by NaN inside the differentiated function, so the loss *and* every gradient
       are NaN (as in a real divergence). 0 = off; not compiled in when off.
@@ -130,6 +137,41 @@ def make_train_step(
         (_, (loss, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, metrics, grads
 
+    def cached_embedding_grads(params, batch, rng, poisoned):
+        embed, loss_from_embeddings = coupled
+        micro = _split_micro_batches(batch, accum_steps)
+        rngs = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(accum_steps))
+
+        def embed_one(p, mb, r):
+            return embed(model.apply, p, mb, {'dropout': r}, loss_config, train=True)
+
+        embs = jax.lax.map(lambda xs: embed_one(params, *xs), (micro, rngs))  # [K, b, ...]
+        flat = lambda t: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), t)  # noqa: E731
+
+        def objective(rows, shared):
+            loss, metrics = loss_from_embeddings(
+                {'rows': rows, 'shared': shared}, flat(micro), loss_config)
+            aggregate.check(dict(metrics, total_loss=loss), 'loss_from_embeddings')
+            if poison_step:
+                loss = loss.replace(total=loss.total * jnp.where(poisoned, jnp.nan, 1.0))
+            return loss.total, (loss, metrics)
+
+        shared = jax.tree.map(lambda x: x[0], embs['shared'])  # equal in every micro-batch
+        (_, (loss, metrics)), (d_rows, d_shared) = jax.value_and_grad(
+            objective, argnums=(0, 1), has_aux=True)(flat(embs['rows']), shared)
+        d_rows = jax.tree.map(lambda d, x: d.reshape(x.shape), d_rows, embs['rows'])
+
+        def backprop(total, xs):
+            j, mb, r, d = xs
+            _, vjp = jax.vjp(lambda p: embed_one(p, mb, r), params)
+            first = jax.tree.map(lambda g: jnp.where(j == 0, g, jnp.zeros_like(g)), d_shared)
+            (g,) = vjp({'rows': d, 'shared': first})
+            return jax.tree.map(jnp.add, total, g), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, _ = jax.lax.scan(backprop, zeros, (jnp.arange(accum_steps), micro, rngs, d_rows))
+        return loss, metrics, grads
+
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         if pmap_axis is not None:  # each device's rows get their own dropout masks
@@ -137,6 +179,8 @@ def make_train_step(
         poisoned = state.step + 1 == poison_step
         if accum_steps == 1:
             loss, metrics, grads = loss_and_grads(state.params, batch, rng, poisoned)
+        elif coupled is not None:
+            loss, metrics, grads = cached_embedding_grads(state.params, batch, rng, poisoned)
         else:
             micro = _split_micro_batches(batch, accum_steps)
 

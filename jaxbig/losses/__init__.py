@@ -10,8 +10,11 @@ The loss and every metric are `jaxbig.aggregate` values — Mean(sum, count) (pe
 token, per example, ...), ExpMean (perplexity) or Sum (a count) — never batch means: the
 train step and the evaluators add sums and counts over micro-batches, devices and batches
 and divide once, so no speed or memory switch changes the objective. A loss whose rows
-interact (contrastive negatives) sets `COUPLES_EXAMPLES = True`: it sees the global batch,
-and gradient accumulation is refused for it. An evaluator's padding rows carry
+interact (contrastive negatives) sets `COUPLES_EXAMPLES = True` and splits into
+`embed(apply_fn, params, batch, rngs, config, *, train) -> {'rows': {...}, 'shared': {...}}`
+and `loss_from_embeddings(emb, batch, config) -> (loss, metrics)`: it always sees the global
+batch, and under gradient accumulation the step embeds micro-batch by micro-batch and
+backpropagates through the cached embeddings' gradients (jaxbig/step.py). An evaluator's padding rows carry
 `batch['example_mask']` 0 and must count nothing (`aggregate.example_mask`).
 
 `config` is the experiment's `loss` section; `config.name` picks the module
@@ -31,12 +34,21 @@ def bind(module, config):
     return module.bind(config) if hasattr(module, 'bind') else module.loss_fn
 
 
+def coupled_parts(module):
+    """(embed, loss_from_embeddings) of a loss whose examples interact, else None."""
+    if not getattr(module, 'COUPLES_EXAMPLES', False):
+        return None
+    return module.embed, module.loss_from_embeddings
+
+
 def check_accumulation(module, config) -> None:
-    """One-line ConfigError for grad_accum_steps > 1 with a loss that couples examples:
-    its micro-batches would each see only their own negatives — another objective."""
+    """One-line ConfigError for grad_accum_steps > 1 with a loss that couples examples but
+    cannot be split for the gradient cache: its micro-batches would each see only their
+    own negatives — another objective."""
     accum = config.optimizer.grad_accum_steps
-    if accum > 1 and getattr(module, 'COUPLES_EXAMPLES', False):
+    if accum > 1 and getattr(module, 'COUPLES_EXAMPLES', False) and not (
+            hasattr(module, 'embed') and hasattr(module, 'loss_from_embeddings')):
         raise ConfigError(
             f'optimizer.grad_accum_steps={accum}: loss.name={config.loss.name!r} couples the '
-            'examples of a batch (in-batch negatives), so micro-batches would change the '
-            'objective; use 1 and shard the batch over more devices (parallel.data) instead')
+            'examples of a batch (in-batch negatives) and has no embed / '
+            'loss_from_embeddings split, so micro-batches would change the objective; use 1')

@@ -12,8 +12,11 @@ negatives of every device and host; under `parallel.strategy='pmap'` each device
 every device's embeddings (`pmap.global_rows`) and computes the same global loss.
 
 `config` (the experiment's `loss` section): name='contrastive', temperature (tau > 0).
-The loss couples the whole batch, so it is reported as Mean(2N * loss, 2N) (jaxbig/aggregate.py)
-and gradient accumulation is refused (micro-batches would see only their own negatives).
+The loss couples the whole batch, so it is reported as Mean(2N * loss, 2N) (jaxbig/aggregate.py).
+Under gradient accumulation every view still meets the whole batch's negatives: the step
+embeds micro-batch by micro-batch (`embed`), scores all embeddings at once
+(`loss_from_embeddings`) and backpropagates each micro-batch through the cached
+embeddings' gradients (a gradient cache, as open_clip's --accum-freq).
 An evaluator's padding rows (`example_mask` 0) are neither anchors nor negatives.
 Metrics: loss, pos_sim (mean cosine of positive pairs), neg_sim (mean over negatives),
 sim_gap = pos_sim - neg_sim, accuracy (positive is the most similar other view),
@@ -68,15 +71,29 @@ def model_inputs(batch):
     return (batch['view1'],)
 
 
-def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
-    """Returns (loss, metrics); see the module docstring."""
-    temperature = config.get('temperature', 0.1)
+def embed(apply_fn, params, batch, rngs, config, *, train: bool = True) -> dict:
+    """The per-row embeddings the loss reads: {'rows': {'z1', 'z2': [N, D]}, 'shared': {}}.
+    Split from the loss so gradient accumulation can embed micro-batch by micro-batch and
+    still score every view against the whole batch (jaxbig/step.py, gradient cache)."""
     n = batch['view1'].shape[0]
     views = jnp.concatenate([batch['view1'], batch['view2']], axis=0)  # [2N, H, W, C]
     z = apply_fn({'params': params}, views, train=train, rngs=rngs)
-    valid = global_rows(aggregate.example_mask(batch, n)) > 0
-    loss, stats = nt_xent(global_rows(z[:n]), global_rows(z[n:]), temperature, valid)
+    return {'rows': {'z1': z[:n], 'z2': z[n:]}, 'shared': {}}
+
+
+def loss_from_embeddings(emb, batch, config):
+    """(loss, metrics) of `embed`'s output for the whole batch (rows in any order)."""
+    temperature = config.get('temperature', 0.1)
+    z1, z2 = emb['rows']['z1'], emb['rows']['z2']
+    valid = global_rows(aggregate.example_mask(batch, z1.shape[0])) > 0
+    loss, stats = nt_xent(global_rows(z1), global_rows(z2), temperature, valid)
     views_counted = 2.0 * valid.sum()  # the global batch's: the objective couples them all
     metrics = {k: aggregate.of_value(v, views_counted) for k, v in dict(stats, loss=loss).items()}
     metrics['temperature'] = aggregate.constant(temperature)
     return aggregate.of_value(loss, views_counted), metrics
+
+
+def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
+    """Returns (loss, metrics); see the module docstring."""
+    emb = embed(apply_fn, params, batch, rngs, config, train=train)
+    return loss_from_embeddings(emb, batch, config)

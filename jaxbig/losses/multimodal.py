@@ -11,9 +11,10 @@ The model (`models.two_tower`) returns unit-norm embeddings x (images), y (texts
   siglip  (Zhai et al. 2023) pairwise sigmoid: z_ij = +1 if i == j else -1,
           loss = -(1 / N) sum_ij log sigmoid(z_ij * (exp(t) x_i.y_j + b))
 
-The loss couples the whole batch, so it is reported as Mean(N * loss, N) (jaxbig/aggregate.py)
-and gradient accumulation is refused; an evaluator's padding rows (`example_mask` 0) take
-no part. N is the global batch (under jit over a sharded batch the negatives come from every device
+The loss couples the whole batch, so it is reported as Mean(N * loss, N) (jaxbig/aggregate.py);
+under gradient accumulation the step's gradient cache (`embed`, then `loss_from_embeddings`
+on every micro-batch's embeddings at once) keeps the whole batch's negatives; an
+evaluator's padding rows (`example_mask` 0) take no part. N is the global batch (under jit over a sharded batch the negatives come from every device
 and host; under `parallel.strategy='pmap'` each device gathers every device's embeddings
 with `pmap.global_rows`). `config`: name='multimodal', kind='clip' | 'siglip',
 max_logit_scale (clip: CLIP clamps exp(t) at 100, so log 100). Metrics: loss, logit_scale
@@ -93,19 +94,28 @@ def model_inputs(batch):
     return (tower_input(batch), batch['text'])
 
 
-def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
-    """Returns (loss, metrics); see the module docstring."""
-    kind = config.get('kind', 'clip')
+def embed(apply_fn, params, batch, rngs, config, *, train: bool = True) -> dict:
+    """{'rows': {'image', 'text': [N, E] unit-norm}, 'shared': {'logit_scale', 'logit_bias'}}:
+    what the loss reads, split from it for the step's gradient cache (jaxbig/step.py)."""
     out = apply_fn({'params': params}, *model_inputs(batch), train=train, rngs=rngs)
-    x, y, t = global_rows(out['image']), global_rows(out['text']), out['logit_scale']
-    valid = global_rows(aggregate.example_mask(batch, out['image'].shape[0])) > 0
+    shared = {'logit_scale': out['logit_scale']}
+    if 'logit_bias' in out:
+        shared['logit_bias'] = out['logit_bias']
+    return {'rows': {'image': out['image'], 'text': out['text']}, 'shared': shared}
+
+
+def loss_from_embeddings(emb, batch, config):
+    """(loss, metrics) of `embed`'s output for the whole batch (pairs in any order)."""
+    kind = config.get('kind', 'clip')
+    rows, shared = emb['rows'], emb['shared']
+    x, y, t = global_rows(rows['image']), global_rows(rows['text']), shared['logit_scale']
+    valid = global_rows(aggregate.example_mask(batch, rows['image'].shape[0])) > 0
     metrics = similarity_stats(x, y, valid)
     if kind == 'clip':
         t = jnp.minimum(t, config.get('max_logit_scale', math.log(100.0)))
         loss = clip_loss(x, y, t, valid)
     elif kind == 'siglip':
-        loss = siglip_loss(x, y, t, out['logit_bias'], valid)
-        metrics['logit_bias'] = out['logit_bias']
+        loss = siglip_loss(x, y, t, shared['logit_bias'], valid)
     else:
         raise ValueError(f'loss.kind={kind!r}: expected one of {KINDS}')
     scale = jnp.exp(t)
@@ -114,5 +124,11 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     metrics.update(logit_scale=aggregate.constant(scale),
                    temperature=aggregate.constant(1.0 / scale))
     if kind == 'siglip':
-        metrics['logit_bias'] = aggregate.constant(out['logit_bias'])
+        metrics['logit_bias'] = aggregate.constant(shared['logit_bias'])
     return aggregate.of_value(loss, pairs), metrics
+
+
+def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
+    """Returns (loss, metrics); see the module docstring."""
+    emb = embed(apply_fn, params, batch, rngs, config, train=train)
+    return loss_from_embeddings(emb, batch, config)

@@ -51,13 +51,9 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def _knobs(config) -> dict:
-    from jaxbig import losses
-
     m, o, p = config.model, config.optimizer, config.parallel
     rules = {name: axes for name, axes in p.rules}
-    couples = getattr(losses.get_loss_module(config.loss.name), 'COUPLES_EXAMPLES', False)
     return dict(remat=m.get('remat', 'none'), scan_layers=m.get('scan_layers', False),
-                couples_examples=couples,
                 grad_accum_steps=o.grad_accum_steps, mu_dtype=o.get('mu_dtype', '') or 'params',
                 dtype=m.get('dtype', 'float32'), param_dtype=m.get('param_dtype', 'float32'),
                 vocab_rule=rules.get('vocab'), embed_rule=rules.get('embed'))

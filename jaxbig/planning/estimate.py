@@ -88,8 +88,8 @@ KNOBS = {
     'batch': ['more data x fsdp devices (fewer rows each)'],
 }
 # Only knobs that leave the objective unchanged are advised: never a smaller batch or
-# sequence (another experiment), and no gradient accumulation for a loss whose examples
-# interact (contrastive negatives: jaxbig refuses it, see losses.check_accumulation).
+# sequence (another experiment). Gradient accumulation qualifies for every loss (sums and
+# counts; a gradient cache for contrastive ones: jaxbig/step.py).
 
 
 def advice(terms: dict, knobs: dict, capacity: float | None = None) -> tuple[str, list[str]]:
@@ -111,8 +111,6 @@ def advice(terms: dict, knobs: dict, capacity: float | None = None) -> tuple[str
 
 
 def _already_set(hint: str, knobs: dict) -> bool:
-    if hint.startswith('optimizer.grad_accum_steps') and knobs.get('couples_examples'):
-        return True  # not a memory knob for this loss: it would change the objective
     for prefix, key, value in (('model.remat=full', 'remat', 'full'),
                                ('optimizer.mu_dtype', 'mu_dtype', 'bfloat16'),
                                ('model.param_dtype', 'param_dtype', 'bfloat16'),
