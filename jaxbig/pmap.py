@@ -51,13 +51,22 @@ def global_rows(x):
     (`all_gather` over AXIS, tiled, in device order; all processes' devices); elsewhere x.
 
     For losses that couple the examples of a batch (contrastive negatives). Every device
-    then computes the global loss L and reports it as Mean(C * L, C) over the C global
-    rows. The gradient of the gather is a `psum_scatter`, so device d's parameter gradient
-    is C (n_dev * dL/dparams through d's rows + dL/dparams for parameters used outside the
-    gather, e.g. a logit scale); `step.py`'s `psum` adds them over d and divides by the
-    summed count n_dev * C: exactly the one-device gradient of L.
+    then computes the global loss L and reports it as Mean(c * L, c) with c = C / n_dev,
+    its share of the C global rows (`replica_share`). The gradient of the gather is a
+    `psum_scatter`, so device d's parameter gradient is c (n_dev * dL/dparams through d's
+    rows + dL/dparams for parameters used outside the gather, e.g. a logit scale);
+    `step.py`'s `psum` adds them over d and divides by the summed count C: exactly the
+    one-device gradient of L.
     """
     return jax.lax.all_gather(x, AXIS, tiled=True) if in_pmap() else x
+
+
+def replica_share() -> float:
+    """1 / the number of pmap devices while tracing under pmap, else 1. A loss computed on
+    the gathered global batch (`global_rows`) is the same on every device: each reports
+    this share of its global count, so the counts `step.py` adds over devices (`psum`)
+    total the global count once."""
+    return 1.0 / jax.lax.axis_size(AXIS) if in_pmap() else 1.0
 
 
 def local_sharding() -> NamedSharding:

@@ -81,6 +81,15 @@ def _split_micro_batches(batch, accum_steps: int):
     return jax.tree.map(split, batch)
 
 
+def with_row_ids(batch, pmap_axis: str | None = None):
+    """batch plus `row_ids` int32 [rows]: each row's index in the global batch (under pmap,
+    device d holds rows [d * rows, (d + 1) * rows)). Split with the batch into micro-batches,
+    so per-example randomness keyed by it is the same however the batch is split."""
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    offset = 0 if pmap_axis is None else jax.lax.axis_index(pmap_axis) * rows
+    return dict(batch, row_ids=offset + jnp.arange(rows, dtype=jnp.int32))
+
+
 def make_train_step(
     model: nn.Module,
     loss_fn,
@@ -124,11 +133,9 @@ def make_train_step(
       are NaN (as in a real divergence). 0 = off; not compiled in when off.
     """
 
-    def loss_and_grads(params, batch, rng, poisoned):
+    def loss_and_grads(params, batch, rngs, poisoned):
         def f(p):
-            loss, metrics = loss_fn(
-                model.apply, p, batch, {'dropout': rng}, loss_config, train=True
-            )
+            loss, metrics = loss_fn(model.apply, p, batch, rngs, loss_config, train=True)
             aggregate.check(dict(metrics, total_loss=loss), 'loss_fn')
             if poison_step:
                 loss = loss.replace(total=loss.total * jnp.where(poisoned, jnp.nan, 1.0))
@@ -137,13 +144,14 @@ def make_train_step(
         (_, (loss, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, metrics, grads
 
-    def cached_embedding_grads(params, batch, rng, poisoned):
+    def cached_embedding_grads(params, batch, rng, examples, poisoned):
         embed, loss_from_embeddings = coupled
         micro = _split_micro_batches(batch, accum_steps)
         rngs = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(accum_steps))
 
         def embed_one(p, mb, r):
-            return embed(model.apply, p, mb, {'dropout': r}, loss_config, train=True)
+            rngs = {'dropout': r, 'examples': examples}
+            return embed(model.apply, p, mb, rngs, loss_config, train=True)
 
         embs = jax.lax.map(lambda xs: embed_one(params, *xs), (micro, rngs))  # [K, b, ...]
         flat = lambda t: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), t)  # noqa: E731
@@ -173,20 +181,30 @@ def make_train_step(
         return loss, metrics, grads
 
     def train_step(state: TrainState, batch):
-        rng = jax.random.fold_in(state.rng, state.step)
+        # `examples`: the update's key, the same in every micro-batch and on every device,
+        # for per-example randomness keyed by batch['row_ids'] (e.g. masked-LM masks);
+        # `dropout`: its own key per micro-batch and device
+        examples = jax.random.fold_in(state.rng, state.step)
+        rng = examples
         if pmap_axis is not None:  # each device's rows get their own dropout masks
             rng = jax.random.fold_in(rng, jax.lax.axis_index(pmap_axis))
+        batch = with_row_ids(batch, pmap_axis)
         poisoned = state.step + 1 == poison_step
         if accum_steps == 1:
-            loss, metrics, grads = loss_and_grads(state.params, batch, rng, poisoned)
+            loss, metrics, grads = loss_and_grads(
+                state.params, batch, {'dropout': rng, 'examples': examples}, poisoned)
         elif coupled is not None:
-            loss, metrics, grads = cached_embedding_grads(state.params, batch, rng, poisoned)
+            loss, metrics, grads = cached_embedding_grads(state.params, batch, rng, examples,
+                                                          poisoned)
         else:
             micro = _split_micro_batches(batch, accum_steps)
 
+            def rngs_of(i):
+                return {'dropout': jax.random.fold_in(rng, i), 'examples': examples}
+
             def body(carry, xs):
                 i, mb = xs
-                out = loss_and_grads(state.params, mb, jax.random.fold_in(rng, i), poisoned)
+                out = loss_and_grads(state.params, mb, rngs_of(i), poisoned)
                 return jax.tree.map(jnp.add, carry, out), None
 
             zeros = jax.tree.map(
@@ -195,7 +213,7 @@ def make_train_step(
                     loss_and_grads,
                     state.params,
                     jax.tree.map(lambda x: x[0], micro),
-                    rng,
+                    rngs_of(0),
                     poisoned,
                 ),
             )

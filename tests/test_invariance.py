@@ -21,20 +21,20 @@ test_old_mean_of_means_would_differ shows that the mean of per-micro-batch (per-
 means misses the accumulated (pmapped) loss and gradient norm by far more than this
 tolerance, so the matrix would have failed under the old rule.
 
-Matrix (objective x switch; xfail = strict, a jaxbig defect, reason in its mark):
+Matrix (objective x switch):
 
                    accum2 accum4  pmap2  mesh2x2 scan  remat  spc2
     lm_packed      pass   pass    pass   pass    pass  pass   pass
     lm_unpacked    pass   pass    pass   pass    pass  pass   pass
     sft            pass   pass    pass   pass    pass  pass   pass
-    mlm            xfail  xfail   xfail  pass    pass  -      pass
+    mlm            pass   pass    pass   pass    pass  -      pass
     seq2seq        pass   pass    pass   pass    pass  -      pass
     distill        pass   pass    pass   pass    pass  pass   pass
     classification pass   pass    pass   pass    pass  -      pass
-    simclr         pass   pass    pass*  pass    pass  -      pass
-    clip           pass   pass    pass*  pass    pass  -      pass
-    siglip         pass   pass    pass*  pass    pass  -      pass
-    clap           pass   pass    pass*  pass    pass  -      pass
+    simclr         pass   pass    pass   pass    pass  -      pass
+    clip           pass   pass    pass   pass    pass  -      pass
+    siglip         pass   pass    pass   pass    pass  -      pass
+    clap           pass   pass    pass   pass    pass  -      pass
 
   accum2 / accum4: optimizer.grad_accum_steps (4: one row per micro-batch); the coupled
   objectives (simclr, clip, siglip, clap) accumulate through the step's gradient cache
@@ -46,9 +46,9 @@ Matrix (objective x switch; xfail = strict, a jaxbig defect, reason in its mark)
   to the reference's numbers stacked (siglip and clap have 1-layer towers: a 1-step scan);
   remat: gpt's 'full' and 'dots', and 'full' with scan; spc2: step.multi_step runs updates
   1-2 in one call, then update 3 in another.
-  * pmap of a coupled loss: loss, metrics and parameters match, but the `loss_count`
-    metric is devices x the reference's (test_pmap_loss_count_of_coupled_objectives,
-    xfail).
+  Masked-LM masks are drawn per global row (batch['row_ids']) from the update's key, so
+  they do not depend on the split; a coupled loss under pmap reports each device's share
+  of the global count (pmap.replica_share), so `loss_count` is the reference's too.
 
 The device runs (pmap2, mesh2x2) happen in one subprocess with 4 simulated CPU devices (the
 device count is fixed when jax is imported), started when this module starts, beside the
@@ -92,10 +92,6 @@ SWITCHES = {  # in-process switches -> ic.run_single keywords
 }
 FAST = {('accum2', o) for o in OBJECTIVES} | {('remat_full', 'lm_unpacked')}
 
-MLM_RNG = ('masked_lm draws its masks from the step rng, which jaxbig/step.py folds with the '
-           'micro-batch index (accumulation) and the device index (pmap), in the shape of '
-           'the micro-batch / device rows: other positions are masked than in the reference')
-XFAIL = {('accum2', 'mlm'): MLM_RNG, ('accum4', 'mlm'): MLM_RNG, ('pmap', 'mlm'): MLM_RNG}
 
 
 def _applies(switch, objective):
@@ -108,9 +104,6 @@ def _param(switch, objective):
     marks = []
     if (switch, objective) not in FAST:
         marks.append(pytest.mark.slow)
-    if (switch, objective) in XFAIL:
-        marks.append(pytest.mark.xfail(strict=True, raises=AssertionError,
-                                       reason=XFAIL[switch, objective]))
     return pytest.param(objective, switch, marks=marks, id=f'{objective}-{switch}')
 
 
@@ -126,13 +119,12 @@ def run(objective, switch='reference'):
     return _runs[objective, switch]
 
 
-def assert_same(got, ref, what, skip=()):
+def assert_same(got, ref, what):
     np.testing.assert_allclose(got['loss'], ref['loss'], **TOL, err_msg=f'{what}: loss')
     assert sorted(got['metrics']) == sorted(ref['metrics']), what
     for key, values in ref['metrics'].items():
-        if key not in skip:
-            np.testing.assert_allclose(got['metrics'][key], values, **TOL,
-                                       err_msg=f'{what}: metric {key}')
+        np.testing.assert_allclose(got['metrics'][key], values, **TOL,
+                                   err_msg=f'{what}: metric {key}')
     assert sorted(got['params']) == sorted(ref['params']), what
     for path, value in ref['params'].items():
         np.testing.assert_allclose(got['params'][path], value, **PARAM_TOL,
@@ -280,24 +272,16 @@ def test_old_mean_of_means_would_differ(request, device_run, groups):
 
 
 @pytest.mark.parametrize('objective, device_run', [
-    pytest.param(o, f'{o}:{layout}', id=f'{o}-{layout}',
-                 marks=[pytest.mark.xfail(strict=True, raises=AssertionError,
-                                          reason=XFAIL['pmap', o])]
-                 if (layout, o) in XFAIL else [])
+    pytest.param(o, f'{o}:{layout}', id=f'{o}-{layout}')
     for o in OBJECTIVES for layout in ('pmap', 'mesh')])
 def test_devices_match_reference(device_results, objective, device_run):
     got = device_results[device_run]
     assert 'error' not in got, got.get('error')
-    skip = ('loss_count',) if device_run.endswith(':pmap') and objective in COUPLED else ()
-    assert_same(got, run(objective), device_run, skip=skip)
+    assert_same(got, run(objective), device_run)
     if device_run.endswith(':mesh'):
         assert got['sharded_leaves'] > 0  # fsdp=2 really split parameters
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'under pmap a coupled loss reports Mean(C * L, C) over the C global rows on every '
-    'device and step.py psums the counts, so metrics["loss_count"] is devices x C (the '
-    'division, and so loss and gradient, are right)'))
 @pytest.mark.parametrize('device_run', [f'{o}:pmap' for o in COUPLED])
 def test_pmap_loss_count_of_coupled_objectives(device_results, device_run):
     objective = device_run.split(':')[0]

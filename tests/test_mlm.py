@@ -79,8 +79,9 @@ def test_loss_is_cross_entropy_on_chosen_positions_only():
     batch = {'inputs': tokens, 'mask': mask}
     logits = rng.normal(size=(4, 48, 257)).astype(np.float32)
     key = jax.random.PRNGKey(7)
-    _, chosen = masked_lm.corrupt(jax.random.fold_in(key, masked_lm.STREAM), jnp.asarray(tokens),
-                                  jnp.asarray(mask > 0), rate=0.15, mask_id=256, random_ids=256)
+    _, chosen = masked_lm.corrupt_rows(  # each row its own key: fold_in(key, its row index)
+        jax.random.fold_in(key, masked_lm.STREAM), jnp.arange(len(tokens)), jnp.asarray(tokens),
+        jnp.asarray(mask > 0), rate=0.15, mask_id=256, random_ids=256)
     chosen = np.asarray(chosen)
     assert 5 < chosen.sum() < chosen.size
     seen = []

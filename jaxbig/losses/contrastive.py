@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig import aggregate
-from jaxbig.pmap import global_rows
+from jaxbig.pmap import global_rows, replica_share
 
 
 def l2_normalize(x, eps=1e-12):
@@ -87,7 +87,9 @@ def loss_from_embeddings(emb, batch, config):
     z1, z2 = emb['rows']['z1'], emb['rows']['z2']
     valid = global_rows(aggregate.example_mask(batch, z1.shape[0])) > 0
     loss, stats = nt_xent(global_rows(z1), global_rows(z2), temperature, valid)
-    views_counted = 2.0 * valid.sum()  # the global batch's: the objective couples them all
+    # the global batch's views (the objective couples them all); under pmap every device
+    # holds the same global loss and reports its share of the count
+    views_counted = 2.0 * valid.sum() * replica_share()
     metrics = {k: aggregate.of_value(v, views_counted) for k, v in dict(stats, loss=loss).items()}
     metrics['temperature'] = aggregate.constant(temperature)
     return aggregate.of_value(loss, views_counted), metrics

@@ -15,9 +15,13 @@ The mask token: the byte vocabulary has 256 ids, so jaxbig's BERT has vocab_size
 mask_id=256, random replacements drawn from the 256 bytes (random_ids=256); an imported
 Hugging Face BERT uses its tokenizer's [MASK] id and its whole vocabulary.
 
-Randomness, on device: training draws from fold_in(rngs['dropout'], STREAM), i.e. from the
-step's rng (fold_in(state.rng, step), jaxbig/step.py), so the masks differ every step and
-are a pure function of (seed, step): a resumed run masks exactly as an uninterrupted one.
+Randomness, on device: training draws row r's masks from fold_in(fold_in(rngs['examples'],
+STREAM), r), where rngs['examples'] is the update's rng (fold_in(state.rng, step),
+jaxbig/step.py) and r the row's index in the global batch (`batch['row_ids']`, set by the
+step): the masks differ every step, are a pure function of (seed, step) — a resumed run
+masks exactly as an uninterrupted one — and do not depend on how the batch is split over
+micro-batches or devices (direct callers passing only rngs['dropout'] get the same per-row
+draw from it, rows numbered 0..B-1).
 Evaluation passes no rngs: the key is PRNGKey(eval_seed) folded with a hash of the batch's
 ids, so the fixed eval batches are masked the same way at every evaluation.
 
@@ -59,6 +63,13 @@ def corrupt(key, tokens, valid, *, rate: float, mask_id: int, random_ids: int,
     return out, chosen
 
 
+def corrupt_rows(key, row_ids, tokens, valid, **kwargs):
+    """`corrupt` of each row r of tokens [B, T] with its own key fold_in(key, row_ids[r]):
+    a row's masks depend on its global index only, not on the rows beside it."""
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(row_ids)
+    return jax.vmap(lambda k, t, v: corrupt(k, t, v, **kwargs))(keys, tokens, valid)
+
+
 def batch_key(seed: int, tokens):
     """PRNGKey(seed) folded with a hash of `tokens` (uint32 arithmetic, wrapping): a fixed
     key per batch content, for evaluation."""
@@ -97,11 +108,14 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     args = _check(config)
     tokens = batch['inputs']
     valid = (batch['mask'] > 0) & (aggregate.example_mask(batch, tokens.shape[0])[:, None] > 0)
-    if rngs and 'dropout' in rngs:
-        key = jax.random.fold_in(rngs['dropout'], STREAM)
+    train_key = (rngs or {}).get('examples', (rngs or {}).get('dropout'))
+    if train_key is not None:
+        rows = batch.get('row_ids', jnp.arange(tokens.shape[0]))
+        corrupted, chosen = corrupt_rows(jax.random.fold_in(train_key, STREAM), rows, tokens,
+                                         valid, **args)
     else:
         key = batch_key(config.get('eval_seed', 0), tokens)
-    corrupted, chosen = corrupt(key, tokens, valid, **args)
+        corrupted, chosen = corrupt(key, tokens, valid, **args)
     logits = apply_fn({'params': params}, corrupted, batch['mask'], train=train, rngs=rngs)
     if logits.ndim != 3:
         raise ConfigError(f'loss.name=masked_lm: the model gives {logits.ndim}-D outputs '

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig import aggregate
-from jaxbig.pmap import global_rows
+from jaxbig.pmap import global_rows, replica_share
 
 KINDS = ('clip', 'siglip')
 
@@ -119,7 +119,9 @@ def loss_from_embeddings(emb, batch, config):
     else:
         raise ValueError(f'loss.kind={kind!r}: expected one of {KINDS}')
     scale = jnp.exp(t)
-    pairs = valid.sum().astype(jnp.float32)  # the global batch's: the loss couples them all
+    # the global batch's pairs (the loss couples them all); under pmap every device holds
+    # the same global loss and reports its share of the count
+    pairs = valid.sum().astype(jnp.float32) * replica_share()
     metrics = {k: aggregate.of_value(v, pairs) for k, v in dict(metrics, loss=loss).items()}
     metrics.update(logit_scale=aggregate.constant(scale),
                    temperature=aggregate.constant(1.0 / scale))
