@@ -41,6 +41,10 @@ bounds; a2t = `retrieval/i2t_r{k}`, the metric names keep the image-text spellin
 a2t R@5 barely exceeds R@1: a clip's ~11 correct texts are identical captions, whose equal
 embeddings take the top ranks together, right or wrong. At 300 steps CLIP's zero-shot is
 16.3 % (a2t R@1 44.1 %): the kind of sound (tone / chord / chirp / noise) is learned last.
+
+(These figures were measured before 2026-12-06, under the old rules: a mean of
+per-batch means over num_batches x batch rows, rank-based weight decay, a
+layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 import math

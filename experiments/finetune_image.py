@@ -49,6 +49,10 @@ labelled rows; benchmarks/RESULTS_RESEARCH.md):
     1.0 (1,438)             0.963 +- 0.002         0.992 +- 0.003      0.985 +- 0.007
 
 (logistic regression on the raw pixels of the same rows: 0.645 +- 0.115 / 0.928 / 0.972).
+
+(These figures were measured before 2026-12-06, under the old rules: a mean of
+per-batch means over num_batches x batch rows, rank-based weight decay, a
+layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 

@@ -87,6 +87,10 @@ an earlier session, on another CPU.) Frozen, the GPT's features are a little bet
 (lora, full), BERT's are, with mean pooling: MLM does not train the class token's output (no
 next-sentence task), so 'cls' lags. Wall time per mode as for the GPT (40 s features, 4-6
 min the others on a loaded machine).
+
+(These figures were measured before 2026-12-06, under the old rules: a mean of
+per-batch means over num_batches x batch rows, rank-based weight decay, a
+layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 

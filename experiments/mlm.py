@@ -49,6 +49,10 @@ positions give that locality from the start, hence the default. The GPT of exper
 on the same 300-step budget reaches 1.64 nats per next byte (a different task: left context
 only, but every position a target, where MLM learns from 15 %). Fine-tuning the two
 backbones: experiments/finetune_text.py's docstring.
+
+(These figures were measured before 2026-12-06, under the old rules: a mean of
+per-batch means over num_batches x batch rows, rank-based weight decay, a
+layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 import ml_collections

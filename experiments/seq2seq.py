@@ -41,6 +41,10 @@ val/loss 2.22, chrF 10.1. One of 128 names exact (' f'), the rest generic or deg
 ('test_cononode_code...', 'fooo...'): below SFT's chrF, with fewer examples seen. The
 wall time is inflated: the CPU was shared with four other jobs (the process got 24 % of
 it; 368 s user time).
+
+(These figures were measured before 2026-12-06, under the old rules: a mean of
+per-batch means over num_batches x batch rows, rank-based weight decay, a
+layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 import ml_collections

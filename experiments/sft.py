@@ -44,6 +44,10 @@ exact: names come out generic ('setUp', '_get_configure'), bodies as plausible r
 code. The body run's wall time is inflated (the CPU was also running tests); generating
 128 bodies of up to ~500 bytes took ~5 min per evaluation (--config.evals.gen.num_examples
 =32 cuts it).
+
+(These figures were measured before 2026-12-06, under the old rules: a mean of
+per-batch means over num_batches x batch rows, rank-based weight decay, a
+layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 import ml_collections
