@@ -137,7 +137,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None
     mesh = parallel.make_mesh(config.parallel, devices)
     rules = parallel.rules_from_config(config.parallel)
     parallel.host_batch_rows(config.train.batch_size, mesh)
-    parallel.micro_batch_rows(config.train.batch_size, config.optimizer.grad_accum_steps, mesh)
     if example_batch is None:
         example_batch = read_example_batch(config)
     model = models.from_config(config)

@@ -133,13 +133,25 @@ def make_train_step(
       are NaN (as in a real divergence). 0 = off; not compiled in when off.
     """
 
-    def loss_and_grads(params, batch, rngs, poisoned):
+    def objective_of(loss, poisoned, normalized: bool):
+        """What is differentiated: the summed loss, divided by the whole update's count
+        when that is known here (`normalized`: no accumulation, or the gradient cache's
+        all-at-once loss), so the backward pass itself is scaled and no gradient-sized
+        division follows (XLA would keep a second copy of the gradients for it)."""
+        if poison_step:
+            loss = loss.replace(total=loss.total * jnp.where(poisoned, jnp.nan, 1.0))
+        objective = loss.total
+        if normalized:
+            count = loss.count if pmap_axis is None else jax.lax.psum(loss.count, pmap_axis)
+            objective = objective / jax.lax.stop_gradient(jnp.maximum(count, 1.0))
+        return objective, loss
+
+    def loss_and_grads(params, batch, rngs, poisoned, normalized=False):
         def f(p):
             loss, metrics = loss_fn(model.apply, p, batch, rngs, loss_config, train=True)
             aggregate.check(dict(metrics, total_loss=loss), 'loss_fn')
-            if poison_step:
-                loss = loss.replace(total=loss.total * jnp.where(poisoned, jnp.nan, 1.0))
-            return loss.total, (loss, metrics)
+            objective, loss = objective_of(loss, poisoned, normalized)
+            return objective, (loss, metrics)
 
         (_, (loss, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, metrics, grads
@@ -160,9 +172,8 @@ def make_train_step(
             loss, metrics = loss_from_embeddings(
                 {'rows': rows, 'shared': shared}, flat(micro), loss_config)
             aggregate.check(dict(metrics, total_loss=loss), 'loss_from_embeddings')
-            if poison_step:
-                loss = loss.replace(total=loss.total * jnp.where(poisoned, jnp.nan, 1.0))
-            return loss.total, (loss, metrics)
+            objective, loss = objective_of(loss, poisoned, normalized=True)
+            return objective, (loss, metrics)
 
         shared = jax.tree.map(lambda x: x[0], embs['shared'])  # equal in every micro-batch
         (_, (loss, metrics)), (d_rows, d_shared) = jax.value_and_grad(
@@ -192,7 +203,8 @@ def make_train_step(
         poisoned = state.step + 1 == poison_step
         if accum_steps == 1:
             loss, metrics, grads = loss_and_grads(
-                state.params, batch, {'dropout': rng, 'examples': examples}, poisoned)
+                state.params, batch, {'dropout': rng, 'examples': examples}, poisoned,
+                normalized=True)
         elif coupled is not None:
             loss, metrics, grads = cached_embedding_grads(state.params, batch, rng, examples,
                                                           poisoned)
@@ -221,8 +233,9 @@ def make_train_step(
                 body, zeros, (jnp.arange(accum_steps), micro))
         if pmap_axis is not None:
             loss, metrics, grads = jax.lax.psum((loss, metrics, grads), pmap_axis)
-        count = jnp.maximum(loss.count, 1.0)  # no valid target at all: zero gradient
-        grads = jax.tree.map(lambda g: (g / count).astype(g.dtype), grads)
+        if accum_steps > 1 and coupled is None:  # the count was known only after the scan
+            count = jnp.maximum(loss.count, 1.0)  # no valid target at all: zero gradient
+            grads = jax.tree.map(lambda g: (g / count).astype(g.dtype), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads if trainable is None else jax.tree.map(

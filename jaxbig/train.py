@@ -94,6 +94,7 @@ def _train(config, workdir: str, guard) -> dict:
     # shardings, eval step, evaluators: everything that can reject a config, before any write
     s = run_lib.setup(config, workdir, example_batch=train_data.get_batch(0))
     mesh, state_shardings = s.mesh, s.state_shardings
+    parallel.micro_batch_rows(t.batch_size, config.optimizer.grad_accum_steps, mesh)
     use_pmap = pmap_lib.uses_pmap(config.parallel, mesh)  # strategy 'pmap' (else 'mesh')
     logging.info('mesh: %s', parallel.describe_mesh(mesh))
     if is_main:

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import metric_series, run_cli
 from jaxbig import config as config_lib
+from jaxbig.aggregate import values
 from jaxbig.losses import autoregressive
 from jaxbig.models import get_model, lstm
 
@@ -91,8 +92,9 @@ def test_trains_through_the_autoregressive_loss():
 
     @jax.jit
     def step(params, opt_state):
-        (loss, _), g = jax.value_and_grad(autoregressive.loss_fn, argnums=1, has_aux=True)(
-            model.apply, params, batch, {}, cfg, train=True)
+        (loss, _), g = jax.value_and_grad(
+            lambda p: values(autoregressive.loss_fn(model.apply, p, batch, {}, cfg, train=True)),
+            has_aux=True)(params)
         updates, opt_state = tx.update(g, opt_state)
         return optax.apply_updates(params, updates), opt_state, loss
 

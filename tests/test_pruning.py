@@ -367,7 +367,7 @@ def test_pruned_workdir_generates_and_trains_on_with_its_zeros(gradual_run, tmp_
 def test_prune_command_errors_write_nothing(gradual_run, tmp_path, capsys):
     out = str(tmp_path / 'new')
     env = dict(os.environ, JAX_PLATFORMS='cpu')
-    proc = subprocess.run([sys.executable, '-m', 'jaxbig.prune', '--workdir', gradual_run,
+    proc = subprocess.run([sys.executable, '-m', 'jaxbig', 'prune', '--workdir', gradual_run,
                            '--sparsity', '1.0', '--out', out], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2

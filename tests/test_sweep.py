@@ -267,9 +267,9 @@ def get_sweep():
     return [{'model.embed_dimm': 32}, {'train.log_every': 0}, {'optimizer.lr': 1e-3}]
 ''')
     workdir = tmp_path / 'sweep'
-    argv = _sweep_cmd(sweep_file, workdir, steps=1)[3:]
+    argv = _sweep_cmd(sweep_file, workdir, steps=1)[4:]
     with pytest.raises(SystemExit) as e:
-        sweep.main(argv)
+        cli.main(['sweep', *argv])
     assert e.value.code == 1
     state = _state(workdir)
     assert state['embed_dimm=32']['status'] == 'failed'
@@ -321,7 +321,7 @@ def test_missing_launch_scripts_are_one_line(launcher, dry_run, tmp_path, monkey
     workdir = str(tmp_path / 'sweep')
     argv = ['--config', f'{LM}:size=tiny', '--sweep', str(sweep_file), '--workdir', workdir,
             '--launcher', launcher, *(['--dry-run'] if dry_run else [])]
-    assert sweep.main(argv) == 2
+    assert cli.main(['sweep', *argv]) == 2
     err = capsys.readouterr().err.strip()
     script = launchers.SCRIPTS[launcher]
     assert err.startswith('jaxbig: error:') and '\n' not in err, err

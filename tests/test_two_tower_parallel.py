@@ -133,6 +133,7 @@ GATHER_SCRIPT = r'''
 import json
 import jax, jax.numpy as jnp, ml_collections, numpy as np
 from jaxbig import pmap as pmap_lib
+from jaxbig.aggregate import values
 from jaxbig.losses import contrastive, multimodal
 
 def embed(params, x):

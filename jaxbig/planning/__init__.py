@@ -141,7 +141,8 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
     if micro % (mesh_shape['data'] * mesh_shape['fsdp']):
         notes.append(f'each micro-batch has {micro} rows, which do not split over data x fsdp = '
                      f"{mesh_shape['data'] * mesh_shape['fsdp']} devices: XLA replicates or "
-                     'pads them (more memory and compute than the shares above)')
+                     'pads them (more memory and compute than the shares above); '
+                     'jaxbig train refuses this batch size')
     return dict(
         config=dict(model=config.model.get('name'), loss=config.loss.name,
                     batch_size=config.train.batch_size, tokens_per_step=tokens,
