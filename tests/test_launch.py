@@ -111,8 +111,12 @@ def test_local_forwards_sigterm_to_every_process(fake_bin, tmp_path):
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
-    text = log.read_text()
-    assert '[0] id=0 got TERM' in text and '[1] id=1 got TERM' in text
+    # Each process's output passes through its own prefixer, which may flush a moment
+    # after local.sh has exited: wait for the lines, not for a fixed time.
+    deadline = time.monotonic() + 10
+    while not all(f'[{i}] id={i} got TERM' in log.read_text() for i in (0, 1)):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------ tpu_pod.sh
