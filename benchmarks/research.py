@@ -50,9 +50,10 @@ def lm_data_config():
 @functools.lru_cache(maxsize=1)
 def lm_streams() -> tuple:
     """(train, validation) uint8 streams of the LM data (`lm_data_config`): every document
-    followed by its eos, exactly the bytes jaxbig.data.lm packs and the `val` evaluator
+    followed by its eos, exactly the bytes jaxbig.data.pipelines.lm packs and the `val` evaluator
     scores. Read once per process."""
-    from jaxbig.data import documents, lm, token_cache
+    from jaxbig.data.text import documents, token_cache
+    from jaxbig.data.pipelines import lm
 
     data_cfg = lm_data_config()
     lm.prepare(data_cfg)
@@ -73,7 +74,7 @@ def lm_baselines(ctx) -> dict:
 
 def full_val_batches(seq: int, batch: int) -> int:
     """Evaluator batches that cover the validation stream once (all whole batches of
-    packed seq+1 windows: jaxbig.data.lm with pack=True)."""
+    packed seq+1 windows: jaxbig.data.pipelines.lm with pack=True)."""
     _, val = lm_streams()
     return (len(val) // (seq + 1)) // batch
 

@@ -62,7 +62,7 @@ def main():
     parser.add_argument('--seq', type=int, default=128)
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args()
-    from jaxbig.data import tokenizers
+    from jaxbig.data.text import tokenizers
 
     text = validation_text()
     rows = {}

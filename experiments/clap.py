@@ -10,10 +10,10 @@ retrieval.
 Arguments (`experiments/clap.py:key=value,...`):
   loss       'clip' (temperature init 0.07) | 'siglip' (t' = log 10, b = -10)
   data       'audio_captions' (embedded: synthesised 1 s clips at 16 kHz with compositional
-             captions, 4,000 train / 1,000 test; see jaxbig/data/audio_captions.py) |
+             captions, 4,000 train / 1,000 test; see jaxbig/data/builders/audio_captions.py) |
              'folder' (your WAV files: `path` holds train.tsv and test.tsv with
              'clip.wav<TAB>caption' lines; byte tokenizer, retrieval only; see
-             jaxbig/data/audio_text.py)
+             jaxbig/data/pipelines/audio_text.py)
   audio      audio tower backbone over the log-mel image: 'vit' | 'cnn' | 'resnet18'
   text_pool  text tower pooling: 'eos' | 'mean'
   width      tower width; embed: shared embedding width; steps; batch; lr
@@ -53,7 +53,7 @@ import ml_collections
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
-from jaxbig.data import audio_captions
+from jaxbig.data.builders import audio_captions
 
 LOSSES = {
     'clip': dict(logit_scale_init=math.log(1 / 0.07), use_bias=False, logit_bias_init=0.0),
@@ -123,7 +123,7 @@ def get_config(arg=None):
         **LOSSES[arg.loss],
     )
     c.data = dict(
-        pipeline='audio_text',  # jaxbig.data.audio_text: audio, caption tokens, label
+        pipeline='audio_text',  # jaxbig.data.pipelines.audio_text: audio, caption tokens, label
         name=arg.data,
         data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
         path=arg.path,  # data=folder: the folder with train.tsv / test.tsv and the WAVs

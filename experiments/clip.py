@@ -60,7 +60,7 @@ import ml_collections
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
-from jaxbig.data import shapes
+from jaxbig.data.builders import shapes
 from jaxbig.run import read_config
 
 LOSSES = {
@@ -112,7 +112,7 @@ def get_config(arg=None):
         raise ConfigError(f'experiments/clip.py: loss={arg.loss!r}, expected one of {list(LOSSES)}')
     is_shapes = arg.data == 'shapes'
     tokenizer, max_len = ('words', 12) if is_shapes else ('bytes', 64)
-    vocab = 3 + len(__import__('jaxbig.data.captions', fromlist=['x']).shapes_words())
+    vocab = 3 + len(__import__('jaxbig.data.text.captions', fromlist=['x']).shapes_words())
     c = ml_collections.ConfigDict()
     c.model = dict(
         name='two_tower',
@@ -139,7 +139,7 @@ def get_config(arg=None):
         c.model = source['model']
         tokenizer, max_len = source['tokenizer'], source['max_len']
     c.data = dict(
-        pipeline='image_text',  # jaxbig.data.image_text: image, caption tokens, label
+        pipeline='image_text',  # jaxbig.data.pipelines.image_text: image, caption tokens, label
         name=arg.data,
         data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
         resolution=32,

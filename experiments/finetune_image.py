@@ -21,7 +21,7 @@ the training labels used: 0.01 keeps 1 % of each class's rows, at least one; 1.0
 
 Modes: `full` trains everything; `linear_probe` trains the new head on the frozen backbone
 (bit-identical after training); `features` embeds the dataset once with the frozen backbone
-(`jaxbig.data.features`) and trains the head on the stored features — no backprop and no
+(`jaxbig.data.pipelines.features`) and trains the head on the stored features — no backprop and no
 forward pass through the backbone per step; `lora` (ViT backbones) trains adapters on the
 attention query / value kernels and the head. The best checkpoint by val/accuracy is kept.
 The head reads the backbone's pooled features (`vit.Model.features`: HF's pooler output

@@ -34,7 +34,7 @@ follows the ClassLabel and the evaluator names its classes; a dataset without a
 The head is new (a zero-initialised Dense on the pooled features); `init_from` loads every
 `encoder/...` parameter from the LM checkpoint. linear_probe freezes `encoder/.*`
 (bit-identical after training). features embeds `examples` fixed training snippets and the
-1,024 validation snippets once with the frozen LM (`jaxbig.data.features`) and trains a
+1,024 validation snippets once with the frozen LM (`jaxbig.data.pipelines.features`) and trains a
 `linear` head on them. lora adds rank-8 adapters to the attention query/value kernels
 (`jaxbig.lora`; `lora.targets` is a list of regexes) and freezes `encoder/.*`: adapters and
 head train. The best checkpoint by val/accuracy is kept in `<workdir>/best/`; training stops
@@ -149,7 +149,8 @@ def get_config(arg=None):
         pipeline='text_classes',
         name=arg.data,  # or a prepared TFDS text + ClassLabel dataset (imdb_reviews, ...)
         data_dir='',
-        text_key='',  # TFDS: '' = `text`, else every Text feature (jaxbig/data/text_classes.py)
+        # TFDS: '' = `text`, else every Text feature (jaxbig/data/pipelines/text_classes.py)
+        text_key='',
         label_key='',  # TFDS: '' = its only ClassLabel feature, whose names are the classes
         seq_len=arg.seq,
         min_files=2,
@@ -206,7 +207,7 @@ def get_config(arg=None):
 
 def _check_bert_pooling(arg, backbone: dict, pooling: str):
     """A BERT backbone pools inside (`model.pool`: 'cls' | 'mean'); in mode=features the
-    pretraining run's own model.pool applies (data.features embeds with that model)."""
+    pretraining run's own model.pool applies (data.pipelines.features embeds with that model)."""
     if pooling not in POOLS:
         raise ConfigError(f'experiments/finetune_text.py: pooling={pooling!r} for a BERT '
                           f'backbone, expected one of {POOLS}')

@@ -1,6 +1,6 @@
 r"""A T5-shaped encoder-decoder (jaxbig/models/t5.py) on the embedded conditional task: the
 prompt is the encoder's input, the response the decoder's teacher-forced targets
-(jaxbig/data/seq2seq.py; the same examples and held-out files as experiments/sft.py).
+(jaxbig/data/pipelines/seq2seq.py; the same examples and held-out files as experiments/sft.py).
 
     jaxbig train --config experiments/seq2seq.py --workdir runs/seq2seq
     jaxbig eval --workdir runs/seq2seq
@@ -10,7 +10,7 @@ prompt is the encoder's input, the response the decoder's teacher-forced targets
     jaxbig train --config experiments/seq2seq.py:init=runs/t5 --workdir runs/t5_name
 
 Arguments (`experiments/seq2seq.py:key=value,...`):
-  task    'name' | 'body' (jaxbig/data/conditional.py), as in experiments/sft.py
+  task    'name' | 'body' (jaxbig/data/builders/conditional_task.py), as in experiments/sft.py
   size    model shape from `jaxbig.models.t5.SIZES` ('tiny': 2 encoder + 2 decoder layers
           at the GPT 'tiny' width, 1.0 M non-embedding params vs its 0.85 M)
   steps, batch (examples per batch: one per row), seq (encoder width; as in SFT, examples
@@ -51,8 +51,8 @@ import ml_collections
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
-from jaxbig.data import seq2seq as seq2seq_data
-from jaxbig.data.conditional import TASKS
+from jaxbig.data.pipelines import seq2seq as seq2seq_data
+from jaxbig.data.pipelines.conditional import TASKS
 from jaxbig.models.t5 import SIZES
 from jaxbig.run import read_config
 

@@ -12,7 +12,7 @@ r"""Supervised fine-tuning (SFT) of a GPT on the embedded conditional-generation
 Arguments (`experiments/sft.py:key=value,...`):
   task    'name': a function's source with its name replaced by `<name>`, then "# name:"
           -> " " + its name | 'body': the def line(s) and docstring -> the rest of the body
-          (jaxbig/data/conditional.py; validation examples come from held-out files)
+          (jaxbig/data/builders/conditional_task.py; validation examples come from held-out files)
   size    model shape from `jaxbig.models.gpt.SIZES` (from scratch)
   steps, batch (rows of `seq` tokens), seq (tokens per row; longer examples are left out)
   pack    several examples per row (attention and the loss mask stay within each example);
@@ -54,7 +54,7 @@ import ml_collections
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
-from jaxbig.data.conditional import TASKS
+from jaxbig.data.pipelines.conditional import TASKS
 from jaxbig.models.gpt import SIZES
 from jaxbig.run import read_config
 

@@ -75,7 +75,7 @@ def get_config(arg=None):
         proj_dim=64,
     )
     c.data = dict(
-        pipeline='views',  # jaxbig.data.views: two augmented views per example
+        pipeline='views',  # jaxbig.data.pipelines.views: two augmented views per example
         name=arg.data,
         data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
         image_key='image',
@@ -83,7 +83,7 @@ def get_config(arg=None):
         train_split='train',
         val_split='test',
         views=2,
-        image_size=arg.image_size,  # 0 = as stored; see jaxbig/data/views.py
+        image_size=arg.image_size,  # 0 = as stored; see jaxbig/data/pipelines/views.py
         crop_min_scale=0.3 if digits else 0.08,
         flip=not digits,
         jitter_strength=0.5,

@@ -159,11 +159,11 @@ def gpt(shape: dict, **overrides) -> dict:
 
 
 def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
-    """Packed token sequences (`jaxbig.data.lm`) of a TFDS text dataset or a folder."""
+    """Packed token sequences (`jaxbig.data.pipelines.lm`) of a TFDS text dataset or a folder."""
     return _merge(
         'lm_data',
         dict(
-            pipeline='lm',  # jaxbig.data.lm: packed token sequences
+            pipeline='lm',  # jaxbig.data.pipelines.lm: packed token sequences
             name=name,
             data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
             path='',
@@ -172,7 +172,7 @@ def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
             pack=True,
             train_split='train',
             val_split='validation',
-            tokenizer='bytes',  # or a tokenizer.json path (jaxbig.data.tokenizers)
+            tokenizer='bytes',  # or a tokenizer.json path (jaxbig.data.text.tokenizers)
             eos_id=-1,  # the tokenizer's end-of-sequence id (bytes: NUL)
             **data_loading(),
         ),
@@ -181,7 +181,7 @@ def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
 
 
 def conditional_data(task: str = 'name', seq_len: int = 256, **overrides) -> dict:
-    """(prompt, response) examples of the embedded corpus (`jaxbig.data.conditional`):
+    """(prompt, response) examples of the embedded corpus (`jaxbig.data.pipelines.conditional`):
     task 'name' (a function without its name -> the name) | 'body' (signature and
     docstring -> the body); the loss mask covers response tokens only."""
     return _merge(

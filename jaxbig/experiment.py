@@ -15,7 +15,7 @@ import ml_collections
 from jaxbig import config as config_lib
 from jaxbig import data
 from jaxbig.config import AUTO
-from jaxbig.data import tokenizers
+from jaxbig.data.text import tokenizers
 
 
 def load_config(spec: str, extra: list[str]) -> ml_collections.ConfigDict:

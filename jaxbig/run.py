@@ -52,7 +52,7 @@ class Run:
     def tokenizer(self):
         """The text tokenizer of the run's data (`data.tokenizer`), built on first use:
         runs whose data is not text (images, captions) never need one."""
-        from jaxbig.data import tokenizers
+        from jaxbig.data.text import tokenizers
 
         return tokenizers.from_config(self.config.get('data') or {})
 

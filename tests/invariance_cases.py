@@ -76,7 +76,7 @@ def lm_batch(rng, packed: bool):
     return dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=mask)
 
 
-# SFT rows (jaxbig.data.conditional, pack=True): each row packs examples given as
+# SFT rows (jaxbig.data.pipelines.conditional, pack=True): each row packs examples given as
 # (prompt tokens, response tokens incl. eos); an example of n tokens gives n - 1 positions,
 # of which the response's are targets. Per-row target counts: 1, 14 (8 + 6), 3, 7.
 SFT_ROWS = (((14, 1),), ((1, 8), (1, 6)), ((5, 2), (4, 1)), ((2, 5), (3, 2)))

@@ -26,7 +26,8 @@ import scipy.signal
 from conftest import metric_series, run_cli
 from jaxbig import cli, data, models
 from jaxbig.config import ConfigError
-from jaxbig.data import audio_captions, audio_text
+from jaxbig.data.builders import audio_captions
+from jaxbig.data.pipelines import audio_text
 from jaxbig.models import audio
 
 CLAP = 'experiments/clap.py'

@@ -94,5 +94,5 @@ def test_one_resolution_rule_and_error_type(package, what, provides, helper):
     assert models.get_model('gpt', vocab_size=8, num_layers=1, num_heads=1, embed_dim=8,
                             mlp_dim=8).__class__.__module__ == 'jaxbig.models.gpt'
     assert losses.get_loss_module('autoregressive').__name__ == 'jaxbig.losses.autoregressive'
-    assert data.pipeline_module({'pipeline': 'lm'}).__name__ == 'jaxbig.data.lm'
+    assert data.pipeline_module({'pipeline': 'lm'}).__name__ == 'jaxbig.data.pipelines.lm'
     assert evals.resolve is config_lib.resolve

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from jaxbig import data
-from jaxbig.data import pystdlib
+from jaxbig.data.builders import pystdlib
 
 
 def make_config(**kw):

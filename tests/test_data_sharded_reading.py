@@ -1,4 +1,4 @@
-"""jaxbig.data.lm reads only what a host's rows need: batches equal the old whole-split
+"""jaxbig.data.pipelines.lm reads only what a host's rows need: batches equal the old whole-split
 in-memory definition (rebuilt here with NumPy from the raw documents), hosts concatenate to
 the global batch, an instrumented source sees only the documents a host's rows overlap, and
 the cached length index is reused, and rebuilt when stale or corrupt."""
@@ -11,7 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxbig.data import documents, lm, token_cache
+from jaxbig.data.text import documents, token_cache
+from jaxbig.data.pipelines import lm
 
 T = 16  # short windows: rows span several short documents, long documents several rows
 

@@ -16,7 +16,7 @@ from jaxbig import checkpoint, cli, quantize
 from jaxbig import generate as gen
 from jaxbig import run as run_lib
 from jaxbig.commands import generate as generate_command
-from jaxbig.data.tokenizers import ByteTokenizer
+from jaxbig.data.text.tokenizers import ByteTokenizer
 from jaxbig.models import gpt, layers, lstm
 
 SMALL = dict(vocab_size=61, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=48)

@@ -15,7 +15,7 @@ from conftest import metric_series  # noqa: E402
 from jaxbig import cli, data, train  # noqa: E402
 from jaxbig import run as run_lib  # noqa: E402
 from jaxbig.config import ConfigError  # noqa: E402
-from jaxbig.data import captions  # noqa: E402
+from jaxbig.data.text import captions  # noqa: E402
 from jaxbig.interop import hf  # noqa: E402
 
 TEXT_LEN = 16

@@ -143,7 +143,7 @@ def test_tokenizer_json_matches_transformers(tmp_path):
                                                        special_tokens=['<|endoftext|>']))
     path = str(tmp_path / 'tokenizer.json')
     tok.save(path)
-    ours = __import__('jaxbig.data.tokenizers', fromlist=['x']).from_config(
+    ours = __import__('jaxbig.data.text.tokenizers', fromlist=['x']).from_config(
         {'tokenizer': path, 'eos_id': 0})
     ref = transformers.PreTrainedTokenizerFast(tokenizer_file=path)
     sample = texts[2][:3000]

@@ -34,7 +34,7 @@ from jaxbig import config as config_lib
 from jaxbig import data, sweep, writers
 from jaxbig.config import ConfigError
 from jaxbig.data import folds as folds_lib
-from jaxbig.data import text_classes
+from jaxbig.data.pipelines import text_classes
 from jaxbig.sweep import cv, report
 
 IMAGE = os.path.join(REPO, 'experiments', 'finetune_image.py')

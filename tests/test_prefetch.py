@@ -14,7 +14,8 @@ import pytest
 
 from conftest import TINY_LM, metric_series, run_cli
 from jaxbig import cli, config as config_lib, data, run, train
-from jaxbig.data import image_sources, lm, prefetch, shuffle
+from jaxbig.data import image_sources, prefetch, shuffle
+from jaxbig.data.pipelines import lm
 
 LM = 'experiments/lm.py'
 SMALL = [*TINY_LM, '--config.model.num_layers=1', '--config.model.embed_dim=32',
@@ -160,7 +161,7 @@ def test_every_experiment_has_the_key_and_the_cli_rejects_a_bad_value(tfds_dir, 
 # ----------------------------------------------------------------------------- one permutation
 
 def grain_order(n, seed):
-    """grain's shuffle of range(n), one element at a time (as data/lm.py read it before)."""
+    """grain's shuffle of range(n), one element at a time (as data/pipelines/lm.py read it before)."""
     shuffled = grain.MapDataset.range(n).shuffle(seed=seed)
     return np.asarray([shuffled[k] for k in range(n)])
 

@@ -1,4 +1,4 @@
-"""Magnitude pruning (jaxbig/pruning.py, jaxbig/prune.py): exact counts (global, per leaf,
+"""Magnitude pruning (jaxbig/pruning.py, jaxbig/commands/prune.py): exact counts (global, per leaf,
 per scanned layer, with ties) against a NumPy lexsort; the default selection of the GPT, ViT
 and ResNet; the Zhu & Gupta schedule against the formula; the optax transformation keeps
 pruned weights exactly 0 under AdamW + weight decay and leaves kept updates untouched;

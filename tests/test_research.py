@@ -90,7 +90,7 @@ def test_compressors_on_known_strings():
 def test_val_stream_is_what_the_lm_pipeline_packs(tfds_dir):
     import ml_collections
 
-    from jaxbig.data import lm
+    from jaxbig.data.pipelines import lm
 
     data_cfg = research.lm_data_config()  # data_dir '' = $TFDS_DATA_DIR = tfds_dir
     _, val = research.lm_streams()

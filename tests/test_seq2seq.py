@@ -1,5 +1,5 @@
 """The T5-shaped encoder-decoder (jaxbig/models/t5.py), its loss (losses/seq2seq.py) and data
-(data/seq2seq.py): relative-position buckets vs NumPy, cached generation vs uncached
+(data/pipelines/seq2seq.py): relative-position buckets vs NumPy, cached generation vs uncached
 teacher-forced argmax decoding, encoder padding, the masked loss vs NumPy, the batches, a
 real `experiments/seq2seq.py` run through the CLI (train, generate, eval) and the errors."""
 import json
@@ -16,9 +16,10 @@ from conftest import REPO, metric_series, run_cli
 
 from jaxbig import config as config_lib
 from jaxbig.config import ConfigError
-from jaxbig.data import conditional
-from jaxbig.data import seq2seq as seq2seq_data
-from jaxbig.data.tokenizers import ByteTokenizer
+from jaxbig.data.pipelines import conditional
+from jaxbig.data.builders import conditional_task
+from jaxbig.data.pipelines import seq2seq as seq2seq_data
+from jaxbig.data.text.tokenizers import ByteTokenizer
 from jaxbig.losses import seq2seq as seq2seq_loss
 from jaxbig.models import t5
 
@@ -238,7 +239,7 @@ def test_pipeline_batches(prepared):
         prompt, response = one.examples[j]
         n = int(batch['enc_mask'][row].sum())
         np.testing.assert_array_equal(batch['enc_tokens'][row, :n], prompt)
-        assert BYTES.decode(prompt).endswith(conditional.NAME_CUE)
+        assert BYTES.decode(prompt).endswith(conditional_task.NAME_CUE)
         m = int(batch['dec_mask'][row].sum())
         np.testing.assert_array_equal(batch['dec_targets'][row, :m], response)
         assert BYTES.decode(batch['dec_targets'][row, :m - 1]) == one.references[j]

@@ -22,8 +22,9 @@ from jaxbig import experiment
 from jaxbig import generate as gen_lib
 from jaxbig import run as run_lib
 from jaxbig.config import ConfigError
-from jaxbig.data import conditional, pystdlib
-from jaxbig.data.tokenizers import ByteTokenizer
+from jaxbig.data.pipelines import conditional
+from jaxbig.data.builders import conditional_task, pystdlib
+from jaxbig.data.text.tokenizers import ByteTokenizer
 from jaxbig.evals import generation
 from jaxbig.losses import autoregressive
 from jaxbig.models import gpt
@@ -68,30 +69,30 @@ def data_config(tfds_dir, **overrides):
 @pytest.fixture(scope='session')
 def name_examples(tfds_dir):
     conditional.prepare(data_config(tfds_dir))
-    return conditional.load_examples(tfds_dir, 'name')
+    return conditional_task.load_examples(tfds_dir, 'name')
 
 
 # ----------------------------------------------------------------------------- the task
 
 def test_name_examples_from_source():
-    got = conditional.file_examples('name', SOURCE)
+    got = conditional_task.file_examples('name', SOURCE)
     assert [(line, r) for line, _, r in got] == [(5, ' top'), (12, ' walk'), (17, ' fetch')]
     assert got[0][1] == ('def <name>(self):\n    """The last item."""\n    return self.items[-1]'
                          '\n# name:')  # dedented, decorator left out
     assert 'walk' not in got[1][1] and got[1][1].count('<name>') == 2  # def + recursive call
     assert got[2][1].startswith('async def <name>(url):')
-    assert conditional.file_examples('name', 'def broken(:\n') == []  # does not parse
+    assert conditional_task.file_examples('name', 'def broken(:\n') == []  # does not parse
 
 
 def test_body_examples_from_source():
-    got = conditional.file_examples('body', SOURCE)
+    got = conditional_task.file_examples('body', SOURCE)
     assert [line for line, _, _ in got] == [5, 17]  # only functions with a docstring
     assert got[0][1:] == ('def top(self):\n    """The last item."""\n',
                           '    return self.items[-1]\n')
     prompt, response = got[1][1:]
     assert prompt.startswith('async def fetch(url):\n    """Get') and prompt.endswith('"""\n')
     assert response == '    data = await get(url)\n    return data\n'
-    assert conditional.file_examples('body', 'def f():\n    """Only a docstring."""\n') == []
+    assert conditional_task.file_examples('body', 'def f():\n    """Only a docstring."""\n') == []
 
 
 def test_examples_held_out_by_file_and_cached(tfds_dir, name_examples):
@@ -103,11 +104,11 @@ def test_examples_held_out_by_file_and_cached(tfds_dir, name_examples):
     assert {pystdlib.split_for_path(p) for p in val_files} == {'validation'}
     seen = {(p, r) for _, _, p, r in train}
     assert not any((p, r) in seen for _, _, p, r in val)  # copies across files dropped
-    conditional.load_examples.cache_clear()  # read back from the cache file: the same
-    assert conditional.load_examples(tfds_dir, 'name') == name_examples
+    conditional_task.load_examples.cache_clear()  # read back from the cache file: the same
+    assert conditional_task.load_examples(tfds_dir, 'name') == name_examples
     path, line, prompt, response = val[0]
     with open(os.path.join(pystdlib.stdlib_root(), path)) as f:  # deterministic: rebuilt
-        rebuilt = conditional.file_examples('name', f.read())
+        rebuilt = conditional_task.file_examples('name', f.read())
     assert (line, prompt, response) in rebuilt
 
 
@@ -344,7 +345,7 @@ def test_generation_evaluator_against_uncached_greedy(tfds_dir, name_examples, t
     assert metrics['gen/chrf'] == pytest.approx(generation.chrf(hyps, refs))
     prompt, ref = evaluator.examples[0]
     assert rows[0]['prompt'] == BYTES.decode(prompt) and rows[0]['reference'] == ref
-    assert rows[0]['prompt'].endswith(conditional.NAME_CUE)
+    assert rows[0]['prompt'].endswith(conditional_task.NAME_CUE)
     ids = gen_lib.generate_uncached(s.model, params, prompt,
                                     max_new_tokens=evaluator.max_new_tokens)
     ids = ids[:list(ids).index(0)] if 0 in ids else ids  # up to the eos
@@ -411,7 +412,7 @@ def test_tokenizer_with_a_bos_template(tmp_path):
     after the text is refused."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    from jaxbig.data.tokenizers import FileTokenizer
+    from jaxbig.data.text.tokenizers import FileTokenizer
 
     vocab = {'<s>': 0, '</s>': 1, 'a': 2, 'b': 3, ' ': 4}
     for name, template, ok in (('bos', '<s> $A', True), ('eos', '$A </s>', False)):

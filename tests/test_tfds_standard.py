@@ -19,7 +19,8 @@ from conftest import TINY_LM, metric_series, run_cli
 from etils import epath
 
 from jaxbig import cli, data
-from jaxbig.data import image_sources, text_classes, tfds_sources
+from jaxbig.data import image_sources, tfds_sources
+from jaxbig.data.pipelines import text_classes
 
 CIFAR = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
          'truck']

@@ -1,7 +1,7 @@
-"""Token ids computed once (jaxbig.data.token_cache): batches read from the cached stream
+"""Token ids computed once (jaxbig.data.text.token_cache): batches read from the cached stream
 equal batches that tokenize on the fly (bytes and a trained BPE, packed and not), reading
 them never tokenizes, a stale cache (a retrained tokenizer, other ids, a damaged file) is
-rebuilt, two processes reading their halves concurrently (racing to build the cache) give
+rebuilt, old caches are removed least recently used first, two processes reading their halves concurrently (racing to build the cache) give
 the 1-process batch byte for byte; a sweep's report tabulates val/bits_per_byte."""
 import json
 import os
@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO, TINY_LM
 from test_data_sharded_reading import EdgeDocs, assert_batch_equal, config, edge_texts
 
-from jaxbig.data import documents, lm, token_cache, tokenizer_training
+from jaxbig.data.text import documents, token_cache, tokenizer_training
+from jaxbig.data.pipelines import lm
 
 T = 16
 
@@ -121,6 +122,27 @@ def test_retrained_tokenizer_gets_its_own_cache(own_copy, tmp_path, monkeypatch)
     assert not np.array_equal(first.corpus.tokens[:200], second.corpus.tokens[:200])
 
 
+
+def test_old_caches_are_removed_least_recently_used_first(own_copy, bpe, tmp_path, monkeypatch):
+    monkeypatch.setattr(token_cache, 'KEEP_CACHES', 2)
+    other = train_bpe(tmp_path / 'tok', 310)
+    built(own_copy, 'bytes', monkeypatch)
+    built(own_copy, bpe, monkeypatch)
+    assert cache_files(own_copy, 'bytes') and cache_files(own_copy, bpe)
+    os.utime(cache_files(own_copy, bpe)[0].with_suffix('.json'), (1, 1))  # bpe: used long ago
+    _, passes = built(own_copy, 'bytes', monkeypatch)  # reused: marks bytes used
+    assert passes == []
+    indexes = set(own_copy.glob('edge_docs/1.0.0/jaxbig-index.train.*'))
+    _, passes = built(own_copy, other, monkeypatch)  # a third tokenizer: one must go
+    assert passes == [1]
+    assert cache_files(own_copy, 'bytes') and cache_files(own_copy, other)
+    assert cache_files(own_copy, bpe) == [] and len(all_caches(own_copy)) == 2
+    gone = indexes - set(own_copy.glob('edge_docs/1.0.0/jaxbig-index.train.*'))
+    assert len(gone) == 2 and all(documents.encoding_for(bpe).name in p.name for p in gone)
+    _, passes = built(own_copy, bpe, monkeypatch)  # asked for again: rebuilt, bytes' goes
+    assert passes == [1] and cache_files(own_copy, bpe) and not cache_files(own_copy, 'bytes')
+
+
 def _other_ids(npy, meta):
     tokens = np.load(npy)
     np.save(npy, (tokens + 1) % 300)  # the ids of some other tokenizer, same shape
@@ -147,7 +169,7 @@ def test_stale_or_damaged_cache_is_rebuilt(own_copy, bpe, monkeypatch, caplog, d
 
 READER = r'''
 import sys, numpy as np, ml_collections
-from jaxbig.data import lm
+from jaxbig.data.pipelines import lm
 data_dir, tokenizer, p, n, out = sys.argv[1:]
 cfg = ml_collections.ConfigDict(dict(name='edge_docs', data_dir=data_dir, path='',
     text_key='text', seq_len=16, pack=True, train_split='train', val_split='validation',

@@ -9,8 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from jaxbig.data import tokenizers
-from jaxbig.data.tokenizer_training import train_bpe
+from jaxbig.data.text import tokenizers
+from jaxbig.data.text.tokenizer_training import train_bpe
 
 WORDS = ('the', 'The', 'quick', 'brown', 'fox', 'jumps', 'over', 'lazy', 'dog', 'and', 'then',
          'there', 'was', 'a', 'cat', 'hello', 'world', 'café', 'x', '=', '1', 'again')

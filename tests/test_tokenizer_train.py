@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxbig import cli, train
-from jaxbig.data import tokenizers
+from jaxbig.data.text import tokenizers
 
 STDLIB = os.path.dirname(os.__file__)
 FILES = ('os.py', 'argparse.py', 'shutil.py', 'functools.py', 'textwrap.py', 'json/decoder.py')

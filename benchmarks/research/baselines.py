@@ -23,7 +23,7 @@ import zlib
 import numpy as np
 
 VOCAB = 256
-EOS = 0  # jaxbig.data.tokenizers.ByteTokenizer.eos_id: the document separator
+EOS = 0  # jaxbig.data.text.tokenizers.ByteTokenizer.eos_id: the document separator
 CODECS = {
     'zlib': lambda b: zlib.compress(b, 9),
     'xz': lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME),

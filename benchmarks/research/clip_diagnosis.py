@@ -43,7 +43,7 @@ def prompt_cosines(prompt_emb) -> tuple[float, float]:
 
 
 def diagnose(workdir: str, num_shapes: int = 4) -> dict[str, float]:
-    """See the module docstring; labels are colour * num_shapes + shape (data.shapes)."""
+    """See the module docstring; labels are colour * num_shapes + shape (data.builders.shapes)."""
     from jaxbig import data as data_lib
     from jaxbig import run as run_lib
 

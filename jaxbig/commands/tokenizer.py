@@ -1,6 +1,6 @@
 """`jaxbig tokenizer train --config FILE.py[:arg] --vocab-size N --out DIR [--kind bpe|
 sentencepiece] [--config.a.b=v]`: a subword tokenizer trained on the config's training
-split (jaxbig/data/tokenizer_training.py)."""
+split (jaxbig/data/text/tokenizer_training.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 def train_main(args, extra) -> int:
     from jaxbig import experiment
-    from jaxbig.data import tokenizer_training, tokenizers
+    from jaxbig.data.text import tokenizer_training, tokenizers
 
     config = experiment.load_config(args.config, extra)
     start = time.perf_counter()

@@ -7,20 +7,30 @@ index-based pipelines -> host-local numpy batches. No TensorFlow needed.
     pipe.get_batch(i)  # dict of numpy arrays with B//P rows; a pure function of (seed, i)
 
 `config.pipeline` names the module that turns the dataset into batches ('lm' ->
-`jaxbig.data.lm`: inputs/targets int32[B//P, T], mask float32[B//P, T]). A new kind of data
-is a new module with `prepare(config)` and `build_pipeline(config, ...)`.
+`jaxbig.data.pipelines.lm`: inputs/targets int32[B//P, T], mask float32[B//P, T]). A new kind
+of data is a new module there with `prepare(config)` and `build_pipeline(config, ...)`.
+
+The package by kind:
+    builders/    the embedded datasets (TFDS builders: pystdlib, digits, shapes,
+                 audio_captions) and the conditional task built from pystdlib
+    pipelines/   one module per `data.pipeline` value: dataset -> batches
+    text/        tokenizers and their training, stream encodings, documents and the
+                 token cache, captions
+    (here)       what every pipeline shares: TFDS sources, image sources, index shuffles,
+                 prefetch, folds, label subsets, augmentation, one-pass evaluation
 """
 
 
 from jaxbig.config import resolve
-from jaxbig.data.tokenizers import ByteTokenizer
+from jaxbig.data.text.tokenizers import ByteTokenizer
 
 __all__ = ['ByteTokenizer', 'build_pipeline', 'num_classes', 'pipeline_module', 'prepare']
 
 
 def pipeline_module(config):
-    """The module `jaxbig.data.<config.pipeline>` (default 'lm')."""
-    return resolve(__name__, config.get('pipeline', 'lm'), 'data.pipeline', 'build_pipeline')
+    """The module `jaxbig.data.pipelines.<config.pipeline>` (default 'lm')."""
+    return resolve(f'{__name__}.pipelines', config.get('pipeline', 'lm'), 'data.pipeline',
+                   'build_pipeline')
 
 
 def prepare(config) -> None:

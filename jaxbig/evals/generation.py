@@ -8,7 +8,7 @@ batch_size (prompts per generation call; 0 = all at once), max_new_tokens (0 = t
 reference's tokens + 1).
 
 The data pipeline of the split provides `generation_examples(n) -> [(prompt ids, reference
-text)]` and `tokenizer` (jaxbig.data.conditional does). Responses are generated greedily
+text)]` and `tokenizer` (jaxbig.data.pipelines.conditional does). Responses are generated greedily
 until eos (or max_new_tokens) by the model family's own `generate(model, params, prompts, *,
 max_new_tokens, eos_id) -> (tokens [batch, max_new_tokens], lengths [batch])` when its
 module defines one (an encoder-decoder), else by `jaxbig.generate.generate` (decoders with

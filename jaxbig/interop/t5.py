@@ -93,7 +93,7 @@ def model_section(hf: dict, untied: bool) -> dict:
 
 def run_config(hf: dict, untied: bool, directory: str) -> ml_collections.ConfigDict:
     """experiments/seq2seq.py's sections around the imported model."""
-    from jaxbig.data import seq2seq
+    from jaxbig.data.pipelines import seq2seq
 
     c = ml_collections.ConfigDict()
     c.model = model_section(hf, untied)

@@ -3,7 +3,7 @@
 batch: inputs int32[batch, seq], targets int32[batch, seq] (inputs shifted by one),
               mask float32[batch, seq] (1 = a real target, 0 = padding);
        optional positions, segment_ids int32[batch, seq] (examples packed into rows,
-              jaxbig.data.conditional) are passed to the model, which then keeps
+              jaxbig.data.pipelines.conditional) are passed to the model, which then keeps
               attention within each example.
 Loss is the cross-entropy in nats per target token, plus an optional z-loss
 `z_loss * logsumexp(logits)^2` per target that keeps the softmax normaliser near 1 (PaLM),

@@ -1,7 +1,7 @@
 """Masked-language-modelling loss (BERT's recipe), the masking done on device.
 
-batch: inputs int32[B, T] (token ids: the LM pipeline's packed sequences, jaxbig/data/lm.py;
-       its targets are not used), mask float32[B, T] (1 = a real token; packed: all ones).
+batch: inputs int32[B, T] (token ids: the LM pipeline's packed sequences,
+       jaxbig/data/pipelines/lm.py; its targets are not used), mask float32[B, T] (1 = a real token; packed: all ones).
 
 `corrupt`: every real position is chosen with probability `rate` (0.15; independent
 Bernoulli draws, as Hugging Face's DataCollatorForLanguageModeling); a chosen position

@@ -1,8 +1,8 @@
 """Image-text contrastive losses: CLIP (softmax) and SigLIP (sigmoid), chosen by `kind`.
 
 batch: image float32 [N, H, W, C], text int32 [N, L]; pair i is (image i, text i). Audio-text
-batches (`data.audio_text`) carry audio float32 [N, samples] instead of image: it feeds the
-first tower the same way (`tower_input`), and "image" below means that tower's embedding.
+batches (`data.pipelines.audio_text`) carry audio float32 [N, samples] instead of image: it
+feeds the first tower the same way (`tower_input`), and "image" below means that tower's embedding.
 The model (`models.two_tower`) returns unit-norm embeddings x (images), y (texts)
 [N, E], a learned logit scale t and bias b. With logits = exp(t) * x y^T (+ b):
 

@@ -1,6 +1,6 @@
 """Teacher-forced sequence-to-sequence loss (encoder-decoder models, jaxbig.models.t5).
 
-batch (jaxbig.data.seq2seq):
+batch (jaxbig.data.pipelines.seq2seq):
     enc_tokens int32 [B, S], enc_mask [B, S]       the prompt (1 = a real token)
     dec_inputs int32 [B, T]                         decoder_start_id, then the targets
                                                     shifted right by one

@@ -13,7 +13,7 @@ Switches (defaults above) for the published decoders jaxbig.interop reads: norm
 num_kv_heads (grouped-query attention), untied head, rope_base = rope_theta (Llama,
 Mistral, Qwen2 with qkv_bias).
 
-Packed examples (jaxbig.data.conditional): `Model(tokens, positions=..., segment_ids=...)`
+Packed examples (jaxbig.data.pipelines.conditional): `Model(tokens, positions=..., segment_ids=...)`
 (int32 [batch, seq]) restarts positions at each example and keeps attention within it, so
 a packed row computes what each of its examples would alone; without them (the default)
 the forward is unchanged.

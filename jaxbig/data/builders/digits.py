@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxbig.data.pystdlib import _ClassProperty
+from jaxbig.data.builders.pystdlib import _ClassProperty
 
 TEST_EVERY = 5  # 1 in 5 images of each class goes to `test`.
 

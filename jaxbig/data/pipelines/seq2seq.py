@@ -1,4 +1,4 @@
-"""The embedded conditional task (jaxbig.data.conditional) as encoder-decoder batches
+"""The embedded conditional task (jaxbig.data.pipelines.conditional) as encoder-decoder batches
 (`data.pipeline='seq2seq'`): the prompt is the encoder's input, the response + eos the
 decoder's targets.
 
@@ -26,7 +26,9 @@ import numpy as np
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError
-from jaxbig.data import conditional, documents
+from jaxbig.data.pipelines import conditional
+from jaxbig.data.builders import conditional_task
+from jaxbig.data.text import documents
 
 PAD_ID = 0
 
@@ -90,11 +92,11 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
     """The seq2seq pipeline over `split` ('train' | 'validation') of `config` (a data
     ConfigDict: task, seq_len, target_len, decoder_start_id, tokenizer, eos_id, data_dir);
     batch_size is global."""
-    task = conditional._check(config)
+    task = conditional_task.check(config)
     seq_len, target_len = _int(config, 'seq_len', 2), _int(config, 'target_len', 0)
     target_len = target_len or seq_len
     start_id = _int(config, 'decoder_start_id', 0)
-    if split not in conditional.SPLITS:
+    if split not in conditional_task.SPLITS:
         raise ConfigError(f"data split {split!r}: the conditional task has 'train' and "
                           "'validation'")
     data_dir = documents.resolve_data_dir(config.get('data_dir', ''))

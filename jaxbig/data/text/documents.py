@@ -5,7 +5,7 @@ record's text UTF-8 encoded with NUL bytes removed; a document is followed by eo
 `ByteTokenizer.eos_id`, or a tokenizer's) and empty documents are skipped. The split's token
 stream is the concatenation of its documents, each with its eos: a per-split *length index*
 `ends` int64[num_records] (cumulative document lengths incl. eos, 0 for a skipped record)
-locates any token, and the stream itself is cached once (`jaxbig.data.token_cache`), so
+locates any token, and the stream itself is cached once (`jaxbig.data.text.token_cache`), so
 reading a window slices a memory-mapped array. Without that cache (a Corpus built from
 records and ends only) the documents a reader needs are read through the random-access
 TFDS data source (or the folder's files) and encoded, with an LRU cache (`CACHE_BYTES`).
@@ -19,7 +19,7 @@ TFDS data source (or the folder's files) and encoded, with an LRU cache (`CACHE_
     (token_cache.load_corpus(name, split, data_dir, ...): the Corpus of a split, its
      index and token ids cached — above this module, which it reads)
 
-The index of a TFDS split is computed once (by `jaxbig.data.lm.prepare`, i.e. process 0
+The index of a TFDS split is computed once (by `jaxbig.data.pipelines.lm.prepare`, i.e. process 0
 before training, or by the first pipeline that needs it), with the token ids, and cached
 next to the prepared data as `<dataset dir>/jaxbig-index.<split>.<text_key>.<hash>.npy`
 (+ `.json`, its fingerprint), written atomically and memory-mapped when read; a missing,
@@ -36,8 +36,14 @@ import tempfile
 
 import numpy as np
 
-from jaxbig.data import pystdlib, tfds_sources
-from jaxbig.data.encodings import BYTES, ByteEncoding, TokenizerEncoding, encoding_for  # noqa: F401
+from jaxbig.data.builders import pystdlib
+from jaxbig.data import tfds_sources
+from jaxbig.data.text.encodings import (  # noqa: F401
+    BYTES,
+    ByteEncoding,
+    TokenizerEncoding,
+    encoding_for,
+)
 
 EMBEDDED = {'pystdlib': pystdlib.Pystdlib}
 INDEX_FORMAT = 1

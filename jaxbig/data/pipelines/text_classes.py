@@ -35,9 +35,11 @@ import functools
 import numpy as np
 
 from jaxbig.config import ConfigError
-from jaxbig.data import documents, folds, image_sources, lm
+from jaxbig.data.text import documents
+from jaxbig.data import folds, image_sources
+from jaxbig.data.pipelines import lm
 from jaxbig.data import one_pass as one_pass_lib
-from jaxbig.data.tokenizers import ByteTokenizer
+from jaxbig.data.text.tokenizers import ByteTokenizer
 
 
 def prepare(config) -> None:
@@ -85,7 +87,7 @@ def tfds_features(config) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
 def load_files(data_dir: str, min_files: int, tokenizer: str = 'bytes', eos_id: int = -1):
     """{split: (docs list[uint8[n] bytes, or int32[n] ids of `tokenizer`], labels int32[d])},
     class names — for both splits."""
-    from jaxbig.data import tokenizers
+    from jaxbig.data.text import tokenizers
 
     tok = None if tokenizer in ('bytes', 'byte') else tokenizers.from_config(
         {'tokenizer': tokenizer, 'eos_id': eos_id})
@@ -191,7 +193,7 @@ class ExamplePipeline:
 
     def __init__(self, config, *, split, batch_size, seed, process_index, process_count,
                  one_pass=False, num_examples=0):
-        from jaxbig.data import tokenizers
+        from jaxbig.data.text import tokenizers
 
         self.text_keys, label_key, self.classes = tfds_features(config)
         self.num_classes = len(self.classes)

@@ -18,6 +18,11 @@ name with the tokenizer's content hash, dtype, num_tokens). Keyed like the lengt
 retrained tokenizer file has another hash, hence its own cache. Written atomically (readers
 see no half file); on open, the header, size and SPOT_CHECKS re-encoded records are
 checked, and a mismatch rebuilds it. A folder's stream (no disk cache) is built in memory.
+
+Old caches do not pile up: each use marks a cache as used (its `.json`'s mtime), and building
+a new one removes the split's caches (and their length indexes) beyond the KEEP_CACHES most
+recently used — one per tokenizer, so retraining a tokenizer many times keeps the newest
+few; a removed cache is rebuilt if asked for again. Each removal is logged.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import tempfile
 
 import numpy as np
 
-from jaxbig.data import documents as docs_lib
+from jaxbig.data.text import documents as docs_lib
 
 TOKENS_FORMAT = 1
+KEEP_CACHES = 4  # per split and text key: the most recently used tokenizers' caches
 HEADER_BYTES = 128  # .npy v1.0 header of a 1-D array of < 10**20 elements, padded to 64
 
 
@@ -143,7 +149,9 @@ def _cached(documents, encoding) -> tuple[np.ndarray | None, np.ndarray | None]:
     if not os.path.exists(meta):
         return ends, None
     try:
-        return ends, _open_tokens(documents, encoding, ends, dict(zip(ids.tolist(), encoded)))
+        tokens = _open_tokens(documents, encoding, ends, dict(zip(ids.tolist(), encoded)))
+        _mark_used(meta)
+        return ends, tokens
     except Exception as e:  # noqa: BLE001 (stale, truncated, unparsable: rebuild)
         logging.warning('data: rebuilding token cache %s: %s', npy, e)
         return ends, None
@@ -172,7 +180,49 @@ def _build(documents, encoding, old_ends) -> tuple[np.ndarray, np.ndarray]:
     info = {'format': TOKENS_FORMAT, 'fingerprint': documents.fingerprint,
             'encoding': encoding.name, 'dtype': dtype.str, 'num_tokens': writer.count}
     docs_lib._atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
+    remove_unused(documents)
     return ends, np.load(npy, mmap_mode='r', allow_pickle=False)
+
+
+def _mark_used(meta: str) -> None:
+    try:
+        os.utime(meta)
+    except OSError:  # a read-only data dir: nothing is removed there either
+        pass
+
+
+def remove_unused(documents, keep: int | None = None) -> list[str]:
+    """Removes the token caches of `documents`' split and text key beyond the `keep`
+    (default KEEP_CACHES) most recently used, with their length indexes; returns the removed
+    `.npy` paths. Files another process still has memory-mapped stay readable to it."""
+    keep = KEEP_CACHES if keep is None else keep
+    folder, fp = documents.cache_dir, documents.fingerprint
+    found = []
+    for name in os.listdir(folder):
+        if not (name.startswith('jaxbig-tokens.') and name.endswith('.json')):
+            continue
+        meta = os.path.join(folder, name)
+        try:
+            with open(meta) as f:
+                info_fp = json.load(f).get('fingerprint') or {}
+            used = os.path.getmtime(meta)
+        except (OSError, ValueError):
+            continue
+        if (info_fp.get('split'), info_fp.get('text_key')) == (fp['split'], fp['text_key']):
+            found.append((used, meta))
+    removed = []
+    for _, meta in sorted(found, reverse=True)[keep:]:
+        npy = meta[:-len('.json')] + '.npy'
+        index = os.path.join(folder, os.path.basename(npy).replace('jaxbig-tokens.',
+                                                                   'jaxbig-index.', 1))
+        for path in (meta, npy, index, index[:-len('.npy')] + '.json'):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        logging.info('data: removed the unused token cache %s (%d newer kept)', npy, keep)
+        removed.append(npy)
+    return removed
 
 
 def load_stream(documents, encoding=docs_lib.BYTES) -> tuple[np.ndarray, np.ndarray]:

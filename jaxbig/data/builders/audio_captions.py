@@ -24,7 +24,7 @@ ClassLabels. Splits `train` and `test`.
 
 Count, duration, sample rate and seed come from the builder config; the default
 'sr16000_ms1000_train4000_test1000_seed0' (5,000 clips of 1 s, 160 MB) prepares in well
-under a minute. Prepare with `jaxbig.data.audio_text.prepare(config)`.
+under a minute. Prepare with `jaxbig.data.pipelines.audio_text.prepare(config)`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxbig.data.pystdlib import _ClassProperty
+from jaxbig.data.builders.pystdlib import _ClassProperty
 
 TIMBRES = ('pure', 'bright')
 REGISTERS = {'low': (160.0, 320.0), 'mid': (400.0, 800.0), 'high': (1000.0, 2000.0)}

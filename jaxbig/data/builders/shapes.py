@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxbig.data.pystdlib import _ClassProperty
+from jaxbig.data.builders.pystdlib import _ClassProperty
 
 COLOURS = {
     'red': (220, 40, 40),

@@ -3,9 +3,9 @@
 Tokens are UTF-8 bytes by default; `data.tokenizer` = a tokenizer.json or SentencePiece
 .model path (with `data.eos_id`) makes them that tokenizer's ids.
 
-Reading a split is `jaxbig.data.documents`: its documents, the token stream they form
+Reading a split is `jaxbig.data.text.documents`: its documents, the token stream they form
 (each document followed by eos: NUL for bytes) and the length index that locates any token
-of it. The stream's ids are computed once (`jaxbig.data.token_cache`, by `prepare`: one
+of it. The stream's ids are computed once (`jaxbig.data.text.token_cache`, by `prepare`: one
 tokenizing pass per split, cached next to the prepared data per tokenizer content) and
 memory-mapped, so `get_batch` slices them, never tokenizes, and a host reads only the
 pages of its own rows.
@@ -37,7 +37,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbig.data.documents import (
+from jaxbig.data.text.documents import (
     EMBEDDED,
     Corpus,
     TfdsDocuments,
@@ -45,11 +45,11 @@ from jaxbig.data.documents import (
     encoding_for,
     resolve_data_dir,
 )
-from jaxbig.data.token_cache import load_corpus
+from jaxbig.data.text.token_cache import load_corpus
 from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.shuffle import epoch_permutation
-from jaxbig.data.token_cache import load_stream
-from jaxbig.data.tokenizers import ByteTokenizer
+from jaxbig.data.text.token_cache import load_stream
+from jaxbig.data.text.tokenizers import ByteTokenizer
 
 EOS = ByteTokenizer.eos_id
 

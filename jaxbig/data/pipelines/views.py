@@ -34,7 +34,7 @@ import numpy as np
 from jaxbig.config import ConfigError
 from jaxbig.data import augment, image_sources
 from jaxbig.data import one_pass as one_pass_lib
-from jaxbig.data.image_text import square_resize
+from jaxbig.data.pipelines.image_text import square_resize
 
 
 def prepare(config) -> None:

@@ -7,7 +7,7 @@
                           whitespace normalisation, so source code round-trips); </s> = eos;
                           writes tokenizer.model
 
-Either file is then `data.tokenizer` (jaxbig.data.tokenizers reads both); experiments whose
+Either file is then `data.tokenizer` (jaxbig.data.text.tokenizers reads both); experiments whose
 `model.vocab_size` is 'auto' (experiments/lm.py) take the tokenizer's vocabulary.
 """
 
@@ -25,7 +25,8 @@ EOS = '<|endoftext|>'
 
 def split_texts(data_config, split: str) -> Iterator[str]:
     """The documents of `split` of an LM data section (TFDS or folder), as text."""
-    from jaxbig.data import documents, lm
+    from jaxbig.data.text import documents
+    from jaxbig.data.pipelines import lm
 
     name = data_config.name
     if name == 'folder':

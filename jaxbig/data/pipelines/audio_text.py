@@ -7,7 +7,7 @@
     label  int32 [b]                        class id (when data.label_key is set; zero-shot)
 
 Sources (`data.name`):
-  'audio_captions'  the embedded TFDS builder (`jaxbig.data.audio_captions`), prepared into
+  'audio_captions'  the embedded TFDS builder (`jaxbig.data.builders.audio_captions`), prepared into
                     data.data_dir on first use; sample_rate, duration_ms, num_train, num_test
                     and audio_seed pick its builder config.
   'folder'          your own WAV files: data.path is a folder holding one captions file per
@@ -39,9 +39,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbig.config import ConfigError
-from jaxbig.data import audio_captions, captions, image_sources
+from jaxbig.data.builders import audio_captions
+from jaxbig.data.text import captions
+from jaxbig.data import image_sources
 from jaxbig.data import one_pass as one_pass_lib
-from jaxbig.data.documents import resolve_data_dir
+from jaxbig.data.text.documents import resolve_data_dir
 
 SOURCES = ('audio_captions', 'folder')
 CONFIG_KEYS = ('name', 'data_dir', 'path', 'sample_rate', 'duration_ms', 'num_train',

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxbig.data import shapes
+from jaxbig.data.builders import shapes
 
 
 def shapes_words() -> list[str]:
@@ -97,7 +97,7 @@ class FileCaptionTokenizer:
         import json
 
         from jaxbig.config import ConfigError
-        from jaxbig.data.tokenizers import FileTokenizer
+        from jaxbig.data.text.tokenizers import FileTokenizer
 
         self.file = FileTokenizer(path, eos_id)
         self.vocab_size = self.file.vocab_size

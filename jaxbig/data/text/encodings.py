@@ -1,5 +1,5 @@
 """Stream encodings: how a document's raw bytes become the tokens of the LM stream, for the
-length index and the token cache (jaxbig.data.documents, jaxbig.data.token_cache).
+length index and the token cache (jaxbig.data.text.documents, jaxbig.data.text.token_cache).
 
     encoding(raw bytes) -> tokens [n]      the document's tokens, eos last; [] = skipped
     encoding.lengths(docs) -> int64 [d]    len(encoding(doc)) of each
@@ -33,7 +33,7 @@ class ByteEncoding:
 
 
 class TokenizerEncoding:
-    """A record's stream tokens from a tokenizer (`jaxbig.data.tokenizers.FileTokenizer`):
+    """A record's stream tokens from a tokenizer (`jaxbig.data.text.tokenizers.FileTokenizer`):
     encode(text without NUL), then `eos_id`; int32. `name` carries the tokenizer file's
     content hash, so length indexes of different tokenizers never mix."""
 
@@ -70,9 +70,9 @@ BYTES = ByteEncoding()
 
 
 def encoding_for(tokenizer: str = 'bytes', eos_id: int = -1):
-    """The stream encoding of a data section's `tokenizer` / `eos_id` (see data.tokenizers)."""
+    """The stream encoding of a data section's `tokenizer` / `eos_id` (see data.text.tokenizers)."""
     if tokenizer in ('bytes', 'byte'):
         return BYTES
-    from jaxbig.data import tokenizers
+    from jaxbig.data.text import tokenizers
 
     return TokenizerEncoding(tokenizers.from_config({'tokenizer': tokenizer, 'eos_id': eos_id}))
