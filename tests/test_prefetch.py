@@ -161,7 +161,7 @@ def test_every_experiment_has_the_key_and_the_cli_rejects_a_bad_value(tfds_dir, 
 # ----------------------------------------------------------------------------- one permutation
 
 def grain_order(n, seed):
-    """grain's shuffle of range(n), one element at a time (as data/pipelines/lm.py read it before)."""
+    """grain's shuffle of range(n), one element at a time (as the LM pipeline read it before)."""
     shuffled = grain.MapDataset.range(n).shuffle(seed=seed)
     return np.asarray([shuffled[k] for k in range(n)])
 
