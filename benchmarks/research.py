@@ -30,8 +30,14 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [HERE, REPO]
-from research import (baselines, clip_diagnosis, finetune_entries, grid, harness,  # noqa: E402
-                      report)  # (the package benchmarks/research/)
+from research import (  # noqa: E402
+    baselines,
+    clip_diagnosis,
+    finetune_entries,
+    grid,
+    harness,
+    report,  # (the package benchmarks/research/)
+)
 
 LN2 = math.log(2)
 
@@ -52,8 +58,8 @@ def lm_streams() -> tuple:
     """(train, validation) uint8 streams of the LM data (`lm_data_config`): every document
     followed by its eos, exactly the bytes jaxbig.data.pipelines.lm packs and the `val` evaluator
     scores. Read once per process."""
-    from jaxbig.data.text import documents, token_cache
     from jaxbig.data.pipelines import lm
+    from jaxbig.data.text import documents, token_cache
 
     data_cfg = lm_data_config()
     lm.prepare(data_cfg)

@@ -59,9 +59,9 @@ layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 import ml_collections
 
 from jaxbig import defaults
-from jaxbig.run import read_config
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.data import label_subset
+from jaxbig.run import read_config
 
 MODES = ('full', 'linear_probe', 'features', 'lora')
 LORA_TARGETS = ['.*/(query|value)/kernel']  # a ViT's attention (jaxbig.lora)

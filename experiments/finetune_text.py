@@ -97,10 +97,10 @@ layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 import ml_collections
 
 from jaxbig import defaults
-from jaxbig.run import read_config
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.models.bert import POOLS
 from jaxbig.models.gpt import SIZES
+from jaxbig.run import read_config
 
 MODES = ('full', 'linear_probe', 'features', 'lora')
 LORA_TARGETS = ['.*attn/(query|value)/kernel']

@@ -51,8 +51,8 @@ import ml_collections
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
+from jaxbig.data.builders.conditional_task import TASKS
 from jaxbig.data.pipelines import seq2seq as seq2seq_data
-from jaxbig.data.pipelines.conditional import TASKS
 from jaxbig.models.t5 import SIZES
 from jaxbig.run import read_config
 

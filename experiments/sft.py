@@ -54,7 +54,7 @@ import ml_collections
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
-from jaxbig.data.pipelines.conditional import TASKS
+from jaxbig.data.builders.conditional_task import TASKS
 from jaxbig.models.gpt import SIZES
 from jaxbig.run import read_config
 

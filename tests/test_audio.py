@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.signal
-
 from conftest import metric_series, run_cli
+
 from jaxbig import cli, data, models
 from jaxbig.config import ConfigError
 from jaxbig.data.builders import audio_captions

@@ -11,8 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxbig.data.text import documents, token_cache
 from jaxbig.data.pipelines import lm
+from jaxbig.data.text import documents, token_cache
 
 T = 16  # short windows: rows span several short documents, long documents several rows
 

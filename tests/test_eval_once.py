@@ -15,8 +15,8 @@ from jaxbig import config as config_lib
 from jaxbig import data
 from jaxbig import run as run_lib
 from jaxbig.config import ConfigError
-from jaxbig.data.pipelines import conditional, features, seq2seq
 from jaxbig.data import folds, image_sources, one_pass
+from jaxbig.data.pipelines import conditional, features, seq2seq
 from jaxbig.data.pipelines.text_classes import SnippetPipeline
 from jaxbig.evals import classification
 

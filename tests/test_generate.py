@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import TINY_LM, run_cli
+
 from jaxbig import checkpoint, cli, quantize
 from jaxbig import generate as gen
 from jaxbig import run as run_lib

@@ -20,8 +20,8 @@ from jaxbig import config as config_lib
 from jaxbig import data
 from jaxbig.config import ConfigError
 from jaxbig.data import augment, image_sources
-from jaxbig.data.text import captions
 from jaxbig.data.builders import digits, shapes
+from jaxbig.data.text import captions
 
 SHAPES_SMALL = dict(resolution=16, num_train=24, num_test=8, shapes_seed=0)
 # (H, W) of the fake variable-size dataset's train images; several have a short side of 24,

@@ -12,6 +12,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 from conftest import metric_series  # noqa: E402
+
 from jaxbig import cli, data, train  # noqa: E402
 from jaxbig import run as run_lib  # noqa: E402
 from jaxbig.config import ConfigError  # noqa: E402

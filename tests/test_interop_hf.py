@@ -10,8 +10,9 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from jaxbig import generate as gen  # noqa: E402
 from conftest import edit_safetensors  # noqa: E402
+
+from jaxbig import generate as gen  # noqa: E402
 from jaxbig import run as run_lib  # noqa: E402
 from jaxbig.config import ConfigError  # noqa: E402
 from jaxbig.interop import hf  # noqa: E402

@@ -29,9 +29,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from jaxbig import cli
+from jaxbig import cli, data, sweep, writers
 from jaxbig import config as config_lib
-from jaxbig import data, sweep, writers
 from jaxbig.config import ConfigError
 from jaxbig.data import folds as folds_lib
 from jaxbig.data.pipelines import text_classes

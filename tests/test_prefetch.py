@@ -11,9 +11,10 @@ import grain
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import TINY_LM, metric_series, run_cli
-from jaxbig import cli, config as config_lib, data, run, train
+
+from jaxbig import cli, data, run, train
+from jaxbig import config as config_lib
 from jaxbig.data import image_sources, prefetch, shuffle
 from jaxbig.data.pipelines import lm
 

@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-
 from conftest import REPO, TINY_LM, metric_series, run_cli
+
 from jaxbig import cli, defaults, models, optim, pruning
 from jaxbig import run as run_lib
 from jaxbig.config import ConfigError

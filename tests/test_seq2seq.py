@@ -16,8 +16,8 @@ from conftest import REPO, metric_series, run_cli
 
 from jaxbig import config as config_lib
 from jaxbig.config import ConfigError
-from jaxbig.data.pipelines import conditional
 from jaxbig.data.builders import conditional_task
+from jaxbig.data.pipelines import conditional
 from jaxbig.data.pipelines import seq2seq as seq2seq_data
 from jaxbig.data.text.tokenizers import ByteTokenizer
 from jaxbig.losses import seq2seq as seq2seq_loss

@@ -14,16 +14,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import REPO, metric_series, run_cli
+
 from jaxbig import config as config_lib
-from jaxbig import defaults
-from jaxbig import experiment
+from jaxbig import defaults, experiment
 from jaxbig import generate as gen_lib
 from jaxbig import run as run_lib
 from jaxbig.config import ConfigError
-from jaxbig.data.pipelines import conditional
 from jaxbig.data.builders import conditional_task, pystdlib
+from jaxbig.data.pipelines import conditional
 from jaxbig.data.text.tokenizers import ByteTokenizer
 from jaxbig.evals import generation
 from jaxbig.losses import autoregressive

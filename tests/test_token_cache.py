@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO, TINY_LM
 from test_data_sharded_reading import EdgeDocs, assert_batch_equal, config, edge_texts
 
-from jaxbig.data.text import documents, token_cache, tokenizer_training
 from jaxbig.data.pipelines import lm
+from jaxbig.data.text import documents, token_cache, tokenizer_training
 
 T = 16
 

@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbig.config import ConfigError
-from jaxbig.data.builders import digits, shapes
 from jaxbig.data import folds, label_subset, tfds_sources
 from jaxbig.data import one_pass as one_pass_lib
+from jaxbig.data.builders import digits, shapes
 from jaxbig.data.shuffle import epoch_permutation
 from jaxbig.data.tfds_sources import resolve_data_dir
 

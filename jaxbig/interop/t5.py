@@ -31,8 +31,7 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxbig import defaults
-from jaxbig import experiment
+from jaxbig import defaults, experiment
 from jaxbig.config import ConfigError
 from jaxbig.interop import mapped
 from jaxbig.interop.mapped import need, same, transposed

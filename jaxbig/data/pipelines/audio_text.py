@@ -39,10 +39,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbig.config import ConfigError
-from jaxbig.data.builders import audio_captions
-from jaxbig.data.text import captions
 from jaxbig.data import image_sources
 from jaxbig.data import one_pass as one_pass_lib
+from jaxbig.data.builders import audio_captions
+from jaxbig.data.text import captions
 from jaxbig.data.text.documents import resolve_data_dir
 
 SOURCES = ('audio_captions', 'folder')

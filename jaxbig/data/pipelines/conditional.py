@@ -34,11 +34,10 @@ import functools
 import numpy as np
 
 from jaxbig.config import ConfigError
-from jaxbig.data.builders import conditional_task
-from jaxbig.data.text import documents
 from jaxbig.data import one_pass as one_pass_lib
+from jaxbig.data.builders import conditional_task
 from jaxbig.data.builders.conditional_task import SPLITS, load_examples
-
+from jaxbig.data.text import documents
 
 
 def prepare(config) -> None:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxbig.data import augment, image_sources
-from jaxbig.data.text import captions
 from jaxbig.data import one_pass as one_pass_lib
+from jaxbig.data.text import captions
 
 
 def prepare(config) -> None:

@@ -37,6 +37,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxbig.data import one_pass as one_pass_lib
+from jaxbig.data.shuffle import epoch_permutation
 from jaxbig.data.text.documents import (
     EMBEDDED,
     Corpus,
@@ -45,10 +47,7 @@ from jaxbig.data.text.documents import (
     encoding_for,
     resolve_data_dir,
 )
-from jaxbig.data.text.token_cache import load_corpus
-from jaxbig.data import one_pass as one_pass_lib
-from jaxbig.data.shuffle import epoch_permutation
-from jaxbig.data.text.token_cache import load_stream
+from jaxbig.data.text.token_cache import load_corpus, load_stream
 from jaxbig.data.text.tokenizers import ByteTokenizer
 
 EOS = ByteTokenizer.eos_id

@@ -26,8 +26,8 @@ import numpy as np
 
 from jaxbig import defaults
 from jaxbig.config import ConfigError
-from jaxbig.data.pipelines import conditional
 from jaxbig.data.builders import conditional_task
+from jaxbig.data.pipelines import conditional
 from jaxbig.data.text import documents
 
 PAD_ID = 0

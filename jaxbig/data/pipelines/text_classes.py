@@ -35,10 +35,10 @@ import functools
 import numpy as np
 
 from jaxbig.config import ConfigError
-from jaxbig.data.text import documents
 from jaxbig.data import folds, image_sources
-from jaxbig.data.pipelines import lm
 from jaxbig.data import one_pass as one_pass_lib
+from jaxbig.data.pipelines import lm
+from jaxbig.data.text import documents
 from jaxbig.data.text.tokenizers import ByteTokenizer
 
 

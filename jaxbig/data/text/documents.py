@@ -36,8 +36,8 @@ import tempfile
 
 import numpy as np
 
-from jaxbig.data.builders import pystdlib
 from jaxbig.data import tfds_sources
+from jaxbig.data.builders import pystdlib
 from jaxbig.data.text.encodings import (  # noqa: F401
     BYTES,
     ByteEncoding,

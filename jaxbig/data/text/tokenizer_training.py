@@ -25,8 +25,8 @@ EOS = '<|endoftext|>'
 
 def split_texts(data_config, split: str) -> Iterator[str]:
     """The documents of `split` of an LM data section (TFDS or folder), as text."""
-    from jaxbig.data.text import documents
     from jaxbig.data.pipelines import lm
+    from jaxbig.data.text import documents
 
     name = data_config.name
     if name == 'folder':
