@@ -1,5 +1,6 @@
 """Shared fixtures: one prepared copy of the embedded corpus per test session, and a helper
-that runs the real CLI in a subprocess (so XLA_FLAGS can set the device count)."""
+that runs the real CLI (in this process for one device; in a subprocess, so XLA_FLAGS can
+set the device count, for more)."""
 import atexit
 import json
 import os
@@ -25,6 +26,20 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
     os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 _SESSION_START = time.monotonic()
 
+# Every test program compiles with LLVM's optimisations off and XLA:CPU's elemental fusion
+# emitters: the tests' models are tiny, so compiling is nearly all their cost, and this cuts
+# it to about a quarter (numerics stay IEEE; nothing here times or tunes the compiled code).
+# Subprocesses get the same through `xla_flags()`; tests that read compiled programs' memory
+# or collectives (plan, sharding) set their own XLA_FLAGS and see the default pipeline.
+FAST_COMPILE = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true '
+                '--xla_cpu_use_fusion_emitters=false')
+os.environ['XLA_FLAGS'] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')}".strip()
+
+
+def xla_flags(devices: int = 1) -> str:
+    """XLA_FLAGS for a test subprocess: fast compiles and `devices` CPU devices."""
+    return f'{FAST_COMPILE} --xla_force_host_platform_device_count={devices}'
+
 
 def pytest_terminal_summary(terminalreporter):
     """The suite's wall time, always printed, so the 10-minute budget stays visible."""
@@ -40,12 +55,27 @@ TINY_LM = [
 ]
 
 
+def shared_tmp(tmp_path_factory):
+    """A temp folder shared by every pytest-xdist worker of this run (the run's own when
+    there are no workers): what one worker prepares there, the others read."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
 @pytest.fixture(scope='session')
 def tfds_dir(tmp_path_factory):
-    """A TFDS data dir with `pystdlib` prepared; exported as TFDS_DATA_DIR for subprocesses."""
+    """A TFDS data dir with `pystdlib` prepared, once for all workers; exported as
+    TFDS_DATA_DIR for subprocesses."""
+    from filelock import FileLock
+
     from jaxbig import data
-    path = str(tmp_path_factory.mktemp('tfds'))
-    data.prepare(ml_collections.ConfigDict({'name': 'pystdlib', 'data_dir': path}))
+    path = shared_tmp(tmp_path_factory) / 'tfds'
+    with FileLock(f'{path}.lock'):
+        if not (path / '.prepared').exists():
+            path.mkdir(exist_ok=True)
+            data.prepare(ml_collections.ConfigDict({'name': 'pystdlib', 'data_dir': str(path)}))
+            (path / '.prepared').touch()
+    path = str(path)
     old = os.environ.get('TFDS_DATA_DIR')
     os.environ['TFDS_DATA_DIR'] = path
     yield path
@@ -55,17 +85,70 @@ def tfds_dir(tmp_path_factory):
         os.environ['TFDS_DATA_DIR'] = old
 
 
-def run_cli(*args, devices: int = 1, timeout: int = 300, check: bool = True):
-    """Runs `python -m jaxbig ARGS` with `devices` simulated CPU devices."""
-    env = dict(os.environ)
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-    env.setdefault('JAX_PLATFORMS', 'cpu')
-    proc = subprocess.run([sys.executable, '-m', 'jaxbig', *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(*args, devices: int = 1, timeout: int = 300, check: bool = True,
+            subprocess_: bool = False):
+    """Runs `jaxbig ARGS` and returns a CompletedProcess (returncode, stdout, stderr).
+
+    With one device (this process's own count) the CLI runs in this process through
+    `cli.main`, so JAX is imported once and a model compiled by one test is reused by the
+    next; `devices` > 1, or `subprocess_=True` where the process boundary is under test,
+    runs `python -m jaxbig ARGS` with that many simulated CPU devices."""
+    if devices == 1 and not subprocess_ and _one_local_device():
+        proc = _run_in_process(list(args))
+    else:
+        env = dict(os.environ)
+        env['XLA_FLAGS'] = xla_flags(devices)
+        env.setdefault('JAX_PLATFORMS', 'cpu')
+        proc = subprocess.run([sys.executable, '-m', 'jaxbig', *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f'jaxbig {" ".join(args)} failed ({proc.returncode}):\n'
                              f'{proc.stderr[-4000:]}')
     return proc
+
+
+def _one_local_device() -> bool:
+    import jax
+
+    return jax.local_device_count() == 1 and jax.default_backend() == 'cpu'
+
+
+def _run_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """`cli.main(args)` with stdout, stderr and INFO logs captured as a subprocess's would
+    be, from the repository root; an uncaught exception is exit status 1 with its
+    traceback on stderr."""
+    import contextlib
+    import io
+    import logging
+    import traceback
+
+    from jaxbig import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S'))
+    old_level, old_cwd = root.level, os.getcwd()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(args)
+            except SystemExit as e:  # argparse: --help, usage errors
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+            except Exception:  # noqa: BLE001 - a crash, as a process would report it
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(old_cwd)
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    return subprocess.CompletedProcess(['jaxbig', *args], int(code or 0), out.getvalue(),
+                                       err.getvalue())
 
 
 def start_processes(workdir, args, *, num_processes: int = 2, local_devices: int = 1):
@@ -78,7 +161,7 @@ def start_processes(workdir, args, *, num_processes: int = 2, local_devices: int
         port = s.getsockname()[1]
     procs = []
     for i in range(num_processes):
-        env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+        env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)  # devices: local_device_count
         env.update(JAX_PLATFORMS='cpu', JAXBIG_COORDINATOR=f'127.0.0.1:{port}',
                    JAXBIG_NUM_PROCESSES=str(num_processes), JAXBIG_PROCESS_ID=str(i))
         log = open(f'{workdir}.{i}.log', 'w')  # noqa: SIM115 (the caller closes it)

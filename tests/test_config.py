@@ -75,7 +75,7 @@ def test_cli_exits_nonzero_with_one_line(tmp_path, args, expected):
 @pytest.mark.parametrize('package, what, provides, helper', [
     ('jaxbig.models', 'model.name', 'Model', 'layers'),
     ('jaxbig.losses', 'loss.name', 'loss_fn', None),
-    ('jaxbig.data', 'data.pipeline', 'build_pipeline', 'documents'),
+    ('jaxbig.data.pipelines', 'data.pipeline', 'build_pipeline', None),
     ('jaxbig.evals', 'evals.val.type', 'Evaluator', None)])
 def test_one_resolution_rule_and_error_type(package, what, provides, helper):
     """Every config name -> module lookup goes through config.resolve: one ConfigError

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, metric_series, run_cli
+from conftest import REPO, metric_series, run_cli, xla_flags
 from jaxbig import data, models
 from jaxbig.aggregate import values
 from jaxbig.evals.embedding import plain_data_config
@@ -131,7 +131,7 @@ def test_sharded_losses_equal_one_device(image_tfds_dir):
     8 simulated devices equal the one-device values (loss and logged metrics)."""
     code = ('import sys; sys.path.insert(0, "tests"); import test_contrastive_train as t; '
             't.sharded_loss_worker(["simclr", "clip", "siglip"])')
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8),
                JAX_PLATFORMS='cpu')
     proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600, check=False)

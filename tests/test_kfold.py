@@ -27,7 +27,7 @@ from collections import Counter
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, xla_flags
 
 from jaxbig import cli, data, sweep, writers
 from jaxbig import config as config_lib
@@ -379,7 +379,7 @@ def _sweep_cmd(sweep_file, workdir):
 
 def _env():
     return dict(os.environ, JAX_PLATFORMS='cpu',
-                XLA_FLAGS='--xla_force_host_platform_device_count=1')
+                XLA_FLAGS=xla_flags(1))
 
 
 def _state(workdir):

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import (REPO, TINY_LM, metric_series, process_logs, run_cli,
+from conftest import (FAST_COMPILE, REPO, TINY_LM, metric_series, process_logs, run_cli,
                       start_processes)
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ ARGS = ['--config', f'experiments/lm.py:steps={STEPS}', *TINY_LM,
 
 def launch(workdir, *extra) -> subprocess.Popen:
     """launch/local.sh -n 2 -d 4 -- ARGS --workdir WORKDIR, output in workdir/../<name>.log."""
-    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)  # devices: local.sh -d 4
     env.update(PYTHON=sys.executable, JAX_PLATFORMS='cpu')
     log = open(f'{workdir}.log', 'w')  # noqa: SIM115 (closed in finish)
     proc = subprocess.Popen(

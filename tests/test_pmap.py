@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_LM, metric_series, run_cli
+from conftest import REPO, TINY_LM, metric_series, run_cli, xla_flags
 
 STEPS = 5
 
@@ -73,7 +73,7 @@ print(json.dumps({'devices': jax.device_count(), 'jit': jit_out, 'pmap': pmap_ou
 
 
 def test_pmap_matches_jit_on_one_device(tfds_dir):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8))
     env.setdefault('JAX_PLATFORMS', 'cpu')
     proc = subprocess.run(
         [sys.executable, '-W', 'error::DeprecationWarning:jax.*', '-c', SCRIPT, str(STEPS),

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY_LM, metric_series, run_cli
+from conftest import REPO, TINY_LM, metric_series, run_cli, xla_flags
 from jaxbig import cli, train
 
 LM = 'experiments/lm.py'
@@ -113,7 +113,7 @@ def test_skip_nonfinite_steps_counts_and_continues(tfds_dir, tmp_path):
 def _popen_train(workdir, *args, log=None):
     """Starts `jaxbig train` on the tiny LM; stderr to the file `log` (read while it runs)
     or a pipe."""
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     return subprocess.Popen([sys.executable, '-m', 'jaxbig', 'train', '--workdir', str(workdir),
                              '--config', LM, *TINY_LM, *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL,

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import (REPO, TINY_LM, metric_series, process_logs, run_cli,
-                      start_processes)
+                      start_processes, xla_flags)
 
 from jaxbig import checkpoint
 
@@ -137,7 +137,7 @@ print(json.dumps(split))
 
 def restore_under(workdir, out, meshes, devices: int) -> dict:
     """Runs RESTORE with `devices` simulated devices; returns {mesh|kind|path: array}."""
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
     env.setdefault('JAX_PLATFORMS', 'cpu')
     proc = subprocess.run([sys.executable, '-c', RESTORE, str(workdir), str(out), *meshes],
                           check=False, cwd=REPO, env=env, capture_output=True, text=True,

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY_LM
+from conftest import REPO, TINY_LM, xla_flags
 from jaxbig import cli
 from jaxbig import config as config_lib
 from jaxbig import sweep, writers
@@ -37,7 +37,7 @@ NAMES = ['lr=0.001,embed_dim=32', 'lr=0.001,embed_dim=64', 'lr=0.003,embed_dim=3
 
 def _env():
     return dict(os.environ, JAX_PLATFORMS='cpu',
-                XLA_FLAGS='--xla_force_host_platform_device_count=1')
+                XLA_FLAGS=xla_flags(1))
 
 
 def _sweep_cmd(sweep_file, workdir, *extra, steps=STEPS):

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, xla_flags
 from jaxbig import data
 from jaxbig.aggregate import values
 
@@ -84,7 +84,7 @@ def run_workers(run, layouts, tmp_path, tfds_dir):
     """One 1-device and one 8-device worker, side by side -> {layout: losses}."""
     procs = []
     for devices, names in ((1, ['one']), (8, layouts)):
-        env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+        env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
                    JAX_PLATFORMS='cpu', TFDS_DATA_DIR=tfds_dir)
         code = ('import sys; sys.path.insert(0, "tests"); import test_two_tower_parallel as t; '
                 f't.train_worker({run!r}, {names!r}, {str(tmp_path / str(devices))!r})')
@@ -194,7 +194,7 @@ print(json.dumps(dict(devices=ndev, in_pmap_outside=pmap_lib.in_pmap(), out=out)
 @pytest.fixture(scope='module')
 def gather_run():
     """GATHER_SCRIPT running in an 8-device subprocess (started on first request)."""
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8),
                JAX_PLATFORMS='cpu')
     proc = subprocess.Popen([sys.executable, '-c', GATHER_SCRIPT], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
