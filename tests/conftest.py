@@ -36,6 +36,11 @@ FAST_COMPILE = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
 os.environ['XLA_FLAGS'] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 
+# XLA:CPU's default pipeline, for a jit whose bits must be what a run (not the suite) gets.
+DEFAULT_COMPILE = {'xla_backend_optimization_level': 3, 'xla_llvm_disable_expensive_passes': False,
+                   'xla_cpu_use_fusion_emitters': True}
+
+
 def xla_flags(devices: int = 1) -> str:
     """XLA_FLAGS for a test subprocess: fast compiles and `devices` CPU devices."""
     return f'{FAST_COMPILE} --xla_force_host_platform_device_count={devices}'

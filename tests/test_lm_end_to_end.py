@@ -1,5 +1,6 @@
 """The default experiment, shortened, learns more than bigram statistics."""
 import numpy as np
+import pytest
 
 from conftest import metric_series, run_cli
 from jaxbig import config as config_lib
@@ -16,6 +17,7 @@ def bigram_entropy(stream: np.ndarray) -> float:
     return float(-(joint[nz] * np.log((joint / np.where(prev > 0, prev, 1))[nz])).sum())
 
 
+@pytest.mark.slow  # ~70 s: 150 steps of the default model (the suite's fast compiles: ~140 s)
 def test_default_experiment_beats_bigram_entropy(tfds_dir, tmp_path):
     config = config_lib.load('experiments/lm.py')
     pipe = data.build_pipeline(config.data, split='validation', batch_size=1, seed=0)

@@ -83,6 +83,7 @@ def plans(tfds_dir, tmp_path_factory):
 
 @pytest.mark.parametrize('mesh,model_ways', [('fsdp=8', 8), ('tensor=2,fsdp=4', 8),
                                              ('data=8', 1)])
+@pytest.mark.slow  # the `plans` fixture: 12 real plans compiled, ~85-140 s
 def test_llama_1b_shares_per_device(plans, mesh, model_ways):
     r = plans[mesh]
     total = _llama_1b_bytes()
@@ -127,6 +128,7 @@ def test_70b_on_v5e_8_does_not_fit_and_names_the_largest_term(tfds_dir):
     assert 'parameters + optimizer state alone need 105.8 GB per device' in table
 
 
+@pytest.mark.slow  # the `plans` fixture: 12 real plans compiled, ~85-140 s
 def test_step_time_from_the_published_peak(plans):
     r = plans['h100']
     t, f, e = r['target'], r['flops'], r['estimate']
@@ -136,12 +138,14 @@ def test_step_time_from_the_published_peak(plans):
     assert 'standing in for h100x8' in t['compiled_for']
 
 
+@pytest.mark.slow  # the `plans` fixture: 12 real plans compiled, ~85-140 s
 def test_micro_batches_that_do_not_split_are_noted(plans):
     assert plans['h100']['notes'] == []
     (note,) = plans['uneven_micro']['notes']
     assert 'micro-batch has 4 rows' in note and 'data x fsdp = 8' in note
 
 
+@pytest.mark.slow  # the `plans` fixture: 12 real plans compiled, ~85-140 s
 def test_every_task_plans(plans):
     for name in TASKS:
         r = plans[name]

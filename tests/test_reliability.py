@@ -308,7 +308,7 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tfds_dir, small_disk):
     workdir = small_disk / 'run'
     proc = run_cli('train', '--workdir', str(workdir), '--config', f'{LM}:steps=8', *TINY_LM,
                    '--config.train.checkpoint_every=2', '--config.train.log_every=2',
-                   check=False)
+                   check=False, subprocess_=True)  # its writer threads die with the process
     assert proc.returncode != 0
     # orbax's writer threads log their own tracebacks; the CLI's one-line verdict is there.
     verdict = [l for l in proc.stderr.splitlines() if l.startswith('jaxbig: error:')]

@@ -172,6 +172,7 @@ def resumed(tmp_path_factory, tfds_dir):
             'interrupted': interrupted, 'rows_before': rows_before}
 
 
+@pytest.mark.slow  # the `resumed` fixture: a 4-run sweep, killed and relaunched, ~65-80 s
 def test_relaunch_finishes_without_redoing(resumed):
     workdir, state = resumed['workdir'], _state(resumed['workdir'])
     assert sorted(state) == NAMES and {r['status'] for r in state.values()} == {'done'}
@@ -186,6 +187,7 @@ def test_relaunch_finishes_without_redoing(resumed):
     assert '4/4 done, 0 running, 0 failed' in resumed['stderr']
 
 
+@pytest.mark.slow  # the `resumed` fixture: a 4-run sweep, killed and relaunched, ~65-80 s
 def test_interrupted_run_resumes_from_its_checkpoint(resumed):
     """The run that was mid-way: its second attempt restores the checkpoint its first one
     saved when stopped and trains only the remaining steps."""
@@ -206,6 +208,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(resumed):
     assert len(second_rows) < STEPS
 
 
+@pytest.mark.slow  # the `resumed` fixture: a 4-run sweep, killed and relaunched, ~65-80 s
 def test_table_matches_each_runs_metrics(resumed):
     workdir = resumed['workdir']
     with open(workdir / 'results.csv') as f:
@@ -230,6 +233,7 @@ def test_table_matches_each_runs_metrics(resumed):
     assert md.count('\n| lr=') == 4 and '![loss_curves.png](loss_curves.png)' in md
 
 
+@pytest.mark.slow  # the `resumed` fixture: a 4-run sweep, killed and relaunched, ~65-80 s
 def test_plots_are_images(resumed):
     import matplotlib.image
 
@@ -241,6 +245,7 @@ def test_plots_are_images(resumed):
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
 
 
+@pytest.mark.slow  # the `resumed` fixture: a 4-run sweep, killed and relaunched, ~65-80 s
 def test_report_and_dry_runs_on_a_finished_sweep(resumed, capsys):
     workdir = str(resumed['workdir'])
     os.remove(os.path.join(workdir, 'results.csv'))

@@ -108,6 +108,8 @@ def assert_match_one_device(losses, layouts):
         np.testing.assert_allclose(losses[name], one, rtol=0, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow  # ~35-45 s; the sharded contrastive losses are checked by default
+# (test_contrastive_train) and every objective's pmap by test_invariance
 def test_clip_pmap_matches_one_device(images_dir, tmp_path, gather_run):
     # gather_run: starts the (independent) gradient check's subprocess now, so that it runs
     # beside these workers on the spare CPU; test_gathered_losses_... reads its result.
