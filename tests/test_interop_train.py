@@ -86,6 +86,8 @@ def test_continued_pretraining_tokenizes_with_the_model_tokenizer(gpt2_run, tmp_
     _falls(out)
 
 
+@pytest.mark.slow  # ~30-40 s; LoRA training, generation and merge are covered by test_lora,
+# test_run and test_cli by default
 def test_lora_continued_pretraining_generates_and_exports_merged(gpt2_run, tmp_path, capsys):
     workdir, _, _ = gpt2_run
     out = str(tmp_path / 'lora')
