@@ -143,7 +143,8 @@ def assert_same_train_metrics(one, eight):
     for key in ('train/loss', 'train/sim_gap'):
         a, b = metric_series(one, key), metric_series(eight, key)
         assert sorted(a) == sorted(b) == [1, 2], (key, a, b)
-        np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=0, atol=1e-5,
+        # float32 rounding in another reduction order: ~1e-6 of SigLIP's ~12 nats
+        np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=2e-6, atol=1e-5,
                                    err_msg=key)
 
 

@@ -104,8 +104,10 @@ def run_workers(run, layouts, tmp_path, tfds_dir):
 def assert_match_one_device(losses, layouts):
     one = losses['one']
     assert len(one) == STEPS and len(set(one)) > 1  # it trains: the loss moves
+    # float32 rounding of a loss summed over N^2 pairs in another order: ~1e-6 of SigLIP's
+    # ~12 nats (the suite's unoptimised compiles round a little more than a run's)
     for name in layouts:
-        np.testing.assert_allclose(losses[name], one, rtol=0, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(losses[name], one, rtol=2e-6, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow  # ~35-45 s; the sharded contrastive losses are checked by default
