@@ -70,7 +70,7 @@ def test_imported_run_carries_its_tokenizer(gpt2_run, capsys):
     assert capsys.readouterr().out.startswith('def main(')
 
 
-@pytest.mark.slow  # ~30 s; the LoRA continued-pretraining test uses the same tokenizer path
+@pytest.mark.slow  # ~30 s; an imported model's tokenizer in training: test_mlm's imported MLM
 def test_continued_pretraining_tokenizes_with_the_model_tokenizer(gpt2_run, tmp_path):
     workdir, _, tok = gpt2_run
     out = str(tmp_path / 'cont')

@@ -100,6 +100,7 @@ def test_several_updates_per_call_equal_one_per_call_and_resume(one_per_call, tm
     assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['5', '7']
 
 
+@pytest.mark.slow  # ~20 s (8 devices); steps_per_call is checked on one device by default
 def test_many_updates_per_call_on_a_sharded_mesh(one_per_call, tmp_path):
     """Stacked batches [steps, batch, ...] split over data x fsdp; 4 updates per call."""
     run_cli('train', '--workdir', str(tmp_path), *CADENCES, '--config.train.steps_per_call=4',
