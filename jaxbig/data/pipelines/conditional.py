@@ -36,7 +36,6 @@ import numpy as np
 from jaxbig.config import ConfigError
 from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.builders import conditional_task
-from jaxbig.data.builders.conditional_task import SPLITS, load_examples
 from jaxbig.data.text import documents
 
 
@@ -209,7 +208,7 @@ def _encoded(data_dir: str, task: str, split: str, tokenizer: str, eos_id: int, 
     if tok.eos_id is None:
         raise ConfigError(f'data.eos_id: {tok!r} has no end-of-sequence token to end responses')
     kept, references, skipped = [], [], 0
-    for _, _, prompt, response in load_examples(data_dir, task)[split]:
+    for _, _, prompt, response in conditional_task.load_examples(data_dir, task)[split]:
         p, r = encode_pair(tok, prompt, response)
         if len(p) + len(r) > seq_len + 1:
             skipped += 1
@@ -227,7 +226,7 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
     seq_len = config.seq_len
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2:
         raise ConfigError(f'data.seq_len={seq_len!r} must be an int >= 2')
-    if split not in SPLITS:
+    if split not in conditional_task.SPLITS:
         raise ConfigError(f"data split {split!r}: the conditional task has 'train' and "
                           "'validation'")
     data_dir = documents.resolve_data_dir(config.get('data_dir', ''))
