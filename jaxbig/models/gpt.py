@@ -11,7 +11,9 @@
 Switches (defaults above) for the published decoders jaxbig.interop reads: norm
 'layernorm', mlp 'gelu', positions 'learned' (+ max_len), qkv/out/mlp biases (GPT-2);
 num_kv_heads (grouped-query attention), untied head, rope_base = rope_theta (Llama,
-Mistral, Qwen2 with qkv_bias).
+Mistral, Qwen2 with qkv_bias); rope_scaling 'linear' | 'llama3' | 'yarn' with its
+rope_* fields (Llama 3.x, long-context Qwen); sliding_window (Mistral); qk_norm 'head'
+(Qwen3). Training, eval and KV-cached decoding all honour the window.
 
 Packed examples (jaxbig.data.pipelines.conditional): `Model(tokens, positions=..., segment_ids=...)`
 (int32 [batch, seq]) restarts positions at each example and keeps attention within it, so
@@ -54,6 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig.models.layers import MLP_KINDS, NORMS, Attention, Linear, Mlp
+from jaxbig.models.rope import RopeScaling
 
 SIZES = {
     'tiny': dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=384),
@@ -114,6 +117,9 @@ class Block(nn.Module):
     qkv_bias: bool = False
     out_bias: bool = False
     mlp_bias: bool = False
+    rope_scaling: Any = None  # a jaxbig.models.rope.RopeScaling, or None (default)
+    window: int = 0
+    qk_norm: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None,
@@ -126,7 +132,8 @@ class Block(nn.Module):
                          name='attn', attention=self.attention,
                          attention_blocks=self.attention_blocks, num_kv_heads=self.num_kv_heads,
                          rope=self.rope, qkv_bias=self.qkv_bias, out_bias=self.out_bias,
-                         **dtypes)
+                         rope_scaling=self.rope_scaling, window=self.window,
+                         qk_norm=self.qk_norm, norm_eps=self.norm_eps, **dtypes)
         if kv is None:
             h = attn(h, positions=positions, segment_ids=segment_ids)
         else:
@@ -177,6 +184,25 @@ class Model(nn.Module):
     qkv_bias: bool = False  # biases on query/key/value (GPT-2, Qwen2)
     out_bias: bool = False  # bias on the attention output projection (GPT-2)
     mlp_bias: bool = False  # biases on the MLP projections (GPT-2)
+    sliding_window: int = 0  # > 0: a token sees itself and the window - 1 before it (Mistral)
+    qk_norm: str = 'none'  # 'head': RMSNorm of each head's q and k before RoPE (Qwen3)
+    # RoPE scaling for a context longer than pretraining (jaxbig.models.rope): 'default' |
+    # 'linear' | 'llama3' (Llama 3.1+) | 'yarn'; the fields each kind reads:
+    rope_scaling: str = 'default'
+    rope_factor: float = 1.0  # linear, llama3, yarn
+    rope_original_max_len: int = 0  # llama3, yarn: the pretraining context
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_beta_fast: float = 32.0  # yarn
+    rope_beta_slow: float = 1.0  # yarn
+    rope_attention_factor: float = 0.0  # yarn: cos / sin multiplier, 0 = 0.1 ln(factor) + 1
+
+    @property
+    def rope_spec(self) -> RopeScaling:
+        """The model.rope_* fields as one jaxbig.models.rope.RopeScaling."""
+        return RopeScaling(self.rope_scaling, self.rope_factor, self.rope_original_max_len,
+                           self.rope_low_freq_factor, self.rope_high_freq_factor,
+                           self.rope_beta_fast, self.rope_beta_slow, self.rope_attention_factor)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -194,6 +220,12 @@ class Model(nn.Module):
                 raise ValueError(f'model.{field}={value!r}: expected one of {allowed}')
         if self.positions == 'learned' and self.max_len < 1:
             raise ValueError("model.positions='learned' needs model.max_len (the table size)")
+        if self.qk_norm not in ('none', 'head'):
+            raise ValueError(f"model.qk_norm={self.qk_norm!r}: expected 'none' or 'head'")
+        if self.sliding_window < 0:
+            raise ValueError(f'model.sliding_window={self.sliding_window}: expected 0 (off) or '
+                             'the number of positions a token sees')
+        self.rope_spec.check()
         if self.num_kv_heads < 0 or self.num_heads % self.resolved_kv_heads:
             raise ValueError(f'model.num_kv_heads={self.num_kv_heads} must divide '
                              f'model.num_heads={self.num_heads} (0 = num_heads)')
@@ -252,6 +284,9 @@ class Model(nn.Module):
             qkv_bias=self.qkv_bias,
             out_bias=self.out_bias,
             mlp_bias=self.mlp_bias,
+            rope_scaling=self.rope_spec if self.rope_scaling != 'default' else None,
+            window=self.sliding_window,
+            qk_norm=self.qk_norm == 'head',
             **dtypes,
             out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
         )

@@ -7,8 +7,8 @@ Shapes: b batch, t queries, S keys (= t, or a KV cache's slots), h heads, d head
                       `kernel_axes`; computed as one 2-D matmul in `dtype`
     RMSNorm           flax module: x / sqrt(mean(x**2) + eps) * scale, [..., embed] -> same;
                       statistics in float32, output in `dtype`; scale [embed] ('embed')
-    apply_rope        rotary position embedding (half-split layout), x [b, t, h, d] with
-                      positions [t] or [b, t] -> [b, t, h, d]; float32 inside
+    apply_rope        rotary position embedding (jaxbig.models.rope: the scaling kinds),
+                      x [b, t, h, d] with positions [t] or [b, t] -> [b, t, h, d]
     masked_attention  softmax attention q [b, t, h, d], k, v [b, S, h, d] with a boolean
                       `visible` broadcastable to [b, h, t, S] -> [b, t, h, d]
     causal_attention  causal self-attention q, k, v [b, t, h, d] -> [b, t, h, d], computed
@@ -21,8 +21,8 @@ Shapes: b batch, t queries, S keys (= t, or a KV cache's slots), h heads, d head
                       masked by token positions q_pos [b, t] and slot positions k_pos [b, S]
     LayerNorm, NORMS  LayerNorm with bias (GPT-2); {'rmsnorm', 'layernorm'} -> module
     Attention         causal self-attention [b, t, embed] -> same: q/k/v/out projections,
-                      RoPE or none, grouped-query (num_kv_heads), optional biases, KV-cache
-                      decoding
+                      RoPE (any scaling) or none, grouped-query (num_kv_heads), optional
+                      biases, per-head q/k RMSNorm, a sliding window, KV-cache decoding
     Mlp               'swiglu' (Llama) or 'gelu' / 'gelu_exact' (GPT-2) MLP, optional biases
 
 Attention logits are scaled by 1/sqrt(d) and the logits and softmax are float32 whatever
@@ -36,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxbig.models.rope import RopeScaling, apply_rope
 
 # ------------------------------------------------------------------- Projection and norm
 
@@ -86,12 +88,13 @@ class RMSNorm(nn.Module):
     eps: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    axis_name: str = 'embed'  # the scale's logical axis ('kv' for a per-head q/k norm)
 
     @nn.compact
     def __call__(self, x):
         scale = self.param(
             'scale',
-            nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
             (x.shape[-1],),
             self.param_dtype,
         )
@@ -123,24 +126,6 @@ class LayerNorm(nn.Module):
 
 
 NORMS = {'rmsnorm': RMSNorm, 'layernorm': LayerNorm}
-
-
-# ------------------------------------------------------------------- Positions
-
-
-def apply_rope(x, positions, base=10000.0):
-    """Rotary position embedding, the 'half-split' (GPT-NeoX / Llama) layout.
-
-    x: [batch, seq, heads, head_dim]; positions: [seq] or [batch, seq].
-    Feature pair (x[..., i], x[..., i + head_dim/2]) is rotated by the angle
-    positions * base**(-2i / head_dim). Computed in float32, returned in x.dtype.
-    """
-    half = x.shape[-1] // 2
-    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
-    angle = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., seq, half]
-    sin, cos = jnp.sin(angle)[..., None, :], jnp.cos(angle)[..., None, :]  # add heads axis
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 # ------------------------------------------------------------------- Attention
@@ -178,19 +163,21 @@ def attention_blocks(seq: int) -> int:
     return seq // size if seq % size == 0 else 1
 
 
-def causal_attention(q, k, v, num_blocks: int | None = None, segment_ids=None):
+def causal_attention(q, k, v, num_blocks: int | None = None, segment_ids=None, window: int = 0):
     """Causal softmax attention; q, k, v [batch, seq, heads, head_dim] -> same shape.
 
     segment_ids: None, or int [batch, seq]: position i then attends to positions j <= i
     with segment_ids[j] == segment_ids[i] only (examples packed into one row do not see
-    each other).
+    each other). window: 0, or a sliding window: position i sees j only if i - j < window
+    (itself and the window - 1 before it; Mistral / Gemma 2).
 
     Logits are scaled by 1/sqrt(head_dim); logits and softmax are float32 whatever the
     input dtype; position i attends to positions <= i. The queries are split into
     `num_blocks` equal blocks (default `attention_blocks(seq)`); block i only computes
-    logits against keys 0 .. end of block i, so the fully masked upper-right blocks cost
-    nothing (at 4 blocks, 5/8 of the logits of one [seq, seq] product). Each block is
-    exact: two einsums and a masked softmax over all the keys it can see.
+    logits against keys 0 .. end of block i (from the block's first query's window start
+    when there is a window), so the fully masked blocks cost nothing (at 4 blocks, 5/8 of
+    the logits of one [seq, seq] product). Each block is exact: two einsums and a masked
+    softmax over all the keys it can see.
     """
     seq = q.shape[1]
     num_blocks = num_blocks or attention_blocks(seq)
@@ -200,10 +187,14 @@ def causal_attention(q, k, v, num_blocks: int | None = None, segment_ids=None):
     outs = []
     for i in range(num_blocks):
         lo, hi = i * size, (i + 1) * size
-        visible = np.arange(hi)[None, :] <= np.arange(lo, hi)[:, None]  # static [size, hi]
-        if segment_ids is not None:  # [b, 1, size, hi]
-            visible = visible & segment_mask(segment_ids[:, lo:hi], segment_ids[:, :hi])
-        outs.append(masked_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], visible))
+        first = max(0, lo - window + 1) if window else 0  # the earliest key any query sees
+        keys, queries = np.arange(first, hi)[None, :], np.arange(lo, hi)[:, None]
+        visible = keys <= queries  # static [size, hi - first]
+        if window:
+            visible = visible & (queries - keys < window)
+        if segment_ids is not None:  # [b, 1, size, hi - first]
+            visible = visible & segment_mask(segment_ids[:, lo:hi], segment_ids[:, first:hi])
+        outs.append(masked_attention(q[:, lo:hi], k[:, first:hi], v[:, first:hi], visible))
     return outs[0] if num_blocks == 1 else jnp.concatenate(outs, axis=1)
 
 
@@ -213,16 +204,20 @@ def segment_mask(q_segments, k_segments):
     return (q_segments[:, :, None] == k_segments[:, None, :])[:, None]
 
 
-def cached_attention(q, k, v, q_pos, k_pos):
+def cached_attention(q, k, v, q_pos, k_pos, window: int = 0):
     """Attention of new queries over a KV cache, masked by positions.
 
     q: [batch, t, heads, head_dim]; k, v: [batch, S, heads, head_dim] (the whole cache,
     new entries already written); q_pos int [batch, t]; k_pos int [batch, S], -1 = an empty
-    or padding slot. Query i sees slot j iff 0 <= k_pos[j] <= q_pos[i]. Logits and softmax
+    or padding slot. Query i sees slot j iff 0 <= k_pos[j] <= q_pos[i] (and, with a sliding
+    `window`, q_pos[i] - k_pos[j] < window: the cache keeps every slot, the mask limits
+    what is read, so the result is the full forward's). Logits and softmax
     in float32, scaled by 1/sqrt(head_dim); returns [batch, t, heads, head_dim] in q.dtype.
     A query that sees nothing (a padding query) gets a uniform average; it is never used.
     """
     mask = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])  # [b, t, S]
+    if window:
+        mask = mask & (q_pos[:, :, None] - k_pos[:, None, :] < window)
     return masked_attention(q, k, v, mask[:, None])
 
 
@@ -254,8 +249,12 @@ class Attention(nn.Module):
     attention_blocks: int = 0
     num_kv_heads: int = 0  # grouped-query attention: k, v heads (0 = num_heads)
     rope: bool = True  # False: positions come from a learned table (Model.positions)
+    rope_scaling: RopeScaling | None = None  # None = 'default' (jaxbig.models.rope)
     qkv_bias: bool = False
     out_bias: bool = False
+    window: int = 0  # sliding window: a query sees itself and the window - 1 keys before it
+    qk_norm: bool = False  # RMSNorm of each head's q and k over head_dim before RoPE (Qwen3)
+    norm_eps: float = 1e-6  # the q/k norms' epsilon
 
     @nn.compact
     def __call__(self, x, decode=None, positions=None, segment_ids=None):
@@ -266,21 +265,27 @@ class Attention(nn.Module):
                    use_bias=self.qkv_bias, **dtypes)(x)
             for name, n in (('query', self.num_heads), ('key', kv_heads), ('value', kv_heads))
         )
+        if self.qk_norm:  # scale [head_dim] ('kv'), shared by the heads
+            q, k = (RMSNorm(self.norm_eps, axis_name='kv', name=f'{name}_norm', **dtypes)(t)
+                    for name, t in (('query', q), ('key', k)))
         if decode is not None:
             positions = decode[0]
         elif positions is None:
             positions = jnp.arange(x.shape[1])
         if self.rope:
-            q, k = (apply_rope(t, positions, self.rope_base) for t in (q, k))
+            q, k = (apply_rope(t, positions, self.rope_base, self.rope_scaling) for t in (q, k))
         q, k, v = (
             nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
         )
         if decode is None and self.attention == 'einsum':
-            out = causal_attention(q, k, v, self.attention_blocks or None, segment_ids)
+            out = causal_attention(q, k, v, self.attention_blocks or None, segment_ids,
+                                   self.window)
             new_kv = None
         elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
             mask = None if segment_ids is None else segment_mask(segment_ids, segment_ids)
+            window = (self.window - 1, 0) if self.window else None
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                               local_window_size=window,
                                                implementation=self.attention)
             new_kv = None
         else:
@@ -289,7 +294,7 @@ class Attention(nn.Module):
                 cache, new.astype(cache.dtype), index, 1
             )
             k_cache, v_cache = write(k_cache, k), write(v_cache, v)
-            out = cached_attention(q, k_cache, v_cache, positions, k_pos)
+            out = cached_attention(q, k_cache, v_cache, positions, k_pos, self.window)
             new_kv = (k_cache, v_cache)
         out = Linear(
             (x.shape[-1],),
