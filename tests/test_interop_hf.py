@@ -40,6 +40,19 @@ BUILDERS = {
                                               tie_word_embeddings=True),
     'qwen2_qkv_bias': lambda: _llama('Qwen2', num_hidden_layers=2),
     'mistral': lambda: _llama('Mistral', num_hidden_layers=2, sliding_window=None),
+    # a window equal to max_position_embeddings (once silently dropped) below the tests'
+    # 24-token inputs and 32-token generations: every test crosses it
+    'mistral_window': lambda: _llama('Mistral', num_hidden_layers=2, sliding_window=16,
+                                     max_position_embeddings=16),
+    # Llama 3.1's rope scaling with an original context (16) below the tests' lengths
+    'llama3_rope_scaling': lambda: _llama(num_hidden_layers=2, head_dim=16, rope_parameters=dict(
+        rope_type='llama3', rope_theta=5000.0, factor=8.0, low_freq_factor=1.0,
+        high_freq_factor=4.0, original_max_position_embeddings=16)),
+    # Qwen3's per-head q/k norms and biases everywhere in attention, with YaRN
+    'qwen3_qk_norm_yarn': lambda: _llama('Qwen3', num_hidden_layers=2, attention_bias=True,
+                                         max_position_embeddings=64, rope_parameters=dict(
+                                             rope_type='yarn', rope_theta=5000.0, factor=4.0,
+                                             original_max_position_embeddings=16)),
 }
 
 
@@ -163,6 +176,16 @@ def _fresh_hf(tmp_path, builder=_gpt2):
 _edit_tensors = edit_safetensors
 
 
+def _truncate(path):
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _write(directory, name, text):
+    with open(os.path.join(directory, name), 'w') as f:
+        f.write(text)
+
+
 def _edit_config(path, **changes):
     file = os.path.join(path, 'config.json')
     cfg = json.load(open(file))
@@ -188,32 +211,108 @@ BAD = {
         'tensors left over after mapping to gpt2: transformer.h.0.extra.weight'),
     'missing': (lambda p: _edit_tensors(p, lambda t: t.pop('transformer.ln_f.bias')),
                 'tensors missing for gpt2: transformer.ln_f.bias'),
+    'truncated weights': (lambda p: _truncate(os.path.join(p, 'model.safetensors')),
+                          'model.safetensors: not a readable safetensors file (SafetensorError'),
+    'config.json not json': (lambda p: _write(p, 'config.json', '{"architectures": ['),
+                             'config.json: not readable as JSON (Expecting value: line 1'),
+    'config.json a list': (lambda p: _write(p, 'config.json', '[1, 2]'),
+                           'config.json: expected a JSON object, found list'),
+    'corrupt tokenizer.json': (lambda p: _write(p, 'tokenizer.json', '{"model": {"type": "BPE"'),
+                               'tokenizer.json: not a usable tokenizer.json ('),
+    'tokenizer.json of another kind': (
+        lambda p: _write(p, 'tokenizer.json', json.dumps({'version': '1.0', 'model': 3})),
+        'tokenizer.json: not a usable tokenizer.json ('),
+    'corrupt tokenizer_config.json': (lambda p: _write(p, 'tokenizer_config.json', 'eos: </s>'),
+                                      'tokenizer_config.json: not readable as JSON'),
 }
 
 
 @pytest.mark.parametrize('case', sorted(BAD))
-def test_bad_input_is_one_line_and_leaves_no_workdir(tmp_path, case):
+def test_bad_input_is_one_line_and_leaves_no_workdir(tmp_path, case, capsys):
+    """`jaxbig import` as a user calls it: exit 2, one line on stderr naming the file."""
+    from jaxbig import cli
+
     path = _fresh_hf(tmp_path)
     edit, message = BAD[case]
     edit(path)
     workdir = tmp_path / 'run'
-    with pytest.raises(ConfigError) as e:
-        hf.import_dir(path, str(workdir))
-    assert message in str(e.value) and '\n' not in str(e.value)
+    capsys.readouterr()
+    assert cli.main(['import', path, '--workdir', str(workdir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and '\n' not in err, err
     assert not workdir.exists()
     assert [n for n in os.listdir(tmp_path) if n.startswith('.jaxbig-import')] == []
 
 
 def test_unrepresentable_llama_fields(tmp_path):
     path = _fresh_hf(tmp_path, lambda: _llama(num_hidden_layers=1))
-    _edit_config(path, rope_parameters={'rope_type': 'linear', 'factor': 2.0,
+    _edit_config(path, rope_parameters={'rope_type': 'dynamic', 'factor': 2.0,
                                         'rope_theta': 10000.0})
-    with pytest.raises(ConfigError, match="rope_parameters=.*rope_type 'linear': only 'default'"):
+    with pytest.raises(ConfigError, match="rope_parameters=.*rope_type 'dynamic': jaxbig "
+                                          "computes 'default', 'linear', 'llama3', 'yarn'"):
         hf.import_dir(path, str(tmp_path / 'run'))
     _edit_config(path, rope_parameters={'rope_type': 'default', 'rope_theta': 1e4},
                  hidden_act='gelu')
     with pytest.raises(ConfigError, match="hidden_act='gelu' is not representable"):
         hf.import_dir(path, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()
+
+
+RELEASED = {  # config.json fields of released checkpoints -> the jaxbig model fields
+    'Mistral-7B-v0.1: a 4,096 window below 32k positions': (
+        dict(model_type='mistral', sliding_window=4096, max_position_embeddings=32768),
+        dict(sliding_window=4096, rope_scaling='default')),
+    'Llama-3.1-8B (4.x rope_scaling)': (
+        dict(rope_theta=500000.0, max_position_embeddings=131072, rope_scaling=dict(
+            rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=8192)),
+        dict(rope_base=500000.0, rope_scaling='llama3', rope_factor=8.0,
+             rope_original_max_len=8192, rope_high_freq_factor=4.0)),
+    'Qwen3 with YaRN, no factor: from the context lengths': (
+        dict(model_type='qwen3', max_position_embeddings=131072, rope_parameters=dict(
+            rope_type='yarn', rope_theta=1e6, original_max_position_embeddings=32768)),
+        dict(qk_norm='head', rope_scaling='yarn', rope_factor=4.0, sliding_window=0)),
+    'Qwen2 whose every layer slides': (
+        dict(model_type='qwen2', use_sliding_window=True, sliding_window=512,
+             max_window_layers=0),
+        dict(sliding_window=512, qkv_bias=True, out_bias=False)),
+    'a Llama config carrying an unused sliding_window': (
+        dict(model_type='llama', sliding_window=128), dict(sliding_window=0)),
+}
+
+
+@pytest.mark.parametrize('case', sorted(RELEASED))
+def test_released_configs_map_to_model_fields(case):
+    from jaxbig.interop import decoders
+
+    fields, want = RELEASED[case]
+    hf_config = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=4, num_attention_heads=4, **fields)
+    got = decoders.LLAMA.model_config(hf_config)
+    assert {k: got[k] for k in want} == want
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(model_type='qwen2', use_sliding_window=True, sliding_window=64, max_window_layers=2),
+     'max_window_layers=2 is not representable .*sliding and full attention mixed'),
+    (dict(rope_parameters=dict(rope_type='yarn', factor=40.0, mscale=1.0, mscale_all_dim=1.0,
+                               original_max_position_embeddings=4096, rope_theta=1e4)),
+     "mscale / mscale_all_dim"),
+    (dict(rope_scaling=dict(type='longrope', short_factor=[1.0], long_factor=[2.0])),
+     "rope_scaling=.*rope_type 'longrope'"),
+    (dict(rope_parameters=dict(rope_type='llama3', factor=8.0, rope_theta=1e4)),
+     'llama3 needs low_freq_factor'),
+    (dict(partial_rotary_factor=0.5), 'partial_rotary_factor=0.5: expected 1'),
+])
+def test_unrepresentable_rope_and_window_fields_are_one_line(fields, message):
+    from jaxbig.interop import decoders
+
+    hf_config = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=4096,
+                     **fields)
+    with pytest.raises(ConfigError, match=message) as e:
+        decoders.LLAMA.model_config(hf_config)
+    assert '\n' not in str(e.value)
 
 
 def test_cli_import_generate_export(tmp_path, capsys):

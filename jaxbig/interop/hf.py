@@ -11,7 +11,7 @@
                                   transformers' from_pretrained loads (config.json,
                                   model.safetensors, tokenizer.json when the run has one)
 
-Decoders (GPT-2, Llama, Mistral, Qwen2: interop/decoders.py) are handled here; ViTModel,
+Decoders (GPT-2, Llama, Mistral, Qwen2, Qwen3: interop/decoders.py) are handled here; ViTModel,
 ViTForImageClassification and CLIPModel go to interop/encoders.py (vision.py, clip.py),
 BertModel, BertForMaskedLM and BertForSequenceClassification to interop/bert.py,
 T5ForConditionalGeneration to interop/t5.py (import only), which build their own
@@ -25,7 +25,6 @@ nothing is written to the workdir unless the whole import succeeded.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -34,12 +33,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxbig import config as config_lib
 from jaxbig import defaults
 from jaxbig import experiment
 from jaxbig.config import ConfigError
 from jaxbig.interop import decoders
-from jaxbig.interop.tensors import TOKENIZER_FILE, TensorReader, write_model_dir, write_workdir
+from jaxbig.interop.tensors import (TOKENIZER_FILE, TensorReader, read_json, write_model_dir,
+                                    write_workdir)
 
 _DTYPES = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16'}
 
@@ -48,8 +47,29 @@ def read_hf_config(directory: str) -> dict:
     path = os.path.join(directory, 'config.json')
     if not os.path.isfile(path):
         raise ConfigError(f'{directory}: no config.json (not a Hugging Face model directory)')
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
+
+
+def check_tokenizer_files(directory: str):
+    """Parses tokenizer_config.json (when present) and tokenizer.json (when present: loaded
+    with `tokenizers` and run on a sample, encode then decode), so that a corrupt file fails
+    the import in one line instead of the first `jaxbig generate` after it."""
+    from jaxbig.data.text import tokenizers
+
+    config_path = os.path.join(directory, 'tokenizer_config.json')
+    if os.path.isfile(config_path):
+        read_json(config_path)
+    path = os.path.join(directory, TOKENIZER_FILE)
+    if not os.path.isfile(path):
+        return
+    try:
+        tokenizer = tokenizers.from_config({'tokenizer': path, 'eos_id': -1})
+        ids = tokenizer.encode('def f(x):\n    return x  # ok, Ünïcode 123\n')
+        tokenizer.decode(ids)
+    except Exception as e:  # noqa: BLE001 (any parse failure of the file is the user's input)
+        raise ConfigError(f'{path}: not a usable tokenizer.json '
+                          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+                          ) from None
 
 
 def run_config(model: dict, tokenizer: str = 'bytes', eos_id: int = -1
@@ -112,6 +132,7 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
     if os.path.exists(os.path.join(workdir, 'config.json')):
         raise ConfigError(f'--workdir {workdir}: already holds a run; import into a new one')
     hf = read_hf_config(directory)
+    check_tokenizer_files(directory)
     from jaxbig.interop import encoders
 
     if encoders.handles(hf):  # ViT, ViT classifier, CLIP: interop/vision.py

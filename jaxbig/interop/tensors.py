@@ -26,6 +26,23 @@ SINGLE = 'model.safetensors'
 INDEX = 'model.safetensors.index.json'
 
 
+def read_json(path: str) -> dict:
+    """A JSON object from `path`; anything else is one ConfigError line naming the file."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f'{path}: not readable as JSON ({str(e).splitlines()[0]})') from None
+    if not isinstance(value, dict):
+        raise ConfigError(f'{path}: expected a JSON object, found {type(value).__name__}')
+    return value
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
+
+
 class TensorReader:
     """Name -> tensor over a model directory's safetensors files, read lazily."""
 
@@ -34,8 +51,9 @@ class TensorReader:
 
         single, index = os.path.join(directory, SINGLE), os.path.join(directory, INDEX)
         if os.path.isfile(index):
-            with open(index) as f:
-                weight_map = json.load(f)['weight_map']
+            weight_map = read_json(index).get('weight_map')
+            if not isinstance(weight_map, dict):
+                raise ConfigError(f'{index}: no weight_map object')
             files = sorted(set(weight_map.values()))
         elif os.path.isfile(single):
             files, weight_map = [SINGLE], None
@@ -46,7 +64,11 @@ class TensorReader:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
                 raise ConfigError(f'{directory}: {INDEX} names {name}, which is missing')
-            self._files[name] = safe_open(path, framework='flax')
+            try:
+                self._files[name] = safe_open(path, framework='flax')
+            except Exception as e:  # noqa: BLE001 (SafetensorError, OSError: the user's file)
+                raise ConfigError(f'{path}: not a readable safetensors file '
+                                  f'({_first_line(e)})') from None
         self._where = {}
         for name, handle in self._files.items():
             for key in handle.keys():
@@ -73,7 +95,11 @@ class TensorReader:
         if name not in self._where:
             raise KeyError(name)
         self.read.add(name)
-        return np.asarray(self._files[self._where[name]].get_tensor(name))
+        try:
+            return np.asarray(self._files[self._where[name]].get_tensor(name))
+        except Exception as e:  # noqa: BLE001 (a damaged file found only when read)
+            raise ConfigError(f'{self._where[name]}: tensor {name} is not readable '
+                              f'({_first_line(e)})') from None
 
     def unread(self) -> list[str]:
         return sorted(set(self._where) - self.read)
