@@ -1,7 +1,8 @@
 """The decoder pieces of 2026 checkpoints, each against an independent reference: RoPE
-scaling kinds against transformers' ROPE_INIT_FUNCTIONS, sliding-window attention (einsum
-blocks, jax's fused entry point, the KV cache) against NumPy, per-head q/k RMSNorm, and
-each bad model.* value as one line."""
+scaling kinds against transformers' ROPE_INIT_FUNCTIONS, partial rotary, sliding-window
+attention (einsum blocks, jax's fused entry point, the KV cache) against NumPy, q/k
+RMSNorm, and each bad model.* value as one line. Whole layers (norm positions, parallel
+residual, Gemma's norm and MLP) are held against transformers in test_interop_hf.py."""
 
 import functools
 
@@ -67,6 +68,18 @@ def test_apply_rope_rotates_by_the_scaled_frequencies_and_multiplies_by_the_fact
         1j * positions[:, None, None] * inv_freq.astype(np.float64))
     np.testing.assert_allclose(apply_rope(x, positions, 5000.0, scaling),
                                np.concatenate([z.real, z.imag], -1), rtol=1e-4, atol=1e-4)
+
+
+def test_partial_rope_rotates_the_leading_features_only():
+    x = np.random.default_rng(1).normal(size=(1, 6, 2, 16)).astype(np.float32)
+    positions = np.arange(6)
+    got = np.asarray(apply_rope(x, positions, 100.0, dim=4))
+    np.testing.assert_array_equal(got[..., 4:], x[..., 4:])
+    np.testing.assert_allclose(got[..., :4], apply_rope(x[..., :4], positions, 100.0),
+                               rtol=1e-6)
+    inv_freq = 100.0 ** (-np.arange(2) / 2)  # frequencies of the 4 rotated features
+    z = (x[..., :2] + 1j * x[..., 2:4]) * np.exp(1j * positions[:, None, None] * inv_freq)
+    np.testing.assert_allclose(got[..., :4], np.concatenate([z.real, z.imag], -1), atol=1e-5)
 
 
 def np_window_attention(q, k, v, window, segments=None):
@@ -172,7 +185,10 @@ def test_windowed_decode_equals_full_forward_across_the_window():
     ('rope_factor', 0.0, 'model.rope_factor=0.0: expected > 0'),
     ('rope_high_freq_factor', 0.5, 'model.rope_high_freq_factor=0.5 must exceed'),
     ('sliding_window', -1, 'model.sliding_window=-1: expected 0 (off)'),
-    ('qk_norm', 'projection', "model.qk_norm='projection': expected 'none' or 'head'"),
+    ('qk_norm', 'all', "model.qk_norm='all': expected 'none', 'head' or 'projection'"),
+    ('norm_position', 'sandwich', "model.norm_position='sandwich': expected one of"),
+    ('rope_fraction', 0.3, 'model.rope_fraction=0.3: expected a fraction in (0, 1] of head '
+                           'dim 8 that is an even number of features'),
 ])
 def test_bad_switches_are_one_line(field, value, message):
     model = gpt.Model(**dict(MODERN, **{field: value}))

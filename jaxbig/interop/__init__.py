@@ -2,7 +2,7 @@
 export`), one name map per model family.
 
     hf.py        import_dir / export_run: config.json + safetensors <-> a jaxbig workdir
-    decoders.py  GPT-2 and the Llama family (Llama, Mistral, Qwen2) <-> jaxbig's GPT
+    decoders.py  the decoder families (family.py; gpt2.py, llama.py, ...) <-> jaxbig's GPT
     vision.py    ViTModel / ViTForImageClassification <-> jaxbig's vit (bare, or a
                  classifier on a vit backbone); the encoder import / export loops
     clip.py      CLIPModel <-> jaxbig's two_tower (vit image tower, causal text_encoder)

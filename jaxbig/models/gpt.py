@@ -12,8 +12,11 @@ Switches (defaults above) for the published decoders jaxbig.interop reads: norm
 'layernorm', mlp 'gelu', positions 'learned' (+ max_len), qkv/out/mlp biases (GPT-2);
 num_kv_heads (grouped-query attention), untied head, rope_base = rope_theta (Llama,
 Mistral, Qwen2 with qkv_bias); rope_scaling 'linear' | 'llama3' | 'yarn' with its
-rope_* fields (Llama 3.x, long-context Qwen); sliding_window (Mistral); qk_norm 'head'
-(Qwen3). Training, eval and KV-cached decoding all honour the window.
+rope_* fields (Llama 3.x, long-context Qwen); sliding_window (Mistral, Phi-3); qk_norm
+'head' (Qwen3) or 'projection' (OLMo 2); norm 'rmsnorm_plus_one', mlp 'geglu' and
+embed_scale (Gemma); norm_position 'post' (OLMo 2); parallel_residual and rope_fraction
+(GPT-NeoX); the layer layouts are in jaxbig.models.decoder_block. Training, eval and
+KV-cached decoding all honour the window.
 
 Packed examples (jaxbig.data.pipelines.conditional): `Model(tokens, positions=..., segment_ids=...)`
 (int32 [batch, seq]) restarts positions at each example and keeps attention within it, so
@@ -49,14 +52,16 @@ SwiGLU has three [embed, mlp] matrices, so mlp_dim ~= 2/3 of a GELU MLP's 4 * em
 """
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbig.models.layers import MLP_KINDS, NORMS, Attention, Linear, Mlp
+from jaxbig.models.decoder_block import NORM_POSITIONS, Block
+from jaxbig.models.layers import MLP_KINDS, NORMS, Linear
 from jaxbig.models.rope import RopeScaling
+
+__all__ = ['Block', 'Model', 'SIZES', 'count_params', 'flops_per_token', 'init_cache']
 
 SIZES = {
     'tiny': dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=384),
@@ -88,62 +93,6 @@ def _dtype(field, name):
     except TypeError:
         msg = f"model.{field}={name!r} is not a dtype; use e.g. 'float32' or 'bfloat16'"
         raise ValueError(msg) from None
-
-
-class Block(nn.Module):
-    """Pre-norm layer: x + attn(norm(x)), then + mlp(norm(x)). [batch, seq, embed] -> same.
-
-    Returns (x, None) so that it can be the body of nn.scan (carry, per-layer output).
-    Packed examples: `__call__(x, train, positions, segment_ids=...)` (see Attention).
-    Decoding: `__call__(x, train, positions, kv, k_pos, index)` (see Attention) returns
-    (x, kv updated); under nn.scan kv is stacked on a leading layers axis.
-    """
-
-    num_heads: int
-    head_dim: int
-    mlp_dim: int
-    dropout: float
-    rope_base: float
-    norm_eps: float
-    out_init_std: float
-    dtype: Any
-    param_dtype: Any
-    attention: str = 'einsum'
-    attention_blocks: int = 0
-    norm: str = 'rmsnorm'
-    mlp: str = 'swiglu'
-    num_kv_heads: int = 0
-    rope: bool = True
-    qkv_bias: bool = False
-    out_bias: bool = False
-    mlp_bias: bool = False
-    rope_scaling: Any = None  # a jaxbig.models.rope.RopeScaling, or None (default)
-    window: int = 0
-    qk_norm: bool = False
-
-    @nn.compact
-    def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None,
-                 segment_ids=None):
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        drop = nn.Dropout(self.dropout, deterministic=not train)
-        Norm = NORMS[self.norm]
-        h = Norm(self.norm_eps, name='attn_norm', **dtypes)(x)
-        attn = Attention(self.num_heads, self.head_dim, self.rope_base, self.out_init_std,
-                         name='attn', attention=self.attention,
-                         attention_blocks=self.attention_blocks, num_kv_heads=self.num_kv_heads,
-                         rope=self.rope, qkv_bias=self.qkv_bias, out_bias=self.out_bias,
-                         rope_scaling=self.rope_scaling, window=self.window,
-                         qk_norm=self.qk_norm, norm_eps=self.norm_eps, **dtypes)
-        if kv is None:
-            h = attn(h, positions=positions, segment_ids=segment_ids)
-        else:
-            h, kv = attn(h, decode=(positions, kv, k_pos, index))
-        x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
-        h = Norm(self.norm_eps, name='mlp_norm', **dtypes)(x)
-        h = Mlp(self.mlp_dim, self.out_init_std, name='mlp', kind=self.mlp,
-                use_bias=self.mlp_bias, **dtypes)(h)
-        x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
-        return x, kv
 
 
 class Model(nn.Module):
@@ -185,7 +134,12 @@ class Model(nn.Module):
     out_bias: bool = False  # bias on the attention output projection (GPT-2)
     mlp_bias: bool = False  # biases on the MLP projections (GPT-2)
     sliding_window: int = 0  # > 0: a token sees itself and the window - 1 before it (Mistral)
-    qk_norm: str = 'none'  # 'head': RMSNorm of each head's q and k before RoPE (Qwen3)
+    # RMSNorm of q and k before RoPE: 'head' (per head: Qwen3) | 'projection' (OLMo 2)
+    qk_norm: str = 'none'
+    norm_position: str = 'pre'  # 'pre' | 'post' (OLMo 2) | 'both' (Gemma 2/3): decoder_block
+    parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)) (GPT-NeoX)
+    embed_scale: bool = False  # embeddings times sqrt(embed_dim), in `dtype` (Gemma)
+    rope_fraction: float = 1.0  # RoPE on this leading fraction of each head (GPT-NeoX)
     # RoPE scaling for a context longer than pretraining (jaxbig.models.rope): 'default' |
     # 'linear' | 'llama3' (Llama 3.1+) | 'yarn'; the fields each kind reads:
     rope_scaling: str = 'default'
@@ -220,8 +174,19 @@ class Model(nn.Module):
                 raise ValueError(f'model.{field}={value!r}: expected one of {allowed}')
         if self.positions == 'learned' and self.max_len < 1:
             raise ValueError("model.positions='learned' needs model.max_len (the table size)")
-        if self.qk_norm not in ('none', 'head'):
-            raise ValueError(f"model.qk_norm={self.qk_norm!r}: expected 'none' or 'head'")
+        if self.qk_norm not in ('none', 'head', 'projection'):
+            raise ValueError(f"model.qk_norm={self.qk_norm!r}: expected 'none', 'head' or "
+                             "'projection'")
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(f'model.norm_position={self.norm_position!r}: expected one of '
+                             f'{NORM_POSITIONS}')
+        if self.parallel_residual and self.norm_position != 'pre':
+            raise ValueError("model.parallel_residual needs model.norm_position='pre'")
+        rope_dim = self.resolved_head_dim * self.rope_fraction
+        if not 0 < self.rope_fraction <= 1 or rope_dim != int(rope_dim) or int(rope_dim) % 2:
+            raise ValueError(f'model.rope_fraction={self.rope_fraction}: expected a fraction '
+                             f'in (0, 1] of head dim {self.resolved_head_dim} that is an even '
+                             'number of features')
         if self.sliding_window < 0:
             raise ValueError(f'model.sliding_window={self.sliding_window}: expected 0 (off) or '
                              'the number of positions a token sees')
@@ -285,8 +250,11 @@ class Model(nn.Module):
             out_bias=self.out_bias,
             mlp_bias=self.mlp_bias,
             rope_scaling=self.rope_spec if self.rope_scaling != 'default' else None,
+            rope_dim=int(self.resolved_head_dim * self.rope_fraction),
             window=self.sliding_window,
-            qk_norm=self.qk_norm == 'head',
+            qk_norm=self.qk_norm,
+            norm_position=self.norm_position,
+            parallel_residual=self.parallel_residual,
             **dtypes,
             out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
         )
@@ -319,6 +287,8 @@ class Model(nn.Module):
         """Token embeddings, plus the learned position table's rows (positions [seq] or
         [batch, seq]; padding's -1 reads row 0, never attended to) when positions='learned'."""
         x = self.embed(tokens)
+        if self.embed_scale:  # Gemma multiplies by sqrt(d) rounded to the compute dtype
+            x = x * jnp.asarray(math.sqrt(self.embed_dim), x.dtype)
         if self.positions == 'learned':
             x = x + self.pos_embed(jnp.clip(positions, 0, self.max_len - 1))
         return x
@@ -410,7 +380,7 @@ def flops_per_token(model: Model, seq_len: int) -> float:
     Norms, RoPE, softmax and the optimizer are not counted.
     """
     m, hd = model, model.resolved_head_dim
-    mlp_mats = 3 if m.mlp == 'swiglu' else 2
+    mlp_mats = 3 if m.mlp in ('swiglu', 'geglu') else 2  # gated: gate, up, down
     weights = m.num_layers * (2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd
                               + mlp_mats * m.embed_dim * m.mlp_dim)
     weights += m.embed_dim * m.vocab_size

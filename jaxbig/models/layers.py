@@ -5,8 +5,9 @@ Shapes: b batch, t queries, S keys (= t, or a KV cache's slots), h heads, d head
     Linear            flax module: y = x . kernel, contracting the last `contract` dims of x,
                       [..., *in] -> [..., *features]; kernel in + features, logical axes
                       `kernel_axes`; computed as one 2-D matmul in `dtype`
-    RMSNorm           flax module: x / sqrt(mean(x**2) + eps) * scale, [..., embed] -> same;
-                      statistics in float32, output in `dtype`; scale [embed] ('embed')
+    RMSNorm           flax module: x / sqrt(mean(x**2) + eps) * scale, [..., embed] -> same
+                      (or over [..., heads, head_dim]); statistics in float32, output in
+                      `dtype`; scale [embed] ('embed'); offset 1: * (1 + scale) (Gemma)
     apply_rope        rotary position embedding (jaxbig.models.rope: the scaling kinds),
                       x [b, t, h, d] with positions [t] or [b, t] -> [b, t, h, d]
     masked_attention  softmax attention q [b, t, h, d], k, v [b, S, h, d] with a boolean
@@ -19,16 +20,19 @@ Shapes: b batch, t queries, S keys (= t, or a KV cache's slots), h heads, d head
     segment_mask      bool [b, 1, t, S]: which keys are of each query's segment
     cached_attention  attention of new queries [b, t, h, d] over a KV cache k, v [b, S, h, d],
                       masked by token positions q_pos [b, t] and slot positions k_pos [b, S]
-    LayerNorm, NORMS  LayerNorm with bias (GPT-2); {'rmsnorm', 'layernorm'} -> module
+    LayerNorm, NORMS  LayerNorm with bias (GPT-2); {'rmsnorm', 'layernorm',
+                      'rmsnorm_plus_one'} -> module
     Attention         causal self-attention [b, t, embed] -> same: q/k/v/out projections,
                       RoPE (any scaling) or none, grouped-query (num_kv_heads), optional
                       biases, per-head q/k RMSNorm, a sliding window, KV-cache decoding
-    Mlp               'swiglu' (Llama) or 'gelu' / 'gelu_exact' (GPT-2) MLP, optional biases
+    Mlp               'swiglu' (Llama), 'geglu' (Gemma) or 'gelu' / 'gelu_exact' (GPT-2)
+                      MLP, optional biases
 
 Attention logits are scaled by 1/sqrt(d) and the logits and softmax are float32 whatever
 the input dtype. Parameters live in `param_dtype`; matmuls run in `dtype`.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -83,24 +87,26 @@ class Linear(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x**2, -1) + eps) * scale; statistics in float32. [..., embed]."""
+    """y = x / sqrt(mean(x**2) + eps) * (offset + scale), the mean over the last
+    len(axis_names) axes of x (one: [..., embed]; two: a projection's [..., heads, head_dim]);
+    statistics in float32. scale has those axes' shape and logical names; it starts at ones
+    (offset 0) or zeros (offset 1: Gemma's 1 + w parameterisation)."""
 
     eps: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    axis_name: str = 'embed'  # the scale's logical axis ('kv' for a per-head q/k norm)
+    axis_names: tuple[str, ...] = ('embed',)
+    offset: float = 0.0
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param(
-            'scale',
-            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
-            (x.shape[-1],),
-            self.param_dtype,
-        )
+        axes = tuple(range(x.ndim - len(self.axis_names), x.ndim))
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        scale = self.param('scale', nn.with_logical_partitioning(init, self.axis_names),
+                           x.shape[axes[0]:], self.param_dtype)
         x = x.astype(jnp.float32)
-        y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+        y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + self.eps)
+        return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -125,7 +131,8 @@ class LayerNorm(nn.Module):
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
 
 
-NORMS = {'rmsnorm': RMSNorm, 'layernorm': LayerNorm}
+NORMS = {'rmsnorm': RMSNorm, 'layernorm': LayerNorm,
+         'rmsnorm_plus_one': functools.partial(RMSNorm, offset=1.0)}  # Gemma: x * (1 + w)
 
 
 # ------------------------------------------------------------------- Attention
@@ -223,7 +230,7 @@ def cached_attention(q, k, v, q_pos, k_pos, window: int = 0):
 
 # ------------------------------------------------------------------- Transformer sublayers
 
-MLP_KINDS = ('swiglu', 'gelu', 'gelu_exact')
+MLP_KINDS = ('swiglu', 'geglu', 'gelu', 'gelu_exact')
 
 
 class Attention(nn.Module):
@@ -253,8 +260,12 @@ class Attention(nn.Module):
     qkv_bias: bool = False
     out_bias: bool = False
     window: int = 0  # sliding window: a query sees itself and the window - 1 keys before it
-    qk_norm: bool = False  # RMSNorm of each head's q and k over head_dim before RoPE (Qwen3)
+    # RMSNorm of q and k before RoPE: 'head' over each head's head_dim, scale [head_dim]
+    # (Qwen3, Gemma 3); 'projection' over all heads at once, scale [heads, head_dim] (OLMo 2)
+    qk_norm: str = 'none'
     norm_eps: float = 1e-6  # the q/k norms' epsilon
+    norm_offset: float = 0.0  # the q/k norms' offset (1: Gemma's 1 + w)
+    rope_dim: int = 0  # RoPE on the first rope_dim features of each head (0: all; GPT-NeoX)
 
     @nn.compact
     def __call__(self, x, decode=None, positions=None, segment_ids=None):
@@ -265,15 +276,18 @@ class Attention(nn.Module):
                    use_bias=self.qkv_bias, **dtypes)(x)
             for name, n in (('query', self.num_heads), ('key', kv_heads), ('value', kv_heads))
         )
-        if self.qk_norm:  # scale [head_dim] ('kv'), shared by the heads
-            q, k = (RMSNorm(self.norm_eps, axis_name='kv', name=f'{name}_norm', **dtypes)(t)
+        if self.qk_norm != 'none':
+            axes = ('kv',) if self.qk_norm == 'head' else ('heads', 'kv')
+            q, k = (RMSNorm(self.norm_eps, axis_names=axes, offset=self.norm_offset,
+                            name=f'{name}_norm', **dtypes)(t)
                     for name, t in (('query', q), ('key', k)))
         if decode is not None:
             positions = decode[0]
         elif positions is None:
             positions = jnp.arange(x.shape[1])
         if self.rope:
-            q, k = (apply_rope(t, positions, self.rope_base, self.rope_scaling) for t in (q, k))
+            q, k = (apply_rope(t, positions, self.rope_base, self.rope_scaling, self.rope_dim)
+                    for t in (q, k))
         q, k, v = (
             nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
         )
@@ -310,7 +324,8 @@ class Attention(nn.Module):
 
 class Mlp(nn.Module):
     """[batch, seq, embed] -> [batch, seq, embed]. kind 'swiglu': down(silu(gate(x)) * up(x))
-    (Llama); 'gelu': down(gelu(up(x))) (GPT-2: tanh-approximated gelu; 'gelu_exact': erf)."""
+    (Llama); 'geglu': down(gelu_tanh(gate(x)) * up(x)) (Gemma); 'gelu': down(gelu(up(x)))
+    (GPT-2: tanh-approximated gelu; 'gelu_exact': erf)."""
 
     mlp_dim: int
     out_init_std: float
@@ -323,8 +338,10 @@ class Mlp(nn.Module):
     def __call__(self, x):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias)
         up = Linear((self.mlp_dim,), ('embed', 'mlp'), name='up', **dtypes)(x)
-        if self.kind == 'swiglu':
-            h = nn.silu(Linear((self.mlp_dim,), ('embed', 'mlp'), name='gate', **dtypes)(x)) * up
+        if self.kind in ('swiglu', 'geglu'):
+            gate = Linear((self.mlp_dim,), ('embed', 'mlp'), name='gate', **dtypes)(x)
+            act = nn.silu if self.kind == 'swiglu' else functools.partial(nn.gelu, approximate=True)
+            h = act(gate) * up
         else:
             h = nn.gelu(up, approximate=self.kind == 'gelu')
         h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))

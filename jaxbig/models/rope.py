@@ -104,14 +104,18 @@ def frequencies(head_dim: int, base: float, scaling: RopeScaling | None = None
     return inv_freq.astype(np.float32), float(factor)
 
 
-def apply_rope(x, positions, base=10000.0, scaling: RopeScaling | None = None):
+def apply_rope(x, positions, base=10000.0, scaling: RopeScaling | None = None, dim: int = 0):
     """Rotary position embedding, the 'half-split' (GPT-NeoX / Llama) layout.
 
     x: [batch, seq, heads, head_dim]; positions: [seq] or [batch, seq]. Feature pair
-    (x[..., i], x[..., i + head_dim/2]) is rotated by the angle positions * inv_freq_i
-    (`frequencies`), then scaled by the kind's cos / sin multiplier (1 but for YaRN).
-    Computed in float32, returned in x.dtype.
+    (x[..., i], x[..., i + dim/2]) is rotated by the angle positions * inv_freq_i
+    (`frequencies` of dim), then scaled by the kind's cos / sin multiplier (1 but for
+    YaRN). dim: the rotated leading features of each head (0: all; GPT-NeoX's rotary_pct
+    rotates a part and passes the rest through). Computed in float32, returned in x.dtype.
     """
+    if dim and dim < x.shape[-1]:
+        rotated = apply_rope(x[..., :dim], positions, base, scaling)
+        return jnp.concatenate([rotated, x[..., dim:]], axis=-1)
     inv_freq, factor = frequencies(x.shape[-1], base, scaling)
     angle = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., seq, half]
     sin, cos = jnp.sin(angle)[..., None, :], jnp.cos(angle)[..., None, :]  # add heads axis

@@ -1,0 +1,93 @@
+"""One decoder layer of jaxbig's GPT (jaxbig.models.gpt), with the residual layouts of the
+published decoders it imports. [batch, seq, embed] -> same.
+
+    norm_position 'pre'   x = x + attn(norm(x));  x = x + mlp(norm(x))        (Llama, GPT-2)
+                  'post'  x = x + norm(attn(x));  x = x + norm(mlp(x))        (OLMo 2)
+                  'both'  x = x + norm(attn(norm(x)));  x = x + norm(mlp(norm(x)))
+                                                                              (Gemma 2 / 3)
+    parallel_residual     x = x + attn(attn_norm(x)) + mlp(mlp_norm(x))       (GPT-NeoX)
+
+Parameters: attn_norm / mlp_norm (the norms before a sublayer), post_attn_norm /
+post_mlp_norm (after it), attn (layers.Attention), mlp (layers.Mlp).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+
+from jaxbig.models.layers import NORMS, Attention, Mlp
+
+NORM_POSITIONS = ('pre', 'post', 'both')
+
+
+class Block(nn.Module):
+    """A decoder layer (see the module docstring). [batch, seq, embed] -> same.
+
+    Returns (x, None) so that it can be the body of nn.scan (carry, per-layer output).
+    Packed examples: `__call__(x, train, positions, segment_ids=...)` (see Attention).
+    Decoding: `__call__(x, train, positions, kv, k_pos, index)` (see Attention) returns
+    (x, kv updated); under nn.scan kv is stacked on a leading layers axis.
+    """
+
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    dropout: float
+    rope_base: float
+    norm_eps: float
+    out_init_std: float
+    dtype: Any
+    param_dtype: Any
+    attention: str = 'einsum'
+    attention_blocks: int = 0
+    norm: str = 'rmsnorm'
+    mlp: str = 'swiglu'
+    num_kv_heads: int = 0
+    rope: bool = True
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    rope_scaling: Any = None  # a jaxbig.models.rope.RopeScaling, or None (default)
+    rope_dim: int = 0
+    window: int = 0
+    qk_norm: str = 'none'
+    norm_position: str = 'pre'
+    parallel_residual: bool = False
+
+    def _norm(self, name):
+        return NORMS[self.norm](self.norm_eps, name=name, dtype=self.dtype,
+                                param_dtype=self.param_dtype)
+
+    @nn.compact
+    def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None,
+                 segment_ids=None):
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+        pre, post = self.norm_position in ('pre', 'both'), self.norm_position in ('post', 'both')
+        attn = Attention(self.num_heads, self.head_dim, self.rope_base, self.out_init_std,
+                         name='attn', attention=self.attention,
+                         attention_blocks=self.attention_blocks, num_kv_heads=self.num_kv_heads,
+                         rope=self.rope, qkv_bias=self.qkv_bias, out_bias=self.out_bias,
+                         rope_scaling=self.rope_scaling, window=self.window,
+                         qk_norm=self.qk_norm, norm_eps=self.norm_eps,
+                         norm_offset=1.0 if self.norm == 'rmsnorm_plus_one' else 0.0,
+                         rope_dim=self.rope_dim, **dtypes)
+        mlp = Mlp(self.mlp_dim, self.out_init_std, name='mlp', kind=self.mlp,
+                  use_bias=self.mlp_bias, **dtypes)
+        h = self._norm('attn_norm')(x) if pre else x
+        if kv is None:
+            h = attn(h, positions=positions, segment_ids=segment_ids)
+        else:
+            h, kv = attn(h, decode=(positions, kv, k_pos, index))
+        if post:
+            h = self._norm('post_attn_norm')(h)
+        if self.parallel_residual:  # both sublayers read the layer's input
+            m = mlp(self._norm('mlp_norm')(x))
+            x = nn.with_logical_constraint(x + drop(h) + drop(m), ('batch', 'length', 'embed'))
+            return x, kv
+        x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
+        h = mlp(self._norm('mlp_norm')(x) if pre else x)
+        if post:
+            h = self._norm('post_mlp_norm')(h)
+        x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
+        return x, kv
