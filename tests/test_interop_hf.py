@@ -48,12 +48,25 @@ BUILDERS = {
     'llama3_rope_scaling': lambda: _llama(num_hidden_layers=2, head_dim=16, rope_parameters=dict(
         rope_type='llama3', rope_theta=5000.0, factor=8.0, low_freq_factor=1.0,
         high_freq_factor=4.0, original_max_position_embeddings=16)),
+    # Gemma: 1 + w norms, GeGLU, sqrt(d) embeddings, multi-query, head_dim 16 != 32 / 4
+    'gemma': lambda: _llama('Gemma', num_hidden_layers=2, num_key_value_heads=1, head_dim=16),
+    # OLMo 2: norms after the sublayers, q/k norms over the whole projection
+    'olmo2': lambda: _llama('Olmo2', num_hidden_layers=2),
+    # Pythia's layout: parallel residual, RoPE on a quarter of each 16-feature head
+    'gpt_neox': lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=96, rotary_pct=0.25, rotary_emb_base=5000)),
+    # Phi-3: fused qkv and gate-up, a window (8) below the tests' lengths
+    'phi3_window': lambda: _llama('Phi3', num_hidden_layers=2, sliding_window=8, pad_token_id=0),
     # Qwen3's per-head q/k norms and biases everywhere in attention, with YaRN
     'qwen3_qk_norm_yarn': lambda: _llama('Qwen3', num_hidden_layers=2, attention_bias=True,
                                          max_position_embeddings=64, rope_parameters=dict(
                                              rope_type='yarn', rope_theta=5000.0, factor=4.0,
                                              original_max_position_embeddings=16)),
 }
+
+
+EXPORT_AS = {'phi3_window': 'phi3'}  # equivalent to a Mistral, so only on request
 
 
 def _save(model, path, **kw):
@@ -117,7 +130,7 @@ def test_greedy_generation_matches_transformers_batch_1_and_left_padded(imported
 def test_export_round_trip_is_bit_identical_and_loads_cleanly(imported):
     name, model, root, _ = imported
     out = os.path.join(root, 'exported')
-    hf.export_run(os.path.join(root, 'run'), out)
+    hf.export_run(os.path.join(root, 'run'), out, as_family=EXPORT_AS.get(name, ''))
     cls = type(model)
     back, info = cls.from_pretrained(out, output_loading_info=True)
     assert not info['missing_keys'] and not info['unexpected_keys'], info

@@ -3,6 +3,10 @@
     gpt2.py      GPT2LMHeadModel
     llama.py     LlamaForCausalLM (Llama 3.x rope scaling), MistralForCausalLM (sliding
                  window), Qwen2ForCausalLM, Qwen3ForCausalLM (q/k norms)
+    gemma.py     GemmaForCausalLM (1 + w RMSNorm, GeGLU, scaled embeddings)
+    olmo2.py     Olmo2ForCausalLM (norms after the sublayers, q/k norm over the projection)
+    gpt_neox.py  GPTNeoXForCausalLM (Pythia: parallel residual, partial rotary)
+    phi3.py      Phi3ForCausalLM (fused qkv / gate-up; export with --as phi3)
 
 `family_of(config.json)` picks the family an import reads; `family_for(model, want)` the one
 an export writes (the first in FAMILIES that can represent the model, or `--as want`).
@@ -13,10 +17,15 @@ from __future__ import annotations
 
 from jaxbig.config import ConfigError
 from jaxbig.interop.family import Family
+from jaxbig.interop.gemma import GEMMA
 from jaxbig.interop.gpt2 import GPT2
+from jaxbig.interop.gpt_neox import GPT_NEOX
 from jaxbig.interop.llama import LLAMA
+from jaxbig.interop.olmo2 import OLMO2
+from jaxbig.interop.phi3 import PHI3
 
-FAMILIES = (GPT2, LLAMA)
+# export's order of preference: a model Llama can represent exports as Llama, not Phi-3
+FAMILIES = (GPT2, LLAMA, GEMMA, OLMO2, GPT_NEOX, PHI3)
 
 
 def family_of(hf: dict) -> Family:

@@ -21,7 +21,7 @@ _ROPE_KEYS = {  # rope_type -> {HF key: (jaxbig field, required)}
 }
 
 
-def _rope(hf: dict) -> dict:
+def rope_fields(hf: dict, partial_ok: bool = False) -> dict:
     """The model.rope_* fields of transformers 5's rope_parameters or 4.x's rope_theta and
     rope_scaling; a kind or key jaxbig does not compute is one ConfigError line."""
     params = hf.get('rope_parameters') or hf.get('rope_scaling') or {}
@@ -29,10 +29,10 @@ def _rope(hf: dict) -> dict:
     kind = params.get('rope_type', params.get('type', 'default'))
     need(hf, field, kind in _ROPE_KEYS, f'rope_type {kind!r}: jaxbig computes '
           f'{", ".join(map(repr, _ROPE_KEYS))}')
-    partial = params.get('partial_rotary_factor', hf.get('partial_rotary_factor', 1.0))
-    need(hf, field, partial in (None, 1, 1.0), f'partial_rotary_factor={partial}: expected 1')
+    partial = params.get('partial_rotary_factor', hf.get('partial_rotary_factor')) or 1.0
+    need(hf, field, partial_ok or partial == 1, f'partial_rotary_factor={partial}: expected 1')
     out = dict(rope_base=float(params.get('rope_theta', hf.get('rope_theta', 10000.0))),
-               rope_scaling=kind)
+               rope_scaling=kind, rope_fraction=float(partial))
     for key, (name, required) in _ROPE_KEYS[kind].items():
         need(hf, field, not required or params.get(key) is not None, f'{kind} needs {key}')
         if params.get(key) is not None:
@@ -49,12 +49,12 @@ def _rope(hf: dict) -> dict:
     return out
 
 
-def _window(hf: dict, kind: str) -> int:
+def window_of(hf: dict, kind: str) -> int:
     """The sliding window every layer uses (0: none). Qwen2 / Qwen3 slide the layers
     `layer_types` names (default: those from max_window_layers on) when use_sliding_window;
-    Mistral slides every layer whenever sliding_window is set; Llama never slides."""
+    Mistral and Phi-3 slide every layer whenever sliding_window is set; Llama never slides."""
     window = hf.get('sliding_window')
-    if kind == 'mistral':
+    if kind in ('mistral', 'phi3'):
         return int(window or 0)
     if kind not in ('qwen2', 'qwen3') or not hf.get('use_sliding_window') or window is None:
         return 0
@@ -67,23 +67,30 @@ def _window(hf: dict, kind: str) -> int:
     return int(window) if sliding == {True} else 0
 
 
-def _llama_model(hf: dict) -> dict:
-    kind = hf.get('model_type', 'llama')
-    need(hf, 'hidden_act', hf.get('hidden_act', 'silu') == 'silu', "expected 'silu'")
+def decoder_fields(hf: dict, acts: tuple[str, ...] = ('silu',)) -> dict:
+    """The jaxbig GPT fields every Llama-layout config.json shares: shapes, RoPE, rmsnorm,
+    a gated MLP (config.json's hidden_act one of `acts`, the first its default), no biases."""
+    need(hf, 'hidden_act', hf.get('hidden_act', acts[0]) in acts,
+         f'expected {" or ".join(map(repr, acts))}')
     need(hf, 'pretraining_tp', hf.get('pretraining_tp', 1) == 1, 'expected 1')
     heads, embed = hf['num_attention_heads'], hf['hidden_size']
     head_dim = hf.get('head_dim') or embed // heads
-    attn_bias = hf.get('attention_bias', False)
     return dict(name='gpt', vocab_size=hf['vocab_size'], num_layers=hf['num_hidden_layers'],
                 num_heads=heads, embed_dim=embed, mlp_dim=hf['intermediate_size'],
                 head_dim=0 if head_dim * heads == embed else head_dim, norm='rmsnorm',
-                mlp='swiglu', positions='rope', max_len=0, **_rope(hf),
-                num_kv_heads=hf.get('num_key_value_heads') or heads,
-                qkv_bias=True if kind == 'qwen2' else attn_bias,
+                mlp='swiglu', positions='rope', max_len=0, **rope_fields(hf),
+                num_kv_heads=hf.get('num_key_value_heads') or heads, qkv_bias=False,
+                out_bias=False, mlp_bias=False, norm_eps=hf.get('rms_norm_eps', 1e-6),
+                tie_embeddings=hf.get('tie_word_embeddings', False))
+
+
+def _llama_model(hf: dict) -> dict:
+    kind = hf.get('model_type', 'llama')
+    attn_bias = hf.get('attention_bias', False)
+    return dict(decoder_fields(hf), qkv_bias=True if kind == 'qwen2' else attn_bias,
                 out_bias=False if kind == 'qwen2' else attn_bias,
-                mlp_bias=hf.get('mlp_bias', False), norm_eps=hf.get('rms_norm_eps', 1e-6),
-                tie_embeddings=hf.get('tie_word_embeddings', False),
-                sliding_window=_window(hf, kind), qk_norm='head' if kind == 'qwen3' else 'none')
+                mlp_bias=hf.get('mlp_bias', False), sliding_window=window_of(hf, kind),
+                qk_norm='head' if kind == 'qwen3' else 'none')
 
 
 def _llama_kind(m) -> str:
@@ -100,9 +107,11 @@ _ARCHITECTURES = {'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM',
                   'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM'}
 
 
-def _rope_hf(m) -> dict:
-    """rope_parameters for the model.rope_* fields (the inverse of `_rope`)."""
+def rope_hf(m) -> dict:
+    """rope_parameters for the model.rope_* fields (the inverse of `rope_fields`)."""
     out = dict(rope_type=m.rope_scaling, rope_theta=m.rope_base)
+    if m.rope_fraction != 1:
+        out['partial_rotary_factor'] = m.rope_fraction
     for key, (name, _) in _ROPE_KEYS[m.rope_scaling].items():
         if key != 'attention_factor' or m.rope_attention_factor:
             out[key] = getattr(m, name)
@@ -111,19 +120,24 @@ def _rope_hf(m) -> dict:
     return out
 
 
-def _llama_hf(m) -> dict:
-    kind = _llama_kind(m)
+def decoder_hf(m, model_type: str, architecture: str, act: str = 'silu') -> dict:
+    """The config.json fields every Llama-layout family writes (the inverse of
+    `decoder_fields`)."""
     context = max(m.max_len, 4096)
     if m.rope_scaling in ('llama3', 'yarn'):  # the extended context the scaling is for
         context = max(context, int(m.rope_original_max_len * m.rope_factor))
-    out = dict(architectures=[_ARCHITECTURES[kind]],
-               model_type=kind, vocab_size=m.vocab_size, num_hidden_layers=m.num_layers,
-               num_attention_heads=m.num_heads, num_key_value_heads=m.resolved_kv_heads,
-               hidden_size=m.embed_dim, intermediate_size=m.mlp_dim,
-               head_dim=m.resolved_head_dim, hidden_act='silu', rms_norm_eps=m.norm_eps,
-               rope_theta=m.rope_base, rope_parameters=_rope_hf(m),
-               max_position_embeddings=context,
-               tie_word_embeddings=m.tie_embeddings, attention_dropout=0.0)
+    return dict(architectures=[architecture], model_type=model_type, vocab_size=m.vocab_size,
+                num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+                num_key_value_heads=m.resolved_kv_heads, hidden_size=m.embed_dim,
+                intermediate_size=m.mlp_dim, head_dim=m.resolved_head_dim, hidden_act=act,
+                rms_norm_eps=m.norm_eps, rope_theta=m.rope_base, rope_parameters=rope_hf(m),
+                max_position_embeddings=context, tie_word_embeddings=m.tie_embeddings,
+                attention_dropout=0.0)
+
+
+def _llama_hf(m) -> dict:
+    kind = _llama_kind(m)
+    out = decoder_hf(m, kind, _ARCHITECTURES[kind])
     if kind == 'llama':
         out.update(attention_bias=m.qkv_bias, mlp_bias=m.mlp_bias)
     elif kind == 'mistral':
@@ -136,7 +150,8 @@ def _llama_hf(m) -> dict:
     return out
 
 
-def _llama_tensors(m) -> dict:
+def llama_tensors(m) -> dict:
+    """Llama's tensor names (model.layers.{i}.self_attn.q_proj ...) for a jaxbig GPT."""
     e, h, kv, d = m.embed_dim, m.num_heads, m.resolved_kv_heads, m.resolved_head_dim
     p = 'model.layers.{i}.'
     proj = lambda n: ((lambda w: (c(w.T).reshape(e, n, d),)), lambda k: c(k.reshape(e, n * d).T))
@@ -182,5 +197,5 @@ def _is_llama(m) -> list[str]:
     return bad
 
 
-LLAMA = Family('llama', tuple(_ARCHITECTURES.values()), _llama_model, _llama_hf, _llama_tensors,
+LLAMA = Family('llama', tuple(_ARCHITECTURES.values()), _llama_model, _llama_hf, llama_tensors,
                _is_llama, ignored=('.rotary_emb.inv_freq',))
