@@ -328,6 +328,23 @@ def test_unrepresentable_rope_and_window_fields_are_one_line(fields, message):
     assert '\n' not in str(e.value)
 
 
+def test_eos_outside_the_vocabulary_falls_back_to_the_tokenizers(imported):
+    """Tiny test configs keep GPT-2's 50256 (transformers only warns): the run gets the
+    tokenizer's own end-of-sequence id, not an id past its embedding table."""
+    name, model, root, _ = imported
+    config = run_lib.load_run(os.path.join(root, 'run')).config
+    eos = model.config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    assert config.data.eos_id == (eos if eos is not None and eos < VOCAB else -1)
+
+
+def test_export_offers_every_decoder_family():
+    from jaxbig.commands import interop
+    from jaxbig.interop import decoders
+
+    assert interop.DECODERS == tuple(f.name for f in decoders.FAMILIES)
+
+
 def test_cli_import_generate_export(tmp_path, capsys):
     """The user's path: jaxbig import, generate (greedy) equals transformers, jaxbig export."""
     from jaxbig import cli

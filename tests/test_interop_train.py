@@ -173,3 +173,60 @@ def test_bits_per_byte_across_tokenizers(gpt2_run, tfds_dir, tmp_path):
     bytes_run = str(tmp_path / 'bytes')
     last = train.train(cli.load_config('experiments/lm.py:steps=2', TINY_LM), bytes_run)
     assert last['val/bits_per_byte'] == pytest.approx(last['val/loss'] / np.log(2), rel=1e-5)
+
+
+def _family_model(family, vocab):
+    """A tiny random model of each family jaxbig imports beyond GPT-2 / Llama (2 layers)."""
+    base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2)
+    configs = {
+        'gemma': ('Gemma', dict(head_dim=16)),
+        'qwen3': ('Qwen3', dict(rope_parameters=dict(rope_type='yarn', factor=4.0, rope_theta=1e4,
+                                                     original_max_position_embeddings=16),
+                                max_position_embeddings=64)),
+        'olmo2': ('Olmo2', dict(pad_token_id=0, eos_token_id=0)),
+        'phi3': ('Phi3', dict(sliding_window=8, pad_token_id=0, eos_token_id=0)),
+        'gpt_neox': ('GPTNeoX', dict(num_key_value_heads=None, rotary_pct=0.5)),
+        'llama3': ('Llama', dict(rope_parameters=dict(
+            rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=16, rope_theta=1e4))),
+    }
+    name, extra = configs[family]
+    kw = {k: v for k, v in dict(base, **extra).items() if v is not None}
+    config = getattr(transformers, f'{name}Config')(**kw)
+    torch.manual_seed(0)
+    return getattr(transformers, f'{name}ForCausalLM')(config).eval()
+
+
+@pytest.mark.slow  # ~25 s a family; each family's import is held against transformers by
+# default in test_interop_hf.py, and the commands below on GPT-2 / Llama in this file
+@pytest.mark.parametrize('family', ['gemma', 'qwen3', 'olmo2', 'phi3', 'gpt_neox', 'llama3'])
+def test_each_family_trains_with_lora_quantizes_generates_and_exports(family, tfds_dir,
+                                                                      tmp_path, capsys):
+    """An imported model of each family through the tools a user runs on it: continued
+    pretraining with LoRA adapters beside the trained weights (loss falls), int8 quantize,
+    generate, export (adapters merged) -> transformers computes the same logits."""
+    tok = _bpe(str(tmp_path / 'tokenizer.json'))
+    _family_model(family, tok.get_vocab_size()).save_pretrained(str(tmp_path / 'hf'))
+    os.replace(tmp_path / 'tokenizer.json', tmp_path / 'hf' / 'tokenizer.json')
+    workdir, out = str(tmp_path / 'run'), str(tmp_path / 'lora')
+    assert cli.main(['import', str(tmp_path / 'hf'), '--workdir', workdir]) == 0
+    lora = ['--config.lora.targets=[".*attn/(query|value)/kernel"]', '--config.lora.rank=4',
+            '--config.optimizer.lr=1e-2']
+    train.train(cli.load_config(f'experiments/lm.py:init={workdir},steps=8', SMALL + lora), out)
+    _falls(out)
+    capsys.readouterr()
+    assert cli.main(['quantize', '--workdir', out]) == 0
+    assert cli.main(['generate', '--workdir', out, '--prompt', 'import ', '--max-new-tokens',
+                     '8', '--temperature', '0']) == 0
+    assert capsys.readouterr().out.count('import ') >= 1
+    exported = str(tmp_path / 'exported')
+    as_family = ['--as', 'phi3'] if family == 'phi3' else []
+    assert cli.main(['export', '--workdir', out, '--out', exported, *as_family]) == 0
+    back = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    run = run_lib.load_run(out)
+    tokens = np.random.default_rng(0).integers(0, back.config.vocab_size, (2, 24))
+    ours = np.asarray(run.model.apply({'params': run.params}, tokens.astype(np.int32)))
+    with torch.no_grad():
+        ref = back(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)

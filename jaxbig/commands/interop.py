@@ -9,7 +9,7 @@ import time
 
 from jaxbig.config import ConfigError
 
-DECODERS = ('gpt2', 'llama')
+DECODERS = ('gpt2', 'llama', 'gemma', 'olmo2', 'gpt_neox', 'phi3')  # interop/decoders.py
 
 
 def import_main(args, extra) -> int:
@@ -49,8 +49,9 @@ def export_main(args, extra) -> int:
 
 def add_parsers(add):
     """Registers both subcommands with `add(name, help) -> parser` (jaxbig/cli.py)."""
-    p = add('import', 'a Hugging Face model directory (GPT-2, Llama, Mistral, Qwen2, ViT, '
-                      'CLIP) -> a jaxbig workdir at step 0')
+    p = add('import', 'a Hugging Face model directory (GPT-2, Llama 1-3, Mistral, Qwen2 / 3, '
+                      'Gemma, OLMo 2, GPT-NeoX, Phi-3, ViT, CLIP, BERT, T5) -> a jaxbig workdir '
+                      'at step 0')
     p.add_argument('directory', help='config.json + model.safetensors (or sharded) + '
                                      'tokenizer.json, as save_pretrained writes them')
     p.add_argument('--workdir', required=True, help='the new workdir (must not hold a run)')
@@ -60,6 +61,6 @@ def add_parsers(add):
     p.add_argument('--workdir', required=True, help='a jaxbig workdir with a GPT')
     p.add_argument('--out', required=True, help='the directory to write (new or empty)')
     p.add_argument('--step', type=int, default=-1, help='checkpoint step; -1 = latest')
-    p.add_argument('--as', dest='as_family', default='', choices=['', 'gpt2', 'llama'],
-                   help="family to write; '' = the one the model's switches match")
+    p.add_argument('--as', dest='as_family', default='', choices=['', *DECODERS],
+                   help="decoder family to write; '' = the first the model's switches match")
     p.set_defaults(run=export_main)

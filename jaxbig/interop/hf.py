@@ -25,6 +25,7 @@ nothing is written to the workdir unless the whole import succeeded.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -155,6 +156,12 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
     tokenizer = os.path.join(directory, TOKENIZER_FILE)
     eos = hf.get('eos_token_id')
     eos = eos[0] if isinstance(eos, list) and eos else eos
+    if eos is not None and not 0 <= int(eos) < model_cfg['vocab_size']:  # as tiny test
+        # models carry (transformers only warns); kept, it would index past the embedding
+        logging.warning('%s/config.json: eos_token_id=%s is outside the vocabulary '
+                        '(vocab_size=%d); using the tokenizer\'s own end-of-sequence token',
+                        directory, eos, model_cfg['vocab_size'])
+        eos = None
     config = run_config(model_cfg, 'bytes', -1 if eos is None else int(eos))
     model = models.from_config(config)
     mesh = parallel.make_mesh(config.parallel)
