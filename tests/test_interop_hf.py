@@ -25,12 +25,12 @@ def _gpt2(**kw):
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**cfg, **kw}))
 
 
-def _llama(cls='Llama', **kw):
+def _llama(cls='Llama', model_cls='', **kw):
     cfg = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=8,
                num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
                rope_theta=5000.0)
     config = getattr(transformers, f'{cls}Config')(**{**cfg, **kw})
-    return getattr(transformers, f'{cls}ForCausalLM')(config)
+    return getattr(transformers, model_cls or f'{cls}ForCausalLM')(config)
 
 
 BUILDERS = {
@@ -50,6 +50,19 @@ BUILDERS = {
         high_freq_factor=4.0, original_max_position_embeddings=16)),
     # Gemma: 1 + w norms, GeGLU, sqrt(d) embeddings, multi-query, head_dim 16 != 32 / 4
     'gemma': lambda: _llama('Gemma', num_hidden_layers=2, num_key_value_heads=1, head_dim=16),
+    # Gemma 2: norms around both sublayers, soft-capped attention and output logits, local
+    # (window 6) and global layers alternating, query_pre_attn_scalar != head_dim
+    'gemma2': lambda: _llama('Gemma2', num_hidden_layers=4, head_dim=16, sliding_window=6,
+                             query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+                             final_logit_softcapping=3.0),
+    # Gemma 3 (text): per-head q/k norms, 'LLG' over 4 layers (the pattern is cut short as in
+    # the 26-layer 1B), a local RoPE of its own beside a linearly scaled global one
+    'gemma3': lambda: _llama('Gemma3Text', 'Gemma3ForCausalLM', num_hidden_layers=4,
+                             head_dim=16, sliding_window=6, sliding_window_pattern=3,
+                             query_pre_attn_scalar=16, rope_theta=None, rope_parameters=dict(
+                                 full_attention=dict(rope_type='linear', factor=4.0,
+                                                     rope_theta=50000.0),
+                                 sliding_attention=dict(rope_type='default', rope_theta=500.0))),
     # OLMo 2: norms after the sublayers, q/k norms over the whole projection
     'olmo2': lambda: _llama('Olmo2', num_hidden_layers=2),
     # Pythia's layout: parallel residual, RoPE on a quarter of each 16-feature head

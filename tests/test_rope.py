@@ -179,6 +179,42 @@ def test_windowed_decode_equals_full_forward_across_the_window():
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
 
 
+GEMMA3_LIKE = dict(SMALL, num_layers=3, sliding_window=3, window_pattern='LG', qk_norm='head',
+                  rope_local_base=100.0, rope_scaling='linear', rope_factor=4.0,
+                  attention_scale=0.3, attn_softcap=2.0, logit_softcap=5.0, norm='rmsnorm_plus_one',
+                  norm_position='both', mlp='geglu', embed_scale=True)
+
+
+def test_window_pattern_scan_equals_loop_and_decode_equals_forward():
+    """A local / global pattern (cut short: L G L), its per-layer RoPE, soft-capping and
+    norms around both sublayers: the scanned model equals the unrolled one with the same
+    weights, and KV-cached decoding equals the full forward across the window."""
+    tokens = jnp.asarray([[5, 7, 11, 13, 2, 40, 9, 1, 33, 21]])
+    scanned = gpt.Model(**GEMMA3_LIKE)
+    params = _params(scanned)
+    full = scanned.apply({'params': params}, tokens)
+    loop = gpt.Model(**GEMMA3_LIKE, scan_layers=False)
+    unstacked = dict(params, **{f'layers_{i}': jax.tree.map(lambda x, i=i: x[i], params['layers'])
+                                for i in range(3)})
+    del unstacked['layers']
+    np.testing.assert_allclose(loop.apply({'params': unstacked}, tokens), full, rtol=1e-5,
+                               atol=1e-5)
+    for change in (dict(window_pattern='L', rope_local_base=0.0), dict(rope_local_base=0.0),
+                   dict(attn_softcap=0.0), dict(logit_softcap=0.0)):
+        other = gpt.Model(**dict(GEMMA3_LIKE, **change)).apply({'params': params}, tokens)
+        assert not np.allclose(other, full, atol=1e-3), change
+    assert float(jnp.abs(full).max()) <= 5.0  # the output cap
+    cache = gpt.init_cache(scanned, 1, 10)
+    pos = jnp.arange(10)[None]
+    dec = jax.jit(functools.partial(scanned.apply, {'params': params}, method='decode'))
+    logits, cache = dec(tokens[:, :3], pos[:, :3], cache)
+    steps = [logits]
+    for i in range(3, 10):
+        logits, cache = dec(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('field,value,message', [
     ('rope_scaling', 'dynamic', "model.rope_scaling='dynamic': expected one of"),
     ('rope_original_max_len', 0, "model.rope_scaling='llama3' needs model.rope_original_max_len"),
@@ -189,9 +225,13 @@ def test_windowed_decode_equals_full_forward_across_the_window():
     ('norm_position', 'sandwich', "model.norm_position='sandwich': expected one of"),
     ('rope_fraction', 0.3, 'model.rope_fraction=0.3: expected a fraction in (0, 1] of head '
                            'dim 8 that is an even number of features'),
+    ('window_pattern', 'LGX', "model.window_pattern='LGX': expected L (local"),
+    ('rope_local_base', 100.0, 'model.rope_local_base needs global layers'),
+    ('attn_softcap', 50.0, "model.attn_softcap needs model.attention='einsum'"),
 ])
 def test_bad_switches_are_one_line(field, value, message):
-    model = gpt.Model(**dict(MODERN, **{field: value}))
+    extra = dict(attention='xla') if field == 'attn_softcap' else {}
+    model = gpt.Model(**dict(MODERN, **{field: value}, **extra))
     with pytest.raises(ValueError) as e:
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     assert message in str(e.value) and '\n' not in str(e.value)

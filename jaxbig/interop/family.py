@@ -52,3 +52,10 @@ def need(hf: dict, field: str, ok: bool, why: str):
 def mismatches(model, **want) -> list[str]:
     """'field=value' for each model field that differs from `want`."""
     return [f'{k}={getattr(model, k)!r}' for k, v in want.items() if getattr(model, k) != v]
+
+
+def no_gemma_switches(model) -> list[str]:
+    """mismatches for the switches only Gemma 2 / 3 use (window patterns, a logit scale of
+    their own, soft-capping, a local RoPE): the other families cannot write them."""
+    return mismatches(model, window_pattern='', attention_scale=0.0, attn_softcap=0.0,
+                      logit_softcap=0.0, rope_local_base=0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxbig.interop.family import Family, c, mismatches, need
+from jaxbig.interop.family import Family, c, mismatches, need, no_gemma_switches
 
 _GELUS = {'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu', 'gelu_fast': 'gelu',
           'gelu': 'gelu_exact'}
@@ -72,6 +72,7 @@ def _is_gpt2(m) -> list[str]:
     bad = mismatches(m, norm='layernorm', positions='learned', qkv_bias=True, out_bias=True,
                      mlp_bias=True, tie_embeddings=True, sliding_window=0, qk_norm='none',
                      norm_position='pre', parallel_residual=False, embed_scale=False)
+    bad += no_gemma_switches(m)
     bad += [f'mlp={m.mlp!r}'] if m.mlp not in ('gelu', 'gelu_exact') else []
     bad += [f'num_kv_heads={m.num_kv_heads}'] if m.resolved_kv_heads != m.num_heads else []
     bad += [f'head_dim={m.head_dim}'] if m.resolved_head_dim * m.num_heads != m.embed_dim else []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxbig.interop.family import Family, c, ident, mismatches, need, same
+from jaxbig.interop.family import Family, c, ident, mismatches, need, no_gemma_switches, same
 from jaxbig.interop.llama import rope_fields, rope_hf
 
 _GELUS = {'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_fast': 'gelu',
@@ -92,6 +92,7 @@ def _reasons(m) -> list[str]:
                      embed_scale=False, mlp_bias=True, qk_norm='none', sliding_window=0,
                      rope_scaling='default')
     bad += [f'mlp={m.mlp!r}'] if m.mlp not in ('gelu', 'gelu_exact') else []
+    bad += no_gemma_switches(m)
     bad += ['out_bias != qkv_bias'] if m.out_bias != m.qkv_bias else []
     bad += [f'num_kv_heads={m.num_kv_heads}'] if m.resolved_kv_heads != m.num_heads else []
     bad += [f'head_dim={m.head_dim}'] if m.resolved_head_dim * m.num_heads != m.embed_dim else []

@@ -8,7 +8,7 @@ built on Llama's layout (gemma.py, phi3.py, olmo2.py). See jaxbig.interop.family
 
 from __future__ import annotations
 
-from jaxbig.interop.family import Family, c, ident, mismatches, need, same
+from jaxbig.interop.family import Family, c, ident, mismatches, need, no_gemma_switches, same
 
 _ROPE_KEYS = {  # rope_type -> {HF key: (jaxbig field, required)}
     'default': {},
@@ -160,9 +160,11 @@ def llama_tensors(m) -> dict:
                           ('v_proj', 'attn/value', kv)):
         out[f'{p}self_attn.{name}.weight'] = ((f'{path}/kernel',), *proj(n))
         if m.qkv_bias:
-            out[f'{p}self_attn.{name}.bias'] = ((f'{path}/bias',), lambda b, n=n: (b.reshape(n, d),),
+            out[f'{p}self_attn.{name}.bias'] = ((f'{path}/bias',),
+                                                lambda b, n=n: (b.reshape(n, d),),
                                                 lambda b: b.reshape(-1))
-    out[p + 'self_attn.o_proj.weight'] = (('attn/out/kernel',), lambda w: (c(w.T).reshape(h, d, e),),
+    out[p + 'self_attn.o_proj.weight'] = (('attn/out/kernel',),
+                                          lambda w: (c(w.T).reshape(h, d, e),),
                                           lambda k: c(k.reshape(h * d, e).T))
     if m.out_bias:
         out[p + 'self_attn.o_proj.bias'] = (('attn/out/bias',), same, ident)
@@ -187,6 +189,7 @@ def _is_llama(m) -> list[str]:
     bad = mismatches(m, norm='rmsnorm', mlp='swiglu', positions='rope', norm_position='pre',
                      parallel_residual=False, embed_scale=False, rope_fraction=1.0)
     bad += [f'qk_norm={m.qk_norm!r}'] if m.qk_norm == 'projection' else []
+    bad += no_gemma_switches(m)
     if m.out_bias and not m.qkv_bias:
         bad.append('out_bias=True with qkv_bias=False')
     kind = _llama_kind(m)

@@ -6,7 +6,7 @@ See jaxbig.interop.family."""
 
 from __future__ import annotations
 
-from jaxbig.interop.family import Family, ident, mismatches, need, same
+from jaxbig.interop.family import Family, ident, mismatches, need, no_gemma_switches, same
 from jaxbig.interop.llama import decoder_fields, decoder_hf, llama_tensors
 
 
@@ -35,10 +35,11 @@ def _tensors(m) -> dict:
 
 
 def _reasons(m) -> list[str]:
-    return mismatches(m, norm='rmsnorm', mlp='swiglu', positions='rope', norm_position='post',
-                      parallel_residual=False, embed_scale=False, rope_fraction=1.0,
-                      qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm='projection',
-                      sliding_window=0)
+    return no_gemma_switches(m) + mismatches(
+        m, norm='rmsnorm', mlp='swiglu', positions='rope', norm_position='post',
+        parallel_residual=False, embed_scale=False, rope_fraction=1.0,
+        qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm='projection',
+        sliding_window=0)
 
 
 OLMO2 = Family('olmo2', ('Olmo2ForCausalLM',), _model, _hf, _tensors, _reasons,

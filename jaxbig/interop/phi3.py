@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxbig.interop.family import Family, c, mismatches
+from jaxbig.interop.family import Family, c, mismatches, no_gemma_switches
 from jaxbig.interop.llama import decoder_fields, decoder_hf, llama_tensors, window_of
 
 
@@ -45,9 +45,10 @@ def _tensors(m) -> dict:
 
 
 def _reasons(m) -> list[str]:
-    return mismatches(m, norm='rmsnorm', mlp='swiglu', positions='rope', norm_position='pre',
-                      parallel_residual=False, embed_scale=False, rope_fraction=1.0,
-                      qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm='none')
+    return no_gemma_switches(m) + mismatches(
+        m, norm='rmsnorm', mlp='swiglu', positions='rope', norm_position='pre',
+        parallel_residual=False, embed_scale=False, rope_fraction=1.0,
+        qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm='none')
 
 
 PHI3 = Family('phi3', ('Phi3ForCausalLM',), _model, _hf, _tensors, _reasons,

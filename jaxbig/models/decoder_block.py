@@ -25,6 +25,7 @@ class Block(nn.Module):
 
     Returns (x, None) so that it can be the body of nn.scan (carry, per-layer output).
     Packed examples: `__call__(x, train, positions, segment_ids=...)` (see Attention).
+    local: None, or a traced bool: this layer's kind in a local / global window pattern.
     Decoding: `__call__(x, train, positions, kv, k_pos, index)` (see Attention) returns
     (x, kv updated); under nn.scan kv is stacked on a leading layers axis.
     """
@@ -53,6 +54,9 @@ class Block(nn.Module):
     qk_norm: str = 'none'
     norm_position: str = 'pre'
     parallel_residual: bool = False
+    attention_scale: float = 0.0
+    attn_softcap: float = 0.0
+    rope_local_base: float = 0.0
 
     def _norm(self, name):
         return NORMS[self.norm](self.norm_eps, name=name, dtype=self.dtype,
@@ -60,7 +64,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool, positions=None, kv=None, k_pos=None, index=None,
-                 segment_ids=None):
+                 segment_ids=None, local=None):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout, deterministic=not train)
         pre, post = self.norm_position in ('pre', 'both'), self.norm_position in ('post', 'both')
@@ -71,14 +75,16 @@ class Block(nn.Module):
                          rope_scaling=self.rope_scaling, window=self.window,
                          qk_norm=self.qk_norm, norm_eps=self.norm_eps,
                          norm_offset=1.0 if self.norm == 'rmsnorm_plus_one' else 0.0,
-                         rope_dim=self.rope_dim, **dtypes)
+                         rope_dim=self.rope_dim, scale=self.attention_scale,
+                         softcap=self.attn_softcap, rope_local_base=self.rope_local_base,
+                         **dtypes)
         mlp = Mlp(self.mlp_dim, self.out_init_std, name='mlp', kind=self.mlp,
                   use_bias=self.mlp_bias, **dtypes)
         h = self._norm('attn_norm')(x) if pre else x
         if kv is None:
-            h = attn(h, positions=positions, segment_ids=segment_ids)
+            h = attn(h, positions=positions, segment_ids=segment_ids, local=local)
         else:
-            h, kv = attn(h, decode=(positions, kv, k_pos, index))
+            h, kv = attn(h, decode=(positions, kv, k_pos, index), local=local)
         if post:
             h = self._norm('post_attn_norm')(h)
         if self.parallel_residual:  # both sublayers read the layer's input

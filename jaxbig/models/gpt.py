@@ -140,6 +140,13 @@ class Model(nn.Module):
     parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)) (GPT-NeoX)
     embed_scale: bool = False  # embeddings times sqrt(embed_dim), in `dtype` (Gemma)
     rope_fraction: float = 1.0  # RoPE on this leading fraction of each head (GPT-NeoX)
+    # which layers slide the window, a pattern repeated over the layers: 'L' = local
+    # (sliding_window), 'G' = global; '' = all local. Gemma 2: 'LG'; Gemma 3: 'LLLLLG'
+    window_pattern: str = ''
+    rope_local_base: float = 0.0  # > 0: the 'L' layers' RoPE base, unscaled (Gemma 3)
+    attention_scale: float = 0.0  # attention logits' factor; 0 = 1 / sqrt(head_dim)
+    attn_softcap: float = 0.0  # > 0: attention logits c * tanh(logits / c) (Gemma 2)
+    logit_softcap: float = 0.0  # > 0: output logits c * tanh(logits / c) (Gemma 2)
     # RoPE scaling for a context longer than pretraining (jaxbig.models.rope): 'default' |
     # 'linear' | 'llama3' (Llama 3.1+) | 'yarn'; the fields each kind reads:
     rope_scaling: str = 'default'
@@ -191,6 +198,16 @@ class Model(nn.Module):
             raise ValueError(f'model.sliding_window={self.sliding_window}: expected 0 (off) or '
                              'the number of positions a token sees')
         self.rope_spec.check()
+        if set(self.window_pattern) - {'L', 'G'} or (self.window_pattern and
+                                                   not self.sliding_window):
+            raise ValueError(f'model.window_pattern={self.window_pattern!r}: expected L (local: '
+                             "model.sliding_window) and G (global) layers, e.g. 'LG', with a "
+                             'sliding_window')
+        if self.rope_local_base and 'G' not in self.window_pattern:
+            raise ValueError('model.rope_local_base needs global layers in model.window_pattern')
+        if self.attn_softcap and self.attention != 'einsum':
+            raise ValueError(f'model.attn_softcap needs model.attention=\'einsum\' (the fused '
+                             f'{self.attention!r} kernels do not cap logits)')
         if self.num_kv_heads < 0 or self.num_heads % self.resolved_kv_heads:
             raise ValueError(f'model.num_kv_heads={self.num_kv_heads} must divide '
                              f'model.num_heads={self.num_heads} (0 = num_heads)')
@@ -255,6 +272,9 @@ class Model(nn.Module):
             qk_norm=self.qk_norm,
             norm_position=self.norm_position,
             parallel_residual=self.parallel_residual,
+            attention_scale=self.attention_scale,
+            attn_softcap=self.attn_softcap,
+            rope_local_base=self.rope_local_base,
             **dtypes,
             out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
         )
@@ -271,8 +291,10 @@ class Model(nn.Module):
                 block,
                 variable_axes={'params': 0},
                 # train, positions, kv (per layer: scanned), k_pos, index, segment_ids
+                # train, positions, kv (per layer: scanned), k_pos, index, segment_ids,
+                # local (per layer when there is a window pattern)
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast,
-                         nn.broadcast),
+                         nn.broadcast, 0 if 'G' in self.window_pattern else nn.broadcast),
                 split_rngs={'params': True, 'dropout': True},
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: 'layers'},
@@ -282,6 +304,28 @@ class Model(nn.Module):
         self.final_norm = NORMS[self.norm](self.norm_eps, **dtypes)
         if not self.tie_embeddings:
             self.unembed = Linear((self.vocab_size,), ('embed', 'vocab'), **dtypes)
+
+    def _local_per_layer(self) -> list:
+        """Each layer's kind under window_pattern: True = local (its window), False =
+        global; [None] * layers without global layers (every layer alike)."""
+        if 'G' not in self.window_pattern:
+            return [None] * self.num_layers
+        p = self.window_pattern
+        return [p[i % len(p)] == 'L' for i in range(self.num_layers)]
+
+    def _local(self):
+        """_local_per_layer as the scan's per-layer input (bool [layers]), or None."""
+        kinds = self._local_per_layer()
+        return None if kinds[0] is None else jnp.asarray(kinds)
+
+    def _logits(self, features):
+        """features [batch, seq, embed] -> logits [batch, seq, vocab] (tied or not,
+        soft-capped when logit_softcap > 0)."""
+        logits = self.embed.attend(features) if self.tie_embeddings else self.unembed(features)
+        if self.logit_softcap:
+            cap = self.logit_softcap
+            logits = (cap * jnp.tanh(logits.astype(jnp.float32) / cap)).astype(logits.dtype)
+        return logits
 
     def _embed(self, tokens, positions):
         """Token embeddings, plus the learned position table's rows (positions [seq] or
@@ -302,10 +346,11 @@ class Model(nn.Module):
         x = self.embed_dropout(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         if self.scan_layers:
-            x, _ = self.layers(x, train, positions, None, None, None, segment_ids)
+            x, _ = self.layers(x, train, positions, None, None, None, segment_ids,
+                               self._local())
         else:
-            for layer in self.layers:
-                x, _ = layer(x, train, positions, None, None, None, segment_ids)
+            for layer, local in zip(self.layers, self._local_per_layer()):
+                x, _ = layer(x, train, positions, None, None, None, segment_ids, local)
         return self.final_norm(x)
 
     def decode(self, tokens, positions, cache):
@@ -322,16 +367,16 @@ class Model(nn.Module):
         k_pos = jax.lax.dynamic_update_slice_in_dim(cache['pos'], positions, index, 1)
         if self.scan_layers:
             x, (k, v) = self.layers(x, False, positions, (cache['k'], cache['v']), k_pos, index,
-                                    None)
+                                    None, self._local())
         else:
             ks, vs = [], []
-            for i, layer in enumerate(self.layers):
-                x, (k, v) = layer(x, False, positions, (cache['k'][i], cache['v'][i]), k_pos, index)
+            for i, (layer, local) in enumerate(zip(self.layers, self._local_per_layer())):
+                x, (k, v) = layer(x, False, positions, (cache['k'][i], cache['v'][i]), k_pos,
+                                  index, None, local)
                 ks.append(k)
                 vs.append(v)
             k, v = jnp.stack(ks), jnp.stack(vs)
-        x = self.final_norm(x)
-        logits = self.embed.attend(x) if self.tie_embeddings else self.unembed(x)
+        logits = self._logits(self.final_norm(x))
         cache = dict(k=k, v=v, pos=k_pos, index=index + tokens.shape[1])
         return logits, cache
 
@@ -339,7 +384,7 @@ class Model(nn.Module):
         """tokens int32 [batch, seq] -> logits [batch, seq, vocab] in the compute dtype;
         positions / segment_ids: packed examples (see `features`)."""
         x = self.features(tokens, train=train, positions=positions, segment_ids=segment_ids)
-        logits = self.embed.attend(x) if self.tie_embeddings else self.unembed(x)
+        logits = self._logits(x)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 

@@ -10,16 +10,8 @@ Shapes: b batch, t queries, S keys (= t, or a KV cache's slots), h heads, d head
                       `dtype`; scale [embed] ('embed'); offset 1: * (1 + scale) (Gemma)
     apply_rope        rotary position embedding (jaxbig.models.rope: the scaling kinds),
                       x [b, t, h, d] with positions [t] or [b, t] -> [b, t, h, d]
-    masked_attention  softmax attention q [b, t, h, d], k, v [b, S, h, d] with a boolean
-                      `visible` broadcastable to [b, h, t, S] -> [b, t, h, d]
-    causal_attention  causal self-attention q, k, v [b, t, h, d] -> [b, t, h, d], computed
-                      in `attention_blocks(t)` query blocks (masked-out blocks skipped);
-                      with segment_ids [b, t] a query sees only keys of its own segment
-                      (packed examples)
-    attention_blocks  the default number of query blocks for a sequence length
-    segment_mask      bool [b, 1, t, S]: which keys are of each query's segment
-    cached_attention  attention of new queries [b, t, h, d] over a KV cache k, v [b, S, h, d],
-                      masked by token positions q_pos [b, t] and slot positions k_pos [b, S]
+    masked_attention, causal_attention, cached_attention, segment_mask, attention_blocks:
+                      attention as functions of q, k, v (jaxbig.models.attention)
     LayerNorm, NORMS  LayerNorm with bias (GPT-2); {'rmsnorm', 'layernorm',
                       'rmsnorm_plus_one'} -> module
     Attention         causal self-attention [b, t, embed] -> same: q/k/v/out projections,
@@ -39,9 +31,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxbig.models.rope import RopeScaling, apply_rope
+from jaxbig.models.attention import (  # noqa: F401 (re-exported: layers.causal_attention ...)
+    attention_blocks,
+    cached_attention,
+    causal_attention,
+    masked_attention,
+    segment_mask,
+)
+from jaxbig.models.rope import RopeScaling, apply_rope, frequencies, rotate  # noqa: F401
 
 # ------------------------------------------------------------------- Projection and norm
 
@@ -138,96 +136,6 @@ NORMS = {'rmsnorm': RMSNorm, 'layernorm': LayerNorm,
 # ------------------------------------------------------------------- Attention
 
 
-def masked_attention(q, k, v, visible):
-    """Softmax attention where query i sees key j iff visible[..., i, j].
-
-    q: [batch, t, heads, head_dim]; k, v: [batch, S, kv_heads, head_dim], kv_heads dividing
-    heads (grouped-query attention: query head i reads kv head i // (heads / kv_heads));
-    visible: bool, broadcastable to [batch, heads, t, S] (to [batch, 1, t, S] with groups).
-    Logits (scaled by 1/sqrt(head_dim))
-    and softmax in float32; returns [batch, t, heads, head_dim] in v.dtype. A query that
-    sees nothing gets a uniform average (never used: such queries are padding).
-    """
-    heads, kv_heads = q.shape[2], k.shape[2]
-    if kv_heads != heads:  # [b, t, kv, group, d] against [b, S, kv, d]
-        b, t, _, d = q.shape
-        q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
-        visible = jnp.asarray(visible)[..., None, :, :]  # the same mask for every head
-        scores = jnp.einsum('bqhgd,bkhd->bhgqk', q, k, preferred_element_type=jnp.float32)
-        scores = jnp.where(visible, scores / math.sqrt(d), -1e30)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        return jnp.einsum('bhgqk,bkhd->bqhgd', probs, v).reshape(b, t, heads, d)
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(visible, scores / math.sqrt(q.shape[-1]), -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
-
-
-def attention_blocks(seq: int) -> int:
-    """How many query blocks causal_attention splits a sequence into: blocks of
-    max(64, seq // 4) queries when that divides seq, else 1 (no split)."""
-    size = max(64, seq // 4)
-    return seq // size if seq % size == 0 else 1
-
-
-def causal_attention(q, k, v, num_blocks: int | None = None, segment_ids=None, window: int = 0):
-    """Causal softmax attention; q, k, v [batch, seq, heads, head_dim] -> same shape.
-
-    segment_ids: None, or int [batch, seq]: position i then attends to positions j <= i
-    with segment_ids[j] == segment_ids[i] only (examples packed into one row do not see
-    each other). window: 0, or a sliding window: position i sees j only if i - j < window
-    (itself and the window - 1 before it; Mistral / Gemma 2).
-
-    Logits are scaled by 1/sqrt(head_dim); logits and softmax are float32 whatever the
-    input dtype; position i attends to positions <= i. The queries are split into
-    `num_blocks` equal blocks (default `attention_blocks(seq)`); block i only computes
-    logits against keys 0 .. end of block i (from the block's first query's window start
-    when there is a window), so the fully masked blocks cost nothing (at 4 blocks, 5/8 of
-    the logits of one [seq, seq] product). Each block is exact: two einsums and a masked
-    softmax over all the keys it can see.
-    """
-    seq = q.shape[1]
-    num_blocks = num_blocks or attention_blocks(seq)
-    if seq % num_blocks:
-        raise ValueError(f'causal_attention: seq={seq} is not divisible by num_blocks={num_blocks}')
-    size = seq // num_blocks
-    outs = []
-    for i in range(num_blocks):
-        lo, hi = i * size, (i + 1) * size
-        first = max(0, lo - window + 1) if window else 0  # the earliest key any query sees
-        keys, queries = np.arange(first, hi)[None, :], np.arange(lo, hi)[:, None]
-        visible = keys <= queries  # static [size, hi - first]
-        if window:
-            visible = visible & (queries - keys < window)
-        if segment_ids is not None:  # [b, 1, size, hi - first]
-            visible = visible & segment_mask(segment_ids[:, lo:hi], segment_ids[:, first:hi])
-        outs.append(masked_attention(q[:, lo:hi], k[:, first:hi], v[:, first:hi], visible))
-    return outs[0] if num_blocks == 1 else jnp.concatenate(outs, axis=1)
-
-
-def segment_mask(q_segments, k_segments):
-    """bool [batch, 1, t, S]: query i may see key j iff they are of the same segment
-    (q_segments int [batch, t], k_segments int [batch, S])."""
-    return (q_segments[:, :, None] == k_segments[:, None, :])[:, None]
-
-
-def cached_attention(q, k, v, q_pos, k_pos, window: int = 0):
-    """Attention of new queries over a KV cache, masked by positions.
-
-    q: [batch, t, heads, head_dim]; k, v: [batch, S, heads, head_dim] (the whole cache,
-    new entries already written); q_pos int [batch, t]; k_pos int [batch, S], -1 = an empty
-    or padding slot. Query i sees slot j iff 0 <= k_pos[j] <= q_pos[i] (and, with a sliding
-    `window`, q_pos[i] - k_pos[j] < window: the cache keeps every slot, the mask limits
-    what is read, so the result is the full forward's). Logits and softmax
-    in float32, scaled by 1/sqrt(head_dim); returns [batch, t, heads, head_dim] in q.dtype.
-    A query that sees nothing (a padding query) gets a uniform average; it is never used.
-    """
-    mask = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])  # [b, t, S]
-    if window:
-        mask = mask & (q_pos[:, :, None] - k_pos[:, None, :] < window)
-    return masked_attention(q, k, v, mask[:, None])
-
-
 # ------------------------------------------------------------------- Transformer sublayers
 
 MLP_KINDS = ('swiglu', 'geglu', 'gelu', 'gelu_exact')
@@ -266,9 +174,25 @@ class Attention(nn.Module):
     norm_eps: float = 1e-6  # the q/k norms' epsilon
     norm_offset: float = 0.0  # the q/k norms' offset (1: Gemma's 1 + w)
     rope_dim: int = 0  # RoPE on the first rope_dim features of each head (0: all; GPT-NeoX)
+    scale: float = 0.0  # attention logits' factor; 0 = 1 / sqrt(head_dim)
+    softcap: float = 0.0  # > 0: logits = softcap * tanh(logits / softcap) (Gemma 2)
+    rope_local_base: float = 0.0  # > 0: RoPE of the window layers (unscaled; Gemma 3)
+
+    def _rope(self, t, positions, local):
+        """RoPE of q or k; `local` (a traced bool, or None): this layer's kind in a local /
+        global pattern, which picks its window's rotary frequencies (rope_local_base)."""
+        dim = self.rope_dim or self.head_dim
+        inv_freq, factor = frequencies(dim, self.rope_base, self.rope_scaling)
+        if local is not None and self.rope_local_base:
+            local_freq, local_factor = frequencies(dim, self.rope_local_base)
+            inv_freq = jnp.where(local, local_freq, inv_freq)
+            factor = jnp.where(local, local_factor, factor)
+        return rotate(t, positions, inv_freq, factor, dim)
 
     @nn.compact
-    def __call__(self, x, decode=None, positions=None, segment_ids=None):
+    def __call__(self, x, decode=None, positions=None, segment_ids=None, local=None):
+        """local: None (every layer alike), or a traced bool: this layer slides its window
+        (True) or attends globally (False), as a per-layer pattern chooses."""
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         kv_heads = self.num_kv_heads or self.num_heads
         q, k, v = (  # q [batch, seq, heads, head_dim]; k, v [batch, seq, kv_heads, head_dim]
@@ -286,20 +210,27 @@ class Attention(nn.Module):
         elif positions is None:
             positions = jnp.arange(x.shape[1])
         if self.rope:
-            q, k = (apply_rope(t, positions, self.rope_base, self.rope_scaling, self.rope_dim)
-                    for t in (q, k))
+            q, k = (self._rope(t, positions, local) for t in (q, k))
+        # the window: static (every layer) or chosen per layer (a huge one = global)
+        window = self.window if local is None else jnp.where(local, self.window, 2 ** 30)
+        logits = dict(scale=self.scale or None, softcap=self.softcap)
         q, k, v = (
             nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
         )
         if decode is None and self.attention == 'einsum':
             out = causal_attention(q, k, v, self.attention_blocks or None, segment_ids,
-                                   self.window)
+                                   window, **logits)
             new_kv = None
         elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
             mask = None if segment_ids is None else segment_mask(segment_ids, segment_ids)
-            window = (self.window - 1, 0) if self.window else None
+            static = (self.window - 1, 0) if self.window and local is None else None
+            if local is not None:  # a per-layer window: an explicit mask
+                i = jnp.arange(x.shape[1])
+                near = (i[:, None] - i[None, :] < window)[None, None]
+                mask = near if mask is None else mask & near
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
-                                               local_window_size=window,
+                                               local_window_size=static,
+                                               scale=self.scale or None,
                                                implementation=self.attention)
             new_kv = None
         else:
@@ -308,7 +239,7 @@ class Attention(nn.Module):
                 cache, new.astype(cache.dtype), index, 1
             )
             k_cache, v_cache = write(k_cache, k), write(v_cache, v)
-            out = cached_attention(q, k_cache, v_cache, positions, k_pos, self.window)
+            out = cached_attention(q, k_cache, v_cache, positions, k_pos, window, **logits)
             new_kv = (k_cache, v_cache)
         out = Linear(
             (x.shape[-1],),

@@ -113,13 +113,21 @@ def apply_rope(x, positions, base=10000.0, scaling: RopeScaling | None = None, d
     YaRN). dim: the rotated leading features of each head (0: all; GPT-NeoX's rotary_pct
     rotates a part and passes the rest through). Computed in float32, returned in x.dtype.
     """
-    if dim and dim < x.shape[-1]:
-        rotated = apply_rope(x[..., :dim], positions, base, scaling)
+    dim = dim or x.shape[-1]
+    inv_freq, factor = frequencies(dim, base, scaling)
+    return rotate(x, positions, inv_freq, factor, dim)
+
+
+def rotate(x, positions, inv_freq, factor=1.0, dim: int = 0):
+    """apply_rope with the frequencies given: inv_freq [dim / 2] and the cos / sin multiplier
+    (NumPy, or traced: a layer of a local / global pattern picks its own inside a scan)."""
+    dim = dim or x.shape[-1]
+    if dim < x.shape[-1]:
+        rotated = rotate(x[..., :dim], positions, inv_freq, factor)
         return jnp.concatenate([rotated, x[..., dim:]], axis=-1)
-    inv_freq, factor = frequencies(x.shape[-1], base, scaling)
     angle = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., seq, half]
     sin, cos = jnp.sin(angle)[..., None, :], jnp.cos(angle)[..., None, :]  # add heads axis
-    if factor != 1.0:
+    if not isinstance(factor, float) or factor != 1.0:
         sin, cos = sin * factor, cos * factor
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
