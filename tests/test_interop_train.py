@@ -181,6 +181,9 @@ def _family_model(family, vocab):
                 num_attention_heads=4, num_key_value_heads=2)
     configs = {
         'gemma': ('Gemma', dict(head_dim=16)),
+        'gemma2': ('Gemma2', dict(head_dim=16, sliding_window=8)),
+        'gemma3': ('Gemma3Text', dict(head_dim=16, sliding_window=8, num_hidden_layers=3,
+                                      sliding_window_pattern=3)),
         'qwen3': ('Qwen3', dict(rope_parameters=dict(rope_type='yarn', factor=4.0, rope_theta=1e4,
                                                      original_max_position_embeddings=16),
                                 max_position_embeddings=64)),
@@ -195,17 +198,20 @@ def _family_model(family, vocab):
     kw = {k: v for k, v in dict(base, **extra).items() if v is not None}
     config = getattr(transformers, f'{name}Config')(**kw)
     torch.manual_seed(0)
-    return getattr(transformers, f'{name}ForCausalLM')(config).eval()
+    model_class = 'Gemma3ForCausalLM' if name == 'Gemma3Text' else f'{name}ForCausalLM'
+    return getattr(transformers, model_class)(config).eval()
 
 
 @pytest.mark.slow  # ~25 s a family; each family's import is held against transformers by
 # default in test_interop_hf.py, and the commands below on GPT-2 / Llama in this file
-@pytest.mark.parametrize('family', ['gemma', 'qwen3', 'olmo2', 'phi3', 'gpt_neox', 'llama3'])
+@pytest.mark.parametrize('family', ['gemma', 'gemma2', 'gemma3', 'qwen3', 'olmo2', 'phi3',
+                                    'gpt_neox', 'llama3'])
 def test_each_family_trains_with_lora_quantizes_generates_and_exports(family, tfds_dir,
                                                                       tmp_path, capsys):
     """An imported model of each family through the tools a user runs on it: continued
-    pretraining with LoRA adapters beside the trained weights (loss falls), int8 quantize,
-    generate, export (adapters merged) -> transformers computes the same logits."""
+    pretraining with LoRA adapters beside the trained weights (loss falls), eval, the
+    one-shot prune report, int8 quantize, generate, export (adapters merged) ->
+    transformers computes the same logits."""
     tok = _bpe(str(tmp_path / 'tokenizer.json'))
     _family_model(family, tok.get_vocab_size()).save_pretrained(str(tmp_path / 'hf'))
     os.replace(tmp_path / 'tokenizer.json', tmp_path / 'hf' / 'tokenizer.json')
@@ -216,6 +222,9 @@ def test_each_family_trains_with_lora_quantizes_generates_and_exports(family, tf
     train.train(cli.load_config(f'experiments/lm.py:init={workdir},steps=8', SMALL + lora), out)
     _falls(out)
     capsys.readouterr()
+    assert cli.main(['eval', '--workdir', out]) == 0
+    assert cli.main(['prune', '--workdir', workdir, '--sparsity', '0.5', '--num-batches',
+                     '1']) == 0  # the imported run: prune refuses LoRA runs
     assert cli.main(['quantize', '--workdir', out]) == 0
     assert cli.main(['generate', '--workdir', out, '--prompt', 'import ', '--max-new-tokens',
                      '8', '--temperature', '0']) == 0

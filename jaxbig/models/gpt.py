@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig.models.decoder_block import NORM_POSITIONS, Block
+from jaxbig.models.gpt_size import count_params, flops_per_token
 from jaxbig.models.layers import MLP_KINDS, NORMS, Linear
 from jaxbig.models.rope import RopeScaling
 
@@ -403,31 +404,3 @@ def init_cache(model: Model, batch: int, max_len: int):
         pos=jnp.full((batch, max_len), -1, jnp.int32),
         index=jnp.zeros((), jnp.int32),
     )
-
-
-def count_params(params) -> int:
-    """Number of scalars in a parameter tree (arrays, boxed arrays or ShapeDtypeStructs)."""
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-
-
-def flops_per_token(model: Model, seq_len: int) -> float:
-    """Training FLOPs (forward + backward) per token, counted the way MaxText counts them.
-
-    6 * (matmul weights per token) + causal attention:
-      weights:   num_layers * (2 * embed * (heads + kv_heads) * head_dim
-                              + (3 or 2 for gelu) * embed * mlp)
-                 + embed * vocab   (the unembedding matmul, counted once, tied or not;
-                                    the embedding lookup is a gather: no FLOPs)
-      attention: 3 * num_layers * 4 * seq_len * heads * head_dim / 2
-                 (q.k and p.v, 2 FLOPs per multiply-add, x3 for fwd+bwd, halved for the
-                 causal mask as MaxText's calculate_tflops_training_per_device does since
-                 2025, following Megatron-LM and NeMo; nanoGPT's estimate_mfu does not halve)
-    Norms, RoPE, softmax and the optimizer are not counted.
-    """
-    m, hd = model, model.resolved_head_dim
-    mlp_mats = 3 if m.mlp in ('swiglu', 'geglu') else 2  # gated: gate, up, down
-    weights = m.num_layers * (2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd
-                              + mlp_mats * m.embed_dim * m.mlp_dim)
-    weights += m.embed_dim * m.vocab_size
-    attention = 3 * m.num_layers * 4 * seq_len * m.num_heads * hd / 2
-    return float(6 * weights + attention)
