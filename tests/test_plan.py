@@ -224,6 +224,41 @@ def test_collectives_parser_on_tpu_style_loops():
     assert c['unknown_trip_loops'] == 0
 
 
+MULTILINE_CUSTOM_CALL_HLO = """\
+HloModule m, entry_computation_layout={(bf16[8,128]{1,0})->bf16[64,128]{1,0}}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %s = f32[] add(%x, %y)
+}
+
+ENTRY %main (a: bf16[8,128]) -> bf16[64,128] {
+  %a = bf16[8,128]{1,0} parameter(0)
+  %k = bf16[8,128]{1,0} custom-call(%a), custom_call_target="tpu_custom_call", backend_config={"custom_call_config": {"body": "module {
+  func.func @kernel(%arg0: memref<8x128xbf16>) {
+    return
+  }
+}
+", "cost_estimate": {"flops": 1, "note": "a \\"quoted\\" } brace"}
+}}
+  %ag = bf16[64,128]{1,0} all-gather(%k), dimensions={0}
+  ROOT %ar = bf16[64,128]{1,0} all-reduce(%ag), to_apply=%add
+}
+"""
+
+
+def test_collectives_parser_reads_past_a_multi_line_custom_call():
+    """A kernel whose backend_config spans lines, some starting with '}' (a Pallas /
+    Mosaic body): the instructions after it still count."""
+    comps, entry = hlo.parse_computations(MULTILINE_CUSTOM_CALL_HLO)
+    assert entry == 'main' and len(comps['main']) == 4 and len(comps['add']) == 3
+    assert 'custom-call' in comps['main'][1] and comps['main'][1].count('\n') == 6
+    c = hlo.collectives(MULTILINE_CUSTOM_CALL_HLO)
+    assert c['all-gather'] == {'count': 1, 'bytes': 64 * 128 * 2}
+    assert c['all-reduce'] == {'count': 1, 'bytes': 64 * 128 * 2}
+
+
 def test_targets_and_advice():
     t = targets.parse('v5p-256')
     assert (t.num_devices, t.topology, t.hbm_bytes) == (128, 'v5p:4x4x8', 95e9)

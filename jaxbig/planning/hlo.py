@@ -42,20 +42,55 @@ def _array_bytes(type_text: str) -> list[int]:
     return out
 
 
+def _scan(line: str, depth: int, quoted: bool) -> tuple[int, bool]:
+    """(brace depth, inside a string) after `line`: braces inside "..." do not count."""
+    escaped = False
+    for ch in line:
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == '\\':
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == '{':
+            depth += 1
+        elif ch == '}':
+            depth -= 1
+    return depth, quoted
+
+
 def parse_computations(text: str) -> tuple[dict[str, list[str]], str]:
-    """HLO module text -> ({computation name: instruction lines}, entry name)."""
+    """HLO module text -> ({computation name: instruction lines}, entry name).
+
+    An instruction whose attributes span lines (a TPU custom call's backend_config: a
+    Pallas / Mosaic kernel's text, JSON) is one line here: a physical line is a new
+    instruction only outside strings and at the computation's own brace depth, and the
+    computation ends where its opening brace closes, not at any line starting with '}'.
+    """
     comps, entry, current = {}, '', None
+    depth, quoted = 0, False
     for line in text.splitlines():
-        m = _HEADER.match(line)
-        if m:
-            current = m.group(2)
-            comps[current] = []
-            if m.group(1):
-                entry = current
-        elif line.startswith('}'):
-            current = None
-        elif current is not None:
-            comps[current].append(line)
+        continuing = quoted or depth > 1
+        if current is None and not continuing:
+            m = _HEADER.match(line)
+            if m:
+                current = m.group(2)
+                comps[current] = []
+                if m.group(1):
+                    entry = current
+                depth, quoted = _scan(line, 0, False)
+                continue
+        if current is not None:
+            if continuing and comps[current]:
+                comps[current][-1] += '\n' + line
+            elif depth == 1 and line.strip() and line.strip() != '}':
+                comps[current].append(line)
+        depth, quoted = _scan(line, depth, quoted)
+        if current is not None and depth <= 0 and not quoted:
+            current, depth = None, 0
     return comps, entry
 
 
