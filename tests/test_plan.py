@@ -126,6 +126,13 @@ def test_70b_on_v5e_8_does_not_fit_and_names_the_largest_term(tfds_dir):
     assert 'DOES NOT FIT' in table and 'largest term: optimizer' in table
     assert 'try: optimizer.mu_dtype=bfloat16' in table
     assert 'parameters + optimizer state alone need 105.8 GB per device' in table
+    # the floor for parameter traffic: bf16 gathers for forward and backward, one gradient
+    # reduce-scatter, each 7/8 of the 141 GB of bfloat16 weights; no data axis
+    m, bf16 = r['collectives_minimum'], 70.55e9 * 2
+    assert m['gather'] == pytest.approx(2 * bf16 * 7 / 8, rel=0.01)
+    assert m['reduce_scatter'] == pytest.approx(bf16 * 7 / 8, rel=0.01)
+    assert m['data_all_reduce'] == 0 and m['ratio'] > 0
+    assert 'least the parameters need: gathers' in table
 
 
 @pytest.mark.slow  # the `plans` fixture: 12 real plans compiled, ~85-140 s
@@ -170,7 +177,7 @@ ws, xs = NamedSharding(mesh, P(None, 'fsdp')), NamedSharding(mesh, P('fsdp'))
 f = jax.jit(jax.grad(loss), in_shardings=(ws, xs))
 c = f.lower(jax.ShapeDtypeStruct((6, 256, 256), jnp.float32),
             jax.ShapeDtypeStruct((64, 256), jnp.float32)).compile()
-print(json.dumps(hlo.collectives(c.as_text())))
+print(json.dumps(hlo.collectives(c.as_text(), 8)))
 """
 
 
@@ -183,7 +190,8 @@ def test_collectives_count_loop_iterations():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = json.loads(proc.stdout)
-    assert c['all-gather'] == {'count': 12, 'bytes': 12 * 256 * 256 * 4}
+    assert (c['all-gather']['count'], c['all-gather']['bytes']) == (12, 12 * 256 * 256 * 4)
+    assert c['all-gather']['wire_bytes'] == 12 * 256 * 256 * 4 * 7 / 8  # ring over 8 devices
     assert c['unknown_trip_loops'] == 0
 
 
@@ -217,11 +225,23 @@ ENTRY %main (a: f32[4]) -> f32[4] {
 
 def test_collectives_parser_on_tpu_style_loops():
     """No known_trip_count (the TPU compiler's loops): the bound of `i < constant(5)`."""
-    c = hlo.collectives(TPU_STYLE_HLO)
-    assert c['all-gather'] == {'count': 5, 'bytes': 5 * 16 * 8 * 2}
-    assert c['all-reduce'] == {'count': 5, 'bytes': 5 * 2 * 4 * 4}  # start counted, done not
-    assert c['reduce-scatter'] == {'count': 1, 'bytes': 8}
+    c = hlo.collectives(TPU_STYLE_HLO, num_devices=4)  # no replica_groups: all 4 devices
+    assert c['all-gather'] == {'count': 5, 'bytes': 5 * 16 * 8 * 2,
+                               'wire_bytes': 5 * 16 * 8 * 2 * 3 / 4}
+    assert c['all-reduce'] == {'count': 5, 'bytes': 5 * 2 * 4 * 4,  # start counted, done not
+                               'wire_bytes': 2 * 5 * 2 * 4 * 4 * 3 / 4}
+    assert c['reduce-scatter'] == {'count': 1, 'bytes': 8, 'wire_bytes': 8 * 3}
     assert c['unknown_trip_loops'] == 0
+
+
+@pytest.mark.parametrize('groups,size', [
+    ('replica_groups={{0,1,2,3},{4,5,6,7}}', 4), ('replica_groups=[2,4]<=[8]', 4),
+    ('replica_groups=[4,2]<=[2,4]T(1,0)', 2), ('replica_groups={}', 8),
+    ("replica_groups=mesh['axis_0'=2,'axis_1'=4,'axis_2'=1] {'axis_1','axis_2'}", 4),
+])
+def test_replica_group_sizes(groups, size):
+    line = f'  %ag = f32[8]{{0}} all-gather(%x), {groups}, dimensions={{0}}'
+    assert hlo.group_size(line, num_devices=8) == size
 
 
 MULTILINE_CUSTOM_CALL_HLO = """\
@@ -255,8 +275,8 @@ def test_collectives_parser_reads_past_a_multi_line_custom_call():
     assert entry == 'main' and len(comps['main']) == 4 and len(comps['add']) == 3
     assert 'custom-call' in comps['main'][1] and comps['main'][1].count('\n') == 6
     c = hlo.collectives(MULTILINE_CUSTOM_CALL_HLO)
-    assert c['all-gather'] == {'count': 1, 'bytes': 64 * 128 * 2}
-    assert c['all-reduce'] == {'count': 1, 'bytes': 64 * 128 * 2}
+    assert (c['all-gather']['count'], c['all-gather']['bytes']) == (1, 64 * 128 * 2)
+    assert (c['all-reduce']['count'], c['all-reduce']['bytes']) == (1, 64 * 128 * 2)
 
 
 def test_targets_and_advice():

@@ -115,10 +115,20 @@ def table(r: dict) -> str:
               f"({f['counted']}), {_si(f['model_per_device'], 'FLOP')} per device; XLA "
               f"cost_analysis {_si(f['xla_per_device'], 'FLOP')} per device (while-loop "
               'bodies counted once)']
-    lines.append('collectives per step, per device (loop trip counts applied):')
+    lines.append('collectives per step, per device (loop trip counts applied; payload, and the '
+                 'bytes a ring algorithm sends):')
+    wire = 0.0
     for kind, v in r['collectives'].items():
         if isinstance(v, dict) and v['count']:
-            lines.append(f"  {kind:20s}{v['count']:>7d} ops {_b(v['bytes']):>12s}")
+            wire += v['wire_bytes']
+            lines.append(f"  {kind:20s}{v['count']:>7d} ops {_b(v['bytes']):>12s} "
+                         f"payload {_b(v['wire_bytes']):>12s} sent")
+    m = r.get('collectives_minimum')
+    if m and m['total']:
+        lines.append(f"  least the parameters need: gathers {_b(m['gather'])} + gradient "
+                     f"reduce-scatter {_b(m['reduce_scatter'])} + data all-reduce "
+                     f"{_b(m['data_all_reduce'])} = {_b(m['total'])} sent; the program sends "
+                     f"{_b(wire)} = {m['ratio']:.2f}x that")
     e = r['estimate']
     if e['step_s']:
         line = (f"estimate at {_si(t['peak_flops'], 'FLOP/s')} peak and MFU "

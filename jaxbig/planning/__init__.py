@@ -13,7 +13,9 @@ outputs, donated aliases, temporaries) and the peak it implies, beside an analyt
 activation estimate for GPTs (`planning.estimate`); model FLOPs per step (GPT: MaxText's
 count, `models.gpt.flops_per_token`; other models: 3 x XLA's count of the forward pass)
 and XLA's own `cost_analysis` of the compiled step; the collectives in the compiled
-program (`planning.hlo`); and the step time and tokens/s at the target's published bf16
+program (`planning.hlo`: payload and ring wire bytes) beside the least the parameters need
+(`estimate.parameter_traffic`: FSDP's gathers and gradient reduce-scatter, data-parallel
+gradient all-reduce) and their ratio; and the step time and tokens/s at the target's published bf16
 peak and an assumed MFU. One update is compiled whatever train.steps_per_call (a host
 dispatch knob: n updates per call scan this same update); strategy 'pmap' is costed as
 its mesh equivalent (pure data parallel, the same arithmetic).
@@ -124,7 +126,12 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
 
     flops, counted = _model_flops(config, s, batch, example)
     cost = compiled.cost_analysis() or {}
-    comms = hlo.collectives(compiled.as_text())
+    comms = hlo.collectives(compiled.as_text(), len(devices))
+    minimum = estimate.parameter_traffic(state.params, shardings.params, mesh_shape,
+                                         config.model.get('dtype', 'float32'),
+                                         config.optimizer.grad_accum_steps)
+    wire = sum(v['wire_bytes'] for k, v in comms.items() if k in hlo.KINDS)
+    minimum['ratio'] = wire / minimum['total'] if minimum['total'] else None
     tokens = train_lib.tokens_per_batch(batch)
     n = len(devices)
     chip = tgt.chip
@@ -165,6 +172,7 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
                    xla_per_device=float(cost.get('flops', 0.0)),
                    xla_bytes_accessed=float(cost.get('bytes accessed', 0.0))),
         collectives=comms,
+        collectives_minimum=minimum,
         estimate=dict(mfu=mfu, step_s=step_s,
                       tokens_per_s=tokens / step_s if step_s and tokens else None,
                       collective_s=comm_bytes / link if link else None),

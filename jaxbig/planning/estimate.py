@@ -118,3 +118,36 @@ def _already_set(hint: str, knobs: dict) -> bool:
         if hint.startswith(prefix) and knobs.get(key) == value:
             return True
     return False
+
+
+def parameter_traffic(params, shardings, mesh_shape: dict, compute_dtype: str,
+                      micro_batches: int = 1) -> dict:
+    """The least collective traffic the parameters and their gradients need per step: bytes
+    one device sends with bandwidth-optimal (ring) algorithms, the unit of
+    `planning.hlo`'s wire_bytes.
+
+    Each parameter split over 'fsdp' (f ways) is gathered for the forward and again for the
+    backward of every micro-batch, (f-1)/f of the gathered array each time, and its gradient
+    is reduce-scattered once, (f-1)/f; the gradient each device then holds (its fsdp shard,
+    or the whole of a parameter not split over fsdp) is all-reduced over 'data' (d ways),
+    2 (d-1)/d. Arrays in the compute dtype (jaxbig casts a parameter where a layer uses it,
+    so the cast is what is gathered and what the gradient arrives in); a tensor-parallel
+    split stays split. Activation collectives (tensor parallelism, sequence-wise) are not
+    counted: this is the floor for parameter traffic, the quantity FSDP trades memory for.
+    """
+    f, d = mesh_shape.get('fsdp', 1), mesh_shape.get('data', 1)
+    itemsize = np.dtype(compute_dtype).itemsize
+    gathered = kept = 0.0
+    for x, sharding in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
+        shard = math.prod(sharding.shard_shape(x.shape)) * itemsize
+        axes = [a for entry in sharding.spec if entry is not None
+                for a in (entry if isinstance(entry, tuple) else (entry,))]
+        if 'fsdp' in axes and f > 1:
+            gathered += shard * f  # the array a device holds once gathered
+        else:
+            kept += shard
+    out = dict(gather=2 * micro_batches * gathered * (f - 1) / f,
+               reduce_scatter=gathered * (f - 1) / f,
+               data_all_reduce=2 * (d - 1) / d * (gathered / f + kept))
+    out['total'] = sum(out.values())
+    return out

@@ -1,7 +1,9 @@
 """The collectives of a compiled program, read from its optimized HLO text.
 
-    collectives(hlo_text) -> {kind: {'count': ops executed per step,
-                                     'bytes': bytes of their results on one device}}
+    collectives(hlo_text, num_devices) -> {kind: {'count': ops executed per step,
+                                                  'bytes': bytes of their results on one
+                                                           device,
+                                                  'wire_bytes': bytes one device sends}}
 
 Kinds: all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute (async
 `-start` forms counted once, `-done` not). An op inside a while loop (nn.scan over layers,
@@ -12,6 +14,12 @@ neither counts once and is reported in 'unknown_trip_loops'.
 Bytes are the size of each op's result on one device (for an all-gather the gathered array,
 for a reduce-scatter the scattered shard, for an all-reduce the reduced array): the payload,
 not the wire traffic of a particular algorithm (a ring all-reduce sends about twice it).
+`wire_bytes` is that traffic for bandwidth-optimal (ring) algorithms over each op's group
+of g devices: all-gather and all-to-all (g-1)/g of the result, reduce-scatter g-1 times
+its shard, all-reduce 2 (g-1)/g of the result (a reduce-scatter then an all-gather),
+collective-permute the result. g is read from the op's replica_groups (explicit lists, the
+iota form `[groups,g]<=[...]`, or mesh axes `mesh[...] {'axis_0', ...}`); empty groups mean
+all `num_devices`.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ _BRANCHES = re.compile(r'branch_computations=\{([^}]*)\}')
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _CONDITION = re.compile(r'condition=%?([\w.\-]+)')
 _CONST = re.compile(r'= s32\[\][^=]*constant\((\d+)\)')
+_GROUPS_LIST = re.compile(r'replica_groups=\{\{([\d,]*)\}')
+_GROUPS_IOTA = re.compile(r'replica_groups=\[(\d+),(\d+)\]<=')
+_GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
 
 
 def _array_bytes(type_text: str) -> list[int]:
@@ -101,6 +112,29 @@ def _payload(kind: str, op: str, type_text: str) -> int:
     return sum(sizes)
 
 
+def group_size(line: str, num_devices: int) -> int:
+    """The number of devices in each replica group of a collective's HLO line."""
+    m = _GROUPS_LIST.search(line)
+    if m:
+        return max(1, len([d for d in m.group(1).split(',') if d]))
+    m = _GROUPS_IOTA.search(line)
+    if m:
+        return int(m.group(2))
+    m = _GROUPS_MESH.search(line)
+    if m:
+        sizes = dict(re.findall(r"'([\w]+)'=(\d+)", m.group(1)))
+        return math.prod(int(sizes.get(a, 1)) for a in re.findall(r"'([\w]+)'", m.group(2)))
+    return num_devices
+
+
+def _wire(kind: str, payload: int, g: int) -> float:
+    if kind == 'collective-permute':
+        return float(payload)
+    if kind == 'reduce-scatter':
+        return float(payload * (g - 1))
+    return payload * (g - 1) / g * (2 if kind == 'all-reduce' else 1)
+
+
 def _trip_count(line: str, comps: dict) -> int | None:
     t = _TRIP.search(line)
     if t:
@@ -112,9 +146,9 @@ def _trip_count(line: str, comps: dict) -> int | None:
     return bounds[0] if len(bounds) == 1 and len(compares) == 1 else None
 
 
-def collectives(text: str) -> dict:
+def collectives(text: str, num_devices: int = 1) -> dict:
     comps, entry = parse_computations(text)
-    totals = {k: {'count': 0, 'bytes': 0} for k in KINDS}
+    totals = {k: {'count': 0, 'bytes': 0, 'wire_bytes': 0.0} for k in KINDS}
     unknown = []
 
     def visit(name: str, times: int, depth: int = 0):
@@ -127,8 +161,11 @@ def collectives(text: str) -> dict:
             type_text, op = m.groups()
             kind = op[:-len('-start')] if op.endswith('-start') else op
             if kind in totals:
+                payload = _payload(kind, op, type_text)
                 totals[kind]['count'] += times
-                totals[kind]['bytes'] += times * _payload(kind, op, type_text)
+                totals[kind]['bytes'] += times * payload
+                totals[kind]['wire_bytes'] += times * _wire(kind, payload,
+                                                            group_size(line, num_devices))
             trip = _trip_count(line, comps) if op == 'while' else 1
             if trip is None:
                 unknown.append(name)
