@@ -20,8 +20,9 @@ Shapes: b batch, t queries, S keys (= t, or a KV cache's slots), h heads, d head
     Mlp               'swiglu' (Llama), 'geglu' (Gemma) or 'gelu' / 'gelu_exact' (GPT-2)
                       MLP, optional biases
 
-Attention logits are scaled by 1/sqrt(d) and the logits and softmax are float32 whatever
-the input dtype. Parameters live in `param_dtype`; matmuls run in `dtype`.
+Attention logits are scaled by 1/sqrt(d) (or the `scale` given: Gemma's query_pre_attn_scalar),
+soft-capped when asked, and the logits and softmax are float32 whatever the input dtype.
+Parameters live in `param_dtype`; matmuls run in `dtype`.
 """
 
 import functools
