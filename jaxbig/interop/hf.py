@@ -11,7 +11,8 @@
                                   transformers' from_pretrained loads (config.json,
                                   model.safetensors, tokenizer.json when the run has one)
 
-Decoders (GPT-2, Llama, Mistral, Qwen2, Qwen3: interop/decoders.py) are handled here; ViTModel,
+Decoders (GPT-2, Llama, Mistral, Qwen2 / 3, Gemma 1-3, OLMo 2, GPT-NeoX, Phi-3: the families
+of interop/decoders.py) are handled here; ViTModel,
 ViTForImageClassification and CLIPModel go to interop/encoders.py (vision.py, clip.py),
 BertModel, BertForMaskedLM and BertForSequenceClassification to interop/bert.py,
 T5ForConditionalGeneration to interop/t5.py (import only), which build their own
@@ -38,8 +39,8 @@ from jaxbig import defaults
 from jaxbig import experiment
 from jaxbig.config import ConfigError
 from jaxbig.interop import decoders
-from jaxbig.interop.tensors import (TOKENIZER_FILE, TensorReader, read_json, write_model_dir,
-                                    write_workdir)
+from jaxbig.interop.tensors import (TOKENIZER_FILE, TensorReader, first_line, read_json,
+                                    write_model_dir, write_workdir)
 
 _DTYPES = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16'}
 
@@ -68,9 +69,7 @@ def check_tokenizer_files(directory: str):
         ids = tokenizer.encode('def f(x):\n    return x  # ok, Ünïcode 123\n')
         tokenizer.decode(ids)
     except Exception as e:  # noqa: BLE001 (any parse failure of the file is the user's input)
-        raise ConfigError(f'{path}: not a usable tokenizer.json '
-                          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
-                          ) from None
+        raise ConfigError(f'{path}: not a usable tokenizer.json ({first_line(e)})') from None
 
 
 def run_config(model: dict, tokenizer: str = 'bytes', eos_id: int = -1

@@ -38,7 +38,8 @@ def read_json(path: str) -> dict:
     return value
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """'Type: the first line of its message', for one-line errors about a user's file."""
     text = str(error).strip()
     return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
 
@@ -68,7 +69,7 @@ class TensorReader:
                 self._files[name] = safe_open(path, framework='flax')
             except Exception as e:  # noqa: BLE001 (SafetensorError, OSError: the user's file)
                 raise ConfigError(f'{path}: not a readable safetensors file '
-                                  f'({_first_line(e)})') from None
+                                  f'({first_line(e)})') from None
         self._where = {}
         for name, handle in self._files.items():
             for key in handle.keys():
@@ -99,7 +100,7 @@ class TensorReader:
             return np.asarray(self._files[self._where[name]].get_tensor(name))
         except Exception as e:  # noqa: BLE001 (a damaged file found only when read)
             raise ConfigError(f'{self._where[name]}: tensor {name} is not readable '
-                              f'({_first_line(e)})') from None
+                              f'({first_line(e)})') from None
 
     def unread(self) -> list[str]:
         return sorted(set(self._where) - self.read)
