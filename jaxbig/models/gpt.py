@@ -14,9 +14,11 @@ num_kv_heads (grouped-query attention), untied head, rope_base = rope_theta (Lla
 Mistral, Qwen2 with qkv_bias); rope_scaling 'linear' | 'llama3' | 'yarn' with its
 rope_* fields (Llama 3.x, long-context Qwen); sliding_window (Mistral, Phi-3); qk_norm
 'head' (Qwen3) or 'projection' (OLMo 2); norm 'rmsnorm_plus_one', mlp 'geglu' and
-embed_scale (Gemma); norm_position 'post' (OLMo 2); parallel_residual and rope_fraction
-(GPT-NeoX); the layer layouts are in jaxbig.models.decoder_block. Training, eval and
-KV-cached decoding all honour the window.
+embed_scale (Gemma); norm_position 'both', attention_scale, attn_softcap, logit_softcap
+and window_pattern (Gemma 2, 3; Gemma 3's rope_local_base); norm_position 'post' (OLMo 2);
+parallel_residual and rope_fraction (GPT-NeoX); the layer layouts are in
+jaxbig.models.decoder_block. Training, eval and KV-cached decoding all honour the window,
+and a window pattern is a per-layer input of the one scanned layer.
 
 Packed examples (jaxbig.data.pipelines.conditional): `Model(tokens, positions=..., segment_ids=...)`
 (int32 [batch, seq]) restarts positions at each example and keeps attention within it, so
