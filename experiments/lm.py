@@ -12,7 +12,8 @@ Arguments (`experiments/lm.py:key=value,...`):
   batch   global batch size (sequences)
   seq     sequence length (bytes)
   data    'pystdlib' (embedded) | any TFDS text dataset prepared in data.data_dir (e.g. lm1b)
-          | 'folder' (set --config.data.path=DIR)
+          | 'folder' (set --config.data.path=DIR) | 'files': JSONL / Parquet shards
+          (--config.data.path=FILE|DIR|GLOB, data.text_key, data.splits='validation=0.01')
   init    a workdir to continue from ('' = from scratch): its model section and tokenizer
           are taken over and its params loaded (init_from), e.g. an imported GPT-2 / Llama:
               jaxbig import path/to/hf_model --workdir runs/gpt2

@@ -166,8 +166,9 @@ def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
             pipeline='lm',  # jaxbig.data.pipelines.lm: packed token sequences
             name=name,
             data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-            path='',
+            path='',  # data.name='folder': a folder; 'files': JSONL / Parquet file, dir or glob
             text_key='text',
+            splits='',  # data.name='files': 'validation=0.01' (default) or name=glob pairs
             seq_len=seq_len,
             pack=True,
             train_split='train',

@@ -1,7 +1,10 @@
 """Language-modelling data: documents -> virtual token stream -> index-based batches.
 
 Tokens are UTF-8 bytes by default; `data.tokenizer` = a tokenizer.json or SentencePiece
-.model path (with `data.eos_id`) makes them that tokenizer's ids.
+.model path (with `data.eos_id`) makes them that tokenizer's ids. Sources: an embedded or
+prepared TFDS dataset (`data.name`), a folder of text files (`data.name='folder'`,
+`data.path`), or JSONL / Parquet files (`data.name='files'`, `data.path`, `data.text_key`,
+`data.splits`: jaxbig.data.text.file_documents).
 
 Reading a split is `jaxbig.data.text.documents`: its documents, the token stream they form
 (each document followed by eos: NUL for bytes) and the length index that locates any token
@@ -61,6 +64,11 @@ def prepare(config) -> None:
     if name == 'folder':
         _folder_root(config)
         return
+    if name == 'files':  # JSONL / Parquet: each split's index and token ids, cached once
+        for split in dict.fromkeys((config.get('train_split', 'train'),
+                                    config.get('val_split', 'validation'))):
+            _files_corpus(config, split)
+        return
     if name in EMBEDDED:
         builder = EMBEDDED[name](data_dir=data_dir)
         if not builder.is_prepared():
@@ -90,6 +98,14 @@ def _folder_root(config) -> str:
     if not root or not os.path.isdir(root):
         raise ValueError(f'data.path: folder {path!r} does not exist (data.name=folder)')
     return root
+
+
+def _files_corpus(config, split: str) -> Corpus:
+    """The Corpus of `split` of a JSONL / Parquet source (data.name='files')."""
+    return load_corpus('files', split, resolve_data_dir(config.get('data_dir', '')),
+                       config.get('path', ''), config.get('text_key') or 'text',
+                       config.get('tokenizer', 'bytes'), config.get('eos_id', -1),
+                       config.get('splits', ''))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -217,6 +233,8 @@ def build_pipeline(
     tok = dict(tokenizer=config.get('tokenizer', 'bytes'), eos_id=config.get('eos_id', -1))
     if name == 'folder':
         corpus = load_corpus(name, split, '', _folder_root(config), **tok)
+    elif name == 'files':
+        corpus = _files_corpus(config, split)
     else:
         corpus = load_corpus(
             name,

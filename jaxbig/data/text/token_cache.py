@@ -242,13 +242,19 @@ def load_stream(documents, encoding=docs_lib.BYTES) -> tuple[np.ndarray, np.ndar
 @functools.lru_cache(maxsize=8)
 def load_corpus(
     name: str, split: str, data_dir: str, path: str = '', text_key: str = 'text',
-    tokenizer: str = 'bytes', eos_id: int = -1,
+    tokenizer: str = 'bytes', eos_id: int = -1, splits: str = '',
 ) -> docs_lib.Corpus:
     """The Corpus of a split: its length index and token ids (`load_stream`: memory-mapped,
     computed once), no document text (cached in-process). `tokenizer`:
     'bytes', a tokenizer.json or a SentencePiece .model path (`eos_id` its end-of-sequence
     id)."""
     encoding = docs_lib.encoding_for(tokenizer, eos_id)
+    if name == 'files':  # JSONL / Parquet (jaxbig.data.text.file_documents)
+        from jaxbig.data.text.file_documents import FileDocuments
+
+        records = FileDocuments(path, split, text_key, splits, data_dir)
+        ends, tokens = load_stream(records, encoding)
+        return docs_lib.Corpus(records, ends, encoding=encoding, tokens=tokens)
     if name == 'folder':
         records = docs_lib.FolderDocuments(path, split)
         ends, tokens = load_stream(records, encoding)

@@ -1,0 +1,236 @@
+"""Text corpora as researchers keep them: JSONL (plain, .gz, .zst) and Parquet shards.
+
+`data.name='files'` with `data.path` = a file, a directory (every supported file under it,
+recursively, sorted) or a glob; the format is read from each file's suffix:
+
+    .jsonl / .json (one object per line), .jsonl.gz, .jsonl.zst   text = object[text_key]
+    .parquet                                                      text = column text_key
+
+`data.splits` says which records form each split, as 'name=value' pairs:
+
+    'validation=0.01'   (the default) a fixed pseudo-random 1 % of all records (exactly
+                        round(0.01 n), chosen by a seed-0 permutation of the record ids) is
+                        'validation'; 'train' is the rest
+    'train=train-*.parquet,validation=val/*.jsonl'   splits by file: globs matched against
+                        the paths relative to data.path (a directory) or its directory
+
+Records are numbered in file order (rows within a file in order). `FileDocuments(...)` is the
+records of one split with the interface of the other sources (jaxbig.data.text.documents):
+len, read(ids) -> list[bytes], a fingerprint (each file's relative path, size and mtime,
+the text key and the split spec) and a cache directory under the TFDS data_dir
+(`<data_dir>/jaxbig-files/<hash of the fingerprint>/`), where the length index and the
+token ids are cached once per tokenizer as for TFDS splits (jaxbig.data.text.token_cache):
+training slices that memory-mapped stream and never re-reads the files. Reading is by
+pyarrow (Parquet: row groups, an LRU of them) and zstandard / gzip streams; a plain JSONL
+file keeps its line offsets in memory for random access, a compressed one is decompressed
+whole when a read needs it (the one tokenizing pass reads every file once, in order).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+
+SUFFIXES = ('.jsonl', '.json', '.jsonl.gz', '.jsonl.zst', '.parquet')
+DEFAULT_SPLITS = 'validation=0.01'
+
+
+def find_files(path: str) -> tuple[str, list[str]]:
+    """(root, sorted relative paths) of the supported files `path` names: a file, a
+    directory (recursively) or a glob. ValueError (one line) when there are none."""
+    path = os.path.expanduser(path)
+    if not path:
+        raise ValueError("data.path: empty; data.name='files' reads JSONL / Parquet files "
+                         'from a file, a directory or a glob')
+    if os.path.isdir(path):
+        root = path
+        found = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+    else:
+        root = os.path.dirname(path) if os.path.isfile(path) else _glob_root(path)
+        found = [path] if os.path.isfile(path) else glob.glob(path, recursive=True)
+    files = sorted(os.path.relpath(f, root) for f in found
+                   if f.endswith(SUFFIXES) and os.path.isfile(f)
+                   and not os.path.basename(f).startswith('.'))
+    if not files:
+        raise ValueError(f'data.path={path!r}: no {", ".join(SUFFIXES)} files')
+    return root, files
+
+
+def _glob_root(pattern: str) -> str:
+    parts = pattern.split(os.sep)
+    fixed = [p for p in parts[:next((i for i, p in enumerate(parts) if glob.has_magic(p)),
+                                    len(parts))]]
+    return os.sep.join(fixed) or '.'
+
+
+def parse_splits(spec: str) -> dict:
+    """'validation=0.01' -> {'validation': 0.01}; 'train=a*.jsonl,validation=b.jsonl' ->
+    {'train': 'a*.jsonl', 'validation': 'b.jsonl'}. One held-out fraction, or globs."""
+    out = {}
+    for part in filter(None, (p.strip() for p in (spec or DEFAULT_SPLITS).split(','))):
+        name, sep, value = part.partition('=')
+        if not sep or not name or not value:
+            raise ValueError(f'data.splits={spec!r}: expected name=fraction or name=glob pairs')
+        try:
+            out[name] = float(value)
+        except ValueError:
+            out[name] = value
+    fractions = [v for v in out.values() if isinstance(v, float)]
+    if fractions and (len(out) != 1 or not 0 < fractions[0] < 1):
+        raise ValueError(f'data.splits={spec!r}: a held-out fraction in (0, 1) is one entry '
+                         "(e.g. 'validation=0.01'; the rest is 'train')")
+    return out
+
+
+def _open_text(path: str):
+    if path.endswith('.gz'):
+        return gzip.open(path, 'rt', encoding='utf-8')
+    if path.endswith('.zst'):
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, 'rb'))
+        return io.TextIOWrapper(raw, encoding='utf-8')
+    return open(path, encoding='utf-8')
+
+
+def _text_of(value, where: str, key: str) -> bytes:
+    if not isinstance(value, dict) or key not in value:
+        found = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise ValueError(f'{where}: no data.text_key={key!r} (found {found})')
+    text = value[key]
+    return (text if isinstance(text, str) else str(text)).encode('utf-8')
+
+
+class _File:
+    """One file's records: count, and texts(rows) -> list[bytes]."""
+
+    def __init__(self, path: str, text_key: str):
+        self.path, self.key = path, text_key
+        if path.endswith('.parquet'):
+            import pyarrow.parquet as pq
+
+            self._pq = pq.ParquetFile(path)
+            if text_key not in self._pq.schema_arrow.names:
+                raise ValueError(f'{path}: no data.text_key={text_key!r} column (found '
+                                 f'{self._pq.schema_arrow.names})')
+            sizes = [self._pq.metadata.row_group(i).num_rows
+                     for i in range(self._pq.num_row_groups)]
+            self.group_starts = np.cumsum([0, *sizes])
+            self.count = int(self.group_starts[-1])
+        else:
+            self._pq, self.offsets, self.count = None, None, 0
+            if path.endswith(('.jsonl', '.json')):  # line offsets: random access by seek
+                offsets, pos = [], 0
+                with open(path, 'rb') as f:
+                    for line in f:
+                        if line.strip():
+                            offsets.append(pos)
+                        pos += len(line)
+                self.offsets, self.count = np.asarray(offsets, np.int64), len(offsets)
+            else:
+                with _open_text(path) as f:
+                    self.count = sum(1 for line in f if line.strip())
+
+    @functools.lru_cache(maxsize=4)
+    def _group(self, g: int) -> list:
+        return self._pq.read_row_group(g, columns=[self.key]).column(0).to_pylist()
+
+    @functools.lru_cache(maxsize=1)
+    def _lines(self) -> list[str]:
+        with _open_text(self.path) as f:
+            return [line for line in f if line.strip()]
+
+    def texts(self, rows) -> list[bytes]:
+        if self._pq is not None:
+            out = []
+            for r in rows:
+                g = int(np.searchsorted(self.group_starts, r, side='right')) - 1
+                value = self._group(g)[r - self.group_starts[g]]
+                out.append(b'' if value is None else str(value).encode('utf-8'))
+            return out
+        if self.offsets is not None:
+            out = []
+            with open(self.path, 'rb') as f:
+                for r in rows:
+                    f.seek(int(self.offsets[r]))
+                    line = f.readline()
+                    out.append(_text_of(_loads(line, self.path, r), f'{self.path}:{r + 1}',
+                                        self.key))
+            return out
+        lines = self._lines()
+        return [_text_of(_loads(lines[r], self.path, r), f'{self.path}:{r + 1}', self.key)
+                for r in rows]
+
+
+def _loads(line, path: str, row: int):
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        raise ValueError(f'{path}: record {row + 1} is not JSON ({e})') from None
+
+
+@functools.lru_cache(maxsize=16)
+def _files(root: str, rel: tuple, text_key: str, stamp: tuple) -> tuple:
+    """The opened files (record counts known), cached per content stamp."""
+    return tuple(_File(os.path.join(root, r), text_key) for r in rel)
+
+
+class FileDocuments:
+    """The records of one split of a 'files' source (see the module docstring)."""
+
+    def __init__(self, path: str, split: str, text_key: str, splits: str, data_dir: str):
+        root, rel = find_files(path)
+        spec = parse_splits(splits)
+        stamp = tuple((r, os.path.getsize(os.path.join(root, r)),
+                       os.stat(os.path.join(root, r)).st_mtime_ns) for r in rel)
+        self._files = _files(root, tuple(rel), text_key, stamp)
+        counts = np.array([f.count for f in self._files], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        held = next(iter(spec.items()))
+        if isinstance(held[1], float):  # one held-out fraction; 'train' is the rest
+            n = int(starts[-1])
+            chosen = np.zeros(n, bool)
+            chosen[np.random.default_rng(0).permutation(n)[:round(held[1] * n)]] = True
+            if split not in (held[0], 'train'):
+                raise ValueError(f"data split {split!r}: data.splits={splits or DEFAULT_SPLITS!r}"
+                                 f" defines {held[0]!r} and 'train'")
+            ids = np.flatnonzero(chosen if split == held[0] else ~chosen)
+        else:
+            if split not in spec:
+                raise ValueError(f'data split {split!r}: data.splits={splits!r} defines '
+                                 f'{sorted(spec)}')
+            pattern = spec[split]
+            mine = [i for i, r in enumerate(rel) if fnmatch.fnmatch(r, pattern)]
+            if not mine:
+                raise ValueError(f'data.splits: {split}={pattern!r} matches none of the '
+                                 f'{len(rel)} files under {root!r}')
+            ids = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in mine])
+        self.ids, self._starts = ids.astype(np.int64), starts
+        self.fingerprint = {'files': [list(s) for s in stamp], 'root': os.path.abspath(root),
+                            'split': split, 'text_key': text_key,
+                            'splits': splits or DEFAULT_SPLITS}
+        key = json.dumps(dict(self.fingerprint, split=None), sort_keys=True).encode()
+        self.cache_dir = os.path.join(data_dir, 'jaxbig-files', hashlib.sha1(key).hexdigest()[:16])
+        os.makedirs(self.cache_dir, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, ids) -> list[bytes]:
+        records = self.ids[np.asarray(list(ids), np.int64)]
+        files = np.searchsorted(self._starts, records, side='right') - 1
+        out: list = [b''] * len(records)
+        for f in np.unique(files):
+            where = np.flatnonzero(files == f)
+            rows = (records[where] - self._starts[f]).tolist()
+            for j, text in zip(where, self._files[f].texts(rows)):
+                out[j] = text.replace(b'\x00', b'')
+        return out
