@@ -18,7 +18,8 @@ Arguments (`experiments/mlm.py:key=value,...`):
   positions  'rope' (rotary q, k, as the GPT) | 'learned' (BERT's absolute table)
   pool       the features a fine-tune reads by default: 'mean' | 'cls' (the class token)
   lr         peak learning rate (AdamW, 5 % warmup, cosine)
-  data       'pystdlib' (embedded) | any TFDS text dataset prepared in data.data_dir
+  data       'pystdlib' (embedded) | any TFDS text dataset prepared in data.data_dir |
+             'files' (JSONL / Parquet: --config.data.path=..., as experiments/lm.py)
   init       a workdir to continue from (e.g. an imported Hugging Face BertForMaskedLM:
              `jaxbig import DIR --workdir runs/bert`): its model, tokenizer and mask id
              are taken over and its params loaded

@@ -144,3 +144,19 @@ def test_jaxbig_train_on_jsonl_and_parquet(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
     val = [r for r in rows if 'val/loss' in r]
     assert val and np.isfinite(val[-1]['val/loss']) and val[-1]['val/num_examples'] > 0
+
+
+def test_a_tokenizer_trains_on_a_files_source(tmp_path, capsys):
+    """`jaxbig tokenizer train` reads the same records (the train split only)."""
+    from jaxbig import cli
+    from jaxbig.data.text import tokenizers
+
+    _write(str(tmp_path / 'c' / 'a.jsonl.gz'), DOCS * 4)
+    out = str(tmp_path / 'tok')
+    assert cli.main(['tokenizer', 'train', '--config', 'experiments/lm.py:data=files',
+                     '--vocab-size', '300', '--out', out, f'--config.data.path={tmp_path / "c"}',
+                     f'--config.data.data_dir={tmp_path / "data"}']) == 0
+    assert 'trained on files/train' in capsys.readouterr().out
+    tok = tokenizers.from_config({'tokenizer': os.path.join(out, 'tokenizer.json')})
+    assert tok.decode(tok.encode(DOCS[5])) == DOCS[5]
+    assert len(tok.encode(DOCS[5])) < len(DOCS[5].encode('utf-8'))  # merges were learned

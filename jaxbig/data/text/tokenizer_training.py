@@ -24,13 +24,21 @@ EOS = '<|endoftext|>'
 
 
 def split_texts(data_config, split: str) -> Iterator[str]:
-    """The documents of `split` of an LM data section (TFDS or folder), as text."""
+    """The documents of `split` of an LM data section (TFDS, folder or JSONL / Parquet
+    files), as text."""
     from jaxbig.data.pipelines import lm
     from jaxbig.data.text import documents
 
     name = data_config.name
     if name == 'folder':
         records = documents.FolderDocuments(lm._folder_root(data_config), split)
+    elif name == 'files':
+        from jaxbig.data.text.file_documents import FileDocuments
+
+        records = FileDocuments(data_config.get('path', ''), split,
+                                data_config.get('text_key') or 'text',
+                                data_config.get('splits', ''),
+                                documents.resolve_data_dir(data_config.get('data_dir', '')))
     else:
         data_dir = documents.resolve_data_dir(data_config.get('data_dir', ''))
         builder = (documents.EMBEDDED[name](data_dir=data_dir) if name in documents.EMBEDDED
