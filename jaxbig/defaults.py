@@ -169,6 +169,7 @@ def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
             path='',  # data.name='folder': a folder; 'files': JSONL / Parquet file, dir or glob
             text_key='text',
             splits='',  # data.name='files': 'validation=0.01' (default) or name=glob pairs
+            mixture=[],  # [dict(name=..., weight=w, label=...), ...]: jaxbig.data.mixture
             seq_len=seq_len,
             pack=True,
             train_split='train',

@@ -1,7 +1,8 @@
 """JSONL / Parquet text sources (data.name='files', jaxbig.data.text.file_documents): every
 format yields the same token stream as a NumPy reference of the documents, held-out
 fractions are exact, disjoint and stable, file splits follow their globs, the caches are
-keyed by the files' content, bad input is one line, and `jaxbig train` runs on it."""
+keyed by the files' content, bad input is one line, and `jaxbig tokenizer train` reads
+them. `jaxbig train` on them (a mixture of two such sources): tests/test_mixture.py."""
 
 import gzip
 import json
@@ -12,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from conftest import TINY_LM, run_cli
 
 from jaxbig.data.text import token_cache
 from jaxbig.data.text.file_documents import FileDocuments, parse_splits
@@ -128,22 +128,6 @@ def test_parse_splits_default():
     assert parse_splits('') == {'validation': 0.01}
     assert parse_splits('train=a/*.jsonl, validation=b.parquet') == {
         'train': 'a/*.jsonl', 'validation': 'b.parquet'}
-
-
-def test_jaxbig_train_on_jsonl_and_parquet(tmp_path):
-    """The user's path: `jaxbig train` with data=files on a directory of shards; the loss
-    is finite and the validation split is evaluated."""
-    _write(str(tmp_path / 'c' / 'a.jsonl.zst'), DOCS * 3)
-    _write(str(tmp_path / 'c' / 'b.parquet'), DOCS[::-1] * 3)
-    proc = run_cli('train', '--config', 'experiments/lm.py:steps=2,data=files', '--workdir',
-                   str(tmp_path / 'run'), *TINY_LM, f'--config.data.path={tmp_path / "c"}',
-                   '--config.data.splits=validation=0.2',
-                   f'--config.data.data_dir={tmp_path / "data"}',
-                   '--config.evals.val.num_examples=0', '--config.train.eval_every=2')
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
-    val = [r for r in rows if 'val/loss' in r]
-    assert val and np.isfinite(val[-1]['val/loss']) and val[-1]['val/num_examples'] > 0
 
 
 def test_a_tokenizer_trains_on_a_files_source(tmp_path, capsys):

@@ -35,21 +35,39 @@ class Evaluator:
             raise ConfigError(f'evals.{name}.num_examples={num_examples}: must be >= 0 '
                               '(0 = the whole split)')
         data_cfg = ctx.config.data
-        self.pipeline = ctx.build_pipeline(
-            data_cfg,
-            split=cfg.get('split', '') or data_cfg.val_split,
+        sections = [('', data_cfg)]
+        if data_cfg.get('mixture'):  # each source on its own: <name>/<label>/<metric>
+            from jaxbig.data import mixture
+
+            sections = [(label, section) for label, _, section in mixture.sources(data_cfg)]
+        self.pipelines = [(label, ctx.build_pipeline(
+            section,
+            split=cfg.get('split', '') or section.val_split,
             batch_size=cfg.get('batch_size', 0) or ctx.config.train.batch_size,
             one_pass=True,
             num_examples=num_examples,
-        )
+        )) for label, section in sections]
+        self.pipeline = self.pipelines[0][1]
         self.eval_step, self.to_global, self.prefix = ctx.eval_step, ctx.to_global, name
         tokenizer = getattr(self.pipeline, 'tokenizer', None)
         self.tokenizer = tokenizer if hasattr(tokenizer, 'target_bytes') else None
 
     def run(self, params) -> dict[str, float]:
+        """The metrics over every scored example; with a mixture also each source's."""
+        if len(self.pipelines) == 1:
+            return self._score(params, self.pipeline, self.prefix)[0]
+        out, total, size = {}, None, 0.0
+        for label, pipeline in self.pipelines:
+            metrics, sums, bytes_ = self._score(params, pipeline, f'{self.prefix}/{label}')
+            out.update(metrics)
+            total, size = aggregate.add(total, sums), size + bytes_
+        return {**out, **self._finish(total, size, self.prefix)}
+
+    def _score(self, params, pipeline, prefix):
+        """({prefix/metric: value}, the summed metrics, the scored targets' bytes)."""
         sums, size = None, 0.0  # size: host-local UTF-8 bytes of the scored targets
-        for i in range(self.pipeline.num_batches):
-            batch = self.pipeline.get_batch(i)
+        for i in range(pipeline.num_batches):
+            batch = pipeline.get_batch(i)
             metrics = jax.device_get(self.eval_step(params, self.to_global(batch)))
             sums = aggregate.add(sums, metrics)
             if self.tokenizer is not None and 'targets' in batch:
@@ -57,14 +75,19 @@ class Evaluator:
                 mask = mask * np.asarray(batch['example_mask'], np.float64)[:, None]
                 size += float((self.tokenizer.target_bytes(batch['inputs'], batch['targets'])
                                * mask).sum())
-        out = aggregate.host_values(sums)
-        out['num_examples'] = float(self.pipeline.num_examples)
         size = _global_sum(size)
+        sums = dict(sums, num_examples=aggregate.Sum(np.float64(pipeline.num_examples)))
+        return self._finish(sums, size, prefix), sums, size
+
+    @staticmethod
+    def _finish(sums, size: float, prefix: str) -> dict[str, float]:
+        """Divides the summed metrics once; bits per byte from the summed nats and bytes."""
+        out = aggregate.host_values(sums)
         if size > 0 and 'loss' in sums:
             out['bytes'] = size
             out['bits_per_byte'] = float(np.asarray(sums['loss'].total, np.float64)) / size / (
                 math.log(2))
-        return {f'{self.prefix}/{k}': v for k, v in out.items()}
+        return {f'{prefix}/{k}': v for k, v in out.items()}
 
 
 def _global_sum(value: float) -> float:

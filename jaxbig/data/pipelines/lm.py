@@ -4,7 +4,8 @@ Tokens are UTF-8 bytes by default; `data.tokenizer` = a tokenizer.json or Senten
 .model path (with `data.eos_id`) makes them that tokenizer's ids. Sources: an embedded or
 prepared TFDS dataset (`data.name`), a folder of text files (`data.name='folder'`,
 `data.path`), or JSONL / Parquet files (`data.name='files'`, `data.path`, `data.text_key`,
-`data.splits`: jaxbig.data.text.file_documents).
+`data.splits`: jaxbig.data.text.file_documents), or a weighted mixture of those
+(`data.mixture`: jaxbig.data.mixture).
 
 Reading a split is `jaxbig.data.text.documents`: its documents, the token stream they form
 (each document followed by eos: NUL for bytes) and the length index that locates any token
@@ -40,6 +41,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxbig.data import mixture
 from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.shuffle import epoch_permutation
 from jaxbig.data.text.documents import (
@@ -60,6 +62,10 @@ def prepare(config) -> None:
     """Idempotent. Builds embedded TFDS datasets into `config.data_dir` if needed (or
     checks that a folder exists or that any other TFDS dataset is prepared), then caches
     the length index of `config.train_split` and `config.val_split` (TFDS only)."""
+    if config.get('mixture'):  # every source of a weighted mixture (jaxbig.data.mixture)
+        for _, _, section in mixture.sources(config):
+            prepare(section)
+        return
     name, data_dir = config.name, resolve_data_dir(config.get('data_dir', ''))
     if name == 'folder':
         _folder_root(config)
@@ -225,7 +231,24 @@ def build_pipeline(
     one_pass: bool = False,
     num_examples: int = 0,
 ) -> LMPipeline:
-    """LM pipeline over `split` of `config` (a data ConfigDict); batch_size is global."""
+    """LM pipeline over `split` of `config` (a data ConfigDict); batch_size is global.
+    With `data.mixture`, a MixturePipeline of the sources (training; an evaluator scores
+    each source's split on its own: jaxbig.data.mixture)."""
+    if config.get('mixture'):
+        if one_pass:
+            raise ValueError('data.mixture: a one-pass pipeline reads one source; evaluate '
+                             'each source (the loss evaluator does: val/<label>/...)')
+        labels, weights, sections = zip(*mixture.sources(config))
+        rows = mixture.allocate(weights, batch_size, process_count)
+        if (rows == 0).any():
+            empty = [lab for lab, n in zip(labels, rows) if n == 0]
+            raise ValueError(f'data.mixture: {empty} get no rows of a {batch_size}-row batch; '
+                             'raise their weight or the batch size')
+        pipes = [build_pipeline(section, split=split, batch_size=int(n),
+                                seed=_epoch_seed(seed, 1_000_003 + k),
+                                process_index=process_index, process_count=process_count)
+                 for k, (section, n) in enumerate(zip(sections, rows))]
+        return mixture.MixturePipeline(labels, rows, pipes)
     seq_len = config.seq_len
     if not isinstance(seq_len, numbers.Integral) or isinstance(seq_len, bool) or seq_len < 1:
         raise ValueError(f'data.seq_len={seq_len!r} must be an int >= 1')
