@@ -88,6 +88,7 @@ def test_processes_each_hold_their_share_of_every_source(sources):
     (dict(label='big'), "data.mixture[1]: label 'big' is used twice"),
     (dict(tokenizer='x.json'), "data.mixture[1] sets ['tokenizer']: the sources share"),
     (dict(weight=0.01), "data.mixture: ['small'] get no rows of a 8-row batch"),
+    (dict(pth='x'), "data.mixture[1]: ['pth'] are not data keys"),
 ])
 def test_bad_mixtures_are_one_line(sources, change, message):
     bad = sources.copy_and_resolve_references()

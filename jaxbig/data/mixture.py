@@ -41,6 +41,10 @@ def sources(config) -> list[tuple[str, float, object]]:
         if label in labels:
             raise ValueError(f'data.mixture[{k}]: label {label!r} is used twice (set label=)')
         labels.add(label)
+        unknown = sorted(set(entry) - set(config.keys()))
+        if unknown:
+            raise ValueError(f'data.mixture[{k}]: {unknown} are not data keys (expected weight, '
+                             f'label and keys of the data section, e.g. name, path, text_key)')
         shared = sorted(set(entry) & set(SHARED))
         if shared:
             raise ValueError(f'data.mixture[{k}] sets {shared}: the sources share the data '
