@@ -162,21 +162,27 @@ def test_window_qk_norm_and_scaling_reach_the_model():
     np.testing.assert_allclose(early, out[:, :8], rtol=1e-5, atol=1e-5)
 
 
+def _decoded_logits(model, params, tokens, prefill: int):
+    """Logits of a KV-cached decode: `prefill` tokens at once, then one token a call."""
+    seq = tokens.shape[1]
+    cache, pos = gpt.init_cache(model, 1, seq), jnp.arange(seq)[None]
+    dec = jax.jit(functools.partial(model.apply, {'params': params}, method='decode'))
+    logits, cache = dec(tokens[:, :prefill], pos[:, :prefill], cache)
+    steps = [logits]
+    for i in range(prefill, seq):
+        logits, cache = dec(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
+        steps.append(logits)
+    return jnp.concatenate(steps, 1)
+
+
 def test_windowed_decode_equals_full_forward_across_the_window():
     """Prefill 4 then 8 single steps past a 5-token window == the training forward."""
     model = gpt.Model(**MODERN)
     params = _params(model)
     tokens = jnp.asarray([[5, 7, 11, 13, 2, 40, 9, 1, 33, 21, 8, 60]])
     full = model.apply({'params': params}, tokens)
-    cache = gpt.init_cache(model, 1, 12)
-    pos = jnp.arange(12)[None]
-    dec = jax.jit(functools.partial(model.apply, {'params': params}, method='decode'))
-    logits, cache = dec(tokens[:, :4], pos[:, :4], cache)
-    steps = [logits]
-    for i in range(4, 12):
-        logits, cache = dec(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
-        steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_decoded_logits(model, params, tokens, 4), full, rtol=1e-4,
+                               atol=1e-4)
 
 
 GEMMA3_LIKE = dict(SMALL, num_layers=3, sliding_window=3, window_pattern='LG', qk_norm='head',
@@ -204,15 +210,8 @@ def test_window_pattern_scan_equals_loop_and_decode_equals_forward():
         other = gpt.Model(**dict(GEMMA3_LIKE, **change)).apply({'params': params}, tokens)
         assert not np.allclose(other, full, atol=1e-3), change
     assert float(jnp.abs(full).max()) <= 5.0  # the output cap
-    cache = gpt.init_cache(scanned, 1, 10)
-    pos = jnp.arange(10)[None]
-    dec = jax.jit(functools.partial(scanned.apply, {'params': params}, method='decode'))
-    logits, cache = dec(tokens[:, :3], pos[:, :3], cache)
-    steps = [logits]
-    for i in range(3, 10):
-        logits, cache = dec(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
-        steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_decoded_logits(scanned, params, tokens, 3), full, rtol=1e-4,
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize('field,value,message', [

@@ -60,25 +60,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig.models.decoder_block import NORM_POSITIONS, Block
-from jaxbig.models.gpt_size import count_params, flops_per_token
+from jaxbig.models.gpt_size import SIZES, count_params, flops_per_token
 from jaxbig.models.layers import MLP_KINDS, NORMS, Linear
 from jaxbig.models.rope import RopeScaling
 
 __all__ = ['Block', 'Model', 'SIZES', 'count_params', 'flops_per_token', 'init_cache']
 
-SIZES = {
-    'tiny': dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=384),
-    'small': dict(num_layers=6, num_heads=4, embed_dim=256, mlp_dim=1024),
-    'gpt2_small': dict(num_layers=12, num_heads=12, embed_dim=768, mlp_dim=2048),
-    'gpt2_medium': dict(num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=2816),
-    '1b': dict(num_layers=16, num_heads=16, embed_dim=2048, mlp_dim=8192),
-    # Llama-3-shaped (grouped-query attention, 8 key-value heads); experiments/llm.py adds
-    # the 128,256-token vocabulary, an untied head and rope_base 500,000.
-    'llama_1b': dict(num_layers=16, num_heads=32, num_kv_heads=8, embed_dim=2048, mlp_dim=8192),
-    'llama_8b': dict(num_layers=32, num_heads=32, num_kv_heads=8, embed_dim=4096, mlp_dim=14336),
-    'llama_70b': dict(num_layers=80, num_heads=64, num_kv_heads=8, embed_dim=8192,
-                      mlp_dim=28672),
-}
 
 # 'einsum': layers.causal_attention (fastest on CPU); 'xla' / 'cudnn': jax.nn.dot_product_attention
 # with that implementation ('cudnn' = the fused flash kernel on NVIDIA GPUs, bfloat16/float16).

@@ -1,9 +1,24 @@
-"""Sizes of jaxbig's GPT (jaxbig.models.gpt): parameter counts and training FLOPs per
-token, as MaxText counts them (planning, benchmarks and `jaxbig plan` read these)."""
+"""Sizes of jaxbig's GPT (jaxbig.models.gpt): the preset shapes (SIZES, tabled in gpt.py's
+docstring), parameter counts and training FLOPs per token, as MaxText counts them
+(planning, benchmarks and `jaxbig plan` read these)."""
 
 import math
 
 import jax
+
+SIZES = {
+    'tiny': dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=384),
+    'small': dict(num_layers=6, num_heads=4, embed_dim=256, mlp_dim=1024),
+    'gpt2_small': dict(num_layers=12, num_heads=12, embed_dim=768, mlp_dim=2048),
+    'gpt2_medium': dict(num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=2816),
+    '1b': dict(num_layers=16, num_heads=16, embed_dim=2048, mlp_dim=8192),
+    # Llama-3-shaped (grouped-query attention, 8 key-value heads); experiments/llm.py adds
+    # the 128,256-token vocabulary, an untied head and rope_base 500,000.
+    'llama_1b': dict(num_layers=16, num_heads=32, num_kv_heads=8, embed_dim=2048, mlp_dim=8192),
+    'llama_8b': dict(num_layers=32, num_heads=32, num_kv_heads=8, embed_dim=4096, mlp_dim=14336),
+    'llama_70b': dict(num_layers=80, num_heads=64, num_kv_heads=8, embed_dim=8192,
+                      mlp_dim=28672),
+}
 
 
 def count_params(params) -> int:
