@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_generate import _params  # random params from NumPy, no init compile
 
 from jaxbig.models import gpt, layers
 from jaxbig.models.rope import RopeScaling, apply_rope, frequencies
@@ -126,18 +127,6 @@ def test_windowed_cached_attention_matches_numpy():
     p = np.exp(np.where(ok[:, None], s, -np.inf) - s.max(-1, keepdims=True))
     want = np.einsum('bhqk,bkhd->bqhd', p / p.sum(-1, keepdims=True), v)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-@functools.cache
-def _params(model):
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-    rng = np.random.default_rng(0)
-
-    def draw(path, x):
-        scale = 'scale' in jax.tree_util.keystr(path)
-        return jnp.asarray((1.0 if scale else 0.0) + 0.3 * rng.normal(size=x.shape), x.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)['params']
 
 
 MODERN = dict(SMALL, sliding_window=5, qk_norm='head', rope_scaling='llama3', rope_factor=8.0,

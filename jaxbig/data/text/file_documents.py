@@ -34,10 +34,13 @@ import glob
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 
 import numpy as np
+
+from jaxbig.data.builders import pystdlib
 
 SUFFIXES = ('.jsonl', '.json', '.jsonl.gz', '.jsonl.zst', '.parquet')
 DEFAULT_SPLITS = 'validation=0.01'
@@ -51,23 +54,23 @@ def find_files(path: str) -> tuple[str, list[str]]:
         raise ValueError("data.path: empty; data.name='files' reads JSONL / Parquet files "
                          'from a file, a directory or a glob')
     if os.path.isdir(path):
-        root = path
-        found = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+        root, rel = path, pystdlib.walk_files(path, skip_hidden=True)
     else:
         root = os.path.dirname(path) if os.path.isfile(path) else _glob_root(path)
         found = [path] if os.path.isfile(path) else glob.glob(path, recursive=True)
-    files = sorted(os.path.relpath(f, root) for f in found
-                   if f.endswith(SUFFIXES) and os.path.isfile(f)
-                   and not os.path.basename(f).startswith('.'))
+        rel = [os.path.relpath(f, root) for f in found
+               if not os.path.basename(f).startswith('.')]
+    files = sorted(r for r in rel
+                   if r.endswith(SUFFIXES) and os.path.isfile(os.path.join(root, r)))
     if not files:
         raise ValueError(f'data.path={path!r}: no {", ".join(SUFFIXES)} files')
     return root, files
 
 
 def _glob_root(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard ('.' if none)."""
     parts = pattern.split(os.sep)
-    fixed = [p for p in parts[:next((i for i, p in enumerate(parts) if glob.has_magic(p)),
-                                    len(parts))]]
+    fixed = itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1])
     return os.sep.join(fixed) or '.'
 
 
