@@ -79,6 +79,27 @@ class ExpMean:
         return np.asarray(self.value(), dtype)
 
 
+@flax.struct.dataclass
+class Imbalance:
+    """How uneven a load is: `total` [..., n] sums what each of n bins received (tokens per
+    expert, per layer); aggregates as a Sum (totals add), and its value is max / mean over
+    the last axis, averaged over the leading ones (1.0 = perfectly even; n = all in one)."""
+
+    total: jax.Array
+
+    def value(self):
+        total = jnp.asarray(self.total, jnp.float32)
+        mean = jnp.mean(total, axis=-1)
+        ratio = jnp.max(total, axis=-1) / jnp.where(mean > 0, mean, 1.0)
+        return jnp.mean(jnp.where(mean > 0, ratio, 1.0))
+
+    def __float__(self):
+        return float(self.value())
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.value(), dtype)
+
+
 def exp_of(m: Mean) -> ExpMean:
     return ExpMean(m.total, m.count)
 
@@ -107,7 +128,7 @@ def constant(value) -> Mean:
 
 
 def _is_aggregate(x) -> bool:
-    return isinstance(x, (Mean, ExpMean, Sum))
+    return isinstance(x, (Mean, ExpMean, Sum, Imbalance))
 
 
 def check(metrics: dict, where: str) -> None:
@@ -115,8 +136,8 @@ def check(metrics: dict, where: str) -> None:
     for k, v in metrics.items():
         if not _is_aggregate(v):
             raise TypeError(f'{where}: metric {k!r} is a {type(v).__name__}; a loss reports '
-                            'every metric as jaxbig.aggregate.Mean, ExpMean or Sum (sums and counts, '
-                            'divided once by the step)')
+                            'every metric as jaxbig.aggregate.Mean, ExpMean, Sum or Imbalance '
+                            '(sums and counts, divided once by the step)')
 
 
 def values(tree):
@@ -127,6 +148,8 @@ def values(tree):
 def host_values(tree) -> dict:
     """`values` on the host, as Python floats (for logs)."""
     def one(m):
+        if isinstance(m, Imbalance):
+            return float(m.value())
         if isinstance(m, Sum):
             return float(np.asarray(m.total, np.float64))
         total, count = np.asarray(m.total, np.float64), np.asarray(m.count, np.float64)

@@ -52,3 +52,11 @@ def check_accumulation(module, config) -> None:
             f'optimizer.grad_accum_steps={accum}: loss.name={config.loss.name!r} couples the '
             'examples of a batch (in-batch negatives) and has no embed / '
             'loss_from_embeddings split, so micro-batches would change the objective; use 1')
+    moe = config.model.get('moe') or {}
+    pmap = config.parallel.get('strategy') == 'pmap'
+    if moe.get('experts') and config.loss.get('moe_balance_group') == 'batch' and (
+            accum > 1 or pmap):
+        raise ConfigError(
+            "loss.moe_balance_group='batch' balances the experts over one forward pass, which "
+            f"grad_accum_steps={accum} or parallel.strategy='pmap' would split into another "
+            "objective; use 'sequence' (each row: the same however the batch is split)")

@@ -10,6 +10,9 @@ Loss is the cross-entropy in nats per target token, plus an optional z-loss
 reported as sums over the valid targets and their count (jaxbig/aggregate.py): the step
 divides once per update, so every valid target of the global batch weighs the same.
 
+A Mixture-of-Experts model adds its load-balancing and router z-losses, counted over the
+same targets (jaxbig.losses.moe_aux: moe_balance, moe_z_loss, moe_balance_group).
+
 `config` (the experiment's `loss` section): name='autoregressive', z_loss (float, 0 = off).
 """
 
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig import aggregate
+from jaxbig.losses import moe_aux
 
 
 def token_cross_entropy(logits, targets, mask):
@@ -57,9 +61,13 @@ def model_inputs(batch):
 def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics) for one batch; see module docstring for shapes."""
     packed = {k: batch[k] for k in ('positions', 'segment_ids') if k in batch}
-    logits = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs, **packed)
-    return with_z_loss(token_cross_entropy(logits, batch['targets'], target_mask(batch)),
-                       config.get('z_loss', 0.0))
+    logits, sown = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs,
+                            mutable=['intermediates'], **packed)
+    mask = target_mask(batch)
+    loss, metrics = with_z_loss(token_cross_entropy(logits, batch['targets'], mask),
+                                config.get('z_loss', 0.0))
+    moe = moe_aux.stats_of(sown)  # a Mixture-of-Experts model's routing: its aux losses
+    return (loss, metrics) if moe is None else moe_aux.add_to(loss, metrics, moe, mask, config)
 
 
 def with_z_loss(stats, z_loss: float) -> tuple:

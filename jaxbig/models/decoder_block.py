@@ -8,7 +8,8 @@ published decoders it imports. [batch, seq, embed] -> same.
     parallel_residual     x = x + attn(attn_norm(x)) + mlp(mlp_norm(x))       (GPT-NeoX)
 
 Parameters: attn_norm / mlp_norm (the norms before a sublayer), post_attn_norm /
-post_mlp_norm (after it), attn (layers.Attention), mlp (layers.Mlp).
+post_mlp_norm (after it), attn (layers.Attention), mlp (layers.Mlp, or moe.MoeMlp when
+`moe` is a jaxbig.models.moe.MoeSpec: a Mixture-of-Experts feed-forward).
 """
 
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 
 from jaxbig.models.layers import NORMS, Attention, Mlp
+from jaxbig.models.moe import MoeMlp
 
 NORM_POSITIONS = ('pre', 'post', 'both')
 
@@ -23,7 +25,8 @@ NORM_POSITIONS = ('pre', 'post', 'both')
 class Block(nn.Module):
     """A decoder layer (see the module docstring). [batch, seq, embed] -> same.
 
-    Returns (x, None) so that it can be the body of nn.scan (carry, per-layer output).
+    Returns (x, None) so that it can be the body of nn.scan (carry, per-layer output);
+    with `moe`, (x, the MoE layer's routing stats) (jaxbig.models.moe).
     Packed examples: `__call__(x, train, positions, segment_ids=...)` (see Attention).
     local: None, or a traced bool: this layer's kind in a local / global window pattern.
     Decoding: `__call__(x, train, positions, kv, k_pos, index)` (see Attention) returns
@@ -57,6 +60,7 @@ class Block(nn.Module):
     attention_scale: float = 0.0
     attn_softcap: float = 0.0
     rope_local_base: float = 0.0
+    moe: Any = None  # a jaxbig.models.moe.MoeSpec, or None (a dense MLP)
 
     def _norm(self, name):
         return NORMS[self.norm](self.norm_eps, name=name, dtype=self.dtype,
@@ -78,8 +82,17 @@ class Block(nn.Module):
                          rope_dim=self.rope_dim, scale=self.attention_scale,
                          softcap=self.attn_softcap, rope_local_base=self.rope_local_base,
                          **dtypes)
-        mlp = Mlp(self.mlp_dim, self.out_init_std, name='mlp', kind=self.mlp,
-                  use_bias=self.mlp_bias, **dtypes)
+        stats = None
+        if self.moe is None:
+            mlp = Mlp(self.mlp_dim, self.out_init_std, name='mlp', kind=self.mlp,
+                      use_bias=self.mlp_bias, **dtypes)
+        else:
+            moe = MoeMlp(self.moe, self.mlp_dim, self.out_init_std, name='mlp', **dtypes)
+
+            def mlp(h):
+                nonlocal stats
+                h, stats = moe(h, decode=kv is not None)
+                return h
         h = self._norm('attn_norm')(x) if pre else x
         if kv is None:
             h = attn(h, positions=positions, segment_ids=segment_ids, local=local)
@@ -90,10 +103,10 @@ class Block(nn.Module):
         if self.parallel_residual:  # both sublayers read the layer's input
             m = mlp(self._norm('mlp_norm')(x))
             x = nn.with_logical_constraint(x + drop(h) + drop(m), ('batch', 'length', 'embed'))
-            return x, kv
+            return x, kv if kv is not None else stats
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
         h = mlp(self._norm('mlp_norm')(x) if pre else x)
         if post:
             h = self._norm('post_mlp_norm')(h)
         x = nn.with_logical_constraint(x + drop(h), ('batch', 'length', 'embed'))
-        return x, kv
+        return x, kv if kv is not None else stats

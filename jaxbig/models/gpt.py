@@ -54,6 +54,7 @@ SwiGLU has three [embed, mlp] matrices, so mlp_dim ~= 2/3 of a GELU MLP's 4 * em
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -62,6 +63,7 @@ import jax.numpy as jnp
 from jaxbig.models.decoder_block import NORM_POSITIONS, Block
 from jaxbig.models.gpt_size import SIZES, count_params, flops_per_token
 from jaxbig.models.layers import MLP_KINDS, NORMS, Linear
+from jaxbig.models.moe import MoeSpec
 from jaxbig.models.rope import RopeScaling
 
 __all__ = ['Block', 'Model', 'SIZES', 'count_params', 'flops_per_token', 'init_cache']
@@ -147,6 +149,7 @@ class Model(nn.Module):
     rope_beta_fast: float = 32.0  # yarn
     rope_beta_slow: float = 1.0  # yarn
     rope_attention_factor: float = 0.0  # yarn: cos / sin multiplier, 0 = 0.1 ln(factor) + 1
+    moe: Any = None  # Mixture-of-Experts feed-forward: dict of jaxbig.models.moe.MoeSpec
 
     @property
     def rope_spec(self) -> RopeScaling:
@@ -154,6 +157,10 @@ class Model(nn.Module):
         return RopeScaling(self.rope_scaling, self.rope_factor, self.rope_original_max_len,
                            self.rope_low_freq_factor, self.rope_high_freq_factor,
                            self.rope_beta_fast, self.rope_beta_slow, self.rope_attention_factor)
+
+    @property
+    def moe_spec(self) -> MoeSpec | None:
+        return MoeSpec.of(self.moe)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -188,6 +195,8 @@ class Model(nn.Module):
             raise ValueError(f'model.sliding_window={self.sliding_window}: expected 0 (off) or '
                              'the number of positions a token sees')
         self.rope_spec.check()
+        if self.moe_spec:
+            self.moe_spec.check()
         if set(self.window_pattern) - {'L', 'G'} or (self.window_pattern and
                                                    not self.sliding_window):
             raise ValueError(f'model.window_pattern={self.window_pattern!r}: expected L (local: '
@@ -265,6 +274,7 @@ class Model(nn.Module):
             attention_scale=self.attention_scale,
             attn_softcap=self.attn_softcap,
             rope_local_base=self.rope_local_base,
+            moe=self.moe_spec,
             **dtypes,
             out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
         )
@@ -280,7 +290,6 @@ class Model(nn.Module):
             self.layers = nn.scan(
                 block,
                 variable_axes={'params': 0},
-                # train, positions, kv (per layer: scanned), k_pos, index, segment_ids
                 # train, positions, kv (per layer: scanned), k_pos, index, segment_ids,
                 # local (per layer when there is a window pattern)
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast,
@@ -335,12 +344,17 @@ class Model(nn.Module):
         x = self._embed(tokens, jnp.arange(tokens.shape[1]) if positions is None else positions)
         x = self.embed_dropout(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-        if self.scan_layers:
-            x, _ = self.layers(x, train, positions, None, None, None, segment_ids,
-                               self._local())
+        if self.scan_layers:  # stats: each MoE layer's routing, stacked [layers, ...]
+            x, stats = self.layers(x, train, positions, None, None, None, segment_ids,
+                                   self._local())
         else:
+            stats = []
             for layer, local in zip(self.layers, self._local_per_layer()):
-                x, _ = layer(x, train, positions, None, None, None, segment_ids, local)
+                x, s = layer(x, train, positions, None, None, None, segment_ids, local)
+                stats.append(s)
+            stats = jax.tree.map(lambda *a: jnp.stack(a), *stats) if stats[0] else None
+        if stats is not None:  # read by the loss: apply(..., mutable=['intermediates'])
+            self.sow('intermediates', 'moe', stats)
         return self.final_norm(x)
 
     def decode(self, tokens, positions, cache):

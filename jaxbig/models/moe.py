@@ -1,0 +1,184 @@
+"""Mixture-of-Experts feed-forward layer (Switch / GShard / Mixtral / Qwen3-MoE).
+
+Shapes: b batch, t tokens of a row, n = b * t, d embed, E experts, k experts per token,
+m expert_dim, C a row's capacity per expert.
+
+    router     logits = x . W_r in float32 (W_r [d, E], logical ('embed', None))
+               probs  = softmax(logits) over the E experts                 [b, t, E]
+               top-k of probs -> experts [b, t, k], weights = their probs,
+               divided by their sum when `normalize` (Mixtral; Qwen3-MoE's norm_topk_prob)
+    experts    E SwiGLU MLPs, kernels stacked on a leading 'expert' axis:
+               gate, up [E, d, m]; down [E, m, d]
+    output     y = sum over the k chosen experts of weight * expert(x)    [b, t, d]
+               (+ a dense SwiGLU of shared_experts * m when shared_experts > 0)
+
+Dispatch (how tokens reach their experts; the same function, two costs):
+    'dropless'  the n * k (token, expert) pairs sorted by expert and every expert applied to
+                its own contiguous group with `jax.lax.ragged_dot` (a grouped matmul): no
+                token dropped, no padding, work exactly n * k expert MLPs.
+    'capacity'  GShard / Switch: each row gives every expert C = ceil(capacity_factor * k *
+                t / E) slots (at most k * t); a row's first choices are placed before its
+                second choices, in token order, and a pair past its expert's C slots is
+                dropped (its weight lost; counted in the stats). One-hot dispatch / combine
+                einsums of [b, t, E, C]. The capacity is per row, so a row computes the same
+                in any batch, micro-batch or device. With capacity_factor >= E (C = k * t)
+                nothing drops and it equals 'dropless'. KV-cached decoding is dropless.
+
+The layer returns (y, stats) with per-token routing statistics that the loss turns into
+the load-balancing auxiliary loss, the router z-loss and the load metrics
+(jaxbig.losses.moe_aux), weighting each token as the batch says (padding counts nothing):
+
+    probs    float32 [b, t, E]   the router's softmax
+    chosen   float32 [b, t, E]   1 where the expert is among the token's k
+    log_z    float32 [b, t]      logsumexp of the router logits
+    dropped  float32 [b, t]      how many of the token's k pairs the capacity dropped
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxbig.config import ConfigError
+from jaxbig.models.layers import Mlp
+
+DISPATCHES = ('dropless', 'capacity')
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeSpec:
+    """`config.model.moe` (experts=0: a dense model). See the module docstring."""
+
+    experts: int = 0  # E; 0 = dense feed-forward (no MoE)
+    experts_per_token: int = 2  # k
+    expert_dim: int = 0  # m, each expert's hidden size; 0 = the model's mlp_dim
+    shared_experts: int = 0  # a dense SwiGLU of shared_experts * m beside the routed ones
+    normalize: bool = True  # top-k weights divided by their sum (Mixtral; Qwen3 flag)
+    dispatch: str = 'dropless'  # 'dropless' | 'capacity'
+    capacity_factor: float = 1.25  # 'capacity': slots per expert per row, see above
+
+    @classmethod
+    def of(cls, section) -> MoeSpec | None:
+        """The spec of config.model.moe (a dict, or None), or None for a dense model."""
+        if not section:
+            return None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - fields)
+        if unknown:
+            raise ConfigError(f'model.moe: unknown key(s) {unknown}; expected {sorted(fields)}')
+        spec = cls(**dict(section))
+        return spec if spec.experts else None
+
+    def check(self):
+        if self.experts < 0 or not 1 <= self.experts_per_token <= max(self.experts, 1):
+            raise ConfigError(f'model.moe: experts={self.experts}, experts_per_token='
+                              f'{self.experts_per_token}: expected 1 <= k <= experts')
+        if self.dispatch not in DISPATCHES:
+            raise ConfigError(f'model.moe.dispatch={self.dispatch!r}: expected one of '
+                              f'{DISPATCHES}')
+        if self.dispatch == 'capacity' and self.capacity_factor <= 0:
+            raise ConfigError(f'model.moe.capacity_factor={self.capacity_factor}: expected > 0')
+        if self.expert_dim < 0 or self.shared_experts < 0:
+            raise ConfigError('model.moe.expert_dim and shared_experts must be >= 0')
+
+    def capacity(self, t: int) -> int:
+        """C: slots per expert in a row of t tokens."""
+        k, e = self.experts_per_token, self.experts
+        return min(k * t, math.ceil(self.capacity_factor * k * t / e))
+
+
+def route(logits, k: int, normalize: bool):
+    """logits float32 [..., E] -> (probs [..., E], experts int32 [..., k], weights [..., k])."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    weights, experts = jax.lax.top_k(probs, k)
+    if normalize:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return probs, experts, weights
+
+
+def swiglu_experts(x, sizes, gate, up, down, dtype):
+    """Grouped SwiGLU: x [p, d] sorted by expert, sizes int32 [E] rows per expert; kernels
+    [E, d, m], [E, d, m], [E, m, d] -> [p, d]."""
+    x = x.astype(dtype)
+    g = jax.lax.ragged_dot(x, gate.astype(dtype), sizes)
+    u = jax.lax.ragged_dot(x, up.astype(dtype), sizes)
+    return jax.lax.ragged_dot(nn.silu(g) * u, down.astype(dtype), sizes)
+
+
+def dropless(x, experts, weights, kernels, dtype):
+    """x [n, d]; experts int32 [n, k]; weights [n, k] -> [n, d] (sort, grouped matmul,
+    unsort, weighted sum over the k)."""
+    n, k = experts.shape
+    flat = experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)  # pair p of the sorted list is order[p]
+    sizes = jnp.bincount(flat, length=kernels[0].shape[0]).astype(jnp.int32)
+    y = swiglu_experts(x[order // k], sizes, *kernels, dtype)
+    y = y[jnp.argsort(order)].reshape(n, k, -1)  # back to (token, choice) order
+    return jnp.einsum('nkd,nk->nd', y, weights.astype(y.dtype))
+
+
+def with_capacity(x, experts, weights, kernels, dtype, capacity: int):
+    """x [b, t, d]; experts, weights [b, t, k] -> (y [b, t, d], dropped [b, t]): each row's
+    pairs placed first choices first, in token order, C = `capacity` per expert."""
+    b, t, k = experts.shape
+    e = kernels[0].shape[0]
+    chosen = jax.nn.one_hot(jnp.swapaxes(experts, 1, 2), e, dtype=jnp.int32)  # [b, k, t, E]
+    slot = jnp.cumsum(chosen.reshape(b, k * t, e), axis=1).reshape(b, k, t, e) - 1
+    kept = chosen * (slot < capacity)
+    place = jax.nn.one_hot(slot, capacity, dtype=jnp.float32) * kept[..., None]  # [b,k,t,E,C]
+    dispatch = place.sum(1)  # [b, t, E, C]
+    combine = jnp.einsum('bktec,bkt->btec', place, jnp.swapaxes(weights, 1, 2))
+    xe = jnp.einsum('btec,btd->becd', dispatch.astype(dtype), x.astype(dtype))
+    gate, up, down = (w.astype(dtype) for w in kernels)
+    h = nn.silu(jnp.einsum('becd,edm->becm', xe, gate)) * jnp.einsum('becd,edm->becm', xe, up)
+    ye = jnp.einsum('becm,emd->becd', h, down)
+    y = jnp.einsum('btec,becd->btd', combine.astype(dtype), ye)
+    dropped = k - kept.sum((1, 3)).astype(jnp.float32)
+    return y, dropped
+
+
+class MoeMlp(nn.Module):
+    """[b, t, d] -> ([b, t, d], stats): see the module docstring. decode=True: dropless."""
+
+    spec: MoeSpec
+    mlp_dim: int
+    out_init_std: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x, decode: bool = False):
+        spec = self.spec
+        b, t, d = x.shape
+        e, k, m = spec.experts, spec.experts_per_token, spec.expert_dim or self.mlp_dim
+
+        def kernel(name, shape, axes, std=0.02):
+            init = nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+            return self.param(name, init, shape, self.param_dtype)
+
+        router = kernel('router', (d, e), ('embed', None))
+        gate = kernel('gate', (e, d, m), ('expert', 'embed', 'mlp'))
+        up = kernel('up', (e, d, m), ('expert', 'embed', 'mlp'))
+        down = kernel('down', (e, m, d), ('expert', 'mlp', 'embed'), self.out_init_std)
+        logits = jnp.dot(x.astype(jnp.float32), router.astype(jnp.float32))  # [b, t, E]
+        probs, experts, weights = route(logits, k, spec.normalize)
+        kernels = (gate, up, down)
+        if spec.dispatch == 'capacity' and not decode:
+            y, dropped = with_capacity(x, experts, weights, kernels, self.dtype,
+                                       spec.capacity(t))
+        else:
+            y = dropless(x.reshape(b * t, d), experts.reshape(b * t, k),
+                         weights.reshape(b * t, k), kernels, self.dtype).reshape(b, t, d)
+            dropped = jnp.zeros((b, t), jnp.float32)
+        y = y.astype(self.dtype)
+        if spec.shared_experts:
+            y = y + Mlp(spec.shared_experts * m, self.out_init_std, self.dtype, self.param_dtype,
+                        name='shared')(x)
+        stats = dict(probs=probs, chosen=jax.nn.one_hot(experts, e).sum(-2),
+                     log_z=jax.nn.logsumexp(logits, axis=-1), dropped=dropped)
+        return nn.with_logical_constraint(y, ('batch', 'length', 'embed')), stats

@@ -1,0 +1,218 @@
+"""Mixture-of-Experts (jaxbig.models.moe, jaxbig.losses.moe_aux) against NumPy references:
+routing, the two dispatches against a per-token loop, the capacity's drops, the auxiliary
+losses, gradients, and the GPT with MoE layers end to end."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbig import aggregate
+from jaxbig.config import ConfigError
+from jaxbig.losses import moe_aux
+from jaxbig.models import gpt, moe
+
+E, K, D, M = 4, 2, 6, 5
+
+
+def _softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+
+
+def _kernels(seed=0):
+    r = np.random.default_rng(seed)
+    return tuple(r.normal(size=s).astype(np.float32) * 0.5
+                 for s in ((E, D, M), (E, D, M), (E, M, D)))
+
+
+def _expert_np(x, j, kernels):
+    gate, up, down = (np.float64(w) for w in kernels)
+    g, u = x @ gate[j], x @ up[j]
+    return (g / (1 + np.exp(-g)) * u) @ down[j]
+
+
+def _route_np(logits, k, normalize):
+    probs = _softmax(np.float64(logits))
+    experts = np.argsort(-probs, -1, kind='stable')[..., :k]
+    weights = np.take_along_axis(probs, experts, -1)
+    if normalize:
+        weights = weights / weights.sum(-1, keepdims=True)
+    return probs, experts, weights
+
+
+def _moe_np(x, experts, weights, kernels, capacity=None):
+    """Per-row loop: first choices before second ones, in token order; past `capacity` a
+    pair is dropped. x [b, t, d] -> (y, dropped [b, t])."""
+    b, t, _ = x.shape
+    y, dropped = np.zeros(x.shape), np.zeros((b, t))
+    for row in range(b):
+        used = np.zeros(E, int)
+        for choice in range(experts.shape[-1]):
+            for tok in range(t):
+                j = experts[row, tok, choice]
+                if capacity is not None and used[j] >= capacity:
+                    dropped[row, tok] += 1
+                    continue
+                used[j] += 1
+                y[row, tok] += weights[row, tok, choice] * _expert_np(np.float64(x[row, tok]),
+                                                                      j, kernels)
+    return y, dropped
+
+
+@pytest.mark.parametrize('normalize', [True, False])
+def test_route_is_softmax_top_k(normalize):
+    logits = np.random.default_rng(1).normal(size=(3, 7, E)).astype(np.float32)
+    probs, experts, weights = moe.route(jnp.asarray(logits), K, normalize)
+    p, e, w = _route_np(logits, K, normalize)
+    np.testing.assert_allclose(probs, p, atol=1e-6)
+    np.testing.assert_array_equal(experts, e)
+    np.testing.assert_allclose(weights, w, atol=1e-6)
+
+
+def _inputs(b=3, t=9, seed=2):
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(b, t, D)).astype(np.float32)
+    _, experts, weights = _route_np(r.normal(size=(b, t, E)), K, True)
+    return x, experts.astype(np.int32), weights.astype(np.float32)
+
+
+def test_dropless_equals_a_per_token_loop():
+    x, experts, weights = _inputs()
+    kernels = _kernels()
+    b, t, _ = x.shape
+    got = moe.dropless(jnp.asarray(x.reshape(b * t, D)), jnp.asarray(experts.reshape(-1, K)),
+                       jnp.asarray(weights.reshape(-1, K)), kernels, jnp.float32)
+    want, _ = _moe_np(x, experts, weights, kernels)
+    np.testing.assert_allclose(np.asarray(got).reshape(b, t, D), want, atol=1e-5)
+
+
+@pytest.mark.parametrize('capacity', [2, 3, K * 9])
+def test_capacity_drops_as_gshard_places(capacity):
+    """Few slots drop the later pairs exactly as the loop does; k * t slots drop nothing and
+    equal dropless."""
+    x, experts, weights = _inputs()
+    kernels = _kernels()
+    y, dropped = moe.with_capacity(jnp.asarray(x), jnp.asarray(experts), jnp.asarray(weights),
+                                   kernels, jnp.float32, capacity)
+    want, want_dropped = _moe_np(x, experts, weights, kernels, capacity)
+    np.testing.assert_allclose(y, want, atol=1e-5)
+    np.testing.assert_array_equal(dropped, want_dropped)
+    assert (want_dropped.sum() > 0) == (capacity < 9)
+
+
+def test_dispatches_have_equal_gradients_to_a_dense_evaluation():
+    """d/d(x, kernels, weights) of dropless and unlimited-capacity dispatch equal those of
+    evaluating every expert on every token and weighting by the sparse routing."""
+    x, experts, weights = _inputs(b=2, t=5)
+    kernels = _kernels(3)
+    r = jnp.asarray(np.random.default_rng(4).normal(size=x.shape).astype(np.float32))
+
+    def dense(x, w, kernels):
+        gate, up, down = kernels
+        g = jnp.einsum('btd,edm->btem', x, gate)
+        u = jnp.einsum('btd,edm->btem', x, up)
+        out = jnp.einsum('btem,emd->bted', jax.nn.silu(g) * u, down)
+        sparse = jnp.einsum('btk,btke->bte', w, jax.nn.one_hot(experts, E))
+        return jnp.sum(jnp.einsum('bted,bte->btd', out, sparse) * r)
+
+    def drop(x, w, kernels):
+        y = moe.dropless(x.reshape(-1, D), experts.reshape(-1, K), w.reshape(-1, K), kernels,
+                         jnp.float32)
+        return jnp.sum(y.reshape(x.shape) * r)
+
+    def cap(x, w, kernels):
+        return jnp.sum(moe.with_capacity(x, experts, w, kernels, jnp.float32, K * 5)[0] * r)
+
+    args = (jnp.asarray(x), jnp.asarray(weights), kernels)
+    want = jax.grad(dense, argnums=(0, 1, 2))(*args)
+    for f in (drop, cap):
+        got = jax.grad(f, argnums=(0, 1, 2))(*args)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def _balance_np(probs, chosen, w, group):
+    """E * sum_e f_e P_e per group, mean over layers, token-weighted over groups."""
+    layers, b = probs.shape[:2]
+    k = chosen[0, 0, 0].sum()
+    rows = [np.arange(b)] if group == 'batch' else [[i] for i in range(b)]
+    total, count = 0.0, w.sum()
+    for layer in range(layers):
+        for r in rows:
+            ww = w[r].reshape(-1)
+            n = ww.sum()
+            if n == 0:
+                continue
+            f = (chosen[layer, r].reshape(-1, E) * ww[:, None]).sum(0) / (k * n)
+            p = (probs[layer, r].reshape(-1, E) * ww[:, None]).sum(0) / n
+            total += E * (f * p).sum() * n / layers
+    return total / count
+
+
+@pytest.mark.parametrize('group', ['sequence', 'batch'])
+def test_balance_and_z_loss_equal_numpy(group):
+    r = np.random.default_rng(5)
+    logits = r.normal(size=(2, 3, 6, E)) * 2
+    probs, experts, _ = _route_np(logits, K, True)
+    chosen = jax.nn.one_hot(experts, E).sum(-2)
+    w = (r.random((3, 6)) < 0.7).astype(np.float32)
+    w[1] = 0  # a row with no target: counts nothing
+    got = moe_aux.balance(jnp.asarray(probs, jnp.float32), chosen, jnp.asarray(w), group)
+    np.testing.assert_allclose(float(got), _balance_np(probs, np.asarray(chosen), w, group),
+                               rtol=1e-5)
+    stats = dict(probs=jnp.asarray(probs, jnp.float32), chosen=chosen,
+                 log_z=jax.nn.logsumexp(jnp.asarray(logits, jnp.float32), -1),
+                 dropped=jnp.zeros((2, 3, 6)))
+    base = aggregate.Mean(jnp.float32(3.0) * w.sum(), jnp.float32(w.sum()))
+    loss, metrics = moe_aux.add_to(base, {}, stats, jnp.asarray(w),
+                                   dict(moe_balance=0.1, moe_z_loss=0.01,
+                                        moe_balance_group=group))
+    lse = np.log(np.exp(logits).sum(-1))
+    z = (lse ** 2 * w[None]).sum() / 2 / w.sum()
+    np.testing.assert_allclose(float(metrics['moe_z_loss']), z, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), 3.0 + 0.1 * float(got) + 0.01 * z, rtol=1e-5)
+    assert float(loss.count) == w.sum()
+    load = (np.asarray(chosen) * w[None, ..., None]).sum((1, 2))
+    np.testing.assert_allclose(float(metrics['moe_load_imbalance']),
+                               np.mean(load.max(-1) / load.mean(-1)), rtol=1e-5)
+
+
+def test_perfect_balance_is_one():
+    """Uniform router probabilities and an even assignment: the loss is exactly 1."""
+    probs = jnp.full((1, 1, 4, E), 1 / E)
+    chosen = jax.nn.one_hot(jnp.array([[[[0, 1], [2, 3], [0, 2], [1, 3]]]]), E).sum(-2)
+    assert float(moe_aux.balance(probs, chosen, jnp.ones((1, 4)))) == pytest.approx(1.0)
+
+
+def _model(**moe_fields):
+    return gpt.Model(vocab_size=32, num_layers=2, num_heads=2, embed_dim=D * 2, mlp_dim=M,
+                     moe={'experts': E, 'experts_per_token': K, **moe_fields})
+
+
+def test_gpt_moe_dispatches_agree_and_sow_stats():
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, 32, (2, 7)), jnp.int32)
+    drop = _model()
+    params = drop.init(jax.random.PRNGKey(0), tokens)['params']
+    out, sown = drop.apply({'params': params}, tokens, mutable=['intermediates'])
+    stats = moe_aux.stats_of(sown)
+    assert stats['probs'].shape == (2, 2, 7, E) and float(stats['chosen'].sum()) == 2 * 14 * K
+    unlimited = _model(dispatch='capacity', capacity_factor=float(E))
+    np.testing.assert_allclose(unlimited.apply({'params': params}, tokens), out, atol=1e-5)
+    tight = _model(dispatch='capacity', capacity_factor=0.5)
+    _, sown = tight.apply({'params': params}, tokens, mutable=['intermediates'])
+    assert float(moe_aux.stats_of(sown)['dropped'].sum()) > 0
+    dense = gpt.Model(vocab_size=32, num_layers=2, num_heads=2, embed_dim=D * 2, mlp_dim=M)
+    _, sown = dense.apply(dense.init(jax.random.PRNGKey(0), tokens), tokens,
+                          mutable=['intermediates'])
+    assert moe_aux.stats_of(sown) is None
+
+
+@pytest.mark.parametrize('fields, match', [
+    (dict(experts_per_token=5), 'experts_per_token'),
+    (dict(dispatch='sparse'), 'dispatch'),
+    (dict(capacity_factor=0.0, dispatch='capacity'), 'capacity_factor'),
+    (dict(top_k=2), 'unknown key'),
+])
+def test_bad_moe_config_is_one_line(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        _model(**fields).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
