@@ -85,7 +85,7 @@ def get_config(arg=None):
         attention='einsum',  # 'cudnn' on NVIDIA GPUs (fused flash attention)
     )
     c.data = defaults.lm_data(arg.data, arg.seq)
-    c.loss = dict(name='autoregressive', z_loss=0.0)
+    c.loss = defaults.lm_loss()
     c.optimizer = defaults.lm_optimizer(lr=arg.lr or LR[arg.size], clip_norm=1.0)
     c.parallel = defaults.parallel(data=1, fsdp=-1)
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)

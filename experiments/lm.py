@@ -14,6 +14,9 @@ Arguments (`experiments/lm.py:key=value,...`):
   data    'pystdlib' (embedded) | any TFDS text dataset prepared in data.data_dir (e.g. lm1b)
           | 'folder' (set --config.data.path=DIR) | 'files': JSONL / Parquet shards
           (--config.data.path=FILE|DIR|GLOB, data.text_key, data.splits='validation=0.01')
+  experts Mixture-of-Experts feed-forward with this many experts, top-2, dropless
+          (0 = dense; the rest under --config.model.moe.*: jaxbig.models.moe; the aux
+          losses' coefficients under --config.loss.moe_*: jaxbig.losses.moe_aux)
   init    a workdir to continue from ('' = from scratch): its model section and tokenizer
           are taken over and its params loaded (init_from), e.g. an imported GPT-2 / Llama:
               jaxbig import path/to/hf_model --workdir runs/gpt2
@@ -42,7 +45,8 @@ from jaxbig.run import read_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, size='tiny', steps=600, batch=32, seq=128, data='pystdlib', init='')
+    arg = parse_arg(arg, size='tiny', steps=600, batch=32, seq=128, data='pystdlib', init='',
+                    experts=0)
     if arg.size not in SIZES:
         raise ConfigError(f'experiments/lm.py: size={arg.size!r}, expected one of {list(SIZES)}')
     c = ml_collections.ConfigDict()
@@ -57,6 +61,7 @@ def get_config(arg=None):
         vocab_size='auto',  # follows data.tokenizer: 256 bytes, or the tokenizer's vocabulary
         attention='einsum',  # 'xla' | 'cudnn': jax.nn.dot_product_attention (cudnn on GPU)
         attention_blocks=0,  # einsum path: 0 = query blocks of max(64, seq/4); 1 = no split
+        moe=defaults.moe(experts=arg.experts),
     )
     c.data = defaults.lm_data(arg.data, arg.seq)
     c.init_from = defaults.init_from(path=arg.init)
@@ -66,7 +71,7 @@ def get_config(arg=None):
         data = source.get('data') or {}
         c.data.tokenizer = data.get('tokenizer', 'bytes')
         c.data.eos_id = data.get('eos_id', -1)
-    c.loss = dict(name='autoregressive', z_loss=0.0)
+    c.loss = defaults.lm_loss()
     c.optimizer = defaults.lm_optimizer()
     c.parallel = defaults.parallel()
     # 4 updates per compiled call: the tiny step is ~7 % faster (XLA CPU maps and zeroes a

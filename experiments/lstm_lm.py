@@ -39,7 +39,7 @@ def get_config(arg=None):
         param_dtype='float32',
     )
     c.data = defaults.lm_data(arg.data, arg.seq)
-    c.loss = dict(name='autoregressive', z_loss=0.0)
+    c.loss = defaults.lm_loss()
     c.optimizer = defaults.lm_optimizer()
     c.parallel = defaults.parallel()
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)

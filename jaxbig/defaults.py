@@ -150,12 +150,29 @@ def complete_data(config) -> None:
 # ----------------------------------------------------------------------------- shared recipes
 # Sections several experiments share, so each file states only what is particular to it.
 
+def moe(**overrides) -> dict:
+    """model.moe: the Mixture-of-Experts feed-forward (jaxbig.models.moe.MoeSpec); experts=0
+    is a dense model. Its losses' coefficients are in the loss section (`lm_loss`)."""
+    return {**dict(experts=0, experts_per_token=2, expert_dim=0, shared_experts=0,
+                   normalize=True, dispatch='dropless', capacity_factor=1.25), **overrides}
+
+
 def gpt(shape: dict, **overrides) -> dict:
     """The GPT model section for a `jaxbig.models.gpt.SIZES` shape, bytes vocab (256), no
-    dropout, tied embeddings, float32; scan_layers / remat 'auto' (experiment.resolve_auto)."""
+    dropout, tied embeddings, float32, dense (moe.experts=0); scan_layers / remat 'auto'
+    (experiment.resolve_auto)."""
     return {**dict(name='gpt', vocab_size=256, **shape, dropout=0.0, tie_embeddings=True,
-                   scan_layers='auto', remat='auto', dtype='float32', param_dtype='float32'),
+                   scan_layers='auto', remat='auto', dtype='float32', param_dtype='float32',
+                   moe=moe()),
             **overrides}
+
+
+def lm_loss(**overrides) -> dict:
+    """Next-token cross-entropy (jaxbig.losses.autoregressive): z_loss off; a MoE model's
+    load-balancing loss 0.01 (Switch) and router z-loss 0.001 (ST-MoE), balanced per row
+    (jaxbig.losses.moe_aux); a dense model ignores the moe_* keys."""
+    return {**dict(name='autoregressive', z_loss=0.0, moe_balance=0.01, moe_z_loss=0.001,
+                   moe_balance_group='sequence'), **overrides}
 
 
 def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:
@@ -225,7 +242,7 @@ def conditional_run(c, arg, loss: str) -> None:
     z-loss; AdamW at arg.lr (default 1e-3 from an init run, else 3e-3); evaluation and
     checkpoints at half-way and the end; validation loss on every held-out example plus
     generated-text metrics."""
-    c.loss = dict(name=loss, z_loss=0.0)
+    c.loss = lm_loss() if loss == 'autoregressive' else dict(name=loss, z_loss=0.0)
     c.optimizer = lm_optimizer(lr=arg.lr or (1e-3 if arg.init else 3e-3))
     c.parallel = parallel()
     c.train = train(steps=arg.steps, batch_size=arg.batch, steps_per_call=4,

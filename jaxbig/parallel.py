@@ -47,6 +47,7 @@ DEFAULT_RULES = (
     ('kv', None),
     ('length', None),
     ('layers', None),
+    ('expert', None),  # a MoE layer's stacked experts (jaxbig.models.moe): replicated
 )
 
 

@@ -9,8 +9,8 @@ and is dequantised on the fly, `W ~= q * scale`, inside the compiled inference f
 (`dequantize(params)` at the top of `jaxbig.generate._generate` and of the eval step
 below), so only int8 values and the scales are held between calls. Embeddings, norm
 scales and biases stay float (the tied unembedding is the embedding). Contracted axes:
-the first `contract` axes after a leading stacked-layers axis (present when the path has a
-'layers' key, the GPT's nn.scan), with contract = 2 for the GPT's attention output
+the first `contract` axes after the leading stacked axes (a 'layers' key in the path: the
+GPT's nn.scan; an 'experts' key: a Mixture-of-Experts layer's [experts, in, out] kernels), with contract = 2 for the GPT's attention output
 projection 'out' ([heads, head_dim] -> embed) and 1 for every other kernel.
 
     jaxbig quantize --workdir runs/lm     # report: kernel bytes and val loss
@@ -49,7 +49,7 @@ def _keys(path) -> list[str]:
 
 def contracted_axes(path, ndim: int) -> tuple[int, ...]:
     keys = _keys(path)
-    lead = 1 if 'layers' in keys else 0
+    lead = ('layers' in keys) + ('experts' in keys)  # stacked layers; a MoE layer's experts
     contract = CONTRACT.get(keys[-2] if len(keys) > 1 else '', 1)
     return tuple(range(lead, lead + contract))
 

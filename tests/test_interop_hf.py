@@ -76,6 +76,13 @@ BUILDERS = {
                                          max_position_embeddings=64, rope_parameters=dict(
                                              rope_type='yarn', rope_theta=5000.0, factor=4.0,
                                              original_max_position_embeddings=16)),
+    # Mixture-of-Experts: Mixtral (8 layers: scanned, experts stacked under the layers axis;
+    # a window below the tests' lengths), Qwen3-MoE with its top-k weights not renormalised
+    'mixtral_window_scanned': lambda: _llama('Mixtral', num_local_experts=4, num_experts_per_tok=2,
+                                             sliding_window=8),
+    'qwen3_moe': lambda: _llama('Qwen3Moe', num_hidden_layers=2, num_experts=4,
+                                num_experts_per_tok=2, moe_intermediate_size=24,
+                                norm_topk_prob=False),
 }
 
 

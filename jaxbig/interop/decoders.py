@@ -7,6 +7,7 @@
     olmo2.py     Olmo2ForCausalLM (norms after the sublayers, q/k norm over the projection)
     gpt_neox.py  GPTNeoXForCausalLM (Pythia: parallel residual, partial rotary)
     phi3.py      Phi3ForCausalLM (fused qkv / gate-up; export with --as phi3)
+    llama_moe.py MixtralForCausalLM, Qwen3MoeForCausalLM (Mixture-of-Experts: model.moe)
 
 `family_of(config.json)` picks the family an import reads; `family_for(model, want)` the one
 an export writes (the first in FAMILIES that can represent the model, or `--as want`).
@@ -21,11 +22,12 @@ from jaxbig.interop.gemma import GEMMA
 from jaxbig.interop.gpt2 import GPT2
 from jaxbig.interop.gpt_neox import GPT_NEOX
 from jaxbig.interop.llama import LLAMA
+from jaxbig.interop.llama_moe import LLAMA_MOE
 from jaxbig.interop.olmo2 import OLMO2
 from jaxbig.interop.phi3 import PHI3
 
 # export's order of preference: a model Llama can represent exports as Llama, not Phi-3
-FAMILIES = (GPT2, LLAMA, GEMMA, OLMO2, GPT_NEOX, PHI3)
+FAMILIES = (GPT2, LLAMA, GEMMA, OLMO2, GPT_NEOX, PHI3, LLAMA_MOE)
 
 
 def family_of(hf: dict) -> Family:
@@ -42,7 +44,8 @@ def family_of(hf: dict) -> Family:
 def family_for(model, want: str = '') -> Family:
     """The family a jaxbig GPT exports as (`want`: a family's name, or '' for the first
     that can represent it)."""
-    reasons = {f.name: f.reasons(model) for f in FAMILIES}
+    moe = [f'moe.experts={model.moe_spec.experts}'] if model.moe_spec else []
+    reasons = {f.name: f.reasons(model) + ([] if f.moe else moe) for f in FAMILIES}
     for family in FAMILIES:
         if (not want or want == family.name) and not reasons[family.name]:
             return family

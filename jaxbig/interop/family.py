@@ -5,7 +5,8 @@ A family gives `model_config(hf) -> jaxbig model section` (ConfigError naming th
 value it cannot represent), `hf_config(model) -> config.json fields`, `tensors(model)`:
 {hf name template: (jaxbig paths, to_jaxbig, to_hf)}, and `reasons(model)`: the fields of a
 jaxbig GPT that keep it from being one of the family (empty: export can write it).
-Templates hold '{i}' for per-layer tensors; jaxbig paths are relative to a layer
+Templates hold '{i}' for per-layer tensors and '{j}' for per-expert ones (a slice of the
+stacked [experts, ...] kernel); jaxbig paths are relative to a layer
 (`attn/query/kernel`) for those and absolute (`embed/embedding`) otherwise.
 `to_jaxbig(hf tensor) -> tuple of jaxbig arrays` (one per path); `to_hf(*jaxbig arrays) ->
 hf tensor`. HF Linear weights are [out, in] (GPT-2's Conv1D: [in, out]); jaxbig kernels are
@@ -40,6 +41,7 @@ class Family:
     tensors: Callable
     reasons: Callable
     ignored: tuple[str, ...] = ()  # suffixes of stored buffers that carry no weights
+    moe: bool = False  # reads / writes Mixture-of-Experts layers (else: dense GPTs only)
 
 
 def need(hf: dict, field: str, ok: bool, why: str):

@@ -11,8 +11,9 @@
                                   transformers' from_pretrained loads (config.json,
                                   model.safetensors, tokenizer.json when the run has one)
 
-Decoders (GPT-2, Llama, Mistral, Qwen2 / 3, Gemma 1-3, OLMo 2, GPT-NeoX, Phi-3: the families
-of interop/decoders.py) are handled here; ViTModel,
+Decoders (GPT-2, Llama, Mistral, Qwen2 / 3, Gemma 1-3, OLMo 2, GPT-NeoX, Phi-3, and the
+Mixture-of-Experts Mixtral and Qwen3-MoE: the families of interop/decoders.py) are handled
+here (a per-expert tensor name, '{j}', fills one slice of a stacked expert kernel); ViTModel,
 ViTForImageClassification and CLIPModel go to interop/encoders.py (vision.py, clip.py),
 BertModel, BertForMaskedLM and BertForSequenceClassification to interop/bert.py,
 T5ForConditionalGeneration to interop/t5.py (import only), which build their own
@@ -79,7 +80,7 @@ def run_config(model: dict, tokenizer: str = 'bytes', eos_id: int = -1
     c.model = defaults.gpt({}, **model, attention='einsum', attention_blocks=0)
     c.data = defaults.lm_data(seq_len=min(128, model.get('max_len') or 128))
     c.data.tokenizer, c.data.eos_id = tokenizer, eos_id
-    c.loss = dict(name='autoregressive', z_loss=0.0)
+    c.loss = defaults.lm_loss()
     c.optimizer = defaults.lm_optimizer()
     c.parallel = defaults.parallel()
     c.train = defaults.train(steps=600, batch_size=32)
@@ -107,8 +108,12 @@ def _by_path(specs: dict) -> dict[str, tuple[str, int, object]]:
 
 
 def _expected_shapes(specs: dict, shapes: dict[str, tuple]) -> dict[str, tuple]:
-    """{hf template: the shape it must have}, from to_hf applied to zeros of jaxbig shapes."""
-    return {t: np.shape(to_hf(*(np.zeros(shapes[p], np.float32) for p in paths)))
+    """{hf template: the shape it must have}, from to_hf applied to zeros of jaxbig shapes
+    (a per-expert template, '{j}', gets one expert's slice of its stacked array)."""
+    def zeros(t, p):
+        return np.zeros(shapes[p][1:] if '{j}' in t else shapes[p], np.float32)
+
+    return {t: np.shape(to_hf(*(zeros(t, p) for p in paths)))
             for t, (paths, _, to_hf) in specs.items()}
 
 
@@ -185,8 +190,10 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
     expected = _expected_shapes(specs, layer_shapes)
     missing, params = [], {}
 
-    def hf_tensor(template: str, i: int | None):
-        name = template.format(i=i)
+    experts = model.moe_spec.experts if model.moe_spec else 0
+
+    def hf_tensor(template: str, i: int | None, j: int | None = None):
+        name = template.format(i=i, j=j)
         if name not in reader:
             missing.append(name)
             return None
@@ -197,9 +204,13 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
         return tensor
 
     def one(path: str, i: int | None):
-        template, j, to_jaxbig = by_path[path]
+        template, k, to_jaxbig = by_path[path]
+        if '{j}' in template:  # one tensor per expert, stacked on the 'expert' axis
+            parts = [hf_tensor(template, i, j) for j in range(experts)]
+            return None if any(p is None for p in parts) else np.stack(
+                [to_jaxbig(p)[k] for p in parts])
         tensor = hf_tensor(template, i)
-        return None if tensor is None else to_jaxbig(tensor)[j]
+        return None if tensor is None else to_jaxbig(tensor)[k]
 
     for path, leaf in flat.items():
         where = _layer_paths(path)
@@ -256,8 +267,13 @@ def export_run(workdir: str, out: str, step: int | None = None, *, as_family: st
         return flat[f'layers/{path}'][i] if scanned else flat[f'layers_{i}/{path}']
 
     tensors = {}
+    experts = range(model.moe_spec.experts if model.moe_spec else 0)
     for template, (paths, _, to_hf) in family.tensors(model).items():
-        if '{i}' in template:
+        if '{j}' in template:  # per expert: slice j of the stacked kernels
+            for i in range(model.num_layers):
+                for j in experts:
+                    tensors[template.format(i=i, j=j)] = to_hf(*(layer(p, i)[j] for p in paths))
+        elif '{i}' in template:
             for i in range(model.num_layers):
                 tensors[template.format(i=i)] = to_hf(*(layer(p, i) for p in paths))
         else:

@@ -61,12 +61,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig.models.decoder_block import NORM_POSITIONS, Block
-from jaxbig.models.gpt_size import SIZES, count_params, flops_per_token
+from jaxbig.models.gpt_size import SIZES, active_params, count_params, flops_per_token
 from jaxbig.models.layers import MLP_KINDS, NORMS, Linear
 from jaxbig.models.moe import MoeSpec
 from jaxbig.models.rope import RopeScaling
 
-__all__ = ['Block', 'Model', 'SIZES', 'count_params', 'flops_per_token', 'init_cache']
+__all__ = ['SIZES', 'Block', 'Model', 'active_params', 'count_params', 'flops_per_token',
+           'init_cache']
 
 
 # 'einsum': layers.causal_attention (fastest on CPU); 'xla' / 'cudnn': jax.nn.dot_product_attention
@@ -158,9 +159,14 @@ class Model(nn.Module):
                            self.rope_low_freq_factor, self.rope_high_freq_factor,
                            self.rope_beta_fast, self.rope_beta_slow, self.rope_attention_factor)
 
+    def __post_init__(self):  # config's moe dict -> a MoeSpec (hashable: jit's static args)
+        if not isinstance(self.moe, (MoeSpec, type(None))):
+            object.__setattr__(self, 'moe', MoeSpec.of(self.moe))
+        super().__post_init__()
+
     @property
     def moe_spec(self) -> MoeSpec | None:
-        return MoeSpec.of(self.moe)
+        return self.moe
 
     @property
     def resolved_head_dim(self) -> int:

@@ -26,6 +26,19 @@ def count_params(params) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
+def active_params(model, params) -> int:
+    """Parameters one token's forward uses: count_params less the experts it does not
+    visit ((experts - k) / experts of every routed expert kernel); = count_params when the
+    model has no Mixture-of-Experts layers."""
+    spec = getattr(model, 'moe_spec', None)
+    total = count_params(params)
+    if not spec:
+        return total
+    routed = sum(math.prod(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+                 if 'experts' in [getattr(k, 'key', None) for k in path])
+    return total - routed * (spec.experts - spec.experts_per_token) // spec.experts
+
+
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token, counted the way MaxText counts them.
 
@@ -39,12 +52,18 @@ def flops_per_token(model, seq_len: int) -> float:
                  causal mask as MaxText's calculate_tflops_training_per_device does since
                  2025, following Megatron-LM and NeMo; nanoGPT's estimate_mfu does not halve)
     Norms, RoPE, softmax and the optimizer are not counted; nor are sliding windows
-    (a windowed layer is counted as a full causal one: an upper bound).
+    (a windowed layer is counted as a full causal one: an upper bound). A Mixture-of-Experts
+    layer counts its active weights: 3 * embed * expert_dim * (k + shared_experts) plus the
+    router's embed * experts (model.moe, jaxbig.models.moe).
     """
     m, hd = model, model.resolved_head_dim
     mlp_mats = 3 if m.mlp in ('swiglu', 'geglu') else 2  # gated: gate, up, down
-    weights = m.num_layers * (2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd
-                              + mlp_mats * m.embed_dim * m.mlp_dim)
+    mlp = mlp_mats * m.embed_dim * m.mlp_dim
+    spec = getattr(m, 'moe_spec', None)
+    if spec:
+        active = spec.experts_per_token + spec.shared_experts
+        mlp = 3 * m.embed_dim * (spec.expert_dim or m.mlp_dim) * active + m.embed_dim * spec.experts
+    weights = m.num_layers * (2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd + mlp)
     weights += m.embed_dim * m.vocab_size
     attention = 3 * m.num_layers * 4 * seq_len * m.num_heads * hd / 2
     return float(6 * weights + attention)

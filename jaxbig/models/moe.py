@@ -3,12 +3,12 @@
 Shapes: b batch, t tokens of a row, n = b * t, d embed, E experts, k experts per token,
 m expert_dim, C a row's capacity per expert.
 
-    router     logits = x . W_r in float32 (W_r [d, E], logical ('embed', None))
+    router     logits = x . W_r in float32 (W_r `router` [d, E], logical ('embed', None))
                probs  = softmax(logits) over the E experts                 [b, t, E]
                top-k of probs -> experts [b, t, k], weights = their probs,
                divided by their sum when `normalize` (Mixtral; Qwen3-MoE's norm_topk_prob)
     experts    E SwiGLU MLPs, kernels stacked on a leading 'expert' axis:
-               gate, up [E, d, m]; down [E, m, d]
+               experts/gate/kernel, experts/up/kernel [E, d, m]; experts/down/kernel [E, m, d]
     output     y = sum over the k chosen experts of weight * expert(x)    [b, t, d]
                (+ a dense SwiGLU of shared_experts * m when shared_experts > 0)
 
@@ -142,6 +142,38 @@ def with_capacity(x, experts, weights, kernels, dtype, capacity: int):
     return y, dropped
 
 
+class _Kernel(nn.Module):
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    std: float
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self):
+        init = nn.with_logical_partitioning(nn.initializers.normal(self.std), self.axes)
+        return self.param('kernel', init, self.shape, self.param_dtype)
+
+
+class Experts(nn.Module):
+    """The E experts' SwiGLU kernels, stacked: () -> (gate, up [E, d, m], down [E, m, d]),
+    at experts/{gate,up,down}/kernel (so int8 quantization and pruning, which read
+    'kernel' leaves, see them; the router stays a plain 'router' leaf they leave alone)."""
+
+    experts: int
+    embed: int
+    dim: int
+    out_init_std: float
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self):
+        e, d, m = self.experts, self.embed, self.dim
+        inner, outer = ('expert', 'embed', 'mlp'), ('expert', 'mlp', 'embed')
+        return (_Kernel((e, d, m), inner, 0.02, self.param_dtype, name='gate')(),
+                _Kernel((e, d, m), inner, 0.02, self.param_dtype, name='up')(),
+                _Kernel((e, m, d), outer, self.out_init_std, self.param_dtype, name='down')())
+
+
 class MoeMlp(nn.Module):
     """[b, t, d] -> ([b, t, d], stats): see the module docstring. decode=True: dropless."""
 
@@ -157,17 +189,11 @@ class MoeMlp(nn.Module):
         b, t, d = x.shape
         e, k, m = spec.experts, spec.experts_per_token, spec.expert_dim or self.mlp_dim
 
-        def kernel(name, shape, axes, std=0.02):
-            init = nn.with_logical_partitioning(nn.initializers.normal(std), axes)
-            return self.param(name, init, shape, self.param_dtype)
-
-        router = kernel('router', (d, e), ('embed', None))
-        gate = kernel('gate', (e, d, m), ('expert', 'embed', 'mlp'))
-        up = kernel('up', (e, d, m), ('expert', 'embed', 'mlp'))
-        down = kernel('down', (e, m, d), ('expert', 'mlp', 'embed'), self.out_init_std)
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ('embed', None))
+        router = self.param('router', init, (d, e), self.param_dtype)
+        kernels = Experts(e, d, m, self.out_init_std, self.param_dtype, name='experts')()
         logits = jnp.dot(x.astype(jnp.float32), router.astype(jnp.float32))  # [b, t, E]
         probs, experts, weights = route(logits, k, spec.normalize)
-        kernels = (gate, up, down)
         if spec.dispatch == 'capacity' and not decode:
             y, dropped = with_capacity(x, experts, weights, kernels, self.dtype,
                                        spec.capacity(t))

@@ -1,0 +1,106 @@
+"""The Llama-layout Mixture-of-Experts families <-> jaxbig's GPT with `model.moe`:
+MixtralForCausalLM and Qwen3MoeForCausalLM. Attention, norms and RoPE are Llama's
+(llama.py: Mixtral's sliding window as Mistral's, Qwen3's per-head q/k norms); every layer's
+feed-forward is a softmax top-k router over SwiGLU experts (jaxbig.models.moe), the k
+weights renormalised (Mixtral always; Qwen3-MoE when norm_topk_prob).
+
+Tensors, per layer i and expert j (HF Linear weights are [out, in]):
+
+    Mixtral      block_sparse_moe.gate.weight [E, d]          -> mlp/router [d, E]
+                 block_sparse_moe.experts.{j}.w1 / w3 / w2    -> mlp/experts/gate / up / down
+                                                                 /kernel [j] ([d, m], [m, d])
+    Qwen3-MoE    mlp.gate.weight [E, d]                       -> mlp/router
+                 mlp.experts.{j}.gate_proj / up_proj / down_proj -> the same
+
+Refused in one line: Qwen3-MoE with dense layers among the sparse ones (mlp_only_layers,
+decoder_sparse_step > 1), a router that is not softmax-then-top-k. transformers runs every
+MoE dropless: a jaxbig model trained with model.moe.dispatch='capacity' exports its weights
+as they are, and computes there as jaxbig's dropless dispatch does.
+"""
+
+from __future__ import annotations
+
+from jaxbig import defaults
+from jaxbig.interop.family import Family, c, mismatches, need, no_gemma_switches
+from jaxbig.interop.llama import decoder_fields, decoder_hf, llama_tensors, window_of
+
+_ARCHITECTURES = {'mixtral': 'MixtralForCausalLM', 'qwen3_moe': 'Qwen3MoeForCausalLM'}
+_LAYOUT = {  # kind -> (feed-forward prefix, router, {jaxbig kernel: HF name})
+    'mixtral': ('block_sparse_moe', 'gate', {'gate': 'w1', 'up': 'w3', 'down': 'w2'}),
+    'qwen3_moe': ('mlp', 'gate', {'gate': 'gate_proj', 'up': 'up_proj', 'down': 'down_proj'}),
+}
+
+
+def _model(hf: dict) -> dict:
+    kind = hf.get('model_type', 'mixtral')
+    experts = hf.get('num_local_experts') or hf.get('num_experts')
+    need(hf, 'num_local_experts', bool(experts), 'a MoE config names its experts')
+    fields = decoder_fields(hf)
+    moe = dict(experts=int(experts), experts_per_token=int(hf['num_experts_per_tok']),
+               normalize=True, dispatch='dropless')
+    if kind == 'qwen3_moe':
+        need(hf, 'mlp_only_layers', not hf.get('mlp_only_layers'),
+             'dense layers among the MoE ones')
+        need(hf, 'decoder_sparse_step', hf.get('decoder_sparse_step', 1) == 1,
+             'MoE on every other layer only')
+        moe.update(expert_dim=int(hf['moe_intermediate_size']),
+                   normalize=bool(hf.get('norm_topk_prob', False)))
+        fields.update(qk_norm='head', qkv_bias=bool(hf.get('attention_bias', False)),
+                      out_bias=bool(hf.get('attention_bias', False)))
+    return dict(fields, sliding_window=window_of(hf, 'mistral' if kind == 'mixtral' else
+                                                 'qwen3'), moe=defaults.moe(**moe))
+
+
+def _kind(m) -> str:
+    return 'qwen3_moe' if m.qk_norm == 'head' else 'mixtral'
+
+
+def _hf(m) -> dict:
+    kind, spec = _kind(m), m.moe_spec
+    out = decoder_hf(m, kind, _ARCHITECTURES[kind])
+    out.update(num_local_experts=spec.experts, num_experts_per_tok=spec.experts_per_token,
+               router_jitter_noise=0.0, output_router_logits=False)
+    if kind == 'mixtral':
+        out.update(intermediate_size=spec.expert_dim or m.mlp_dim,
+                   sliding_window=m.sliding_window or None)
+    else:
+        out.update(num_experts=spec.experts, moe_intermediate_size=spec.expert_dim or m.mlp_dim,
+                   norm_topk_prob=spec.normalize, decoder_sparse_step=1, mlp_only_layers=[],
+                   attention_bias=m.qkv_bias, use_sliding_window=bool(m.sliding_window),
+                   sliding_window=m.sliding_window or None, max_window_layers=0)
+    return out
+
+
+def _tensors(m) -> dict:
+    """llama_tensors without the dense MLP, plus the router and the per-expert kernels."""
+    out = {k: v for k, v in llama_tensors(m).items() if '.mlp.' not in k}
+    prefix, router, names = _LAYOUT[_kind(m)]
+    p = f'model.layers.{{i}}.{prefix}.'
+    out[p + f'{router}.weight'] = (('mlp/router',), lambda w: (c(w.T),), lambda k: c(k.T))
+    for ours, theirs in names.items():
+        out[p + f'experts.{{j}}.{theirs}.weight'] = ((f'mlp/experts/{ours}/kernel',),
+                                                     lambda w: (c(w.T),), lambda k: c(k.T))
+    return out
+
+
+def _reasons(m) -> list[str]:
+    spec = m.moe_spec
+    if not spec:
+        return ['moe.experts=0 (a dense model)']
+    bad = mismatches(m, norm='rmsnorm', mlp='swiglu', positions='rope', norm_position='pre',
+                     parallel_residual=False, embed_scale=False, rope_fraction=1.0,
+                     mlp_bias=False)
+    bad += no_gemma_switches(m)
+    bad += [f'moe.shared_experts={spec.shared_experts}'] if spec.shared_experts else []
+    if _kind(m) == 'mixtral':
+        bad += [f'qk_norm={m.qk_norm!r}'] if m.qk_norm != 'none' else []
+        bad += ['moe.normalize=False (Mixtral renormalises the top-k)'] if not spec.normalize \
+            else []
+        bad += ['qkv_bias / out_bias (Mixtral has none)'] if m.qkv_bias or m.out_bias else []
+    elif m.qkv_bias != m.out_bias:
+        bad.append('qkv_bias != out_bias (Qwen3-MoE has one attention_bias)')
+    return bad
+
+
+LLAMA_MOE = Family('llama_moe', tuple(_ARCHITECTURES.values()), _model, _hf, _tensors,
+                   _reasons, ignored=('.rotary_emb.inv_freq',), moe=True)
