@@ -183,6 +183,9 @@ OBJECTIVES = {
     'lm_packed': ('experiments/lm.py', GPT, lambda rng, c: lm_batch(rng, packed=True)),
     'lm_unpacked': ('experiments/lm.py', GPT, lambda rng, c: lm_batch(rng, packed=False)),
     'sft': ('experiments/sft.py', GPT, lambda rng, c: sft_batch(rng)),
+    # Mixture-of-Experts feed-forward, dropless, with its balance and router z-losses
+    'lm_moe': ('experiments/lm.py', [*GPT, '--config.model.moe.experts=4'],
+               lambda rng, c: lm_batch(rng, packed=False)),
     'mlm': ('experiments/mlm.py',
             ['--config.model.depth=2', '--config.model.width=32', '--config.model.num_heads=2',
              '--config.model.mlp_dim=64', f'--config.model.vocab_size={VOCAB}',

@@ -27,6 +27,7 @@ Matrix (objective x switch):
     lm_packed      pass   pass    pass   pass    pass  pass   pass
     lm_unpacked    pass   pass    pass   pass    pass  pass   pass
     sft            pass   pass    pass   pass    pass  pass   pass
+    lm_moe         pass   pass    pass   pass    pass  pass   pass
     mlm            pass   pass    pass   pass    pass  -      pass
     seq2seq        pass   pass    pass   pass    pass  -      pass
     distill        pass   pass    pass   pass    pass  pass   pass
@@ -79,7 +80,7 @@ PARAM_TOL = dict(rtol=1e-5, atol=1e-5)
 
 OBJECTIVES = list(ic.OBJECTIVES)
 COUPLED = ('simclr', 'clip', 'siglip', 'clap')
-GPT = ('lm_packed', 'lm_unpacked', 'sft', 'distill')
+GPT = ('lm_packed', 'lm_unpacked', 'sft', 'distill', 'lm_moe')
 
 SWITCHES = {  # in-process switches -> ic.run_single keywords
     'accum2': dict(accum=2),

@@ -3,6 +3,7 @@ routing, the two dispatches against a per-token loop, the capacity's drops, the 
 losses, gradients, and the GPT with MoE layers end to end."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -216,3 +217,36 @@ def test_gpt_moe_dispatches_agree_and_sow_stats():
 def test_bad_moe_config_is_one_line(fields, match):
     with pytest.raises(ConfigError, match=match):
         _model(**fields).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_batch_balance_group_is_refused_where_a_split_would_change_it():
+    """'batch' balancing is one forward pass's statistic: refused under accumulation and
+    pmap (one line), accepted alone; 'sequence' everywhere."""
+    from jaxbig import defaults, losses
+
+    config = ml_collections.ConfigDict(dict(
+        model=defaults.gpt({}, moe=defaults.moe(experts=4)), loss=defaults.lm_loss(),
+        optimizer=dict(grad_accum_steps=2), parallel=dict(strategy='mesh')))
+    module = losses.get_loss_module('autoregressive')
+    losses.check_accumulation(module, config)  # 'sequence'
+    config.loss.moe_balance_group = 'batch'
+    with pytest.raises(ConfigError, match="moe_balance_group='batch'.*grad_accum_steps=2"):
+        losses.check_accumulation(module, config)
+    config.optimizer.grad_accum_steps = 1
+    losses.check_accumulation(module, config)
+    config.parallel.strategy = 'pmap'
+    with pytest.raises(ConfigError, match='pmap'):
+        losses.check_accumulation(module, config)
+
+
+def test_int8_quantization_scales_each_expert_per_output_channel():
+    from jaxbig import quantize
+
+    model = _model()
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
+    q = quantize.quantize_params(params)
+    gate = q['layers']['mlp']['experts']['gate']['kernel']  # [layers, E, d, m], scanned
+    assert gate.scale.shape == (2, E, 1, M)  # per layer, expert and output feature
+    np.testing.assert_allclose(gate.dequantize(), params['layers']['mlp']['experts']['gate'][
+        'kernel'], atol=float(np.abs(gate.scale).max()))
+    assert not isinstance(q['layers']['mlp']['router'], quantize.QTensor)  # routing kept
