@@ -44,7 +44,7 @@ def test_loss_fn_z_loss_and_metrics():
     batch = {'inputs': jnp.zeros((2, 5), jnp.int32),
              'targets': jnp.asarray(rng.integers(0, 7, size=(2, 5))),
              'mask': jnp.ones((2, 5))}
-    apply_fn = lambda variables, inputs, train, rngs: logits.astype(jnp.bfloat16)
+    apply_fn = lambda variables, inputs, train, rngs, mutable: (logits.astype(jnp.bfloat16), {})
     cfg = ml_collections.ConfigDict({'name': 'autoregressive', 'z_loss': 1e-2})
     total, metrics = values(autoregressive.loss_fn(apply_fn, {}, batch, {}, cfg))
     lf = np.asarray(logits.astype(jnp.bfloat16).astype(jnp.float32), np.float64)

@@ -1,6 +1,7 @@
 """Mixture-of-Experts (jaxbig.models.moe, jaxbig.losses.moe_aux) against NumPy references:
 routing, the two dispatches against a per-token loop, the capacity's drops, the auxiliary
 losses, gradients, and the GPT with MoE layers end to end."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -243,7 +244,7 @@ def test_int8_quantization_scales_each_expert_per_output_channel():
     from jaxbig import quantize
 
     model = _model()
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params'])
     q = quantize.quantize_params(params)
     gate = q['layers']['mlp']['experts']['gate']['kernel']  # [layers, E, d, m], scanned
     assert gate.scale.shape == (2, E, 1, M)  # per layer, expert and output feature

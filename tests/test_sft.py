@@ -274,7 +274,10 @@ def test_prompt_tokens_have_zero_gradient():
     probe = jnp.zeros(logits.shape)
 
     def loss_with_probe(probe, batch):
-        apply = lambda v, x, **kw: model.apply(v, x, **kw) + probe
+        def apply(v, x, **kw):  # flax apply with mutable=[...]: (logits, collections)
+            logits, sown = model.apply(v, x, **kw)
+            return logits + probe, sown
+
         cfg = ml_collections.ConfigDict({'z_loss': 0.0})
         return autoregressive.loss_fn(apply, params, batch, None, cfg, train=False)[0].value()
 

@@ -17,7 +17,8 @@ batch, and under gradient accumulation the step embeds micro-batch by micro-batc
 backpropagates through the cached embeddings' gradients (jaxbig/step.py). An evaluator's padding rows carry
 `batch['example_mask']` 0 and must count nothing (`aggregate.example_mask`).
 
-`config` is the experiment's `loss` section; `config.name` picks the module
+`apply_fn` is a flax `Module.apply` (the token losses pass `mutable=['intermediates']` to
+read what a Mixture-of-Experts model sows). `config` is the experiment's `loss` section; `config.name` picks the module
 (`'autoregressive'` -> `jaxbig.losses.autoregressive`).
 """
 
