@@ -78,12 +78,13 @@ def _inputs(b=3, t=9, seed=2):
     return x, experts.astype(np.int32), weights.astype(np.float32)
 
 
-def test_dropless_equals_a_per_token_loop():
+@pytest.mark.parametrize('grouped', ['ragged_dot', 'blocks'])
+def test_dropless_equals_a_per_token_loop(grouped):
     x, experts, weights = _inputs()
     kernels = _kernels()
     b, t, _ = x.shape
     got = moe.dropless(jnp.asarray(x.reshape(b * t, D)), jnp.asarray(experts.reshape(-1, K)),
-                       jnp.asarray(weights.reshape(-1, K)), kernels, jnp.float32)
+                       jnp.asarray(weights.reshape(-1, K)), kernels, jnp.float32, grouped)
     want, _ = _moe_np(x, experts, weights, kernels)
     np.testing.assert_allclose(np.asarray(got).reshape(b, t, D), want, atol=1e-5)
 
@@ -117,17 +118,20 @@ def test_dispatches_have_equal_gradients_to_a_dense_evaluation():
         sparse = jnp.einsum('btk,btke->bte', w, jax.nn.one_hot(experts, E))
         return jnp.sum(jnp.einsum('bted,bte->btd', out, sparse) * r)
 
-    def drop(x, w, kernels):
+    def drop(x, w, kernels, grouped='ragged_dot'):
         y = moe.dropless(x.reshape(-1, D), experts.reshape(-1, K), w.reshape(-1, K), kernels,
-                         jnp.float32)
+                         jnp.float32, grouped)
         return jnp.sum(y.reshape(x.shape) * r)
+
+    def blocks(x, w, kernels):
+        return drop(x, w, kernels, 'blocks')
 
     def cap(x, w, kernels):
         return jnp.sum(moe.with_capacity(x, experts, w, kernels, jnp.float32, K * 5)[0] * r)
 
     args = (jnp.asarray(x), jnp.asarray(weights), kernels)
     want = jax.grad(dense, argnums=(0, 1, 2))(*args)
-    for f in (drop, cap):
+    for f in (drop, blocks, cap):
         got = jax.grad(f, argnums=(0, 1, 2))(*args)
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_allclose(g, w, atol=1e-5)
@@ -177,6 +181,23 @@ def test_balance_and_z_loss_equal_numpy(group):
     load = (np.asarray(chosen) * w[None, ..., None]).sum((1, 2))
     np.testing.assert_allclose(float(metrics['moe_load_imbalance']),
                                np.mean(load.max(-1) / load.mean(-1)), rtol=1e-5)
+
+
+@pytest.mark.parametrize('pairs, experts, want', [(8192, 8, 256), (40, 4, 16), (10**6, 8, 512)])
+def test_block_size(pairs, experts, want):
+    assert moe.block_size(pairs, experts) == want
+
+
+def test_blocks_with_empty_and_lopsided_experts():
+    """Blocks padded per expert: an expert with no rows, one with all but one."""
+    r = np.random.default_rng(8)
+    x = jnp.asarray(r.normal(size=(37, D)).astype(np.float32))
+    kernels = _kernels(9)
+    for sizes in ([0, 36, 1, 0], [37, 0, 0, 0], [9, 9, 9, 10]):
+        sizes = jnp.asarray(sizes, jnp.int32)
+        np.testing.assert_allclose(moe.swiglu_blocks(x, sizes, *kernels, jnp.float32),
+                                   moe.swiglu_experts(x, sizes, *kernels, jnp.float32),
+                                   atol=1e-5)
 
 
 def test_perfect_balance_is_one():

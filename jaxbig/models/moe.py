@@ -24,6 +24,11 @@ Dispatch (how tokens reach their experts; the same function, two costs):
                 in any batch, micro-batch or device. With capacity_factor >= E (C = k * t)
                 nothing drops and it equals 'dropless'. KV-cached decoding is dropless.
 
+The grouped matmul of 'dropless' (`grouped`, a speed switch: the same numbers): 'ragged_dot'
+(TPU / GPU lower it to grouped-matmul kernels) or 'blocks' (each expert's rows padded to
+blocks of B, one batched matmul over the blocks: XLA:CPU lowers ragged_dot to a masked
+product over every expert, E times the work); 'auto' picks by platform.
+
 The layer returns (y, stats) with per-token routing statistics that the loss turns into
 the load-balancing auxiliary loss, the router z-loss and the load metrics
 (jaxbig.losses.moe_aux), weighting each token as the batch says (padding counts nothing):
@@ -61,6 +66,7 @@ class MoeSpec:
     normalize: bool = True  # top-k weights divided by their sum (Mixtral; Qwen3 flag)
     dispatch: str = 'dropless'  # 'dropless' | 'capacity'
     capacity_factor: float = 1.25  # 'capacity': slots per expert per row, see above
+    grouped: str = 'auto'  # dropless's grouped matmul: 'ragged_dot' | 'blocks' | 'auto'
 
     @classmethod
     def of(cls, section) -> MoeSpec | None:
@@ -81,6 +87,9 @@ class MoeSpec:
         if self.dispatch not in DISPATCHES:
             raise ConfigError(f'model.moe.dispatch={self.dispatch!r}: expected one of '
                               f'{DISPATCHES}')
+        if self.grouped not in ('auto', *GROUPED):
+            raise ConfigError(f'model.moe.grouped={self.grouped!r}: expected auto or one of '
+                              f'{tuple(GROUPED)}')
         if self.dispatch == 'capacity' and self.capacity_factor <= 0:
             raise ConfigError(f'model.moe.capacity_factor={self.capacity_factor}: expected > 0')
         if self.expert_dim < 0 or self.shared_experts < 0:
@@ -102,22 +111,64 @@ def route(logits, k: int, normalize: bool):
 
 
 def swiglu_experts(x, sizes, gate, up, down, dtype):
-    """Grouped SwiGLU: x [p, d] sorted by expert, sizes int32 [E] rows per expert; kernels
-    [E, d, m], [E, d, m], [E, m, d] -> [p, d]."""
+    """Grouped SwiGLU with `jax.lax.ragged_dot`: x [p, d] sorted by expert, sizes int32 [E]
+    rows per expert; kernels [E, d, m], [E, d, m], [E, m, d] -> [p, d]."""
     x = x.astype(dtype)
     g = jax.lax.ragged_dot(x, gate.astype(dtype), sizes)
     u = jax.lax.ragged_dot(x, up.astype(dtype), sizes)
     return jax.lax.ragged_dot(nn.silu(g) * u, down.astype(dtype), sizes)
 
 
-def dropless(x, experts, weights, kernels, dtype):
+def block_size(pairs: int, experts: int) -> int:
+    """Rows per block of `swiglu_blocks`: a power of two near a quarter of an expert's
+    even share, in [16, 512] (padding <= experts * (block - 1) rows)."""
+    share = max(pairs // (4 * experts), 1)
+    return int(min(512, max(16, 1 << (share.bit_length() - 1))))
+
+
+def swiglu_blocks(x, sizes, gate, up, down, dtype):
+    """`swiglu_experts` as blocks of one expert each (MegaBlocks' layout, for XLA:CPU, which
+    lowers ragged_dot to a masked dense product over all E experts: E times the FLOPs).
+    Each expert's rows start a new block of B (`block_size`); every block is one batched
+    matmul with its expert's kernels gathered. Work: (p + E * (B - 1)) rows instead of p."""
+    p, e = x.shape[0], gate.shape[0]
+    b = block_size(p, e)
+    blocks = -(-(p + e * (b - 1)) // b)
+    padded = -(-sizes // b) * b  # each expert's rows rounded up to whole blocks
+    pad_start = jnp.cumsum(padded) - padded
+    start = jnp.cumsum(sizes) - sizes
+    expert = jnp.repeat(jnp.arange(e), sizes, total_repeat_length=p)  # each sorted row's
+    slot = pad_start[expert] + jnp.arange(p) - start[expert]  # row -> its padded position
+    source = jnp.full((blocks * b,), p, jnp.int32).at[slot].set(jnp.arange(p, dtype=jnp.int32))
+    block_expert = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded), jnp.arange(blocks) * b,
+                                                side='right'), e - 1)
+    xb = jnp.concatenate([x.astype(dtype), jnp.zeros((1, x.shape[1]), dtype)])[source]
+    xb = xb.reshape(blocks, b, -1)
+    pick = lambda w: w.astype(dtype)[block_expert]  # noqa: E731  [blocks, in, out]
+    h = nn.silu(jnp.einsum('nbd,ndm->nbm', xb, pick(gate))) * jnp.einsum(
+        'nbd,ndm->nbm', xb, pick(up))
+    y = jnp.einsum('nbm,nmd->nbd', h, pick(down)).reshape(blocks * b, -1)
+    return y[slot]
+
+
+GROUPED = {'ragged_dot': swiglu_experts, 'blocks': swiglu_blocks}
+
+
+def grouped_impl(name: str) -> str:
+    """'auto' -> 'blocks' on CPU, 'ragged_dot' on TPU / GPU (native grouped matmuls)."""
+    if name != 'auto':
+        return name
+    return 'blocks' if jax.default_backend() == 'cpu' else 'ragged_dot'
+
+
+def dropless(x, experts, weights, kernels, dtype, grouped: str = 'auto'):
     """x [n, d]; experts int32 [n, k]; weights [n, k] -> [n, d] (sort, grouped matmul,
-    unsort, weighted sum over the k)."""
+    unsort, weighted sum over the k). grouped: 'ragged_dot' | 'blocks' | 'auto'."""
     n, k = experts.shape
     flat = experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)  # pair p of the sorted list is order[p]
     sizes = jnp.bincount(flat, length=kernels[0].shape[0]).astype(jnp.int32)
-    y = swiglu_experts(x[order // k], sizes, *kernels, dtype)
+    y = GROUPED[grouped_impl(grouped)](x[order // k], sizes, *kernels, dtype)
     y = y[jnp.argsort(order)].reshape(n, k, -1)  # back to (token, choice) order
     return jnp.einsum('nkd,nk->nd', y, weights.astype(y.dtype))
 
@@ -199,7 +250,8 @@ class MoeMlp(nn.Module):
                                        spec.capacity(t))
         else:
             y = dropless(x.reshape(b * t, d), experts.reshape(b * t, k),
-                         weights.reshape(b * t, k), kernels, self.dtype).reshape(b, t, d)
+                         weights.reshape(b * t, k), kernels, self.dtype,
+                         spec.grouped).reshape(b, t, d)
             dropped = jnp.zeros((b, t), jnp.float32)
         y = y.astype(self.dtype)
         if spec.shared_experts:
