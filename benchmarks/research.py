@@ -108,7 +108,7 @@ def warmup_steps(schedule_steps: int) -> int:
 
 
 def lm_run(ctx, name: str, *, size, layers, seq, batch, lr, steps, schedule_steps=0, embed=0,
-           evals=4) -> dict:
+           evals=4, extra=()) -> dict:
     """One experiments/lm.py run; its `val` evaluator scores the whole batches of the whole
     validation split (--quick: 2 batches) `evals` times. schedule_steps: the LR schedule's
     length (0 = steps)."""
@@ -125,6 +125,7 @@ def lm_run(ctx, name: str, *, size, layers, seq, batch, lr, steps, schedule_step
                  f'--config.train.log_every={max(min(100, steps // 15) // 4 * 4, 4)}']
     if embed:
         overrides += [f'--config.model.embed_dim={embed}', f'--config.model.mlp_dim={3 * embed}']
+    overrides += list(extra)
     record = ctx.train(name, f'{LM_SPEC}:size={size},steps={steps},batch={batch},seq={seq}',
                        overrides)
     record.update(tokens=steps * batch * seq, seq=seq, batch=batch, steps=steps,
@@ -166,6 +167,36 @@ def lm_sizes(ctx) -> dict:
     for run, (name, _) in zip(runs, LM_SIZES):
         run['shape'] = name
     return dict(runs=runs, figures={r['shape']: r['val_bits_per_byte'] for r in runs})
+
+
+# Mixture-of-Experts against dense at equal tokens (LM_SIZES_STEPS x 32 x 128, tiny's depth
+# and width): 8 experts of 192 (half tiny's 384), top-2, dropless, default aux losses, vs the
+# dense model of equal active MLP (tiny: 384) and of equal total MLP (8 x 192 = 1,536).
+MOE_VS_DENSE = [
+    ('dense-active', 'dense, MLP 384 = MoE active', ['--config.model.mlp_dim=384']),
+    ('moe-8x192-top2', 'MoE 8 x 192, top-2', ['--config.model.moe.experts=8',
+                                              '--config.model.moe.expert_dim=192']),
+    ('dense-total', 'dense, MLP 1,536 = MoE total', ['--config.model.mlp_dim=1536']),
+]
+
+
+def moe_vs_dense(ctx) -> dict:
+    runs = []
+    for name, shape, extra in MOE_VS_DENSE:
+        run = lm_run(ctx, name, size='tiny', layers=4, seq=128, batch=32, lr=3e-3,
+                     steps=LM_SIZES_STEPS, evals=2, extra=extra)
+        run['shape'] = shape
+        runs.append(run)
+    moe = runs[1]
+    loads = [r['train/moe_load_imbalance'] for r in moe['curve'] if 'train/moe_load_imbalance'
+             in r]
+    bpb = {r['name']: r['val_bits_per_byte'] for r in runs}
+    return dict(runs=runs, figures=dict(
+        val_bits_per_byte=bpb, moe_minus_dense_active=bpb['moe-8x192-top2'] - bpb['dense-active'],
+        moe_minus_dense_total=bpb['moe-8x192-top2'] - bpb['dense-total'],
+        cpu_s={r['name']: r['cpu_s'] for r in runs},
+        load_imbalance_first_last=[loads[0], loads[-1]] if loads else None,
+        moe_balance_last=moe['final'].get('train/moe_balance')))
 
 
 # ----------------------------------------------------------------------------- image-text
@@ -268,6 +299,9 @@ ENTRIES = {
                   'zlib -9'),
     'lm_sizes': (lm_sizes, 'LM validation bits/byte against model size (tiny / deep / wide) '
                  f'at equal tokens ({LM_SIZES_STEPS} x 32 x 128)'),
+    'moe_vs_dense': (moe_vs_dense, 'Mixture-of-Experts (8 x 192, top-2) against the dense '
+                     'model of equal active and of equal total MLP parameters, at equal tokens '
+                     f'({LM_SIZES_STEPS} x 32 x 128)'),
     'clip_zero_shot': (clip_entry(), 'CLIP and SigLIP on shapes: zero-shot (24 classes) '
                        'and retrieval R@1/5/10 both ways'),
     'clip_longer': (clip_entry(('clip',), steps=800), 'the CLIP recipe at twice the steps '

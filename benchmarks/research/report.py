@@ -17,7 +17,7 @@ import os
 from research import grid
 
 LN2 = math.log(2)
-LM_ENTRIES = ('lm_recipe_short', 'lm_recipe', 'lm_sizes')
+LM_ENTRIES = ('lm_recipe_short', 'lm_recipe', 'lm_sizes', 'moe_vs_dense')
 BASELINE_NAMES = {
     'unigram': 'unigram (fitted on train, add-one)',
     'bigram': 'bigram (fitted on train, add-one)',
@@ -184,8 +184,21 @@ def plot_entry(entry: str, result: dict, path: str, baseline_figures: dict) -> b
     import matplotlib.pyplot as plt
 
     sizes = entry == 'lm_sizes' and all('train/num_params' in r['final'] for r in runs)
-    fig, axes = plt.subplots(1, 2 if sizes else 1, figsize=(12 if sizes else 7, 4.5))
-    ax = axes[0] if sizes else axes
+    moe = entry == 'moe_vs_dense'
+    fig, axes = plt.subplots(1, 2 if sizes or moe else 1, figsize=(12 if sizes or moe else 7, 4.5))
+    ax = axes[0] if sizes or moe else axes
+    if moe:  # the MoE run's load balance over training
+        for run in runs:
+            for key, style in (('train/moe_load_imbalance', '-'), ('train/moe_balance', '--')):
+                points = [(r['step'], r[key]) for r in run['curve'] if key in r]
+                if points:
+                    axes[1].plot(*zip(*points), style, label=f'{run["name"]} {key[6:]}')
+        axes[1].axhline(1.0, ls=':', lw=1, color='gray')
+        axes[1].set_xlabel('step')
+        axes[1].set_ylabel('busiest expert / mean (-), balance loss (--); 1 = even')
+        axes[1].grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+        axes[1].set_title('load balance (mean over layers)')
     if sizes:  # final validation bits/byte against parameters, at equal tokens
         points = sorted((r['final']['train/num_params'], r['val_bits_per_byte'], r['name'])
                         for r in runs if r.get('val_bits_per_byte') is not None)
