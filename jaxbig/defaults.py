@@ -76,6 +76,7 @@ def parallel(**overrides) -> dict:
             strategy='mesh',
             data=-1,
             fsdp=1,
+            expert=1,  # Mixture-of-Experts layers: experts split over this many devices
             tensor=1,
             rules=[list(r) for r in DEFAULT_RULES],
             distributed=False,

@@ -1,7 +1,7 @@
 """Devices, mesh, logical-axis sharding rules, and host-local -> global batches.
 
-Mesh axes are ('data', 'fsdp', 'tensor'), sized by `config.parallel` (-1 = the rest of the
-devices). Model parameters and activations carry *logical* axis names ('embed', 'heads',
+Mesh axes are ('data', 'fsdp', 'expert', 'tensor'), sized by `config.parallel` (-1 = the
+rest of the devices). Model parameters and activations carry *logical* axis names ('embed', 'heads',
 'mlp', 'vocab', 'batch', ...); `config.parallel.rules` maps them to mesh axes, so a sharding
 strategy is a config choice:
 
@@ -9,6 +9,9 @@ strategy is a config choice:
     FSDP                 fsdp=-1                 (params split along 'embed' / 'conv_out' /
                                                   'lstm_in', batch split)
     tensor parallel      tensor=N                (heads / mlp / vocab / lstm_hidden split)
+    expert parallel      expert=E                (a MoE layer's experts split over E devices;
+                                                  the batch too: the rest of the model sees
+                                                  'expert' as more data parallelism)
 
 Each model's logical names need a rule here (tests/test_sharding.py checks the GPT, LSTM,
 ResNet and MLP: every parameter named, every name ruled). A dimension its mesh axes do not
@@ -31,11 +34,11 @@ from jax.sharding import PartitionSpec as P
 
 from jaxbig.errors import ConfigError
 
-AXES = ('data', 'fsdp', 'tensor')
-BATCH_AXES = ('data', 'fsdp')
+AXES = ('data', 'fsdp', 'expert', 'tensor')
+BATCH_AXES = ('data', 'fsdp', 'expert')
 
 DEFAULT_RULES = (
-    ('batch', ('data', 'fsdp')),
+    ('batch', ('data', 'fsdp', 'expert')),
     ('vocab', 'tensor'),
     ('heads', 'tensor'),
     ('mlp', 'tensor'),
@@ -47,15 +50,16 @@ DEFAULT_RULES = (
     ('kv', None),
     ('length', None),
     ('layers', None),
-    ('expert', None),  # a MoE layer's stacked experts (jaxbig.models.moe): replicated
+    ('expert', 'expert'),  # a MoE layer's stacked experts (jaxbig.models.moe)
 )
 
 
-def mesh_shape(cfg, num_devices: int) -> tuple[int, int, int]:
-    """Resolves (data, fsdp, tensor) sizes; at most one may be -1 ('the rest')."""
+def mesh_shape(cfg, num_devices: int) -> tuple[int, ...]:
+    """Resolves the AXES' sizes (data, fsdp, expert, tensor); at most one may be -1 (the
+    rest)."""
     sizes = [int(cfg.get(a, 1)) for a in AXES]
     if sizes.count(-1) > 1:
-        raise ConfigError(f'parallel: only one of data/fsdp/tensor may be -1, got {sizes}')
+        raise ConfigError(f'parallel: only one of data/fsdp/expert/tensor may be -1, got {sizes}')
     if any(s == 0 or s < -1 for s in sizes):
         raise ConfigError(
             f'parallel: mesh sizes must be positive or -1, got {dict(zip(AXES, sizes))}'
@@ -78,7 +82,8 @@ def mesh_shape(cfg, num_devices: int) -> tuple[int, int, int]:
 def make_mesh(cfg, devices=None) -> jax.sharding.Mesh:
     devices = devices if devices is not None else jax.devices()
     shape = mesh_shape(cfg, len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
+    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
+                         devices=devices)
 
 
 def rules_from_config(cfg) -> tuple:
@@ -99,13 +104,13 @@ def rules_from_config(cfg) -> tuple:
 
 
 def batch_sharding(mesh, *, stacked: bool = False) -> NamedSharding:
-    """Leading (batch) dimension split over data x fsdp. stacked: batches stacked on a
+    """Leading (batch) dimension split over data x fsdp x expert. stacked: batches stacked on a
     leading steps axis [steps, batch, ...] (step.multi_step); the steps axis is not split."""
     return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
 def data_parallel_size(mesh) -> int:
-    return mesh.shape['data'] * mesh.shape['fsdp']
+    return math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
 
 
 def to_global(local_batch: dict, sharding: NamedSharding) -> dict:
@@ -120,7 +125,7 @@ def _path_key(path) -> tuple:
 def _mesh_axes_size(axes, mesh_shape) -> int:
     if axes is None:
         return 1
-    return math.prod(mesh_shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+    return math.prod(mesh_shape.get(a, 1) for a in (axes if isinstance(axes, tuple) else (axes,)))
 
 
 def fit_spec(spec: P, shape: tuple, mesh_shape: dict, rules, name: str = '') -> P:

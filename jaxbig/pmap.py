@@ -89,10 +89,10 @@ def uses_pmap(parallel_config, mesh) -> bool:
 
 def check_mesh(mesh) -> None:
     """pmap replicates the state, so the mesh must be pure data parallel."""
-    if mesh.shape.get('fsdp', 1) != 1 or mesh.shape.get('tensor', 1) != 1:
+    if any(mesh.shape.get(a, 1) != 1 for a in ('fsdp', 'expert', 'tensor')):
         raise ConfigError(
-            f"parallel.strategy='pmap' replicates parameters; it needs fsdp=1 and tensor=1, "
-            f'got {dict(mesh.shape)}'
+            f"parallel.strategy='pmap' replicates parameters; it needs fsdp=1, expert=1 and "
+            f'tensor=1, got {dict(mesh.shape)}'
         )
 
 

@@ -32,7 +32,7 @@ def _llama_1b_bytes():
 
 
 def _mesh(text):
-    return {'data': 1, 'fsdp': 1, 'tensor': 1,
+    return {'data': 1, 'fsdp': 1, 'expert': 1, 'tensor': 1,
             **{k: int(v) for k, v in (p.split('=') for p in text.split(','))}}
 
 

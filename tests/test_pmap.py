@@ -115,4 +115,4 @@ def test_pmap_needs_a_data_parallel_mesh(tfds_dir, tmp_path):
                    *TINY_LM, '--config.parallel.strategy=pmap', '--config.parallel.fsdp=2',
                    devices=2, check=False)
     assert proc.returncode == 2
-    assert 'fsdp=1 and tensor=1' in proc.stderr.strip().splitlines()[-1]
+    assert 'fsdp=1, expert=1 and tensor=1' in proc.stderr.strip().splitlines()[-1]

@@ -157,7 +157,7 @@ def test_fit_spec_replicates_dimensions_a_mesh_axis_does_not_divide():
 
 
 def test_fit_specs_on_a_tree():
-    mesh = jax.sharding.AbstractMesh((2, 2, 2), parallel.AXES)
+    mesh = jax.sharding.AbstractMesh((2, 2, 1, 2), parallel.AXES)
     specs = {'a': P('vocab', 'embed'), 'b': P('mlp')}
     shapes = {'a': jax.ShapeDtypeStruct((25, 16), jnp.float32),
               'b': jax.ShapeDtypeStruct((8,), jnp.float32)}

@@ -31,9 +31,10 @@ import jax
 import numpy as np
 
 from jaxbig import config as config_lib
+from jaxbig import parallel
 from jaxbig.planning import estimate, hlo, targets
 
-AXES = ('data', 'fsdp', 'tensor')
+AXES = parallel.AXES
 
 
 def parse_mesh(text: str) -> dict[str, int]:
