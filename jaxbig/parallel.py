@@ -51,6 +51,7 @@ DEFAULT_RULES = (
     ('length', None),
     ('layers', None),
     ('expert', 'expert'),  # a MoE layer's stacked experts (jaxbig.models.moe)
+    ('expert_batch', ('data', 'fsdp')),  # rows of tokens dispatched to the experts
 )
 
 

@@ -184,10 +184,14 @@ def with_capacity(x, experts, weights, kernels, dtype, capacity: int):
     place = jax.nn.one_hot(slot, capacity, dtype=jnp.float32) * kept[..., None]  # [b,k,t,E,C]
     dispatch = place.sum(1)  # [b, t, E, C]
     combine = jnp.einsum('bktec,bkt->btec', place, jnp.swapaxes(weights, 1, 2))
-    xe = jnp.einsum('btec,btd->becd', dispatch.astype(dtype), x.astype(dtype))
+    # each row's slots move to their expert's devices (an all-to-all over the 'expert' mesh
+    # axis, GShard's), are computed there, and come back for the combine
+    on_experts = ('expert_batch', 'expert', None, 'embed')
+    xe = nn.with_logical_constraint(
+        jnp.einsum('btec,btd->becd', dispatch.astype(dtype), x.astype(dtype)), on_experts)
     gate, up, down = (w.astype(dtype) for w in kernels)
     h = nn.silu(jnp.einsum('becd,edm->becm', xe, gate)) * jnp.einsum('becd,edm->becm', xe, up)
-    ye = jnp.einsum('becm,emd->becd', h, down)
+    ye = nn.with_logical_constraint(jnp.einsum('becm,emd->becd', h, down), on_experts)
     y = jnp.einsum('btec,becd->btd', combine.astype(dtype), ye)
     dropped = k - kept.sum((1, 3)).astype(jnp.float32)
     return y, dropped
