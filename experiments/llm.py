@@ -62,9 +62,22 @@ from jaxbig import defaults
 from jaxbig.config import ConfigError, parse_arg
 from jaxbig.models.gpt import SIZES
 
-PRESETS = ('1b', '8b', '70b')
+PRESETS = ('1b', '8b', '70b', 'mixtral_8x7b', 'qwen3_30b_a3b')
 VOCAB = 128256  # Llama 3's tokenizer
-LR = {'1b': 3e-4, '8b': 3e-4, '70b': 1.5e-4}  # Llama 3's peak learning rates
+LR = {'1b': 3e-4, '8b': 3e-4, '70b': 1.5e-4,  # Llama 3's peak learning rates
+      'mixtral_8x7b': 3e-4, 'qwen3_30b_a3b': 3e-4}
+# Mixture-of-Experts shapes (the published configs; jaxbig.models.moe), over the same recipe
+MOE = {
+    # 32 layers of Mistral-7B's attention, 8 experts of 14,336, top-2: 46.7 B, 12.9 B active
+    'mixtral_8x7b': dict(SIZES['llama_8b'], vocab_size=32000, rope_base=1e6,
+                         moe=dict(experts=8, experts_per_token=2)),
+    # 48 layers, 32 / 4 heads of 128, q/k norms, 128 experts of 768, top-8 renormalised:
+    # 30.5 B, 3.3 B active
+    'qwen3_30b_a3b': dict(num_layers=48, num_heads=32, num_kv_heads=4, head_dim=128,
+                          embed_dim=2048, mlp_dim=6144, qk_norm='head', vocab_size=151936,
+                          rope_base=1e6, norm_eps=1e-6,
+                          moe=dict(experts=128, experts_per_token=8, expert_dim=768)),
+}
 
 
 def get_config(arg=None):
@@ -72,12 +85,15 @@ def get_config(arg=None):
     if arg.size not in PRESETS:
         raise ConfigError(f'experiments/llm.py: size={arg.size!r}, expected one of {PRESETS}')
     c = ml_collections.ConfigDict()
+    shape = dict(MOE.get(arg.size) or SIZES[f'llama_{arg.size}'])
+    moe = defaults.moe(**shape.pop('moe', {}))
     c.model = defaults.gpt(
-        SIZES[f'llama_{arg.size}'],
-        vocab_size=VOCAB,
+        shape,
+        vocab_size=shape.pop('vocab_size', VOCAB),
         tie_embeddings=False,
-        rope_base=500000.0,
-        norm_eps=1e-5,
+        rope_base=shape.pop('rope_base', 500000.0),
+        norm_eps=shape.pop('norm_eps', 1e-5),
+        moe=moe,
         scan_layers=True,
         remat='full',  # keep each layer's input only; 'dots' keeps matmul outputs too
         dtype='bfloat16',

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import REPO, run_cli
-from jaxbig import planning
+from jaxbig import cli, models, planning
 from jaxbig.config import ConfigError
 from jaxbig.models import gpt
 from jaxbig.planning import estimate, hlo, targets
@@ -47,6 +47,10 @@ PLANS = {
     'uneven_micro': ('experiments/lm.py', ['--config.train.batch_size=16',
                                            '--config.optimizer.grad_accum_steps=4'],
                      'cpu:8', 'data=8', 0.4),
+    # a Mixture-of-Experts GPT, experts split 4 ways, GShard's capacity dispatch
+    'moe': ('experiments/lm.py:experts=4', ['--config.train.batch_size=16',
+                                            '--config.model.moe.dispatch=capacity'],
+            'cpu:8', 'data=2,expert=4', 0.4),
     # every task's experiment
     'lm': ('experiments/lm.py', [], 'cpu:8', 'data=8', 0.4),
     'lstm_lm': ('experiments/lstm_lm.py', [], 'cpu:8', 'data=8', 0.4),
@@ -149,7 +153,22 @@ def test_step_time_from_the_published_peak(plans):
 def test_micro_batches_that_do_not_split_are_noted(plans):
     assert plans['h100']['notes'] == []
     (note,) = plans['uneven_micro']['notes']
-    assert 'micro-batch has 4 rows' in note and 'data x fsdp = 8' in note
+    assert 'micro-batch has 4 rows' in note and 'data x fsdp x expert = 8' in note
+
+
+def test_moe_plan_counts_all_to_alls_and_active_parameters(plans):
+    r = plans['moe']
+    assert r['mesh'] == _mesh('data=2,expert=4')
+    assert r['collectives']['all-to-all']['count'] > 0  # tokens to their experts and back
+    c = r['config']
+    # 4 experts, top-2: the routed kernels count half; everything else whole
+    model = models.from_config(cli.load_config('experiments/lm.py:experts=4', []))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, 8), jnp.int32))['params'])
+    routed = 4 * 3 * 4 * 128 * 384  # layers x (gate, up, down) x experts x embed x mlp
+    assert c['num_params'] == gpt.count_params(shapes)
+    assert c['active_params'] == gpt.active_params(model, shapes) == c['num_params'] - routed // 2
+    assert c['flops_per_token'] == pytest.approx(gpt.flops_per_token(model, 128))
 
 
 @pytest.mark.slow  # the `plans` fixture: 12 real plans compiled, ~85-140 s

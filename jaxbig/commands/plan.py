@@ -79,7 +79,12 @@ def table(r: dict) -> str:
         f"      compiled for {t['compiled_for']}: lowered in {r['host']['lower_s']:.1f} s, "
         f"compiled in {r['host']['compile_s']:.1f} s; peak host memory "
         f"{_b(r['host']['peak_rss_bytes'])}",
-        f"model {r['config']['model']}, {_si(r['config']['num_params'])} parameters; "
+        f"model {r['config']['model']}, {_si(r['config']['num_params'])} parameters"
+        + (f" ({_si(r['config']['active_params'])} active per token)"
+           if r['config'].get('active_params', r['config']['num_params'])
+           != r['config']['num_params'] else '')
+        + (f", {_si(r['config']['flops_per_token'], 'FLOP')} per token"
+           if r['config'].get('flops_per_token') else '') + '; '
         f"batch {r['config']['batch_size']}"
         + (f" ({_si(r['config']['tokens_per_step'])} tokens) per step" if r['config']['tokens_per_step'] else ''),
         f"knobs remat {k['remat']}, scan_layers {k['scan_layers']}, grad_accum_steps "

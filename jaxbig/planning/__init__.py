@@ -53,6 +53,15 @@ def parse_mesh(text: str) -> dict[str, int]:
     return out
 
 
+def _active_params(model, params) -> int:
+    """Parameters a token's forward uses (a Mixture-of-Experts GPT: k of its experts)."""
+    from jaxbig.models import gpt_size
+
+    from jaxbig import lora
+
+    return gpt_size.active_params(lora.unwrap(model), params)
+
+
 def _knobs(config) -> dict:
     m, o, p = config.model, config.optimizer, config.parallel
     rules = {name: axes for name, axes in p.rules}
@@ -98,6 +107,10 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
         for axis, size in mesh.items():
             config.parallel[axis] = size
     devices, compiled_for = targets.devices_for(tgt)  # before anything starts a backend
+    moe = config.model.get('moe')
+    if moe and moe.get('grouped') == 'auto':  # what training on the target would run
+        with config.unlocked():
+            moe.grouped = 'blocks' if tgt.platform == 'cpu' else 'ragged_dot'
     data_lib.prepare(config.data)
     example = run_lib.read_example_batch(config)
     s = run_lib.setup(config, '', example_batch=example, devices=devices, with_evals=False)
@@ -146,15 +159,19 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
     largest, knobs_hint = estimate.advice(terms, _knobs(config), capacity)
     notes = []
     micro = config.train.batch_size // config.optimizer.grad_accum_steps
-    if micro % (mesh_shape['data'] * mesh_shape['fsdp']):
-        notes.append(f'each micro-batch has {micro} rows, which do not split over data x fsdp = '
-                     f"{mesh_shape['data'] * mesh_shape['fsdp']} devices: XLA replicates or "
+    rows = int(np.prod([mesh_shape.get(a, 1) for a in parallel.BATCH_AXES]))
+    if micro % rows:
+        notes.append(f'each micro-batch has {micro} rows, which do not split over data x fsdp x '
+                     f"expert = {rows} devices: XLA replicates or "
                      'pads them (more memory and compute than the shares above); '
                      'jaxbig train refuses this batch size')
     return dict(
         config=dict(model=config.model.get('name'), loss=config.loss.name,
                     batch_size=config.train.batch_size, tokens_per_step=tokens,
-                    num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))),
+                    num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+                    active_params=_active_params(s.model, state.params),
+                    flops_per_token=flops / tokens if tokens and counted == 'MaxText count'
+                    else None),
         target=dict(name=tgt.name, platform=tgt.platform, num_devices=n,
                     device_kind=chip.kind if chip else 'host CPU', compiled_for=compiled_for,
                     hbm_bytes=capacity, peak_flops=peak_flops or None, link_bytes_per_s=link),
