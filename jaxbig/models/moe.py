@@ -48,6 +48,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxbig.config import ConfigError
 from jaxbig.models.layers import Mlp
@@ -173,6 +174,31 @@ def dropless(x, experts, weights, kernels, dtype, grouped: str = 'auto'):
     return jnp.einsum('nkd,nk->nd', y, weights.astype(y.dtype))
 
 
+def dropless_per_shard(x, experts, weights, kernels, dtype, grouped: str = 'auto'):
+    """`dropless` over [b, t, ...] inputs, each device sorting only its own rows: under a mesh
+    whose 'batch' axes split b, a `jax.shard_map` over them (the kernels enter whole, gathered
+    as FSDP gathers a dense layer's), so no device sorts, or holds, another's tokens. The
+    same numbers as one global sort (dropless drops nothing, so the grouping is free)."""
+    b, t, d = x.shape
+    k = experts.shape[-1]
+
+    def local(x, experts, weights, *kernels):
+        n = x.shape[0] * x.shape[1]
+        return dropless(x.reshape(n, d), experts.reshape(n, k), weights.reshape(n, k), kernels,
+                        dtype, grouped).reshape(x.shape)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = None if mesh.empty else nn.logical_to_mesh_axes(('batch',))[0]
+    axes = tuple(a for a in (axes if isinstance(axes, tuple) else (axes,)) if a
+                 and mesh.shape[a] > 1)
+    ways = math.prod(mesh.shape[a] for a in axes) if axes else 1
+    if ways == 1 or b % ways:
+        return local(x, experts, weights, *kernels)
+    rows, whole = P(axes), P()
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, whole, whole, whole),
+                         out_specs=rows, check_vma=False)(x, experts, weights, *kernels)
+
+
 def with_capacity(x, experts, weights, kernels, dtype, capacity: int):
     """x [b, t, d]; experts, weights [b, t, k] -> (y [b, t, d], dropped [b, t]): each row's
     pairs placed first choices first, in token order, C = `capacity` per expert."""
@@ -253,9 +279,7 @@ class MoeMlp(nn.Module):
             y, dropped = with_capacity(x, experts, weights, kernels, self.dtype,
                                        spec.capacity(t))
         else:
-            y = dropless(x.reshape(b * t, d), experts.reshape(b * t, k),
-                         weights.reshape(b * t, k), kernels, self.dtype,
-                         spec.grouped).reshape(b, t, d)
+            y = dropless_per_shard(x, experts, weights, kernels, self.dtype, spec.grouped)
             dropped = jnp.zeros((b, t), jnp.float32)
         y = y.astype(self.dtype)
         if spec.shared_experts:
