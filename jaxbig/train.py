@@ -238,6 +238,7 @@ def _train(config, workdir: str, guard) -> dict:
             writer.close()
     if is_main:
         writers.plot_loss_curve(workdir)
+        writers.plot_moe_load(workdir)
         print(summary(config, workdir, last, step, best), flush=True)
     return last
 

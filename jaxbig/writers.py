@@ -1,4 +1,5 @@
-"""Where metrics go: `metrics.jsonl`, TensorBoard events, and a loss-curve PNG.
+"""Where metrics go: `metrics.jsonl`, TensorBoard events, a loss-curve PNG (and, for a
+Mixture-of-Experts model, `moe_load.png`: each layer's expert load over training).
 
 Only process 0 writes; other processes get a writer that does nothing.
 Each JSONL line is one logged step: {"step": int, "train/loss": float, "val/loss": ...}.
@@ -14,6 +15,8 @@ import jax
 
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss_curve.png'
+MOE_PLOT_FILE = 'moe_load.png'
+MOE_LAYER_KEY = 'train/moe_load_imbalance/layer_'
 
 
 class MetricWriter:
@@ -81,6 +84,40 @@ def plot_loss_curve(workdir: str, keys=('train/loss', 'val/loss')) -> str | None
     ax.set_title(os.path.basename(os.path.abspath(workdir)))
     fig.tight_layout()
     path = os.path.join(workdir, PLOT_FILE)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_moe_load(workdir: str) -> str | None:
+    """Writes `workdir/moe_load.png`: each MoE layer's load imbalance (tokens of its busiest
+    expert / the mean; 1 = even) against the step, from metrics.jsonl; None if the run logged
+    none (a dense model)."""
+    rows = read_metrics(workdir)
+    layers = sorted({k for r in rows for k in r if k.startswith(MOE_LAYER_KEY)},
+                    key=lambda k: int(k[len(MOE_LAYER_KEY):]))
+    if not layers:
+        return None
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap('viridis')
+    for i, key in enumerate(layers):
+        points = [(r['step'], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), color=cmap(i / max(len(layers) - 1, 1)),
+                label=f'layer {key[len(MOE_LAYER_KEY):]}' if len(layers) <= 12 else None)
+    ax.axhline(1.0, ls=':', color='gray')
+    ax.set_xlabel('step')
+    ax.set_ylabel('busiest expert / mean (1 = even)')
+    ax.grid(alpha=0.3)
+    if len(layers) <= 12:
+        ax.legend(fontsize=8)
+    ax.set_title(f'{os.path.basename(os.path.abspath(workdir))}: expert load per layer')
+    fig.tight_layout()
+    path = os.path.join(workdir, MOE_PLOT_FILE)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -272,3 +272,19 @@ def test_int8_quantization_scales_each_expert_per_output_channel():
     np.testing.assert_allclose(gate.dequantize(), params['layers']['mlp']['experts']['gate'][
         'kernel'], atol=float(np.abs(gate.scale).max()))
     assert not isinstance(q['layers']['mlp']['router'], quantize.QTensor)  # routing kept
+
+
+def test_training_an_moe_lm_lowers_its_loss_and_plots_the_load(tfds_dir, tmp_path):
+    """`jaxbig train` of experiments/lm.py:experts=4 (dropless, aux losses on): the loss
+    falls, the MoE metrics are logged every log step, moe_load.png is written."""
+    from conftest import TINY_LM, metric_series, run_cli
+
+    run_cli('train', '--workdir', str(tmp_path), '--config',
+            'experiments/lm.py:experts=4,steps=24', *TINY_LM, '--config.train.log_every=4')
+    loss = metric_series(tmp_path)
+    assert loss[24] < loss[4] - 0.3, loss
+    for key in ('moe_balance', 'moe_z_loss', 'moe_load_imbalance', 'moe_dropped',
+                'moe_load_imbalance/layer_1'):
+        assert len(metric_series(tmp_path, f'train/{key}')) == 6, key
+    assert 1.0 <= metric_series(tmp_path, 'train/moe_balance')[24] < 2.0
+    assert (tmp_path / 'moe_load.png').stat().st_size > 0

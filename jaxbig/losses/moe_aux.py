@@ -22,7 +22,8 @@ probs p [L, b, t, E] and chosen c [L, b, t, E] (1 for the token's k experts):
 `loss` config: moe_balance (coefficient, default 0.01; 0 = off), moe_z_loss (default 0.001;
 0 = off), moe_balance_group. Metrics: moe_balance, moe_z_loss (the terms before their
 coefficients), moe_load_imbalance (tokens of the busiest expert / the mean, per layer,
-averaged: 1.0 = even) and moe_dropped (the fraction of k-assignments the capacity dropped).
+averaged: 1.0 = even; each layer's as moe_load_imbalance/layer_<i>, which jaxbig train plots
+into the workdir's moe_load.png) and moe_dropped (the fraction of k-assignments the capacity dropped).
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ def add_to(loss: aggregate.Mean, metrics: dict, stats: dict, w, config):
     bal = balance(stats['probs'], stats['chosen'], w, group)
     z = aggregate.Mean(jnp.sum(jnp.square(stats['log_z']) * w[None]) / num_layers, jnp.sum(w))
     k = jnp.sum(stats['chosen'][0, 0, 0])
+    load = jnp.einsum('lbte,bt->le', stats['chosen'], w)  # [L, E] assignments per expert
     metrics = dict(
-        metrics, moe_balance=bal, moe_z_loss=z,
-        moe_load_imbalance=aggregate.Imbalance(jnp.sum(stats['chosen'] * w[None, ..., None],
-                                                       axis=(1, 2))),
+        metrics, moe_balance=bal, moe_z_loss=z, moe_load_imbalance=aggregate.Imbalance(load),
+        **{f'moe_load_imbalance/layer_{i}': aggregate.Imbalance(load[i])
+           for i in range(num_layers)},
         moe_dropped=aggregate.Mean(jnp.sum(stats['dropped'] * w[None]),
                                    k * num_layers * jnp.sum(w)))
     total = loss.total
