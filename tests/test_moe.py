@@ -288,3 +288,19 @@ def test_training_an_moe_lm_lowers_its_loss_and_plots_the_load(tfds_dir, tmp_pat
         assert len(metric_series(tmp_path, f'train/{key}')) == 6, key
     assert 1.0 <= metric_series(tmp_path, 'train/moe_balance')[24] < 2.0
     assert (tmp_path / 'moe_load.png').stat().st_size > 0
+
+
+def test_active_parameters_and_flops_count_k_of_the_experts():
+    """Mixtral-8x7B's published shape: 46.7 B parameters, 12.9 B active; FLOPs per token
+    count the active weights (MaxText's rule with k + shared experts' MLPs and the router)."""
+    shape = dict(gpt.SIZES['llama_8b'], vocab_size=32000, tie_embeddings=False)
+    mixtral = gpt.Model(**shape, moe={'experts': 8, 'experts_per_token': 2})
+    shapes = jax.eval_shape(lambda: mixtral.init(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, 8), jnp.int32))['params'])
+    assert round(gpt.count_params(shapes) / 1e9, 1) == 46.7
+    assert round(gpt.active_params(mixtral, shapes) / 1e9, 1) == 12.9
+    dense = gpt.Model(**shape)  # Mistral-7B's shape: the same per-token weights but k = 1
+    d, m, layers = 4096, 14336, 32
+    extra = layers * (3 * d * m + d * 8)  # a second expert's MLP and the router, per layer
+    assert gpt.flops_per_token(mixtral, 4096) == pytest.approx(
+        gpt.flops_per_token(dense, 4096) + 6 * extra)
