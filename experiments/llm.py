@@ -1,4 +1,5 @@
-r"""Llama-3-shaped language models (1B, 8B, 70B) for planning and pod launches.
+r"""Llama-3-shaped language models (1B, 8B, 70B) and Mixture-of-Experts shapes (Mixtral-8x7B,
+Qwen3-30B-A3B) for planning and pod launches.
 
 Grouped-query attention (8 key-value heads), SwiGLU, RMSNorm, RoPE at base 500,000, an
 untied head over a 128,256-token vocabulary, bfloat16 compute on float32 parameters,
@@ -21,8 +22,15 @@ real tokenizer with --config.data.tokenizer=PATH/tokenizer.json, e.g. an importe
 
     jaxbig train --config experiments/llm.py:size=1b,seq=2048,batch=8 --workdir runs/llm1b
 
-Arguments (`experiments/llm.py:key=value,...`): size (1b | 8b | 70b), steps, batch (global
-batch in sequences), seq (tokens per sequence), data (as in experiments/lm.py), lr.
+Arguments (`experiments/llm.py:key=value,...`): size (1b | 8b | 70b | mixtral_8x7b |
+qwen3_30b_a3b), steps, batch (global batch in sequences), seq (tokens per sequence), data
+(as in experiments/lm.py), lr.
+
+Mixture-of-Experts (`model.moe`, jaxbig/models/moe.py; dropless, the same recipe otherwise):
+
+    size           layers  heads/kv  embed  experts x dim   top-k  vocab    parameters (active)
+    mixtral_8x7b       32    32/8     4096    8 x 14336       2    32,000   46.7 B (12.9 B)
+    qwen3_30b_a3b      48    32/4     2048  128 x 768         8   151,936   30.5 B (3.35 B)
 
 Recommended meshes: what `jaxbig plan` printed (v5p through libtpu's TPU compiler; H100
 compiled on 8 host CPU devices standing in, so its temporaries are XLA:CPU's). Step time
@@ -36,6 +44,14 @@ outputs - donated + temporaries.
     h100x8   8b   fsdp=8     32 x 8192   grad_accum_steps=4           47.6 GB      4.26 s, 61.5 k tok/s
                             (without accumulation: 106.5 GB > 80 GB; the float32 logits
                             [rows, seq, 128k] are the largest activation)
+    v5p-256  mixtral_8x7b  fsdp=128  256 x 8192  -                46.1 GB      7.4 s, 283 k tok/s
+    v5p-256  qwen3_30b_a3b fsdp=128  256 x 8192  -                42.2 GB      2.49 s, 842 k tok/s
+             (FLOPs on active parameters: 82.9 and 27.9 GFLOP per token; compiled
+             2026-12-07 with libtpu 0.0.42; dropless through ragged_dot, each device
+             sorting its own rows)
+    h100x8   mixtral_8x7b  does not fit: fsdp=8 holds 70 GB of parameters + optimizer
+                  state per device before activations (153.7 GB peak at 8 x 8192, grad
+                  accumulation 4); plan 16+ GPUs
     h100x8   70b  does not fit: parameters + optimizer state alone are 88.2 GB per device
                   even with mu_dtype=bfloat16; plan 16+ GPUs, attention='cudnn' (the einsum
                   path keeps [heads, seq, seq] probabilities: ~17 GB per 8192-token row)

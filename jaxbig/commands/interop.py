@@ -9,7 +9,8 @@ import time
 
 from jaxbig.config import ConfigError
 
-DECODERS = ('gpt2', 'llama', 'gemma', 'olmo2', 'gpt_neox', 'phi3', 'llama_moe')  # interop/decoders.py
+# the decoder families of interop/decoders.py
+DECODERS = ('gpt2', 'llama', 'gemma', 'olmo2', 'gpt_neox', 'phi3', 'llama_moe')
 
 
 def import_main(args, extra) -> int:

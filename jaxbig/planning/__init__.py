@@ -55,9 +55,8 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 def _active_params(model, params) -> int:
     """Parameters a token's forward uses (a Mixture-of-Experts GPT: k of its experts)."""
-    from jaxbig.models import gpt_size
-
     from jaxbig import lora
+    from jaxbig.models import gpt_size
 
     return gpt_size.active_params(lora.unwrap(model), params)
 
