@@ -16,7 +16,7 @@ probs p [L, b, t, E] and chosen c [L, b, t, E] (1 for the token's k experts):
                                  the loss is the same however the batch is split; 'batch':
                                  every token of one forward pass (Switch's and Mixtral's
                                  definition), which grad_accum_steps > 1 or pmap would
-                                 change: refused there (jaxbig.train).
+                                 change: refused there (losses.check_accumulation).
     router z-loss (ST-MoE)       logsumexp(router logits)^2 per token, averaged over layers.
 
 `loss` config: moe_balance (coefficient, default 0.01; 0 = off), moe_z_loss (default 0.001;
