@@ -36,21 +36,12 @@ Every parameter and the main activations carry logical axis names
 chosen by the rules in the config, not here. The layer pieces (Linear, RMSNorm, RoPE,
 the attention functions) are in jaxbig.models.layers; this module assembles them.
 
-Preset shapes (`SIZES`); vocab_size is the tokenizer's business and is not part of them.
-Non-embedding parameter counts:
+Preset shapes, their parameter counts and FLOPs per token: jaxbig.models.gpt_size (SIZES,
+count_params, active_params, flops_per_token; re-exported here).
 
-    name         layers  heads  embed_dim  mlp_dim   params (non-embedding)
-    tiny              4      4        128      384     0.85 M
-    small             6      4        256     1024     6.3 M
-    gpt2_small       12     12        768     2048    85 M
-    gpt2_medium      24     16       1024     2816   308 M
-    1b               16     16       2048     8192   1.07 B
-    llama_1b         16  32/8kv      2048     8192   0.97 B   (1.50 B with llm.py's untied
-    llama_8b         32  32/8kv      4096    14336   6.98 B    128k vocab: 8.03 B,
-    llama_70b        80  64/8kv      8192    28672   68.5 B    70.6 B; experiments/llm.py)
-
-SwiGLU has three [embed, mlp] matrices, so mlp_dim ~= 2/3 of a GELU MLP's 4 * embed_dim
-(GPT-2 small: 2/3 * 3072 = 2048) keeps the parameter count of the GPT-2 original.
+`model.moe` (a dict of jaxbig.models.moe.MoeSpec, experts > 0) makes every layer's
+feed-forward a Mixture-of-Experts; the model then sows each layer's routing stats
+('intermediates' / 'moe'), from which the loss adds the balance and router z-losses.
 """
 
 import math

@@ -1,6 +1,23 @@
-"""Sizes of jaxbig's GPT (jaxbig.models.gpt): the preset shapes (SIZES, tabled in gpt.py's
-docstring), parameter counts and training FLOPs per token, as MaxText counts them
-(planning, benchmarks and `jaxbig plan` read these)."""
+"""Sizes of jaxbig's GPT (jaxbig.models.gpt): the preset shapes (SIZES), parameter counts
+(total, and active per token for a Mixture-of-Experts model) and training FLOPs per token,
+as MaxText counts them (planning, benchmarks and `jaxbig plan` read these).
+
+Preset shapes (`SIZES`); vocab_size is the tokenizer's business and is not part of them.
+Non-embedding parameter counts:
+
+    name         layers  heads  embed_dim  mlp_dim   params (non-embedding)
+    tiny              4      4        128      384     0.85 M
+    small             6      4        256     1024     6.3 M
+    gpt2_small       12     12        768     2048    85 M
+    gpt2_medium      24     16       1024     2816   308 M
+    1b               16     16       2048     8192   1.07 B
+    llama_1b         16  32/8kv      2048     8192   0.97 B   (1.50 B with llm.py's untied
+    llama_8b         32  32/8kv      4096    14336   6.98 B    128k vocab: 8.03 B,
+    llama_70b        80  64/8kv      8192    28672   68.5 B    70.6 B; experiments/llm.py)
+
+SwiGLU has three [embed, mlp] matrices, so mlp_dim ~= 2/3 of a GELU MLP's 4 * embed_dim
+(GPT-2 small: 2/3 * 3072 = 2048) keeps the parameter count of the GPT-2 original.
+"""
 
 import math
 
