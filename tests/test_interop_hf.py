@@ -83,6 +83,9 @@ BUILDERS = {
     'qwen3_moe': lambda: _llama('Qwen3Moe', num_hidden_layers=2, num_experts=4,
                                 num_experts_per_tok=2, moe_intermediate_size=24,
                                 norm_topk_prob=False),
+    # OLMoE: q/k norms over the whole projection (as OLMo 2), top-k renormalised
+    'olmoe': lambda: _llama('Olmoe', num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+                            intermediate_size=24, norm_topk_prob=True),
 }
 
 

@@ -7,7 +7,8 @@
     olmo2.py     Olmo2ForCausalLM (norms after the sublayers, q/k norm over the projection)
     gpt_neox.py  GPTNeoXForCausalLM (Pythia: parallel residual, partial rotary)
     phi3.py      Phi3ForCausalLM (fused qkv / gate-up; export with --as phi3)
-    llama_moe.py MixtralForCausalLM, Qwen3MoeForCausalLM (Mixture-of-Experts: model.moe)
+    llama_moe.py MixtralForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM (Mixture-of-
+                 Experts: model.moe)
 
 `family_of(config.json)` picks the family an import reads; `family_for(model, want)` the one
 an export writes (the first in FAMILIES that can represent the model, or `--as want`).

@@ -1,19 +1,20 @@
 """The Llama-layout Mixture-of-Experts families <-> jaxbig's GPT with `model.moe`:
-MixtralForCausalLM and Qwen3MoeForCausalLM. Attention, norms and RoPE are Llama's
-(llama.py: Mixtral's sliding window as Mistral's, Qwen3's per-head q/k norms); every layer's
-feed-forward is a softmax top-k router over SwiGLU experts (jaxbig.models.moe), the k
-weights renormalised (Mixtral always; Qwen3-MoE when norm_topk_prob).
+MixtralForCausalLM, Qwen3MoeForCausalLM and OlmoeForCausalLM. Attention, norms and RoPE are
+Llama's (llama.py: Mixtral's sliding window as Mistral's, Qwen3's per-head q/k norms,
+OLMoE's q/k norms over the whole projection as OLMo 2's); every layer's feed-forward is a
+softmax top-k router over SwiGLU experts (jaxbig.models.moe), the k weights renormalised
+(Mixtral always; Qwen3-MoE and OLMoE when norm_topk_prob).
 
 Tensors, per layer i and expert j (HF Linear weights are [out, in]):
 
     Mixtral      block_sparse_moe.gate.weight [E, d]          -> mlp/router [d, E]
                  block_sparse_moe.experts.{j}.w1 / w3 / w2    -> mlp/experts/gate / up / down
                                                                  /kernel [j] ([d, m], [m, d])
-    Qwen3-MoE    mlp.gate.weight [E, d]                       -> mlp/router
-                 mlp.experts.{j}.gate_proj / up_proj / down_proj -> the same
+    Qwen3-MoE,   mlp.gate.weight [E, d]                       -> mlp/router
+    OLMoE        mlp.experts.{j}.gate_proj / up_proj / down_proj -> the same
 
 Refused in one line: Qwen3-MoE with dense layers among the sparse ones (mlp_only_layers,
-decoder_sparse_step > 1), a router that is not softmax-then-top-k. transformers runs every
+decoder_sparse_step > 1), OLMoE's clip_qkv or attention biases. transformers runs every
 MoE dropless: a jaxbig model trained with model.moe.dispatch='capacity' exports its weights
 as they are, and computes there as jaxbig's dropless dispatch does.
 """
@@ -23,12 +24,15 @@ from __future__ import annotations
 from jaxbig import defaults
 from jaxbig.interop.family import Family, c, mismatches, need, no_gemma_switches
 from jaxbig.interop.llama import decoder_fields, decoder_hf, llama_tensors, window_of
+from jaxbig.interop.olmo2 import projection_norms
 
-_ARCHITECTURES = {'mixtral': 'MixtralForCausalLM', 'qwen3_moe': 'Qwen3MoeForCausalLM'}
+_ARCHITECTURES = {'mixtral': 'MixtralForCausalLM', 'qwen3_moe': 'Qwen3MoeForCausalLM',
+                  'olmoe': 'OlmoeForCausalLM'}
 _LAYOUT = {  # kind -> (feed-forward prefix, router, {jaxbig kernel: HF name})
     'mixtral': ('block_sparse_moe', 'gate', {'gate': 'w1', 'up': 'w3', 'down': 'w2'}),
     'qwen3_moe': ('mlp', 'gate', {'gate': 'gate_proj', 'up': 'up_proj', 'down': 'down_proj'}),
 }
+_LAYOUT['olmoe'] = _LAYOUT['qwen3_moe']
 
 
 def _model(hf: dict) -> dict:
@@ -47,12 +51,17 @@ def _model(hf: dict) -> dict:
                    normalize=bool(hf.get('norm_topk_prob', False)))
         fields.update(qk_norm='head', qkv_bias=bool(hf.get('attention_bias', False)),
                       out_bias=bool(hf.get('attention_bias', False)))
-    return dict(fields, sliding_window=window_of(hf, 'mistral' if kind == 'mixtral' else
-                                                 'qwen3'), moe=defaults.moe(**moe))
+    if kind == 'olmoe':
+        need(hf, 'clip_qkv', hf.get('clip_qkv') is None, 'clipped q / k / v')
+        need(hf, 'attention_bias', not hf.get('attention_bias'), 'expected false')
+        moe.update(normalize=bool(hf.get('norm_topk_prob', False)))
+        fields.update(qk_norm='projection')
+    window = window_of(hf, {'mixtral': 'mistral', 'qwen3_moe': 'qwen3'}.get(kind, kind))
+    return dict(fields, sliding_window=window, moe=defaults.moe(**moe))
 
 
 def _kind(m) -> str:
-    return 'qwen3_moe' if m.qk_norm == 'head' else 'mixtral'
+    return {'head': 'qwen3_moe', 'projection': 'olmoe'}.get(m.qk_norm, 'mixtral')
 
 
 def _hf(m) -> dict:
@@ -63,6 +72,9 @@ def _hf(m) -> dict:
     if kind == 'mixtral':
         out.update(intermediate_size=spec.expert_dim or m.mlp_dim,
                    sliding_window=m.sliding_window or None)
+    elif kind == 'olmoe':
+        out.update(num_experts=spec.experts, intermediate_size=spec.expert_dim or m.mlp_dim,
+                   norm_topk_prob=spec.normalize, clip_qkv=None, attention_bias=False)
     else:
         out.update(num_experts=spec.experts, moe_intermediate_size=spec.expert_dim or m.mlp_dim,
                    norm_topk_prob=spec.normalize, decoder_sparse_step=1, mlp_only_layers=[],
@@ -74,6 +86,8 @@ def _hf(m) -> dict:
 def _tensors(m) -> dict:
     """llama_tensors without the dense MLP, plus the router and the per-expert kernels."""
     out = {k: v for k, v in llama_tensors(m).items() if '.mlp.' not in k}
+    if m.qk_norm == 'projection':
+        out.update(projection_norms(m))
     prefix, router, names = _LAYOUT[_kind(m)]
     p = f'model.layers.{{i}}.{prefix}.'
     out[p + f'{router}.weight'] = (('mlp/router',), lambda w: (c(w.T),), lambda k: c(k.T))
@@ -97,6 +111,9 @@ def _reasons(m) -> list[str]:
         bad += ['moe.normalize=False (Mixtral renormalises the top-k)'] if not spec.normalize \
             else []
         bad += ['qkv_bias / out_bias (Mixtral has none)'] if m.qkv_bias or m.out_bias else []
+    elif _kind(m) == 'olmoe':
+        bad += ['attention biases (OLMoE has none)'] if m.qkv_bias or m.out_bias else []
+        bad += [f'sliding_window={m.sliding_window}'] if m.sliding_window else []
     elif m.qkv_bias != m.out_bias:
         bad.append('qkv_bias != out_bias (Qwen3-MoE has one attention_bias)')
     return bad

@@ -20,18 +20,23 @@ def _hf(m) -> dict:
                 pad_token_id=None)
 
 
-def _tensors(m) -> dict:
+def projection_norms(m) -> dict:
+    """q_norm / k_norm over the whole projection (OLMo 2, OLMoE): [heads * head_dim] <->
+    jaxbig's [heads, head_dim] scales."""
     h, kv, d = m.num_heads, m.resolved_kv_heads, m.resolved_head_dim
+    return {f'model.layers.{{i}}.self_attn.{name}.weight': (
+        (f'attn/{path}_norm/scale',), lambda w, n=n: (w.reshape(n, d),),
+        lambda s: s.reshape(-1)) for name, path, n in (('q_norm', 'query', h),
+                                                       ('k_norm', 'key', kv))}
+
+
+def _tensors(m) -> dict:
     p = 'model.layers.{i}.'
     out = llama_tensors(m)
     del out[p + 'input_layernorm.weight']
     out[p + 'post_attention_layernorm.weight'] = (('post_attn_norm/scale',), same, ident)
     out[p + 'post_feedforward_layernorm.weight'] = (('post_mlp_norm/scale',), same, ident)
-    for name, path, n in (('q_norm', 'query', h), ('k_norm', 'key', kv)):
-        out[f'{p}self_attn.{name}.weight'] = ((f'attn/{path}_norm/scale',),
-                                              lambda w, n=n: (w.reshape(n, d),),
-                                              lambda s: s.reshape(-1))
-    return out
+    return {**out, **projection_norms(m)}
 
 
 def _reasons(m) -> list[str]:
