@@ -204,7 +204,7 @@ def _analytic_temps(config, s, batch, mesh_shape, param_bytes) -> float | None:
     x = batch.get('inputs') if isinstance(batch, dict) else None
     if not isinstance(s.model, gpt.Model) or x is None or len(x.shape) != 2:
         return None
-    rows = x.shape[0] / (mesh_shape['data'] * mesh_shape['fsdp'])
+    rows = x.shape[0] / np.prod([mesh_shape.get(a, 1) for a in parallel.BATCH_AXES])
     rows /= config.optimizer.grad_accum_steps
     return estimate.gpt_activation_bytes(s.model, rows, x.shape[1], mesh_shape['tensor'],
                                          grad_bytes=param_bytes)

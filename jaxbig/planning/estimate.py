@@ -48,11 +48,22 @@ def total_bytes(tree) -> int:
     return sum(leaf_bytes(x) for x in jax.tree.leaves(tree))
 
 
+def _model_share(tree, model_ways: int, expert_ways: int) -> float:
+    """Bytes of `tree` per device when every array splits `model_ways` ways and a MoE
+    layer's expert kernels (an 'experts' key in the path) also `expert_ways` ways."""
+    def share(path, x):
+        experts = any(getattr(k, 'key', getattr(k, 'name', None)) == 'experts' for k in path)
+        return leaf_bytes(x) / (model_ways * (expert_ways if experts else 1))
+
+    return sum(share(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0])
+
+
 def ideal_share(params, opt_state, batch, mesh_shape: dict) -> dict:
     model_ways = mesh_shape['fsdp'] * mesh_shape['tensor']
-    batch_ways = mesh_shape['data'] * mesh_shape['fsdp']
-    return dict(params=total_bytes(params) / model_ways,
-                optimizer=total_bytes(opt_state) / model_ways,
+    expert_ways = mesh_shape.get('expert', 1)
+    batch_ways = mesh_shape['data'] * mesh_shape['fsdp'] * expert_ways
+    return dict(params=_model_share(params, model_ways, expert_ways),
+                optimizer=_model_share(opt_state, model_ways, expert_ways),
                 batch=total_bytes(batch) / batch_ways)
 
 
