@@ -48,7 +48,12 @@ outputs - donated + temporaries.
     v5p-256  qwen3_30b_a3b fsdp=128  256 x 8192  -                42.2 GB      2.49 s, 842 k tok/s
              (FLOPs on active parameters: 82.9 and 27.9 GFLOP per token; compiled
              2026-12-07 with libtpu 0.0.42; dropless through ragged_dot, each device
-             sorting its own rows)
+             sorting its own rows; collectives 738 and 477 GB sent per device per step)
+    v5p-256  mixtral_8x7b  fsdp=16 x expert=8, dispatch=capacity, grad_accum_steps=2:
+                  80.1 GB, fits, but sends 13.8 TB per device per step (12.6 TB of it
+                  all-reduces beside 384 all-to-alls): GSPMD's lowering of the GShard
+                  einsums over fsdp x expert is far from the 68 GB floor; use fsdp=128
+                  (without accumulation: 130 GB of temporaries, does not fit)
     h100x8   mixtral_8x7b  does not fit: fsdp=8 holds 70 GB of parameters + optimizer
                   state per device before activations (153.7 GB peak at 8 x 8192, grad
                   accumulation 4); plan 16+ GPUs
