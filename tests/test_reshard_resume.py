@@ -45,7 +45,7 @@ def train_args(steps: int = TOTAL) -> list[str]:
 
 def resume(source, workdir, *mesh_args, devices: int, mesh: str) -> dict[int, float]:
     """Copies the stopped run `source` to `workdir`, resumes it to TOTAL under `mesh_args`
-    on `devices` devices (its log must show `mesh`, e.g. 'data=1 x fsdp=1 x tensor=1');
+    on `devices` devices (its log must show `mesh`, e.g. 'data=1 x fsdp=1 x expert=1 x tensor=1');
     returns its losses of steps STOP+1 .. TOTAL."""
     shutil.copytree(source, workdir)
     proc = run_cli('train', '--workdir', str(workdir), *train_args(), *mesh_args,
@@ -90,7 +90,8 @@ def fsdp_stopped(tfds_dir, tmp_path_factory):
 # ----------------------------------------------------------------------------- 1. meshes
 
 @pytest.mark.parametrize('mesh_args, devices, mesh', [
-    (DATA2_TENSOR2, 4, 'data=2 x fsdp=1 x tensor=2'), ([], 1, 'data=1 x fsdp=1 x tensor=1'),
+    (DATA2_TENSOR2, 4, 'data=2 x fsdp=1 x expert=1 x tensor=2'),
+    ([], 1, 'data=1 x fsdp=1 x expert=1 x tensor=1'),
 ], ids=['data2_tensor2', 'one_device'])
 def test_fsdp_checkpoint_resumes_on_another_mesh(reference, fsdp_stopped, tmp_path,
                                                  mesh_args, devices, mesh):
@@ -213,7 +214,8 @@ def test_two_process_checkpoint_resumes_in_one_process(reference, tmp_path):
     stopped = tmp_path / 'two_processes'
     train_two_processes(stopped, *train_args(STOP), *FSDP4)
     assert os.listdir(stopped / 'checkpoints') == [str(STOP)]
-    got = resume(stopped, tmp_path / 'resumed', devices=1, mesh='data=1 x fsdp=1 x tensor=1')
+    got = resume(stopped, tmp_path / 'resumed', devices=1,
+                 mesh='data=1 x fsdp=1 x expert=1 x tensor=1')
     assert_continues(reference, got, '2 processes fsdp=4 -> 1 process, 1 device')
 
 
@@ -221,7 +223,7 @@ def test_two_process_checkpoint_resumes_in_one_process(reference, tmp_path):
 
 def test_mesh_checkpoint_resumes_under_pmap(reference, fsdp_stopped, tmp_path):
     got = resume(fsdp_stopped, tmp_path / 'resumed', *PMAP, devices=4,
-                 mesh='data=4 x fsdp=1 x tensor=1')
+                 mesh='data=4 x fsdp=1 x expert=1 x tensor=1')
     assert_continues(reference, got, 'mesh fsdp=4 -> pmap on 4 devices')
 
 
@@ -231,5 +233,5 @@ def test_pmap_checkpoint_resumes_under_mesh(reference, tmp_path):
     run_cli('train', '--workdir', str(stopped), *train_args(STOP), *PMAP, devices=4)
     assert os.listdir(stopped / 'checkpoints') == [str(STOP)]
     got = resume(stopped, tmp_path / 'resumed', *FSDP4, devices=4,
-                 mesh='data=1 x fsdp=4 x tensor=1')
+                 mesh='data=1 x fsdp=4 x expert=1 x tensor=1')
     assert_continues(reference, got, 'pmap on 4 devices -> mesh fsdp=4')

@@ -71,7 +71,7 @@ def test_sharded_losses_match_one_device(one_device, tmp_path, mesh):
     optimizer state are split fsdp x tensor ways (the tiny GPT's norms, 1 % of it, are not
     split by tensor; sizes are logged to 0.01 MB)."""
     one_device_losses, (one_mesh, one_params, one_opt) = one_device
-    assert one_mesh == 'data=1 x fsdp=1 x tensor=1 over 1 cpu devices, 1 process(es)'
+    assert one_mesh == 'data=1 x fsdp=1 x expert=1 x tensor=1 over 1 cpu devices, 1 process(es)'
     data, fsdp, tensor = mesh
     sharded = tmp_path / 'sharded'
     proc = run_cli('train', '--workdir', str(sharded), *MESH_ARGS, devices=8,
@@ -81,8 +81,8 @@ def test_sharded_losses_match_one_device(one_device, tmp_path, mesh):
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=0, atol=1e-5)
     got_mesh, params, opt = startup_log(proc.stderr)
-    assert got_mesh == f'data={data} x fsdp={fsdp} x tensor={tensor} over 8 cpu devices, ' \
-        '1 process(es)'
+    assert got_mesh == f'data={data} x fsdp={fsdp} x expert=1 x tensor={tensor} over 8 cpu ' \
+        'devices, 1 process(es)'
     split = fsdp * tensor
     assert abs(params - one_params / split) <= 0.01 + 0.03 * one_params / split, (params, mesh)
     assert abs(opt - one_opt / split) <= 0.01 + 0.03 * one_opt / split, (opt, mesh)
