@@ -241,6 +241,13 @@ def test_bad_moe_config_is_one_line(fields, match):
         _model(**fields).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
 
 
+def test_moe_with_a_gelu_mlp_is_refused():
+    model = gpt.Model(vocab_size=32, num_layers=1, num_heads=2, embed_dim=12, mlp_dim=M,
+                      mlp='gelu', moe={'experts': E})
+    with pytest.raises(ValueError, match="experts are SwiGLU"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+
+
 def test_batch_balance_group_is_refused_where_a_split_would_change_it():
     """'batch' balancing is one forward pass's statistic: refused under accumulation and
     pmap (one line), accepted alone; 'sequence' everywhere."""

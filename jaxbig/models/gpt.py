@@ -193,7 +193,7 @@ class Model(nn.Module):
                              'the number of positions a token sees')
         self.rope_spec.check()
         if self.moe_spec:
-            self.moe_spec.check()
+            self.moe_spec.check(self.mlp, self.mlp_bias)
         if set(self.window_pattern) - {'L', 'G'} or (self.window_pattern and
                                                    not self.sliding_window):
             raise ValueError(f'model.window_pattern={self.window_pattern!r}: expected L (local: '

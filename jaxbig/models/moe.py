@@ -81,7 +81,12 @@ class MoeSpec:
         spec = cls(**dict(section))
         return spec if spec.experts else None
 
-    def check(self):
+    def check(self, mlp: str = 'swiglu', mlp_bias: bool = False):
+        """One-line ConfigErrors for bad fields; mlp / mlp_bias: the model's, which the
+        experts cannot follow other than as SwiGLU without biases."""
+        if mlp != 'swiglu' or mlp_bias:
+            raise ConfigError(f'model.moe: the experts are SwiGLU without biases, but model.mlp='
+                              f"{mlp!r}, mlp_bias={mlp_bias}; set 'swiglu' and False")
         if self.experts < 0 or not 1 <= self.experts_per_token <= max(self.experts, 1):
             raise ConfigError(f'model.moe: experts={self.experts}, experts_per_token='
                               f'{self.experts_per_token}: expected 1 <= k <= experts')
