@@ -29,6 +29,12 @@ The grouped matmul of 'dropless' (`grouped`, a speed switch: the same numbers): 
 blocks of B, one batched matmul over the blocks: XLA:CPU lowers ragged_dot to a masked
 product over every expert, E times the work); 'auto' picks by platform.
 
+Sharding: the stacked kernels' 'expert' axis maps to the 'expert' mesh axis (jaxbig.parallel).
+'dropless' runs as a shard_map over the batch's mesh axes, each device sorting its own rows
+(the kernels enter whole: gathered, as FSDP gathers a dense layer's); 'capacity' constrains
+the dispatched slots [b, E, C, d] to ('expert_batch', 'expert', ...), so XLA moves each
+row's slots to their experts' devices with all-to-alls and back (GShard).
+
 The layer returns (y, stats) with per-token routing statistics that the loss turns into
 the load-balancing auxiliary loss, the router z-loss and the load metrics
 (jaxbig.losses.moe_aux), weighting each token as the batch says (padding counts nothing):
