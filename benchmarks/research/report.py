@@ -94,7 +94,7 @@ def lm_section(result: dict, zlib_bpb) -> list[str]:
         bpb = run.get('val_bits_per_byte')
         versus = '-' if bpb is None or zlib_bpb is None else (
             f'{bpb - zlib_bpb:+.3f} ({"beats" if bpb < zlib_bpb else "behind"})')
-        shape = f' ({run["shape"]}, {run["final"]["train/num_params"]:,} params)' if (
+        shape = f' ({run["shape"]}, {int(run["final"]["train/num_params"]):,} params)' if (
             'shape' in run and 'train/num_params' in run['final']) else ''
         rows.append(f'| {run["name"]}{shape} | {run["tokens"]:,} | {_num(bpb)} | '
                     f'{_num(None if bpb is None else bpb * LN2)} | {versus} | {_run_cells(run)} |')
