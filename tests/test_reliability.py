@@ -36,7 +36,7 @@ BAD_CONFIGS = [
     (['--config.train.patience=-1'], 'train.patience=-1: must be >= 0'),
     (['--config.model.scan_layers=maybe'], 'expected a boolean'),
     (['--config.parallel.data=4'], 'needs 4 devices but 1 are available'),
-    (['--config.parallel.data=-1', '--config.parallel.fsdp=-1'], 'only one of data/fsdp/tensor'),
+    (['--config.parallel.data=-1', '--config.parallel.fsdp=-1'], 'only one of data/fsdp/expert/tensor'),
     (['--config.parallel.tensor=0'], 'mesh sizes must be positive or -1'),
     (['--config.parallel.rules=[["batch", "nope"]]'], "unknown mesh axis 'nope'"),
     (['--config.model.name=nope'], "model.name='nope': no module jaxbig.models.nope"),
