@@ -1,9 +1,9 @@
 """Devices, mesh, logical-axis sharding rules, and host-local -> global batches.
 
 Mesh axes are ('data', 'fsdp', 'expert', 'tensor'), sized by `config.parallel` (-1 = the
-rest of the devices). Model parameters and activations carry *logical* axis names ('embed', 'heads',
-'mlp', 'vocab', 'batch', ...); `config.parallel.rules` maps them to mesh axes, so a sharding
-strategy is a config choice:
+rest of the devices). Model parameters and activations carry *logical* axis names ('embed',
+'heads', 'mlp', 'vocab', 'batch', ...); `config.parallel.rules` maps them to mesh axes, so a
+sharding strategy is a config choice:
 
     pure data parallel   data=-1                 (params replicated, batch split)
     FSDP                 fsdp=-1                 (params split along 'embed' / 'conv_out' /

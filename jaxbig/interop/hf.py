@@ -12,7 +12,7 @@
                                   model.safetensors, tokenizer.json when the run has one)
 
 Decoders (GPT-2, Llama, Mistral, Qwen2 / 3, Gemma 1-3, OLMo 2, GPT-NeoX, Phi-3, and the
-Mixture-of-Experts Mixtral and Qwen3-MoE: the families of interop/decoders.py) are handled
+Mixture-of-Experts Mixtral, Qwen3-MoE and OLMoE: the families of interop/decoders.py) are handled
 here (a per-expert tensor name, '{j}', fills one slice of a stacked expert kernel); ViTModel,
 ViTForImageClassification and CLIPModel go to interop/encoders.py (vision.py, clip.py),
 BertModel, BertForMaskedLM and BertForSequenceClassification to interop/bert.py,

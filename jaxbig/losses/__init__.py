@@ -18,8 +18,8 @@ backpropagates through the cached embeddings' gradients (jaxbig/step.py). An eva
 `batch['example_mask']` 0 and must count nothing (`aggregate.example_mask`).
 
 `apply_fn` is a flax `Module.apply` (the token losses pass `mutable=['intermediates']` to
-read what a Mixture-of-Experts model sows). `config` is the experiment's `loss` section; `config.name` picks the module
-(`'autoregressive'` -> `jaxbig.losses.autoregressive`).
+read what a Mixture-of-Experts model sows). `config` is the experiment's `loss` section;
+`config.name` picks the module (`'autoregressive'` -> `jaxbig.losses.autoregressive`).
 """
 
 from jaxbig.config import ConfigError, resolve
