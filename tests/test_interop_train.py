@@ -193,6 +193,13 @@ def _family_model(family, vocab):
         'llama3': ('Llama', dict(rope_parameters=dict(
             rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
             original_max_position_embeddings=16, rope_theta=1e4))),
+        # Mixture-of-Experts: expert kernels through LoRA-beside training, prune, int8, export
+        'mixtral': ('Mixtral', dict(num_local_experts=4, num_experts_per_tok=2,
+                                    sliding_window=8)),
+        'qwen3_moe': ('Qwen3Moe', dict(num_experts=4, num_experts_per_tok=2,
+                                       moe_intermediate_size=32)),
+        'olmoe': ('Olmoe', dict(num_experts=4, num_experts_per_tok=2, pad_token_id=0,
+                                eos_token_id=0)),
     }
     name, extra = configs[family]
     kw = {k: v for k, v in dict(base, **extra).items() if v is not None}
@@ -205,7 +212,7 @@ def _family_model(family, vocab):
 @pytest.mark.slow  # ~25 s a family; each family's import is held against transformers by
 # default in test_interop_hf.py, and the commands below on GPT-2 / Llama in this file
 @pytest.mark.parametrize('family', ['gemma', 'gemma2', 'gemma3', 'qwen3', 'olmo2', 'phi3',
-                                    'gpt_neox', 'llama3'])
+                                    'gpt_neox', 'llama3', 'mixtral', 'qwen3_moe', 'olmoe'])
 def test_each_family_trains_with_lora_quantizes_generates_and_exports(family, tfds_dir,
                                                                       tmp_path, capsys):
     """An imported model of each family through the tools a user runs on it: continued
