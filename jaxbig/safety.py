@@ -17,7 +17,7 @@ CONFIG_FILE = 'config.json'
 # train.steps, cadences, optimizer settings may change between launches (train longer, etc.).
 IDENTITY_SECTIONS = ('model', 'data', 'loss')
 # Keys of those sections that change how, not what, is trained (free to change too).
-NOT_IDENTITY_KEYS = ('data.prefetch',)
+NOT_IDENTITY_KEYS = ('data.prefetch', 'model.moe.grouped')
 
 
 class TrainingDiverged(RuntimeError):
