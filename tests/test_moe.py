@@ -311,3 +311,24 @@ def test_active_parameters_and_flops_count_k_of_the_experts():
     extra = layers * (3 * d * m + d * 8)  # a second expert's MLP and the router, per layer
     assert gpt.flops_per_token(mixtral, 4096) == pytest.approx(
         gpt.flops_per_token(dense, 4096) + 6 * extra)
+
+
+def test_a_moe_student_distils_with_its_aux_losses():
+    """Distillation adds a MoE student's balance and z-losses over the same targets."""
+    from jaxbig.losses import distillation
+
+    tokens = jnp.asarray(np.random.default_rng(9).integers(0, 32, (2, 9)), jnp.int32)
+    batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
+                 mask=jnp.asarray([[1.0] * 8, [1.0] * 3 + [0.0] * 5]))
+    student = _model()
+    params = student.init(jax.random.PRNGKey(0), batch['inputs'])['params']
+    teacher = gpt.Model(vocab_size=32, num_layers=1, num_heads=2, embed_dim=12, mlp_dim=M)
+    t_params = teacher.init(jax.random.PRNGKey(1), batch['inputs'])['params']
+    args = (student.apply, params, batch, {})
+    with_aux, metrics = distillation.loss_fn(*args, dict(moe_balance=0.1, moe_z_loss=0.01),
+                                             train=False, teacher=(teacher, t_params))
+    without, _ = distillation.loss_fn(*args, dict(moe_balance=0.0, moe_z_loss=0.0),
+                                      train=False, teacher=(teacher, t_params))
+    assert float(with_aux.count) == float(without.count) == 11
+    np.testing.assert_allclose(float(with_aux), float(without) + 0.1 * float(
+        metrics['moe_balance']) + 0.01 * float(metrics['moe_z_loss']), rtol=1e-6)

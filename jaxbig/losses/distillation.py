@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from jaxbig import aggregate
 from jaxbig.config import ConfigError
-from jaxbig.losses import autoregressive
+from jaxbig.losses import autoregressive, moe_aux
 
 model_inputs = autoregressive.model_inputs
 
@@ -61,7 +61,8 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True, teache
     t_logits = jax.lax.stop_gradient(
         t_model.apply({'params': t_params}, batch['inputs'], train=False)
     )
-    logits = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs)
+    logits, sown = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs,
+                            mutable=['intermediates'])
     mask = autoregressive.target_mask(batch)
     stats = autoregressive.token_cross_entropy(logits, batch['targets'], mask)
     temperature, alpha = config.get('temperature', 2.0), config.get('alpha', 0.5)
@@ -80,6 +81,9 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True, teache
         'kl': kl,
         'distill_loss': soft,
     }
+    moe = moe_aux.stats_of(sown)  # a Mixture-of-Experts student: its aux losses, same count
+    if moe is not None:
+        return moe_aux.add_to(aggregate.Mean(total, count), metrics, moe, mask, config)
     return aggregate.Mean(total, count), metrics
 
 
