@@ -155,7 +155,8 @@ def moe(**overrides) -> dict:
     """model.moe: the Mixture-of-Experts feed-forward (jaxbig.models.moe.MoeSpec); experts=0
     is a dense model. Its losses' coefficients are in the loss section (`lm_loss`)."""
     return {**dict(experts=0, experts_per_token=2, expert_dim=0, shared_experts=0,
-                   normalize=True, dispatch='dropless', capacity_factor=1.25, grouped='auto'),
+                   normalize=True, dispatch='dropless', capacity_factor=1.25, grouped='auto',
+                   bias_rate=0.0),
             **overrides}
 
 

@@ -143,7 +143,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None
     loss_module = losses.get_loss_module(config.loss.name)
     losses.check_accumulation(loss_module, config)
     loss_fn = losses.bind(loss_module, config.loss)
-    tx, schedule = optim.build_optimizer(config.optimizer, config.train.steps)
+    tx, schedule = optim.build_optimizer(config.optimizer, config.train.steps,
+                                         moe_bias_rate=moe_bias_rate(config))
     example = loss_module.model_inputs(jax.tree.map(lambda x: x[:1], example_batch))
     batch_sharding = parallel.batch_sharding(mesh)
     seed = config.train.seed
@@ -199,15 +200,28 @@ def train_step_fn(config: ml_collections.ConfigDict, s: Setup, *, pmap_axis=None
     )
 
 
+def moe_bias_rate(config) -> float:
+    """model.moe.bias_rate of a Mixture-of-Experts model (0.0 otherwise)."""
+    moe = config.model.get('moe') or {}
+    return float(moe.get('bias_rate', 0.0)) if moe.get('experts') else 0.0
+
+
 def trainable_mask(optimizer_config, params):
-    """Tree of bools (False = frozen by `optimizer.freeze`) for `params`, or None when
-    nothing is frozen: the parameters whose gradients `train/grad_norm` measures."""
+    """Tree of bools (False = frozen by `optimizer.freeze`, or a MoE layer's router_bias,
+    whose "gradient" is a load count) for `params`, or None when all count: the parameters
+    whose gradients `train/grad_norm` measures (the optimizer's clipping never sees the
+    router_bias either: jaxbig.optim.with_moe_bias_rule)."""
     from jaxbig import optim
 
-    if not optimizer_config.freeze:
+    names = [optim._path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    has_bias = any(n.split('/')[-1] == optim.MOE_BIAS for n in names)
+    if not optimizer_config.freeze and not has_bias:
         return None
-    groups = optim.param_groups(params, freeze=list(optimizer_config.freeze), mults=[])
-    return jax.tree.map(lambda g: g != 'frozen', groups)
+    groups = (optim.param_groups(params, freeze=list(optimizer_config.freeze), mults=[])
+              if optimizer_config.freeze else jax.tree.map(lambda _: 'default', params))
+    return jax.tree_util.tree_map_with_path(
+        lambda p, g: g != 'frozen' and optim._path_name(p).split('/')[-1] != optim.MOE_BIAS,
+        groups)
 
 
 def read_example_batch(config):

@@ -67,3 +67,6 @@ def test_export_picks_the_moe_family_and_dense_families_refuse_it():
     shared = gpt.Model(**shape, moe={'experts': 4, 'shared_experts': 1})
     with pytest.raises(ConfigError, match='shared_experts=1'):
         decoders.family_for(shared)
+    biased = gpt.Model(**shape, moe={'experts': 4, 'bias_rate': 0.001})
+    with pytest.raises(ConfigError, match='bias_rate=0.001'):
+        decoders.family_for(biased)

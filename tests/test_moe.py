@@ -332,3 +332,49 @@ def test_a_moe_student_distils_with_its_aux_losses():
     assert float(with_aux.count) == float(without.count) == 11
     np.testing.assert_allclose(float(with_aux), float(without) + 0.1 * float(
         metrics['moe_balance']) + 0.01 * float(metrics['moe_z_loss']), rtol=1e-6)
+
+
+def test_route_with_a_bias_chooses_by_it_and_weighs_by_the_probabilities():
+    logits = np.random.default_rng(10).normal(size=(5, E)).astype(np.float32)
+    bias = np.array([10.0, 0, 0, -10.0], np.float32)  # expert 0 always in, 3 never
+    probs, experts, weights = moe.route(jnp.asarray(logits), K, False, jnp.asarray(bias))
+    p = _softmax(np.float64(logits))
+    want = np.argsort(-(p + bias), -1, kind='stable')[:, :K]
+    np.testing.assert_array_equal(experts, want)
+    np.testing.assert_allclose(weights, np.take_along_axis(p, want, -1), atol=1e-6)
+
+
+def _bias_step(accum):
+    """One update of a MoE GPT with bias_rate 0.01 (SGD, lr 0.1) on a 4-row batch with
+    uneven masks; -> (router_bias before, after, the routing stats at the start, mask)."""
+    from jaxbig import defaults, losses, optim, run
+    from jaxbig import step as step_lib
+
+    model = _model(bias_rate=0.01)
+    r = np.random.default_rng(11)
+    tokens = r.integers(0, 32, (4, 9)).astype(np.int32)
+    mask = (np.arange(8)[None] < np.array([8, 2, 5, 1])[:, None]).astype(np.float32)
+    batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=mask)
+    opt = ml_collections.ConfigDict(defaults.optimizer(name='sgd', lr=0.1, schedule='constant'))
+    tx, _ = optim.build_optimizer(opt, 10, moe_bias_rate=0.01)
+    state = step_lib.init_fn(model, tx, (batch['inputs'][:1],), 0)()
+    loss_cfg = ml_collections.ConfigDict(defaults.lm_loss())
+    step = jax.jit(step_lib.make_train_step(
+        model, losses.get_loss_module('autoregressive').loss_fn, loss_cfg, tx,
+        accum_steps=accum, trainable=run.trainable_mask(opt, state.params)))
+    _, sown = model.apply({'params': state.params}, batch['inputs'], mutable=['intermediates'])
+    new, metrics = step(state, batch)
+    before = state.params['layers']['mlp']['router_bias']
+    return before, new.params['layers']['mlp']['router_bias'], moe_aux.stats_of(sown), mask
+
+
+def test_balancing_bias_moves_by_the_sign_of_the_whole_updates_load():
+    """DeepSeek-V3's rule on the whole update: b -= 0.01 * sign(load - mean load) per layer,
+    counted over the valid targets; the same under accumulation (micro-batches of 2 rows)."""
+    before, after, stats, mask = _bias_step(accum=1)
+    load = np.einsum('lbte,bt->le', np.asarray(stats['chosen']), mask)  # [layers, E]
+    want = np.asarray(before) - 0.01 * np.sign(load - load.mean(-1, keepdims=True))
+    np.testing.assert_allclose(after, want, atol=1e-7)
+    assert np.abs(np.asarray(after)).sum() > 0
+    _, after_accum, _, _ = _bias_step(accum=2)
+    np.testing.assert_array_equal(after_accum, after)

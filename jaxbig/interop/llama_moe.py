@@ -106,6 +106,7 @@ def _reasons(m) -> list[str]:
                      mlp_bias=False)
     bad += no_gemma_switches(m)
     bad += [f'moe.shared_experts={spec.shared_experts}'] if spec.shared_experts else []
+    bad += [f'moe.bias_rate={spec.bias_rate} (a routing bias)'] if spec.bias_rate else []
     if _kind(m) == 'mixtral':
         bad += [f'qk_norm={m.qk_norm!r}'] if m.qk_norm != 'none' else []
         bad += ['moe.normalize=False (Mixtral renormalises the top-k)'] if not spec.normalize \

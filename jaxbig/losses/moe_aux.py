@@ -18,6 +18,11 @@ probs p [L, b, t, E] and chosen c [L, b, t, E] (1 for the token's k experts):
                                  definition), which grad_accum_steps > 1 or pmap would
                                  change: refused there (losses.check_accumulation).
     router z-loss (ST-MoE)       logsumexp(router logits)^2 per token, averaged over layers.
+    balancing bias (DeepSeek-V3) with model.moe.bias_rate > 0: a term worth 0 whose gradient
+                                 for each layer's router_bias is its load minus the mean
+                                 load (token counts, summed over micro-batches and devices
+                                 like any gradient), so the optimizer's sign step
+                                 (jaxbig.optim) sees the whole update's imbalance.
 
 `loss` config: moe_balance (coefficient, default 0.01; 0 = off), moe_z_loss (default 0.001;
 0 = off), moe_balance_group. Metrics: moe_balance, moe_z_loss (the terms before their
@@ -29,6 +34,7 @@ capacity dropped).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from jaxbig import aggregate
@@ -75,6 +81,12 @@ def add_to(loss: aggregate.Mean, metrics: dict, stats: dict, w, config):
         moe_dropped=aggregate.Mean(jnp.sum(stats['dropped'] * w[None]),
                                    k * num_layers * jnp.sum(w)))
     total = loss.total
+    if 'bias' in stats:  # DeepSeek-V3's balancing bias: a term worth 0 whose gradient with
+        # respect to the bias is each expert's load minus the layer's mean (token counts);
+        # the optimizer moves it by -bias_rate * sign of that (jaxbig.optim.with_moe_bias_rule)
+        deviation = jax.lax.stop_gradient(load - jnp.mean(load, -1, keepdims=True))
+        bias = stats['bias']
+        total = total + jnp.sum(deviation * (bias - jax.lax.stop_gradient(bias)))
     for coefficient, term in ((config.get('moe_balance', 0.01), bal),
                               (config.get('moe_z_loss', 0.001), z)):
         if coefficient:

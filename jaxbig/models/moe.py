@@ -43,6 +43,7 @@ the load-balancing auxiliary loss, the router z-loss and the load metrics
     chosen   float32 [b, t, E]   1 where the expert is among the token's k
     log_z    float32 [b, t]      logsumexp of the router logits
     dropped  float32 [b, t]      how many of the token's k pairs the capacity dropped
+    bias     float32 [E]         the router_bias parameter (bias_rate > 0 only)
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class MoeSpec:
     dispatch: str = 'dropless'  # 'dropless' | 'capacity'
     capacity_factor: float = 1.25  # 'capacity': slots per expert per row, see above
     grouped: str = 'auto'  # dropless's grouped matmul: 'ragged_dot' | 'blocks' | 'auto'
+    # DeepSeek-V3's auxiliary-loss-free balancing: a bias per expert (`router_bias`) added to
+    # the probabilities for the top-k choice only, moved by -bias_rate * sign(load - mean)
+    # after every update (jaxbig.optim); 0 = off. Usually with loss.moe_balance=0.
+    bias_rate: float = 0.0
 
     @classmethod
     def of(cls, section) -> MoeSpec | None:
@@ -104,6 +109,8 @@ class MoeSpec:
                               f'{tuple(GROUPED)}')
         if self.dispatch == 'capacity' and self.capacity_factor <= 0:
             raise ConfigError(f'model.moe.capacity_factor={self.capacity_factor}: expected > 0')
+        if self.bias_rate < 0:
+            raise ConfigError(f'model.moe.bias_rate={self.bias_rate}: expected >= 0 (0 = off)')
         if self.expert_dim < 0 or self.shared_experts < 0:
             raise ConfigError('model.moe.expert_dim and shared_experts must be >= 0')
 
@@ -113,10 +120,16 @@ class MoeSpec:
         return min(k * t, math.ceil(self.capacity_factor * k * t / e))
 
 
-def route(logits, k: int, normalize: bool):
-    """logits float32 [..., E] -> (probs [..., E], experts int32 [..., k], weights [..., k])."""
+def route(logits, k: int, normalize: bool, bias=None):
+    """logits float32 [..., E] -> (probs [..., E], experts int32 [..., k], weights [..., k]).
+    bias [E] (or None): added to the probabilities for the choice only; the weights are the
+    chosen experts' own probabilities (DeepSeek-V3)."""
     probs = jax.nn.softmax(logits, axis=-1)
-    weights, experts = jax.lax.top_k(probs, k)
+    if bias is None:
+        weights, experts = jax.lax.top_k(probs, k)
+    else:
+        _, experts = jax.lax.top_k(probs + jax.lax.stop_gradient(bias), k)
+        weights = jnp.take_along_axis(probs, experts, axis=-1)
     if normalize:
         weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
     return probs, experts, weights
@@ -285,7 +298,11 @@ class MoeMlp(nn.Module):
         router = self.param('router', init, (d, e), self.param_dtype)
         kernels = Experts(e, d, m, self.out_init_std, self.param_dtype, name='experts')()
         logits = jnp.dot(x.astype(jnp.float32), router.astype(jnp.float32))  # [b, t, E]
-        probs, experts, weights = route(logits, k, spec.normalize)
+        bias = None
+        if spec.bias_rate:  # float32 [E], moved by its own rule, never by the gradient
+            bias = self.param('router_bias', nn.with_logical_partitioning(
+                nn.initializers.zeros, (None,)), (e,), jnp.float32)
+        probs, experts, weights = route(logits, k, spec.normalize, bias)
         if spec.dispatch == 'capacity' and not decode:
             y, dropped = with_capacity(x, experts, weights, kernels, self.dtype,
                                        spec.capacity(t))
@@ -298,4 +315,6 @@ class MoeMlp(nn.Module):
                         name='shared')(x)
         stats = dict(probs=probs, chosen=jax.nn.one_hot(experts, e).sum(-2),
                      log_z=jax.nn.logsumexp(logits, axis=-1), dropped=dropped)
+        if bias is not None:
+            stats['bias'] = bias  # the loss gives it the load deviation as its gradient
         return nn.with_logical_constraint(y, ('batch', 'length', 'embed')), stats
