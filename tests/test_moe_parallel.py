@@ -29,13 +29,14 @@ batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
 MESHES = {'single': None, 'data2_expert4': dict(data=2, expert=4),
           'fsdp2_expert4': dict(fsdp=2, expert=4)}
 out = {}
-for dispatch in sys.argv[1:]:
+meshes = sys.argv[1].split(',')  # beside 'single', the reference
+for dispatch in sys.argv[2:]:
     model = models.get_model('gpt', vocab_size=64, num_layers=2, num_heads=2, embed_dim=32,
                              mlp_dim=32, moe=dict(experts=8, experts_per_token=2,
                                                   dispatch=dispatch, capacity_factor=2.0))
     step = step_lib.make_train_step(model, loss_fn, loss_cfg, tx)
     ref = None
-    for name, mesh_cfg in MESHES.items():
+    for name, mesh_cfg in ((m, MESHES[m]) for m in ['single', *meshes]):
         devices = jax.devices()[:1] if mesh_cfg is None else jax.devices()
         mesh = parallel.make_mesh(ml_collections.ConfigDict(mesh_cfg or dict(data=1)), devices)
         rules = parallel.DEFAULT_RULES
@@ -71,28 +72,49 @@ for dispatch in sys.argv[1:]:
 print(json.dumps(out))'''
 
 
-@pytest.fixture(scope='module')
-def runs():
+def _run(meshes: str) -> dict:
     env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS='cpu')
-    proc = subprocess.run([sys.executable, '-c', SCRIPT, 'capacity', 'dropless'], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    proc = subprocess.run([sys.executable, '-c', SCRIPT, meshes, 'capacity', 'dropless'],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope='module')
+def runs():
+    """data=2 x expert=4 (default suite); fsdp=2 x expert=4 is `fsdp_runs` (slow)."""
+    return _run('data2_expert4')
+
+
+@pytest.fixture(scope='module')
+def fsdp_runs():
+    return _run('fsdp2_expert4')
+
+
+def _mesh_runs(request, mesh):
+    return request.getfixturevalue('runs' if mesh == 'data2_expert4' else 'fsdp_runs')
+
+
+FSDP = pytest.mark.slow  # a second 8-device subprocess (~20 s)
+
+
 @pytest.mark.parametrize('dispatch', ['capacity', 'dropless'])
-@pytest.mark.parametrize('mesh, split', [('data2_expert4', 4), ('fsdp2_expert4', 8)])
-def test_expert_sharded_step_equals_single_device(runs, dispatch, mesh, split):
+@pytest.mark.parametrize('mesh, split', [('data2_expert4', 4),
+                                         pytest.param('fsdp2_expert4', 8, marks=FSDP)])
+def test_expert_sharded_step_equals_single_device(request, dispatch, mesh, split):
+    runs = _mesh_runs(request, mesh)
     r = runs[f'{dispatch}:{mesh}']
     assert r['loss_diff'] < 1e-5 and r['param_diff'] < 1e-5, r
     assert r['expert_shard'] == split  # expert kernels: E over 'expert' (and d over fsdp)
     assert runs[f'{dispatch}:single']['loss'][1] < runs[f'{dispatch}:single']['loss'][0]
 
 
-@pytest.mark.parametrize('mesh', ['data2_expert4', 'fsdp2_expert4'])
-def test_capacity_dispatch_exchanges_tokens_by_all_to_all(runs, mesh):
+@pytest.mark.parametrize('mesh', ['data2_expert4', pytest.param('fsdp2_expert4', marks=FSDP)])
+def test_capacity_dispatch_exchanges_tokens_by_all_to_all(request, mesh):
     """Capacity (GShard): tokens go to the experts' devices; dropless (a shard_map over the
     batch, each device sorting its own rows) gathers every expert's kernels, as FSDP does."""
+    runs = _mesh_runs(request, mesh)
     assert runs[f'dropless:{mesh}']['gathers_expert_kernels']
     r = runs[f'capacity:{mesh}']
     assert r['collectives']['all-to-all'] > 0 and not r['gathers_expert_kernels'], r
