@@ -96,7 +96,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbig import pruning
+from jaxbig import moe_bias, pruning
 from jaxbig.config import ConfigError
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
@@ -158,38 +158,15 @@ def scale_by_lr_mults(mults) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-MOE_BIAS = 'router_bias'  # a MoE layer's balancing bias (jaxbig.models.moe, bias_rate)
-
-
 def build_optimizer(cfg, total_steps: int, *, moe_bias_rate: float = 0.0
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optax chain, learning-rate schedule) for `config.optimizer`; with
-    `moe_bias_rate` > 0 (model.moe.bias_rate), `with_moe_bias_rule` around it."""
+    `moe_bias_rate` > 0 (model.moe.bias_rate), the MoE balancing bias's own rule around it
+    (jaxbig.moe_bias)."""
     tx, schedule = _build(cfg, total_steps)
     if moe_bias_rate > 0:
-        tx = with_moe_bias_rule(tx, moe_bias_rate, tuple(cfg.freeze))
+        tx = moe_bias.with_rule(tx, moe_bias_rate, tuple(cfg.freeze))
     return tx, schedule
-
-
-def with_moe_bias_rule(tx, rate: float, freeze=()) -> optax.GradientTransformation:
-    """`tx` for every parameter but the MoE layers' `router_bias` leaves, which move by
-    -rate * sign(gradient) — their gradient is each expert's load minus the mean
-    (jaxbig.losses.moe_aux), so an overloaded expert's bias falls by `rate` and an idle
-    one's rises (DeepSeek-V3): no clipping, decay, moments or schedule. One that
-    `optimizer.freeze` names stays frozen."""
-    def labels(params):
-        def label(path, _):
-            name = _path_name(path)
-            frozen = any(re.fullmatch(p, name) for p in freeze)
-            return 'moe_bias' if name.split('/')[-1] == MOE_BIAS and not frozen else 'main'
-        return jax.tree_util.tree_map_with_path(label, params)
-
-    def sign_step(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda g: -rate * jnp.sign(g), updates), state
-
-    rule = optax.GradientTransformation(lambda params: optax.EmptyState(), sign_step)
-    return optax.multi_transform({'main': tx, 'moe_bias': rule}, labels)
 
 
 def _build(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

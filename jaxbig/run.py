@@ -210,18 +210,16 @@ def trainable_mask(optimizer_config, params):
     """Tree of bools (False = frozen by `optimizer.freeze`, or a MoE layer's router_bias,
     whose "gradient" is a load count) for `params`, or None when all count: the parameters
     whose gradients `train/grad_norm` measures (the optimizer's clipping never sees the
-    router_bias either: jaxbig.optim.with_moe_bias_rule)."""
-    from jaxbig import optim
+    router_bias either: jaxbig.moe_bias)."""
+    from jaxbig import moe_bias, optim
 
-    names = [optim._path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    has_bias = any(n.split('/')[-1] == optim.MOE_BIAS for n in names)
+    has_bias = any(moe_bias.is_bias(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
     if not optimizer_config.freeze and not has_bias:
         return None
     groups = (optim.param_groups(params, freeze=list(optimizer_config.freeze), mults=[])
               if optimizer_config.freeze else jax.tree.map(lambda _: 'default', params))
     return jax.tree_util.tree_map_with_path(
-        lambda p, g: g != 'frozen' and optim._path_name(p).split('/')[-1] != optim.MOE_BIAS,
-        groups)
+        lambda p, g: g != 'frozen' and not moe_bias.is_bias(p), groups)
 
 
 def read_example_batch(config):

@@ -22,7 +22,7 @@ probs p [L, b, t, E] and chosen c [L, b, t, E] (1 for the token's k experts):
                                  for each layer's router_bias is its load minus the mean
                                  load (token counts, summed over micro-batches and devices
                                  like any gradient), so the optimizer's sign step
-                                 (jaxbig.optim) sees the whole update's imbalance.
+                                 (jaxbig.moe_bias) sees the whole update's imbalance.
 
 `loss` config: moe_balance (coefficient, default 0.01; 0 = off), moe_z_loss (default 0.001;
 0 = off), moe_balance_group. Metrics: moe_balance, moe_z_loss (the terms before their
@@ -83,7 +83,7 @@ def add_to(loss: aggregate.Mean, metrics: dict, stats: dict, w, config):
     total = loss.total
     if 'bias' in stats:  # DeepSeek-V3's balancing bias: a term worth 0 whose gradient with
         # respect to the bias is each expert's load minus the layer's mean (token counts);
-        # the optimizer moves it by -bias_rate * sign of that (jaxbig.optim.with_moe_bias_rule)
+        # the optimizer moves it by -bias_rate * sign of that (jaxbig.moe_bias)
         deviation = jax.lax.stop_gradient(load - jnp.mean(load, -1, keepdims=True))
         bias = stats['bias']
         total = total + jnp.sum(deviation * (bias - jax.lax.stop_gradient(bias)))

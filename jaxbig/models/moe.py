@@ -77,7 +77,7 @@ class MoeSpec:
     grouped: str = 'auto'  # dropless's grouped matmul: 'ragged_dot' | 'blocks' | 'auto'
     # DeepSeek-V3's auxiliary-loss-free balancing: a bias per expert (`router_bias`) added to
     # the probabilities for the top-k choice only, moved by -bias_rate * sign(load - mean)
-    # after every update (jaxbig.optim); 0 = off. Usually with loss.moe_balance=0.
+    # after every update (jaxbig.moe_bias); 0 = off. Usually with loss.moe_balance=0.
     bias_rate: float = 0.0
 
     @classmethod
