@@ -65,6 +65,12 @@ __all__ = ['SIZES', 'Block', 'Model', 'active_params', 'count_params', 'flops_pe
 # with that implementation ('cudnn' = the fused flash kernel on NVIDIA GPUs, bfloat16/float16).
 ATTENTION_IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
 
+# Model fields a decoder_block.Block takes under the same name
+_BLOCK_FIELDS = ('num_heads', 'mlp_dim', 'dropout', 'rope_base', 'norm_eps', 'attention',
+                 'attention_blocks', 'norm', 'mlp', 'num_kv_heads', 'qkv_bias', 'out_bias',
+                 'mlp_bias', 'qk_norm', 'norm_position', 'parallel_residual',
+                 'attention_scale', 'attn_softcap', 'rope_local_base')
+
 REMAT_POLICIES = {
     'full': jax.checkpoint_policies.nothing_saveable,
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -247,30 +253,12 @@ class Model(nn.Module):
             )
         self.embed_dropout = nn.Dropout(self.dropout)
         block_args = dict(
-            num_heads=self.num_heads,
+            {k: getattr(self, k) for k in _BLOCK_FIELDS},
             head_dim=self.resolved_head_dim,
-            mlp_dim=self.mlp_dim,
-            dropout=self.dropout,
-            rope_base=self.rope_base,
-            norm_eps=self.norm_eps,
-            attention=self.attention,
-            attention_blocks=self.attention_blocks,
-            norm=self.norm,
-            mlp=self.mlp,
-            num_kv_heads=self.num_kv_heads,
             rope=self.positions == 'rope',
-            qkv_bias=self.qkv_bias,
-            out_bias=self.out_bias,
-            mlp_bias=self.mlp_bias,
             rope_scaling=self.rope_spec if self.rope_scaling != 'default' else None,
             rope_dim=int(self.resolved_head_dim * self.rope_fraction),
             window=self.sliding_window,
-            qk_norm=self.qk_norm,
-            norm_position=self.norm_position,
-            parallel_residual=self.parallel_residual,
-            attention_scale=self.attention_scale,
-            attn_softcap=self.attn_softcap,
-            rope_local_base=self.rope_local_base,
             moe=self.moe_spec,
             **dtypes,
             out_init_std=0.02 / math.sqrt(2 * self.num_layers),  # GPT-2's residual scaling
