@@ -225,6 +225,33 @@ def conditional_data(task: str = 'name', seq_len: int = 256, **overrides) -> dic
     )
 
 
+def preference_data(task: str = 'name', seq_len: int = 256, **overrides) -> dict:
+    """(prompt, chosen, rejected) pairs (`jaxbig.data.pipelines.preference`): the embedded
+    task built from the conditional one (name 'pystdlib', task 'name' | 'body'), or
+    name='files' with JSONL / Parquet records at `path`; one pair per row of `seq_len`."""
+    return _merge(
+        'preference_data',
+        dict(
+            pipeline='preference',
+            name='pystdlib',  # or 'files' (data.path, data.splits, data.*_key)
+            data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+            task=task,
+            path='',
+            splits='',  # data.name='files': 'validation=0.01' (default) or name=glob pairs
+            prompt_key='prompt',
+            chosen_key='chosen',
+            rejected_key='rejected',
+            seq_len=seq_len,
+            train_split='train',
+            val_split='validation',
+            tokenizer='bytes',
+            eos_id=-1,
+            **data_loading(),
+        ),
+        overrides,
+    )
+
+
 def lm_optimizer(**overrides) -> dict:
     """The LM recipe: AdamW at 3e-3, 5 % warmup, b2 0.95, weight decay 0.1."""
     return optimizer(**{**dict(lr=3e-3, warmup_steps='auto', b2=0.95, weight_decay=0.1),

@@ -141,7 +141,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, example_batch=None
         example_batch = read_example_batch(config)
     model = models.from_config(config)
     loss_module = losses.get_loss_module(config.loss.name)
-    losses.check_accumulation(loss_module, config)
+    losses.check_config(loss_module, config)
     loss_fn = losses.bind(loss_module, config.loss)
     tx, schedule = optim.build_optimizer(config.optimizer, config.train.steps,
                                          moe_bias_rate=moe_bias_rate(config))

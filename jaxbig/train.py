@@ -351,9 +351,10 @@ class _Throughput:
 
 def tokens_per_batch(batch) -> int:
     """Tokens per batch for token-sequence inputs (int [batch, seq]; arrays or
-    ShapeDtypeStructs): `inputs`, or an encoder-decoder's `enc_tokens` + `dec_inputs`;
-    0 otherwise."""
-    keys = ('inputs',) if 'inputs' in batch else ('enc_tokens', 'dec_inputs')
+    ShapeDtypeStructs): `inputs`, an encoder-decoder's `enc_tokens` + `dec_inputs`, or a
+    preference pair's `chosen_inputs` + `rejected_inputs`; 0 otherwise."""
+    keys = (('inputs',) if 'inputs' in batch else ('chosen_inputs', 'rejected_inputs')
+            if 'chosen_inputs' in batch else ('enc_tokens', 'dec_inputs'))
     xs = [batch.get(k) for k in keys]
     if all(x is not None and x.ndim == 2 and np.issubdtype(x.dtype, np.integer) for x in xs):
         return sum(int(x.size) for x in xs)

@@ -2,6 +2,8 @@
 
         loss_fn(apply_fn, params, batch, rngs, config, *, train) -> (loss, {name: metric})
         model_inputs(batch) -> tuple of positional model inputs (used to initialise the model)
+    check(config)             (optional) one-line ConfigError for a whole experiment config
+                              the loss cannot train (run.setup calls it before any write)
     bind(config) -> loss_fn   (optional) for losses that need frozen state built once per
                               run, e.g. a distillation teacher's params: the returned
                               function has the loss_fn signature and closes over that state
@@ -40,6 +42,14 @@ def coupled_parts(module):
     if not getattr(module, 'COUPLES_EXAMPLES', False):
         return None
     return module.embed, module.loss_from_embeddings
+
+
+def check_config(module, config) -> None:
+    """The loss's own checks of the whole config (`module.check(config)`, if defined) and
+    `check_accumulation`: one-line ConfigErrors before anything is built or written."""
+    if hasattr(module, 'check'):
+        module.check(config)
+    check_accumulation(module, config)
 
 
 def check_accumulation(module, config) -> None:

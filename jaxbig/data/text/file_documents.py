@@ -93,6 +93,31 @@ def parse_splits(spec: str) -> dict:
     return out
 
 
+def split_ids(rel: list[str], counts, split: str, splits: str, root: str) -> np.ndarray:
+    """int64 record ids (numbered over the files `rel` in order, `counts` records each) of
+    `split` under the `data.splits` spec `splits` (module docstring); one-line ValueError
+    for a split the spec does not define or a glob that matches no file."""
+    spec = parse_splits(splits)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    held = next(iter(spec.items()))
+    if isinstance(held[1], float):  # one held-out fraction; 'train' is the rest
+        n = int(starts[-1])
+        chosen = np.zeros(n, bool)
+        chosen[np.random.default_rng(0).permutation(n)[:round(held[1] * n)]] = True
+        if split not in (held[0], 'train'):
+            raise ValueError(f"data split {split!r}: data.splits={splits or DEFAULT_SPLITS!r}"
+                             f" defines {held[0]!r} and 'train'")
+        return np.flatnonzero(chosen if split == held[0] else ~chosen).astype(np.int64)
+    if split not in spec:
+        raise ValueError(f'data split {split!r}: data.splits={splits!r} defines {sorted(spec)}')
+    pattern = spec[split]
+    mine = [i for i, r in enumerate(rel) if fnmatch.fnmatch(r, pattern)]
+    if not mine:
+        raise ValueError(f'data.splits: {split}={pattern!r} matches none of the '
+                         f'{len(rel)} files under {root!r}')
+    return np.concatenate([np.arange(starts[i], starts[i + 1]) for i in mine]).astype(np.int64)
+
+
 def _open_text(path: str):
     if path.endswith('.gz'):
         return gzip.open(path, 'rt', encoding='utf-8')
@@ -191,31 +216,13 @@ class FileDocuments:
 
     def __init__(self, path: str, split: str, text_key: str, splits: str, data_dir: str):
         root, rel = find_files(path)
-        spec = parse_splits(splits)
+        parse_splits(splits)  # a malformed spec fails before any file is opened
         stamp = tuple((r, os.path.getsize(os.path.join(root, r)),
                        os.stat(os.path.join(root, r)).st_mtime_ns) for r in rel)
         self._files = _files(root, tuple(rel), text_key, stamp)
         counts = np.array([f.count for f in self._files], np.int64)
         starts = np.concatenate([[0], np.cumsum(counts)])
-        held = next(iter(spec.items()))
-        if isinstance(held[1], float):  # one held-out fraction; 'train' is the rest
-            n = int(starts[-1])
-            chosen = np.zeros(n, bool)
-            chosen[np.random.default_rng(0).permutation(n)[:round(held[1] * n)]] = True
-            if split not in (held[0], 'train'):
-                raise ValueError(f"data split {split!r}: data.splits={splits or DEFAULT_SPLITS!r}"
-                                 f" defines {held[0]!r} and 'train'")
-            ids = np.flatnonzero(chosen if split == held[0] else ~chosen)
-        else:
-            if split not in spec:
-                raise ValueError(f'data split {split!r}: data.splits={splits!r} defines '
-                                 f'{sorted(spec)}')
-            pattern = spec[split]
-            mine = [i for i, r in enumerate(rel) if fnmatch.fnmatch(r, pattern)]
-            if not mine:
-                raise ValueError(f'data.splits: {split}={pattern!r} matches none of the '
-                                 f'{len(rel)} files under {root!r}')
-            ids = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in mine])
+        ids = split_ids(rel, counts, split, splits, root)
         self.ids, self._starts = ids.astype(np.int64), starts
         self.fingerprint = {'files': [list(s) for s in stamp], 'root': os.path.abspath(root),
                             'split': split, 'text_key': text_key,
