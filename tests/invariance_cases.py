@@ -28,7 +28,7 @@ from flax import traverse_util
 from jaxbig import cli, defaults, losses, models, parallel
 from jaxbig import pmap as pmap_lib
 from jaxbig import step as step_lib
-from jaxbig.losses import distillation
+from jaxbig.losses import distillation, preference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3  # updates per run
@@ -103,6 +103,24 @@ def sft_batch(rng):
             at += n
         assert at <= SEQ, (r, at)
     out['mask'] = mask
+    return out
+
+
+# Preference pairs (jaxbig.data.pipelines.preference): a shared prompt, then responses of
+# VALID[r] (chosen) and REJECTED[r] (rejected) target tokens.
+REJECTED = (5, 2, 12, 9)
+
+
+def dpo_batch(rng):
+    out = {}
+    for side, lengths in (('chosen', VALID), ('rejected', REJECTED)):
+        tokens = rng.integers(2, VOCAB, (ROWS, SEQ + 1)).astype(np.int32)
+        tokens[:, :3] = 7  # the prompt
+        mask = np.zeros((ROWS, SEQ), np.float32)
+        for r, n in enumerate(lengths):
+            mask[r, SEQ - n:] = 1.0
+        out.update({f'{side}_inputs': tokens[:, :-1], f'{side}_targets': tokens[:, 1:],
+                    f'{side}_mask': mask})
     return out
 
 
@@ -200,6 +218,10 @@ OBJECTIVES = {
                  '--config.model.relative_max_distance=16',
                  '--config.model.scan_layers=false'],
                 lambda rng, c: seq2seq_batch(rng)),
+    # DPO (with cDPO's label smoothing) against a frozen reference GPT of its own init
+    'dpo': ('experiments/dpo.py:type=simpo',
+            [*GPT, '--config.loss.type=dpo', '--config.loss.label_smoothing=0.1'],
+            lambda rng, c: dpo_batch(rng)),
     'distill': ('experiments/distill.py',
                 [*GPT, '--config.loss.temperature=2.0', '--config.loss.alpha=0.5'],
                 lambda rng, c: lm_batch(rng, packed=False)),
@@ -281,13 +303,17 @@ def objective(name: str) -> Objective:
     module = losses.get_loss_module(config.loss.name)
     loss_fn = module.loss_fn
     teacher = None
-    if name == 'distill':  # a 1-layer GPT of its own init as the frozen teacher
+    if name in ('distill', 'dpo'):  # a 1-layer GPT of its own init: teacher, reference
         cfg = dict(config.model.to_dict(), num_layers=1, embed_dim=16, num_heads=2, mlp_dim=32)
         t_model = models.get_model(cfg.pop('name'), **cfg)
         t_params = jax.device_get(jit(lambda: t_model.init(
             jax.random.PRNGKey(7), jnp.zeros((1, SEQ), jnp.int32), train=False)['params'])())
         teacher = (t_model, t_params)
         loss_fn = functools.partial(distillation.loss_fn, teacher=teacher)
+    if name == 'dpo':
+        def reference(apply_fn, params, batch):
+            return preference._logps(t_model.apply, t_params, batch, None, False)[0]
+        loss_fn = functools.partial(preference.loss_fn, reference=reference)
     return Objective(name, config, module, loss_fn, batches(name, config), teacher)
 
 

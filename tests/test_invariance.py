@@ -31,6 +31,7 @@ Matrix (objective x switch):
     mlm            pass   pass    pass   pass    pass  -      pass
     seq2seq        pass   pass    pass   pass    pass  -      pass
     distill        pass   pass    pass   pass    pass  pass   pass
+    dpo            pass   pass    pass   pass    pass  pass   pass
     classification pass   pass    pass   pass    pass  -      pass
     simclr         pass   pass    pass   pass    pass  -      pass
     clip           pass   pass    pass   pass    pass  -      pass
@@ -80,7 +81,7 @@ PARAM_TOL = dict(rtol=1e-5, atol=1e-5)
 
 OBJECTIVES = list(ic.OBJECTIVES)
 COUPLED = ('simclr', 'clip', 'siglip', 'clap')
-GPT = ('lm_packed', 'lm_unpacked', 'sft', 'distill', 'lm_moe')
+GPT = ('lm_packed', 'lm_unpacked', 'sft', 'distill', 'lm_moe', 'dpo')
 
 SWITCHES = {  # in-process switches -> ic.run_single keywords
     'accum2': dict(accum=2),
