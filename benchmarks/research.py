@@ -36,6 +36,7 @@ from research import (  # noqa: E402
     finetune_entries,
     grid,
     harness,
+    post_training,
     report,  # (the package benchmarks/research/)
 )
 
@@ -323,6 +324,8 @@ ENTRIES = {
                                          pooling='mean'),
                        'text_finetune\'s lora cells with mean instead of last-token pooling: '
                        'from the LM vs untrained, 3 seeds'),
+    'dpo': (post_training.dpo, 'SFT (defaults) then DPO from it, full and LoRA: held-out '
+            'preference accuracy, exact match and chrF before and after'),
     'clip_diagnosis': (clip_diagnosis_entry, 'the CLIP runs read back: zero-shot errors split '
                        'into colour and shape, prompt ensemble vs best template'),
 }

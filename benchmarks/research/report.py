@@ -127,6 +127,17 @@ def diagnosis_section(result: dict) -> list[str]:
     return rows + ['']
 
 
+def table_section(result: dict) -> list[str]:
+    """result['figures'] = {row name: {column: value}} as a table, then the runs."""
+    columns = list(next(iter(result['figures'].values())))
+    rows = [f'| run | {" | ".join(columns)} |', '|---' * (len(columns) + 1) + '|']
+    for name, f in result['figures'].items():
+        rows.append(f'| {name} | {" | ".join(_num(f.get(c)) for c in columns)} |')
+    rows += ['', '| run | wall | CPU | seed | command |', '|---|---|---|---|---|']
+    rows += [f'| {run["name"]} | {_run_cells(run)} |' for run in result.get('runs', [])]
+    return rows + ['']
+
+
 def generic_section(result: dict) -> list[str]:
     rows = ['| run | wall | CPU | seed | command |', '|---|---|---|---|---|']
     rows += [f'| {run["name"]} | {_run_cells(run)} |' for run in result.get('runs', [])]
@@ -150,6 +161,8 @@ def markdown(results: dict[str, dict], plots: dict[str, str], lm_full=None) -> s
                   f'{_minutes(result["wall_s"])}.', '']
         if result.get('kind') == 'grid':
             lines += grid.section(result)
+        elif result.get('kind') == 'table':
+            lines += table_section(result)
         elif entry == 'lm_baselines':
             lines += baselines_section(result)
         elif entry in LM_ENTRIES:

@@ -11,8 +11,9 @@ Chosen and rejected rows go through the model in one forward pass ([2b, T]). Per
     ref_c, ref_r     the reference model's (summed, or averaged where the type averages)
 
     type='dpo'    -log s(beta h) (1 - eps) - log s(-beta h) eps,  h = (logp_c - logp_r) -
-                  (ref_c - ref_r) (Rafailov et al. 2023; eps = label_smoothing > 0 is cDPO;
-                  TRL's loss_type='sigmoid')
+                  (ref_c - ref_r) (Rafailov et al. 2023: TRL's loss_type='sigmoid');
+                  eps = label_smoothing > 0 is cDPO (Mitchell 2023; in TRL 1.16 the
+                  CPO 'sigmoid' loss of the log-ratios, its DPO 'sigmoid' has no eps)
     type='ipo'    (h - 1 / (2 beta))^2 with h from the averaged log-probs (Azar et al. 2023,
                   as TRL computes it)
     type='simpo'  -log s(beta (avg_c - avg_r) - gamma) (1 - eps) - log s(-...) eps, no
@@ -26,7 +27,9 @@ s is the logistic sigmoid. Every number is a Mean over the pairs of the update (
 pairs, jaxbig/aggregate.py), so micro-batches and devices do not change it. Metrics, with
 TRL's names: rewards/chosen, rewards/rejected (beta (logp - ref) for dpo / ipo, beta avg for
 simpo / orpo), rewards/accuracies (chosen reward > rejected), rewards/margins, logps/chosen,
-logps/rejected (the policy's summed log-probs), nll (chosen), pairs (a Sum).
+logps/rejected (the policy's summed log-probs), and two of jaxbig's own: logps/accuracies (the
+policy alone ranks chosen above rejected: summed log-probs; an SFT model's preference accuracy
+when it is also the reference) and nll (chosen, nats per token); pairs (a Sum).
 
 `config` (the experiment's `loss` section): name='preference', type, beta, label_smoothing
 (dpo, simpo), gamma (simpo), reference (dpo, ipo): a trained workdir whose params are loaded
@@ -133,6 +136,7 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True, refere
         'rewards/margins': aggregate.mean(chosen - rejected, pairs),
         'logps/chosen': aggregate.mean(policy[0], pairs),
         'logps/rejected': aggregate.mean(policy[1], pairs),
+        'logps/accuracies': aggregate.mean((policy[0] > policy[1]).astype(jnp.float32), pairs),
         'nll': aggregate.mean(nll, pairs),
         'pairs': aggregate.Sum(pairs.sum()),
     }
