@@ -60,6 +60,16 @@ def sample_logits(logits, rng, *, temperature: float = 1.0, top_k: int = 0, top_
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def draw(sample, logits, rng, i):
+    """Token i of every row, from logits [batch, vocab]: `rng` is one key for the batch, or
+    a key per row ([batch] keys), so that a row's samples do not depend on the rows beside it
+    (GRPO's rollouts: the same under any split of the batch)."""
+    if rng.ndim == 0:
+        return sample(logits, jax.random.fold_in(rng, i))
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(rng)
+    return jax.vmap(lambda row, k: sample(row[None], k)[0])(logits, keys)
+
+
 # ----------------------------------------------------------------------------- padding
 
 def left_pad(prompts: list[np.ndarray], pad_id: int = 0):
@@ -95,7 +105,8 @@ def init_cache(model, batch: int, max_len: int):
 def _generate(params, tokens, positions, rng, *, model, max_new_tokens, temperature, top_k,
               top_p, stop, eos_id, stream):
     """tokens, positions int32 [batch, P] -> (generated int32 [batch, max_new_tokens],
-    lengths int32 [batch]): tokens after a row finished are eos_id (0 if None)."""
+    lengths int32 [batch]): tokens after a row finished are eos_id (0 if None). rng: a key,
+    or [batch] keys (one per row, see `draw`)."""
     from jaxbig import quantize  # int8 params are dequantised here, inside the compiled step
 
     params = quantize.dequantize(params)
@@ -113,7 +124,7 @@ def _generate(params, tokens, positions, rng, *, model, max_new_tokens, temperat
 
     def emit(i, logits, rng, out, lengths, done):
         """Samples token i from logits [batch, vocab], records it, updates `done`."""
-        token = jnp.where(done, fill, sample(logits, jax.random.fold_in(rng, i)))
+        token = jnp.where(done, fill, draw(sample, logits, rng, i))
         out = out.at[:, i].set(token)
         lengths = lengths + (~done).astype(jnp.int32)
         finished = jnp.zeros_like(done)

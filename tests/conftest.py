@@ -90,6 +90,27 @@ def tfds_dir(tmp_path_factory):
         os.environ['TFDS_DATA_DIR'] = old
 
 
+# The SFT policy the post-training tests start from (tests/test_preference.py, test_grpo.py).
+SFT_TINY = ['--config.model.num_layers=2', '--config.model.embed_dim=64',
+            '--config.model.num_heads=4', '--config.model.mlp_dim=128',
+            '--config.train.log_every=4', '--config.evals.gen.num_examples=4',
+            '--config.evals.val.num_examples=32', '--config.optimizer.lr=1e-2']
+
+
+@pytest.fixture(scope='session')
+def sft_run(tfds_dir, tmp_path_factory):
+    """A tiny experiments/sft.py run (8 steps), trained once for all workers."""
+    from filelock import FileLock
+
+    path = shared_tmp(tmp_path_factory) / 'sft_run'
+    with FileLock(f'{path}.lock'):
+        if not (path / '.trained').exists():
+            run_cli('train', '--config', 'experiments/sft.py:steps=8,batch=16,seq=128',
+                    '--workdir', str(path), '--force', *SFT_TINY)
+            (path / '.trained').touch()
+    return str(path)
+
+
 def run_cli(*args, devices: int = 1, timeout: int = 300, check: bool = True,
             subprocess_: bool = False):
     """Runs `jaxbig ARGS` and returns a CompletedProcess (returncode, stdout, stderr).

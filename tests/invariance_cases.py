@@ -28,7 +28,7 @@ from flax import traverse_util
 from jaxbig import cli, defaults, losses, models, parallel
 from jaxbig import pmap as pmap_lib
 from jaxbig import step as step_lib
-from jaxbig.losses import distillation, preference
+from jaxbig.losses import distillation, grpo, preference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3  # updates per run
@@ -122,6 +122,22 @@ def dpo_batch(rng):
         out.update({f'{side}_inputs': tokens[:, :-1], f'{side}_targets': tokens[:, 1:],
                     f'{side}_mask': mask})
     return out
+
+
+# GRPO prompts (jaxbig.data.pipelines.prompts): left-padded prompts of VALID[r] tokens
+# (at most SEQ // 2); the completions (sampled in the step) are ragged by themselves.
+def grpo_batch(rng):
+    width = SEQ // 2
+    prompt = np.full((ROWS, width), EOS, np.int32)
+    positions = np.full((ROWS, width), -1, np.int32)
+    for r, n in enumerate(VALID):
+        n = min(n, width)
+        prompt[r, width - n:] = rng.integers(2, VOCAB, n)
+        positions[r, width - n:] = np.arange(n)
+    answer = np.full((ROWS, 4), -1, np.int32)
+    answer[:, :3] = rng.integers(2, VOCAB, (ROWS, 3))
+    answer[:, 2] = EOS
+    return dict(prompt=prompt, prompt_positions=positions, answer=answer)
 
 
 def mlm_batch(rng):
@@ -222,6 +238,9 @@ OBJECTIVES = {
     'dpo': ('experiments/dpo.py:type=simpo',
             [*GPT, '--config.loss.type=dpo', '--config.loss.label_smoothing=0.1'],
             lambda rng, c: dpo_batch(rng)),
+    # GRPO: 3 rollouts per prompt sampled inside the step (keys per global row), k3 KL to a
+    # frozen reference GPT of its own init
+    'grpo': ('experiments/dpo.py:type=simpo', GPT, lambda rng, c: grpo_batch(rng)),
     'distill': ('experiments/distill.py',
                 [*GPT, '--config.loss.temperature=2.0', '--config.loss.alpha=0.5'],
                 lambda rng, c: lm_batch(rng, packed=False)),
@@ -251,6 +270,10 @@ def load_config(name: str):
     if name == 'classification':  # a 2-layer ViT backbone (with scan_layers) for the ResNet
         config.model.backbone = dict(defaults.vit_backbone(16, depth=2, patch_size=4),
                                      num_heads=2, scan_layers=False)
+    if name == 'grpo':  # experiments/grpo.py needs an init run: its loss section, here
+        config.loss = dict(name='grpo', group_size=3, max_new_tokens=4, temperature=1.0,
+                           beta=0.04, epsilon=0.2, reward='prefix', reference='',
+                           eos_id=EOS)
     if name == 'simclr':
         config.model.backbone.update(depth=2, num_heads=2, scan_layers=False)
         config.model.proj_hidden_dims = (16,)
@@ -303,7 +326,8 @@ def objective(name: str) -> Objective:
     module = losses.get_loss_module(config.loss.name)
     loss_fn = module.loss_fn
     teacher = None
-    if name in ('distill', 'dpo'):  # a 1-layer GPT of its own init: teacher, reference
+    if name in ('distill', 'dpo', 'grpo'):  # a 1-layer GPT of its own init: the teacher /
+        # the reference
         cfg = dict(config.model.to_dict(), num_layers=1, embed_dim=16, num_heads=2, mlp_dim=32)
         t_model = models.get_model(cfg.pop('name'), **cfg)
         t_params = jax.device_get(jit(lambda: t_model.init(
@@ -314,6 +338,10 @@ def objective(name: str) -> Objective:
         def reference(apply_fn, params, batch):
             return preference._logps(t_model.apply, t_params, batch, None, False)[0]
         loss_fn = functools.partial(preference.loss_fn, reference=reference)
+    if name == 'grpo':
+        def reference(apply_fn, params, *args):
+            return grpo.completion_logps(t_model.apply, t_params, *args, False)
+        loss_fn = functools.partial(grpo.loss_fn, reference=reference)
     return Objective(name, config, module, loss_fn, batches(name, config), teacher)
 
 

@@ -32,6 +32,7 @@ Matrix (objective x switch):
     seq2seq        pass   pass    pass   pass    pass  -      pass
     distill        pass   pass    pass   pass    pass  pass   pass
     dpo            pass   pass    pass   pass    pass  pass   pass
+    grpo           pass   pass    pass   pass    pass  pass   pass
     classification pass   pass    pass   pass    pass  -      pass
     simclr         pass   pass    pass   pass    pass  -      pass
     clip           pass   pass    pass   pass    pass  -      pass
@@ -81,7 +82,7 @@ PARAM_TOL = dict(rtol=1e-5, atol=1e-5)
 
 OBJECTIVES = list(ic.OBJECTIVES)
 COUPLED = ('simclr', 'clip', 'siglip', 'clap')
-GPT = ('lm_packed', 'lm_unpacked', 'sft', 'distill', 'lm_moe', 'dpo')
+GPT = ('lm_packed', 'lm_unpacked', 'sft', 'distill', 'lm_moe', 'dpo', 'grpo')
 
 SWITCHES = {  # in-process switches -> ic.run_single keywords
     'accum2': dict(accum=2),

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, metric_series, run_cli
+from conftest import REPO, SFT_TINY, metric_series, run_cli
 
 from jaxbig import config as config_lib
 from jaxbig import defaults, lora, models
@@ -331,18 +331,7 @@ def test_config_errors(tmp_path):
 
 # -------------------------------------------------------------------------------- the CLI
 
-TINY = ['--config.model.num_layers=2', '--config.model.embed_dim=64',
-        '--config.model.num_heads=4', '--config.model.mlp_dim=128']
-EVALS = ['--config.train.log_every=4', '--config.evals.gen.num_examples=4',
-         '--config.evals.val.num_examples=32']
-
-
-@pytest.fixture(scope='module')
-def sft_run(tfds_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp('pref') / 'sft')
-    run_cli('train', '--config', 'experiments/sft.py:steps=8,batch=16,seq=128', '--workdir',
-            workdir, *TINY, *EVALS, '--config.optimizer.lr=1e-2')
-    return workdir
+TINY, EVALS = SFT_TINY[:4], SFT_TINY[4:7]
 
 
 def test_dpo_cli_from_an_sft_run(sft_run, tmp_path):

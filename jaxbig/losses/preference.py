@@ -157,12 +157,17 @@ def check(config) -> None:
     if (config.model.get('moe') or {}).get('experts'):
         raise ConfigError('loss.name=preference: a Mixture-of-Experts policy is not supported '
                           'yet (its auxiliary losses count tokens, the preference loss pairs)')
-    if kind not in NEEDS_REFERENCE:
-        return
-    reference = loss.get('reference', '')
+    if kind in NEEDS_REFERENCE:
+        check_reference(config, f'loss.type={kind!r}')
+
+
+def check_reference(config, what: str) -> None:
+    """One-line ConfigError unless loss.reference names a reference `what` can use: a
+    workdir, or 'adapters_off' with a LoRA policy whose base is frozen."""
+    reference = config.loss.get('reference', '')
     if not reference:
-        raise ConfigError(f"loss.type={kind!r} needs loss.reference: the run the policy starts "
-                          f"from (a workdir), or {ADAPTERS_OFF!r} for a LoRA policy")
+        raise ConfigError(f"{what} needs loss.reference: the run the policy starts from (a "
+                          f"workdir), or {ADAPTERS_OFF!r} for a LoRA policy")
     if reference == ADAPTERS_OFF:
         from jaxbig import lora
 

@@ -1,0 +1,88 @@
+r"""GRPO: online RL with a verifiable reward on the embedded name task — the policy answers
+each prompt G times inside the compiled train step, and learns from its own samples.
+
+    jaxbig train --config experiments/sft.py --workdir runs/sft             # the SFT policy
+    jaxbig train --config experiments/grpo.py:init=runs/sft --workdir runs/grpo
+    jaxbig train --config experiments/grpo.py:init=runs/sft,lora=8 --workdir runs/grpo_lora
+    jaxbig eval --workdir runs/grpo
+
+Arguments (`experiments/grpo.py:key=value,...`):
+  init    the run the policy starts from (an SFT / LM run of the bytes GPT, or an imported
+          model): its model section and tokenizer are taken over, its params loaded; also
+          the KL reference (frozen; with lora: the policy with its adapters off). Required
+  group   G, samples per prompt; prompts: prompts per update (batch = prompts, each
+          answered G times: prompts x G rollouts per update)
+  max_new_tokens, temperature   of the rollouts
+  beta    KL coefficient (k3 estimator against the reference; 0 = no reference forward)
+  epsilon the clip of the ratio; reward: 'prefix' (1 if exact, else 0.5 x the answer's
+          prefix matched) | 'exact' (jaxbig/losses/grpo.py)
+  lora    adapter rank (0 = full fine-tuning); task ('name' | 'body'), prompt_len and
+          answer_len (tokens; longer examples are left out), steps, lr
+
+Evaluators, at the end and every `eval_every` steps: `val` (the GRPO loss on 64 held-out
+prompts, sampled with a fixed key: val/reward, val/exact_match are the held-out mean reward
+and the fraction of exact samples at the rollout temperature), `gen` (greedy answers to 128
+held-out prompts: exact match and chrF, as for SFT).
+
+Measured: benchmarks/research.py `grpo` (SFT -> GRPO; benchmarks/RESULTS_RESEARCH.md).
+"""
+
+import ml_collections
+
+from jaxbig import defaults
+from jaxbig.config import ConfigError, parse_arg
+from jaxbig.data.builders.conditional_task import TASKS
+from jaxbig.losses.grpo import REWARDS
+from jaxbig.losses.preference import ADAPTERS_OFF
+from jaxbig.run import read_config
+
+LORA_TARGETS = ['.*attn/(query|key|value|out)/kernel', '.*mlp/(gate|up|down)/kernel']
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, init='', group=8, prompts=8, max_new_tokens=24, temperature=1.0,
+                    beta=0.04, epsilon=0.2, reward='prefix', lora=0, task='name',
+                    prompt_len=192, answer_len=24, steps=100, lr=0.0)
+    if not arg.init:
+        raise ConfigError('experiments/grpo.py: init=RUN is required (the SFT run the policy '
+                          'starts from, e.g. runs/sft)')
+    if arg.task not in TASKS:
+        raise ConfigError(f'experiments/grpo.py: task={arg.task!r}, expected one of {TASKS}')
+    if arg.reward not in REWARDS:
+        raise ConfigError(f'experiments/grpo.py: reward={arg.reward!r}, expected one of {REWARDS}')
+    source = read_config(arg.init)
+    if source.model.get('name') != 'gpt':
+        raise ConfigError(f'experiments/grpo.py: init={arg.init!r} is a '
+                          f'{source.model.get("name")!r} run; GRPO needs a GPT')
+    c = ml_collections.ConfigDict()
+    c.model = source.model.to_dict()
+    data = source.get('data') or {}
+    c.data = dict(pipeline='prompts', name='pystdlib', data_dir='', task=arg.task,
+                  prompt_len=arg.prompt_len, answer_len=arg.answer_len, train_split='train',
+                  val_split='validation', tokenizer=data.get('tokenizer', 'bytes'),
+                  eos_id=data.get('eos_id', -1), **defaults.data_loading())
+    c.init_from = defaults.init_from(path=arg.init)
+    arg.batch, arg.seq = arg.prompts, 0
+    defaults.conditional_run(c, arg, loss='grpo')
+    c.optimizer.lr = arg.lr or (1e-3 if arg.lora else 1e-4)
+    c.optimizer.weight_decay = 0.0
+    c.evals.val.num_examples = 64
+    c.evals.gen.max_new_tokens = arg.max_new_tokens
+    c.loss = dict(name='grpo', group_size=arg.group, max_new_tokens=arg.max_new_tokens,
+                  temperature=arg.temperature, beta=arg.beta, epsilon=arg.epsilon,
+                  reward=arg.reward, reference=(ADAPTERS_OFF if arg.lora else arg.init)
+                  if arg.beta else '', eos_id=_eos_id(c.data))
+    if arg.lora:
+        c.lora = dict(targets=LORA_TARGETS, rank=arg.lora, alpha=2.0 * arg.lora)
+        c.optimizer.freeze = ['(?!lora/).*']
+    return c
+
+
+def _eos_id(data) -> int:
+    from jaxbig.data.text import tokenizers
+
+    eos = tokenizers.from_config(dict(tokenizer=data['tokenizer'], eos_id=data['eos_id'])).eos_id
+    if eos is None:
+        raise ConfigError(f"experiments/grpo.py: the tokenizer {data['tokenizer']!r} has no "
+                          'end-of-sequence token to end the rollouts')
+    return int(eos)
