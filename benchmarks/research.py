@@ -326,6 +326,8 @@ ENTRIES = {
                        'from the LM vs untrained, 3 seeds'),
     'dpo': (post_training.dpo, 'SFT (defaults) then DPO from it, full and LoRA: held-out '
             'preference accuracy, exact match and chrF before and after'),
+    'grpo': (post_training.grpo, 'SFT (defaults) then GRPO from it: held-out mean reward, '
+             'KL and response length over training'),
     'clip_diagnosis': (clip_diagnosis_entry, 'the CLIP runs read back: zero-shot errors split '
                        'into colour and shape, prompt ensemble vs best template'),
 }

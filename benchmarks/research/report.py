@@ -184,10 +184,38 @@ def _tokens(run: dict, step: int) -> float:
     return step * run['batch'] * run['seq']
 
 
+def curves_plot(result: dict, path: str) -> bool:
+    """One panel per metric of result['plot'] (a list of keys): every run's curve of it
+    against the step."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    keys = result['plot']
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4))
+    for ax, key in zip(axes, keys):
+        for run in result['runs']:
+            points = [(r['step'], r[key]) for r in run['curve'] if key in r]
+            if points:
+                ax.plot(*zip(*points), 'o-' if key.startswith(('val/', 'gen/')) else '-',
+                        ms=3, label=run['name'])
+        ax.set_xlabel('step')
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def plot_entry(entry: str, result: dict, path: str, baseline_figures: dict) -> bool:
     """Writes `path` (PNG) for entries that have curves; -> whether it wrote one."""
     if result.get('kind') == 'grid':
         return grid.plot(result, path)
+    if result.get('plot'):
+        return curves_plot(result, path)
     runs = result.get('runs') or []
     if not runs:
         return False
