@@ -144,14 +144,20 @@ def test_completion_logps_equal_an_unpadded_forward(policy):
     model, params = policy
     batch = prompt_batch()
     completion = RNG.integers(1, 256, (4, 5)).astype(np.int32)
-    got = grpo.completion_logps(model.apply, params, jnp.asarray(batch['prompt']),
-                                jnp.asarray(batch['prompt_positions']), jnp.asarray(completion),
-                                False)
-    for r, n in enumerate((3, 7, 1, 5)):
-        tokens = np.concatenate([batch['prompt'][r, 8 - n:], completion[r]])[None]
-        logits = model.apply({'params': params}, jnp.asarray(tokens[:, :-1]), train=False)
-        logp = jax.nn.log_softmax(logits[0, n - 1:], axis=-1)
-        want = np.take_along_axis(np.asarray(logp), completion[r][:, None], -1)[:, 0]
+    got = jax.jit(grpo.completion_logps, static_argnums=(0, 5))(
+        model.apply, params, jnp.asarray(batch['prompt']), jnp.asarray(batch['prompt_positions']),
+        jnp.asarray(completion), False)
+    # each row alone, unpadded, right-filled to one width (causal: the fill changes nothing
+    # before it), in one forward pass
+    lengths = (3, 7, 1, 5)
+    alone = np.ones((4, 8 + 5), np.int32)
+    for r, n in enumerate(lengths):
+        alone[r, :n + 5] = np.concatenate([batch['prompt'][r, 8 - n:], completion[r]])
+    logits = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(
+        params, jnp.asarray(alone))
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    for r, n in enumerate(lengths):
+        want = np.take_along_axis(logp[r, n - 1:n + 4], completion[r][:, None], -1)[:, 0]
         np.testing.assert_allclose(np.asarray(got[r]), want, rtol=1e-4, atol=1e-5)
 
 

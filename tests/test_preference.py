@@ -159,10 +159,12 @@ def test_loss_counts_pairs_and_skips_padding_rows():
     params = nn.unbox(model.init(jax.random.PRNGKey(0), batch['chosen_inputs'][:1],
                                  train=False)['params'])
     config = ml_collections.ConfigDict(dict(type='simpo', beta=2.0, gamma=0.5))
-    full = preference.loss_fn(model.apply, params, batch, None, config, train=False)[1]
+    loss = jax.jit(lambda p, b: preference.loss_fn(model.apply, p, b, None, config,
+                                                   train=False)[1])
+    full = loss(params, batch)
     padded = dict(jax.tree.map(lambda x: np.concatenate([x, x[:2]]), batch),
                   example_mask=np.array([1, 1, 1, 1, 0, 0], np.float32))
-    got = preference.loss_fn(model.apply, params, padded, None, config, train=False)[1]
+    got = loss(params, padded)
     assert float(got['pairs']) == 4
     for k in full:
         np.testing.assert_allclose(float(got[k]), float(full[k]), rtol=1e-6, err_msg=k)
@@ -197,10 +199,11 @@ def test_adapters_off_reference_is_the_base_model():
     params = dict(params, lora=jax.tree.map(lambda x: x + 0.3, params['lora']))  # B != 0
     config = ml_collections.ConfigDict(dict(type='dpo', beta=0.1, reference='adapters_off'))
     bound = preference.bind(config)
-    _, m = bound(wrapped.apply, params, batch, None, config, train=False)
+    _, m = jax.jit(lambda p: bound(wrapped.apply, p, batch, None, config, train=False))(params)
     no_adapters = {k: v for k, v in params.items() if k != lora.KEY}
-    want = preference._logps(base.apply, no_adapters, batch, None, False)[0]
-    mine = preference._logps(wrapped.apply, params, batch, None, False)[0]
+    want = jax.jit(lambda p: preference._logps(base.apply, p, batch, None, False)[0])(
+        no_adapters)
+    mine = jax.jit(lambda p: preference._logps(wrapped.apply, p, batch, None, False)[0])(params)
     assert not np.allclose(mine[0], want[0])  # the adapters do change the policy
     np.testing.assert_allclose(float(m['rewards/chosen']),
                                0.1 * float(jnp.mean(mine[0] - want[0])), rtol=1e-5)
@@ -213,14 +216,15 @@ def test_reference_run_is_a_separate_forward_of_that_run(sft_run):
     bound = preference.bind(config)
     other = nn.unbox(ref.model.init(jax.random.PRNGKey(5), batch['chosen_inputs'][:1],
                                     train=False)['params'])  # a policy, not the reference
-    _, m = bound(ref.model.apply, other, batch, None, config, train=False)
-    ref_c, ref_r = preference._logps(ref.model.apply, ref.params, batch, None, False)[0]
-    pol_c, pol_r = preference._logps(ref.model.apply, other, batch, None, False)[0]
+    metrics = jax.jit(lambda p: bound(ref.model.apply, p, batch, None, config, train=False)[1])
+    logps = jax.jit(lambda p: preference._logps(ref.model.apply, p, batch, None, False)[0])
+    m = metrics(other)
+    (ref_c, ref_r), (pol_c, pol_r) = logps(ref.params), logps(other)
     np.testing.assert_allclose(float(m['rewards/chosen']),
                                0.5 * float(jnp.mean(pol_c - ref_c)), rtol=1e-5)
     np.testing.assert_allclose(float(m['rewards/rejected']),
                                0.5 * float(jnp.mean(pol_r - ref_r)), rtol=1e-5)
-    _, same = bound(ref.model.apply, ref.params, batch, None, config, train=False)
+    same = metrics(ref.params)
     np.testing.assert_allclose(float(same['loss']), np.log(2), rtol=1e-6)  # policy = reference
 
 
