@@ -3,6 +3,7 @@ corpus with the model's own tokenizer.json (full and LoRA), fine-tuning through
 finetune_text, generation; and a jaxbig GPT trained from scratch exported as Llama."""
 import os
 
+import jax
 import numpy as np
 import pytest
 
