@@ -350,6 +350,11 @@ def test_dpo_cli_from_an_sft_run(sft_run, tmp_path):
     bad = run_cli('train', '--config', 'experiments/dpo.py:type=ipo', '--workdir',
                   str(tmp_path / 'bad'), check=False)
     assert bad.returncode == 2 and 'init=RUN' in bad.stderr
+    path = write_jsonl(tmp_path / 'prefs.jsonl', [*PAIRS, dict(prompt='p', chosen='c')])
+    bad_file = run_cli('train', '--config', f'experiments/dpo.py:init={sft_run},data={path}',
+                       '--workdir', str(tmp_path / 'bad'), check=False)
+    assert bad_file.returncode == 2
+    assert "prefs.jsonl:41: no 'rejected'" in bad_file.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / 'bad')
 
 
