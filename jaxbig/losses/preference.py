@@ -34,7 +34,8 @@ when it is also the reference) and nll (chosen, nats per token); pairs (a Sum).
 `config` (the experiment's `loss` section): name='preference', type, beta, label_smoothing
 (dpo, simpo), gamma (simpo), reference (dpo, ipo): a trained workdir whose params are loaded
 once and closed over by the step (frozen, replicated on every device like a distillation
-teacher), or 'adapters_off' for a LoRA policy: the reference is the policy with its adapters
+teacher: fine for a few hundred MB; a reference sharded like the policy is not built yet),
+or 'adapters_off' for a LoRA policy: the reference is the policy with its adapters
 zeroed — the frozen base it started from, no second copy (the base must be frozen:
 optimizer.freeze). `bind(config)` builds it.
 """
