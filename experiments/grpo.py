@@ -42,7 +42,7 @@ LORA_TARGETS = ['.*attn/(query|key|value|out)/kernel', '.*mlp/(gate|up|down)/ker
 def get_config(arg=None):
     arg = parse_arg(arg, init='', group=8, prompts=8, max_new_tokens=24, temperature=1.0,
                     beta=0.04, epsilon=0.2, reward='prefix', lora=0, task='name',
-                    prompt_len=192, answer_len=24, steps=100, lr=0.0)
+                    prompt_len=192, answer_len=24, steps=200, lr=0.0)
     if not arg.init:
         raise ConfigError('experiments/grpo.py: init=RUN is required (the SFT run the policy '
                           'starts from, e.g. runs/sft)')
@@ -64,7 +64,7 @@ def get_config(arg=None):
     c.init_from = defaults.init_from(path=arg.init)
     arg.batch, arg.seq = arg.prompts, 0
     defaults.conditional_run(c, arg, loss='grpo')
-    c.optimizer.lr = arg.lr or (1e-3 if arg.lora else 1e-4)
+    c.optimizer.lr = arg.lr or (1e-3 if arg.lora else 3e-4)
     c.optimizer.weight_decay = 0.0
     c.evals.val.num_examples = 64
     c.evals.gen.max_new_tokens = arg.max_new_tokens

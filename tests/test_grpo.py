@@ -85,13 +85,13 @@ def test_rewards():
     answer = np.array([[32, 102, 111, eos, -1]] * 5)  # ' fo' + eos
     completion = np.array([[32, 102, 111, eos, eos],   # exact
                            [32, 102, 120, eos, eos],   # prefix ' f' of ' fo': 2/3
-                           [32, 102, 111, 111, eos],   # the name, then more: not exact, 3/3
+                           [32, 102, 111, 111, eos],   # the name, then more: 3 of 4 said
                            [120, 102, 111, eos, eos],  # wrong first token
-                           [32, 102, 111, eos, eos]])  # exact tokens, cut before eos
+                           [32, 102, 111, eos, eos]])  # the name, cut before its eos: 3/3
     lengths = np.array([4, 4, 5, 4, 3])
     reward, exact = grpo.rewards(jnp.asarray(completion), jnp.asarray(lengths),
                                  jnp.asarray(answer))
-    np.testing.assert_allclose(np.asarray(reward), [1.0, 1 / 3, 0.5, 0.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(reward), [1.0, 1 / 3, 3 / 8, 0.0, 0.5], rtol=1e-6)
     assert np.asarray(exact).tolist() == [True, False, False, False, False]
     binary = grpo.rewards(jnp.asarray(completion), jnp.asarray(lengths), jnp.asarray(answer),
                           'exact')[0]
@@ -226,3 +226,37 @@ def test_grpo_cli_trains_and_resumes_exactly(sft_run, tmp_path):
                                    err_msg=key)
     assert metric_series(ref, 'train/completions')[4] == 16
     assert 0 < metric_series(ref, 'train/completion_length')[4] <= 8
+
+
+def test_reward_rises_on_a_learnable_task():
+    """A tiny-vocabulary GPT learns, from its own samples alone, to answer '3 3' + eos
+    (reward 'prefix'): the mean reward of fresh rollouts rises from ~0 to near 1 (the exact
+    answer, eos included) within 80 updates."""
+    import optax
+
+    cfg = dict(GPT_TINY, vocab_size=8)
+    model = models.get_model('gpt', **cfg)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32),
+                                 train=False)['params'])
+    config = ml_collections.ConfigDict(dict(CONFIG, group_size=8, max_new_tokens=4, beta=0.0))
+    batch = dict(prompt=np.tile([[1, 2, 5, 6]], (4, 1)).astype(np.int32),
+                 prompt_positions=np.tile(np.arange(4), (4, 1)).astype(np.int32),
+                 answer=np.tile([[3, 0]], (4, 1)).astype(np.int32), row_ids=np.arange(4))
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def update(params, opt, step):
+        key = {'examples': jax.random.fold_in(jax.random.PRNGKey(9), step)}
+        def loss(p):
+            value, metrics = grpo.loss_fn(model.apply, p, batch, key, config)
+            return value.value(), metrics
+
+        (_, m), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt)
+        return optax.apply_updates(params, updates), opt, m['reward'].value()
+
+    opt, rewards = tx.init(params), []
+    for step in range(80):
+        params, opt, reward = update(params, opt, step)
+        rewards.append(float(reward))
+    assert np.mean(rewards[:5]) < 0.2 and np.mean(rewards[-5:]) > 0.8, rewards

@@ -14,8 +14,9 @@ Per update, inside the one compiled step (so sampling and the update share the m
    Evaluators (no step key) use key 0: the same held-out samples at every evaluation.
 2. Reward (`reward`), per sample, from its tokens up to eos against the answer's:
    'exact': 1 if the response is the answer, else 0; 'prefix' (default): 1 if exact, else
-   0.5 x the fraction of the answer's tokens (eos left out) that the response starts with —
-   a dense, verifiable signal for the embedded name task.
+   0.5 x (answer tokens the response starts with) / max(answer, response length), eos left
+   out of both — a dense, verifiable signal for the embedded name task that pays for the
+   right start of the name and for stopping after it.
 3. Advantages, per group: A = (r - mean_g r) / (std_g r + 1e-4), std with Bessel's
    correction (TRL's scale_rewards='group'); a group whose rewards are all equal has A = 0.
 4. Objective per completion token t (logp: the policy's log-prob of the sampled token):
@@ -94,9 +95,11 @@ def rewards(completion, lengths, answer, kind: str = 'prefix'):
     exact = (lengths == a_len) & jnp.all((got == want) | (idx >= a_len[:, None]), axis=-1)
     if kind == 'exact':
         return exact.astype(jnp.float32), exact
-    body = jnp.maximum(a_len - 1, 1)  # the answer without its eos
+    eos = jnp.take_along_axis(answer, jnp.maximum(a_len - 1, 0)[:, None], axis=-1)
+    last = jnp.take_along_axis(completion, jnp.maximum(lengths - 1, 0)[:, None], axis=-1)
+    said = lengths - (last == eos)[:, 0]  # the response without the eos that ended it
     same = jnp.cumprod((got == want) & (idx < (a_len - 1)[:, None]), axis=-1)
-    prefix = jnp.sum(same, axis=-1) / body
+    prefix = jnp.sum(same, axis=-1) / jnp.maximum(jnp.maximum(a_len - 1, said), 1)
     return jnp.where(exact, 1.0, 0.5 * prefix).astype(jnp.float32), exact
 
 
