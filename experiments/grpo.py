@@ -24,7 +24,22 @@ prompts, sampled with a fixed key: val/reward, val/exact_match are the held-out 
 and the fraction of exact samples at the rollout temperature), `gen` (greedy answers to 128
 held-out prompts: exact match and chrF, as for SFT).
 
-Measured: benchmarks/research.py `grpo` (SFT -> GRPO; benchmarks/RESULTS_RESEARCH.md).
+Measured 2026-12-07 (`python benchmarks/research.py grpo`; from experiments/sft.py at its
+defaults, 300 steps; val: 64 held-out prompts x 8 samples at temperature 1, the same keys
+at every evaluation; gen: greedy answers to 128 held-out prompts; 2-core CPU shared):
+
+    run                                  val/reward  exact samples  length  greedy exact  chrF
+    SFT itself (frozen, GRPO evaluators)    0.068        0.6 %        13.0     0 / 128     13.5
+    grpo (the defaults: 200 updates,        0.124        3.5 %         5.6     2 / 128      9.9
+      7.9 min wall, 830 s of CPU)
+
+The held-out reward rises at every evaluation (0.109, 0.113, 0.115, 0.122, 0.124 at steps
+40..200) with the KL to the SFT model at ~0.5-0.65 nats per token. Most of the gain is
+learning to stop after a name (responses 13 -> 5.6 tokens), which the prefix reward pays
+for; the exact names rise from 0.6 % to 3.5 % of samples. chrF against the true name falls
+as the answers get shorter. At lr 1e-4 (100 updates) the held-out reward did not move
+(0.096 -> 0.102 under the earlier form of the prefix reward). Curves:
+benchmarks/research/grpo.png.
 """
 
 import ml_collections

@@ -156,6 +156,8 @@ def _generate(params, tokens, positions, rng, *, model, max_new_tokens, temperat
     return out, lengths
 
 
+sample_loop = _generate  # the loop itself, for callers inside a compiled step (GRPO's rollouts)
+
 _STREAM_TARGET = [None]  # the host-side receiver of streamed tokens (one generate at a time)
 
 

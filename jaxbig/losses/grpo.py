@@ -117,7 +117,7 @@ def rollouts(model, params, batch, key, config):
     rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731
     prompt, positions = rep(batch['prompt']), rep(batch['prompt_positions'])
     dmodel, dparams = generate.decoding_form(model, jax.lax.stop_gradient(params))
-    completion, lengths = generate._generate(
+    completion, lengths = generate.sample_loop(
         dparams, prompt, positions, jax.random.wrap_key_data(keys.reshape(-1, 2)),
         model=dmodel, max_new_tokens=int(config.max_new_tokens),
         temperature=float(config.get('temperature', 1.0)), top_k=0, top_p=1.0, stop=None,
