@@ -303,7 +303,9 @@ def test_files_jsonl_parquet_and_splits(tmp_path):
 @pytest.mark.parametrize('record,message', [
     (dict(prompt='a', chosen='b'), "no 'rejected'"),
     (dict(prompt='a', chosen='', rejected='c'), "'chosen' is empty"),
-    (dict(prompt=[{'role': 'user', 'content': 'a'}], chosen='b', rejected='c'), 'chat template'),
+    (dict(prompt=[{'role': 'user', 'content': 'a'}], chosen='b', rejected='c'), 'all three'),
+    (dict(prompt=[{'role': 'user', 'content': 'a'}], chosen=[{'role': 'assistant',
+     'content': 'b'}], rejected=[{'role': 'assistant', 'content': 'c'}]), 'chat template'),
     (dict(prompt='x' * 40, chosen='b', rejected='c'), 'raise data.seq_len'),
 ])
 def test_bad_preference_files_are_refused_in_one_line(tmp_path, record, message):

@@ -134,7 +134,8 @@ def write_model_dir(out: str, tensors: dict[str, np.ndarray], hf_config: dict,
 
 
 def write_workdir(workdir: str, config, params, tokenizer: str):
-    """Writes config.json, tokenizer.json and checkpoint 0 into a temporary directory beside
+    """Writes config.json, tokenizer.json (with the chat template files beside it, when the
+    source has them: jaxbig.data.text.chat) and checkpoint 0 into a temporary directory beside
     `workdir`, then moves them in: a failed import leaves nothing behind."""
     from jaxbig import checkpoint  # orbax: only an import needs it
     from jaxbig import config as config_lib
@@ -144,7 +145,10 @@ def write_workdir(workdir: str, config, params, tokenizer: str):
     tmp = tempfile.mkdtemp(prefix='.jaxbig-import-', dir=parent)
     try:
         if os.path.isfile(tokenizer):
+            from jaxbig.data.text import chat
+
             shutil.copy(tokenizer, os.path.join(tmp, TOKENIZER_FILE))
+            chat.copy_beside(os.path.dirname(os.path.abspath(tokenizer)), tmp)
             config.data.tokenizer = os.path.join(os.path.abspath(workdir), TOKENIZER_FILE)
         with open(os.path.join(tmp, 'config.json'), 'w') as f:
             f.write(config_lib.to_json(config))

@@ -77,7 +77,8 @@ def _encoded(source: str, key: tuple, split: str, tokenizer: str, eos_id: int, s
     if source == 'pystdlib':
         pairs = preference_task.load_pairs(*key, split)
     else:
-        pairs = preference_files.load_pairs(dict(zip(FILE_FIELDS, key[0])), split)
+        pairs = preference_files.load_pairs(
+            {**dict(zip(FILE_FIELDS, key[0])), 'tokenizer': tokenizer}, split)
 
     tok = tokenizers.from_config({'tokenizer': tokenizer, 'eos_id': eos_id})
     if tok.eos_id is None:

@@ -7,18 +7,22 @@
     {"prompt": "...", "chosen": "...", "rejected": "..."}        (keys: data.prompt_key,
                                                                    chosen_key, rejected_key)
 
-plain strings; the response texts follow the prompt directly (no separator is added). The
-conversational form (lists of {"role", "content"} messages) is refused in one line: it needs
-a chat template, which jaxbig's tokenizers do not carry yet. A record with a missing key, a
-value that is not a string or an empty response is refused in one line naming its file and
-record. Pairs are read whole into memory (preference sets are tens of thousands of pairs).
+plain strings (the response texts follow the prompt directly: no separator is added), or
+TRL's conversational form — each a list of {"role", "content"} messages — rendered with the
+tokenizer's chat template (jaxbig/data/text/chat.py: an imported model's, from its
+tokenizer_config.json / chat_template.jinja); a tokenizer without one refuses it in one line.
+A record with a missing key, mixed forms or an empty response is refused in one line naming
+its file and record. Pairs are read whole into memory (preference sets are tens of
+thousands of pairs).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 from jaxbig.config import ConfigError
+from jaxbig.data.text import chat
 from jaxbig.data.text import file_documents as fd
 
 
@@ -41,21 +45,31 @@ def _records(path: str, keys: tuple) -> list[dict]:
         raise ConfigError(str(e)) from None
 
 
-def _check(record, where: str, keys: tuple) -> tuple[str, str, str]:
+def _check(record, where: str, keys: tuple, tokenizer: str, template) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) texts of one record: plain strings, or the conversational
+    form rendered with the tokenizer's chat template (TRL's split: the prompt with its
+    generation prompt, each response as what its whole conversation adds after it);
+    template() -> the tokenizer's ChatTemplate or None."""
     if not isinstance(record, dict):
         raise ConfigError(f'{where}: a record is a JSON object, got {type(record).__name__}')
-    out = []
     for key in keys:
         if key not in record:
             raise ConfigError(f'{where}: no {key!r} (found {sorted(record)}); set '
                               'data.prompt_key / chosen_key / rejected_key')
-        value = record[key]
-        if isinstance(value, list):
-            raise ConfigError(f'{where}: {key!r} is a list of messages (the conversational '
-                              'form), which needs a chat template; give plain strings')
+    values = [record[k] for k in keys]
+    if all(isinstance(v, list) for v in values):
+        template = template()
+        if template is None:
+            raise ConfigError(f'{where}: conversational records (lists of messages) need the '
+                              f'tokenizer\'s chat template; data.tokenizer={tokenizer!r} has none')
+        prompt, chosen = template.split(values[0], values[1], where)
+        _, rejected = template.split(values[0], values[2], where)
+        values = [prompt, chosen, rejected]
+    for key, value in zip(keys, values):
         if not isinstance(value, str):
-            raise ConfigError(f'{where}: {key!r} is a {type(value).__name__}, expected a string')
-        out.append(value.replace('\x00', ''))
+            raise ConfigError(f'{where}: {key!r} is a {type(value).__name__}; give all three as '
+                              'strings, or all three as lists of messages')
+    out = [v.replace('\x00', '') for v in values]
     if not out[1] or not out[2]:
         empty = keys[1] if not out[1] else keys[2]
         raise ConfigError(f'{where}: {empty!r} is empty; every pair needs two responses')
@@ -90,5 +104,8 @@ def load_pairs(config, split: str) -> list[tuple[str, str, str, str]]:
         ids = fd.split_ids(rel, counts, split, config.get('splits', ''), root)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return [(where[i], *_check(records[i], where[i], keys)) for i in ids.tolist()]
+    tokenizer = config.get('tokenizer', 'bytes')
+    template = functools.cache(lambda: chat.for_tokenizer(tokenizer))  # built once, if needed
+    return [(where[i], *_check(records[i], where[i], keys, tokenizer, template))
+            for i in ids.tolist()]
 
