@@ -21,7 +21,8 @@ Arguments (`experiments/dpo.py:key=value,...`):
   task    embedded pairs: 'name' (a function's true name vs another name from its file) |
           'body' (jaxbig/data/builders/preference_task.py)
   data    a JSONL / Parquet file, directory or glob of {prompt, chosen, rejected} records
-          (jaxbig/data/text/preference_files.py) instead of the embedded pairs
+          (plain strings, or lists of messages rendered with the init run's chat template:
+          jaxbig/data/text/preference_files.py) instead of the embedded pairs
   size    model shape from `jaxbig.models.gpt.SIZES` (without init)
   steps, batch (pairs per update), seq (tokens per side; longer pairs are left out), lr
 
