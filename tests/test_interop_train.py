@@ -248,3 +248,24 @@ def test_each_family_trains_with_lora_quantizes_generates_and_exports(family, tf
     with torch.no_grad():
         ref = back(torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_dpo_from_an_imported_run(gpt2_run, tmp_path):
+    """experiments/dpo.py:init=<an imported GPT-2> takes its model and BPE tokenizer: DPO on
+    plain-string pairs starts at log 2 (policy = its frozen reference) and the loss falls."""
+    import json
+
+    workdir, _, _ = gpt2_run
+    path = tmp_path / 'prefs.jsonl'
+    path.write_text(''.join(json.dumps(dict(prompt=f'def f{i}(x):', chosen=' return x',
+                                            rejected=' pass')) + '\n' for i in range(64)))
+    out = str(tmp_path / 'dpo')
+    train.train(cli.load_config(
+        f'experiments/dpo.py:init={workdir},data={path},steps=8,batch=8,seq=32',
+        ['--config.optimizer.lr=1e-3', '--config.train.log_every=1',
+         '--config.data.splits=validation=0.25', '--config.evals.gen.num_examples=2',
+         '--config.evals.val.num_examples=4']), out)
+    losses = metric_series(out)
+    assert losses[1] == pytest.approx(np.log(2), abs=1e-5)
+    assert losses[8] < losses[1] - 0.05, losses
+    assert run_lib.read_config(out).data.tokenizer == run_lib.read_config(workdir).data.tokenizer
