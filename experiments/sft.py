@@ -5,6 +5,7 @@ r"""Supervised fine-tuning (SFT) of a GPT on the embedded conditional-generation
     jaxbig train --config experiments/lm.py --workdir runs/lm              # or pretrain first
     jaxbig train --config experiments/sft.py:init=runs/lm --workdir runs/sft_lm
     jaxbig train --config experiments/sft.py:task=body,seq=512 --workdir runs/sft_body
+    jaxbig train --config experiments/sft.py:init=runs/qwen,data=chats.jsonl --workdir runs/chat
     jaxbig eval --workdir runs/sft_lm
     jaxbig generate --workdir runs/sft_lm --max-new-tokens 40 \
         --prompt $'def <name>(self):\n    return self._items.pop()\n# name:'
@@ -17,6 +18,10 @@ Arguments (`experiments/sft.py:key=value,...`):
   steps, batch (rows of `seq` tokens), seq (tokens per row; longer examples are left out)
   pack    several examples per row (attention and the loss mask stay within each example);
           pack=false: one example per row
+  data    a JSONL / Parquet file, directory or glob of chat records {"messages": [{"role",
+          "content"}, ...]} instead of the embedded task: rendered with the init run's chat
+          template (an imported model's) or the default ChatML text; the loss covers every
+          assistant turn (jaxbig/data/pipelines/conditional.py, jaxbig/data/text/chat.py)
   init    a workdir to start from ('' = from scratch): any LM run, jaxbig's own or imported
           (`jaxbig import path/to/hf_model --workdir runs/gpt2`): its model section and
           tokenizer are taken over and its params loaded (init_from)
@@ -61,7 +66,7 @@ from jaxbig.run import read_config
 
 def get_config(arg=None):
     arg = parse_arg(arg, task='name', size='tiny', steps=300, batch=32, seq=256, pack=True,
-                    init='', lr=0.0)
+                    init='', lr=0.0, data='')
     if arg.task not in TASKS:
         raise ConfigError(f'experiments/sft.py: task={arg.task!r}, expected one of {TASKS}')
     if arg.size not in SIZES:
@@ -70,6 +75,8 @@ def get_config(arg=None):
     c.model = defaults.gpt(SIZES[arg.size], vocab_size='auto', attention='einsum',
                            attention_blocks=0)
     c.data = defaults.conditional_data(arg.task, arg.seq, pack=arg.pack)
+    if arg.data:  # your chat conversations instead of the embedded task
+        c.data.update(name='files', path=arg.data)
     c.init_from = defaults.init_from(path=arg.init)
     if arg.init:  # start from another run (jaxbig's own or imported): its shape and tokenizer
         source = read_config(arg.init)

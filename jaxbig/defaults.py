@@ -210,9 +210,12 @@ def conditional_data(task: str = 'name', seq_len: int = 256, **overrides) -> dic
         'conditional_data',
         dict(
             pipeline='conditional',
-            name='pystdlib',
+            name='pystdlib',  # or 'files': chat conversations (data.path, splits, messages_key)
             data_dir='',  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
             task=task,
+            path='',
+            splits='',  # data.name='files': 'validation=0.01' (default) or name=glob pairs
+            messages_key='messages',
             seq_len=seq_len,
             pack=True,  # several examples per row, attention kept within each (segment_ids)
             train_split='train',

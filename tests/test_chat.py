@@ -100,3 +100,71 @@ def test_import_keeps_the_chat_template_beside_the_tokenizer(hf_tokenizer, tmp_p
     template = chat.for_tokenizer(os.path.join(workdir, 'tokenizer.json'))
     assert template.render(CONVERSATIONS[1], True) == hf.apply_chat_template(
         CONVERSATIONS[1], tokenize=False, add_generation_prompt=True)
+
+
+# ------------------------------------------------------------------- chat data for SFT
+
+CHATS = [{'messages': [{'role': 'user', 'content': f'add {i} and {i}'},
+                       {'role': 'assistant', 'content': f'{2 * i}'},
+                       {'role': 'user', 'content': 'and times 2?'},
+                       {'role': 'assistant', 'content': f'{4 * i}'}]} for i in range(60)]
+
+
+def test_chunks_mark_each_assistant_turn(hf_tokenizer):
+    hf, directory = hf_tokenizer
+    template = chat.for_tokenizer(os.path.join(directory, 'tokenizer.json'))
+    messages = CHATS[3]['messages']
+    chunks = template.chunks(messages)
+    assert ''.join(t for t, _ in chunks) == hf.apply_chat_template(messages, tokenize=False)
+    assert [t for t, a in chunks if a] == ['6<|im_end|>\n</s>', '12<|im_end|>\n</s>']
+    with pytest.raises(ConfigError, match='no assistant message'):
+        template.chunks(messages[:1])
+
+
+def chat_config(path, **overrides):
+    from jaxbig import defaults
+
+    return ml_collections.ConfigDict({**defaults.conditional_data('name', 192), 'name': 'files',
+                                      'path': str(path), 'splits': 'validation=0.1',
+                                      **overrides})
+
+
+def test_chat_rows_learn_every_assistant_turn_only(tmp_path):
+    from jaxbig.data.pipelines import conditional
+
+    path = tmp_path / 'chats.jsonl'
+    path.write_text(''.join(json.dumps(c) + '\n' for c in CHATS))
+    pipe = conditional.build_pipeline(chat_config(path, pack=False), split='train',
+                                      batch_size=4, seed=0)
+    assert len(pipe.examples) == 54
+    batch = pipe.get_batch(0)
+    for r in range(4):
+        text = bytes(batch['inputs'][r].tolist() + [batch['targets'][r][-1]]).decode()
+        learnt = bytes(batch['targets'][r][batch['mask'][r] > 0].tolist()).decode()
+        i = int(text.split('add ')[1].split(' ')[0])
+        assert learnt == f'{2 * i}<|im_end|>\n{4 * i}<|im_end|>\n\0'  # both turns + eos
+        assert text.startswith('<|im_start|>user\nadd ')
+    prompt, reference = pipe.generation_examples(1)[0]
+    assert bytes(prompt.tolist()).decode().endswith('times 2?<|im_end|>\n<|im_start|>assistant\n')
+    assert reference.endswith('<|im_end|>\n')
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text(json.dumps({'text': 'x'}) + '\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:1: no data.messages_key='messages'"):
+        conditional.build_pipeline(chat_config(bad, splits='train=*'), split='train',
+                                   batch_size=1, seed=0)
+
+
+def test_sft_cli_on_chat_data(tmp_path):
+    from conftest import metric_series, run_cli
+
+    path = tmp_path / 'chats.jsonl'
+    path.write_text(''.join(json.dumps(c) + '\n' for c in CHATS))
+    workdir = str(tmp_path / 'sft')
+    run_cli('train', '--config', f'experiments/sft.py:data={path},steps=8,batch=8,seq=192',
+            '--workdir', workdir, '--config.model.num_layers=1', '--config.model.embed_dim=32',
+            '--config.model.num_heads=2', '--config.model.mlp_dim=64',
+            '--config.data.splits=validation=0.1', '--config.optimizer.lr=1e-2',
+            '--config.train.log_every=4', '--config.evals.gen.num_examples=2')
+    loss = metric_series(workdir)
+    assert loss[8] < loss[4], loss
+    assert metric_series(workdir, 'val/num_examples')[8] == 6

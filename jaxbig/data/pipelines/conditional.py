@@ -1,6 +1,11 @@
 """The conditional-generation pipeline (`data.pipeline='conditional'`): batches of the
 embedded task's (prompt, response) pairs (the task, its examples and their cache:
-jaxbig/data/builders/conditional_task.py; `data.task` = 'name' | 'body').
+jaxbig/data/builders/conditional_task.py; `data.task` = 'name' | 'body'), or — with
+`data.name='files'` — chat conversations: JSONL / Parquet records whose `data.messages_key`
+('messages') is a list of {"role", "content"} messages at `data.path` (`data.splits` as
+for text corpora), rendered with the tokenizer's chat template or the documented default
+(jaxbig/data/text/chat.py); every assistant turn is a target, the last one the response
+(the generation evaluator's reference).
 
 Tokens: `data.tokenizer` (bytes by default). An example is prompt ids + response ids +
 eos; its len - 1 positions are inputs = tokens[:-1], targets = tokens[1:], mask = 1 on
@@ -40,8 +45,10 @@ from jaxbig.data.text import documents
 
 
 def prepare(config) -> None:
-    """Prepares pystdlib if needed and builds (or checks) the task's cached examples."""
-    conditional_task.prepare_examples(config)
+    """Prepares pystdlib if needed and builds (or checks) the task's cached examples (a
+    'files' source of chat conversations needs nothing)."""
+    if config.get('name', 'pystdlib') != 'files':
+        conditional_task.prepare_examples(config)
 
 
 # ------------------------------------------------------------------- Tokens and rows
@@ -61,12 +68,15 @@ def encode_pair(tokenizer, prompt: str, response: str) -> tuple[np.ndarray, np.n
     return p, np.append(r, tokenizer.eos_id).astype(np.int32)
 
 
-def example_arrays(prompt_ids, response_ids):
+def example_arrays(prompt_ids, response_ids, prompt_mask=None):
     """One example's (inputs, targets, mask) [n] with n = len(prompt) + len(response) - 1:
-    mask 1 where the target is a response token."""
+    mask 1 where the target is a response token, or a prompt token that prompt_mask
+    [len(prompt)] marks (a chat's earlier assistant turns)."""
     tokens = np.concatenate([prompt_ids, response_ids]).astype(np.int32)
-    mask = (np.arange(len(tokens) - 1) >= len(prompt_ids) - 1).astype(np.float32)
-    return tokens[:-1], tokens[1:], mask
+    if prompt_mask is None:
+        prompt_mask = np.zeros(len(prompt_ids), np.float32)
+    mask = np.concatenate([prompt_mask, np.ones(len(response_ids), np.float32)])[1:]
+    return tokens[:-1], tokens[1:], mask.astype(np.float32)
 
 
 def make_rows(examples, groups, seq_len: int, pad_id: int, packed: bool) -> dict:
@@ -132,7 +142,7 @@ class ConditionalPipeline:
         self.examples, self.references = examples, references
         self.tokenizer, self.seq_len, self.pack, self.seed = tokenizer, seq_len, pack, seed
         self.num_skipped = num_skipped
-        self.lengths = np.asarray([len(p) + len(r) - 1 for p, r in examples], np.int64)
+        self.lengths = np.asarray([len(e[0]) + len(e[1]) - 1 for e in examples], np.int64)
         self.global_batch_size, self.batch_size = batch_size, batch_size // process_count
         self.row_offset = process_index * self.batch_size
         self._rows, self._epoch_ends = {}, []  # epoch -> (order, bounds); cumulative rows
@@ -218,14 +228,77 @@ def _encoded(data_dir: str, task: str, split: str, tokenizer: str, eos_id: int, 
     return tok, kept, references, skipped
 
 
+def encode_chat(tokenizer, chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prompt ids, response ids + eos, prompt mask) of a conversation cut into
+    [(text, is assistant)] chunks (jaxbig.data.text.chat): the response is its last
+    assistant turn, the prompt everything before it, with its earlier assistant turns marked
+    as targets. Chunks are encoded one by one (a tokenizer's prefix, e.g. a BOS, kept on the
+    first only), so no token spans a turn boundary."""
+    last = max(k for k, (_, assistant) in enumerate(chunks) if assistant)
+    added = tokenizer.encode('')
+    ids, marks = [], []
+    for k, (text, assistant) in enumerate(chunks[:last + 1]):
+        part = np.asarray(tokenizer.encode(text), np.int32)
+        if k and len(added) and np.array_equal(part[:len(added)], added):
+            part = part[len(added):]
+        ids.append(part)
+        marks.append(np.full(len(part), float(assistant), np.float32))
+    prompt = np.concatenate(ids[:-1]) if last else np.zeros(0, np.int32)
+    mask = np.concatenate(marks[:-1]) if last else np.zeros(0, np.float32)
+    return prompt.astype(np.int32), np.append(ids[-1], tokenizer.eos_id).astype(np.int32), mask
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded_chat(fields: tuple, stamp: tuple, split: str, tokenizer: str, eos_id: int,
+                  seq_len: int):
+    """The 'files' source's conversations, as `_encoded` gives the embedded task's."""
+    from jaxbig.data.text import chat, preference_files, tokenizers
+
+    config = dict(zip(CHAT_FIELDS, fields))
+    tok = tokenizers.from_config({'tokenizer': tokenizer, 'eos_id': eos_id})
+    if tok.eos_id is None:
+        raise ConfigError(f'data.eos_id: {tok!r} has no end-of-sequence token to end responses')
+    template = chat.for_data(tokenizer)
+    kept, references, skipped = [], [], 0
+    key = config['messages_key']
+    for where, record in preference_files.load_records(config, split, (key,)):
+        if not isinstance(record, dict) or key not in record:
+            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ConfigError(f'{where}: no data.messages_key={key!r} (found {found})')
+        chunks = template.chunks(record[key], where)
+        p, r, m = encode_chat(tok, chunks)
+        if len(p) + len(r) > seq_len + 1 or not len(p):
+            skipped += 1
+            continue
+        kept.append((p, r, m))
+        references.append(next(text for text, a in reversed(chunks) if a))
+    return tok, kept, references, skipped
+
+
+CHAT_FIELDS = ('path', 'splits', 'messages_key')
+
+
 def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
                    one_pass=False, num_examples=0):
     """The conditional pipeline over `split` ('train' | 'validation') of `config` (a data
     ConfigDict: task, seq_len, pack, tokenizer, eos_id, data_dir); batch_size is global."""
-    task = conditional_task.check(config)
     seq_len = config.seq_len
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2:
         raise ConfigError(f'data.seq_len={seq_len!r} must be an int >= 2')
+    if config.get('name', 'pystdlib') == 'files':  # chat conversations from JSONL / Parquet
+        from jaxbig.data.text import preference_files
+
+        fields = (config.get('path', ''), config.get('splits', ''),
+                  config.get('messages_key', 'messages'))
+        tok, examples, references, skipped = _encoded_chat(
+            fields, preference_files.stamp(fields[0]), split, config.get('tokenizer', 'bytes'),
+            config.get('eos_id', -1), seq_len)
+        return ConditionalPipeline(
+            examples, references, tokenizer=tok, seq_len=seq_len,
+            pack=config.get('pack', True), batch_size=batch_size, seed=seed,
+            process_index=process_index, process_count=process_count, num_skipped=skipped,
+            one_pass=one_pass, num_examples=num_examples, split=split)
+    task = conditional_task.check(config)
     if split not in conditional_task.SPLITS:
         raise ConfigError(f"data split {split!r}: the conditional task has 'train' and "
                           "'validation'")

@@ -13,9 +13,12 @@ transformers uses (trim_blocks, lstrip_blocks, loop controls, `raise_exception`,
     template = chat.for_tokenizer('runs/qwen/tokenizer.json')   # None: it has none
     prompt, response = template.split(prompt_messages, response_messages)
 
-`split` is TRL's rule for a conversational pair: the prompt rendered with the generation
-prompt, and the response as what the whole conversation adds after it (refused in one line
-when the template does not render the prompt as a prefix of the whole).
+`chunks(messages)` cuts a rendered conversation into its assistant turns (the SFT loss's
+targets) and the rest. `for_data(path)` falls back to DEFAULT_TEMPLATE (ChatML as plain
+text) for a tokenizer without a template. `split` is TRL's rule for a conversational pair:
+the prompt rendered with the generation prompt, and the response as what the whole
+conversation adds after it (refused in one line when the template does not render the
+prompt as a prefix of the whole).
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ import os
 
 from jaxbig.config import ConfigError
 
+# The documented default for tokenizers without a template (jaxbig's bytes and BPE runs):
+# ChatML, as plain text.
+DEFAULT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
+                    "assistant\n{% endif %}")
 TEMPLATE_FILE = 'chat_template.jinja'
 CONFIG_FILE = 'tokenizer_config.json'
 SPECIAL = ('bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token',
@@ -106,6 +114,34 @@ class ChatTemplate:
         return head, whole[len(head):]
 
 
+    def chunks(self, messages: list, where: str = '') -> list[tuple[str, bool]]:
+        """The rendered conversation as [(text, is an assistant turn)]: each assistant turn
+        is what rendering it adds after the conversation before it with the generation
+        prompt (so the generation prompt itself is not part of the turn); their
+        concatenation is the whole rendered conversation (else a one-line ConfigError)."""
+        check_messages(messages, where or self.where)
+        if not any(m['role'] == 'assistant' for m in messages):
+            raise ConfigError(f'{where or self.where}: no assistant message to learn from')
+        out, done = [], ''
+        for i, m in enumerate(messages):
+            if m['role'] != 'assistant':
+                continue
+            head = self.render(messages[:i], add_generation_prompt=True) if i else ''
+            whole = self.render(messages[:i + 1])
+            if not head.startswith(done) or not whole.startswith(head):
+                raise ConfigError(f'{where or self.where}: the chat template does not render '
+                                  'each turn as a prefix of the next; cannot mark the '
+                                  'assistant turns')
+            out += [(head[len(done):], False), (whole[len(head):], True)]
+            done = whole
+        rest = self.render(messages)
+        if not rest.startswith(done):
+            raise ConfigError(f'{where or self.where}: the chat template does not render the '
+                              'conversation as its turns one after another')
+        out.append((rest[len(done):], False))
+        return [(text, assistant) for text, assistant in out if text]
+
+
 def check_messages(messages, where: str) -> None:
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get('role'), str) and 'content' in m
@@ -123,6 +159,12 @@ def _special_tokens(config: dict) -> dict:
         if isinstance(value, str):
             out[key] = value
     return out
+
+
+def for_data(tokenizer_path: str) -> ChatTemplate:
+    """The tokenizer's chat template, or the documented default (DEFAULT_TEMPLATE)."""
+    return for_tokenizer(tokenizer_path) or ChatTemplate(DEFAULT_TEMPLATE,
+                                                         where='the default chat template')
 
 
 def for_tokenizer(tokenizer_path: str) -> ChatTemplate | None:

@@ -87,12 +87,9 @@ def stamp(path: str) -> tuple:
                   os.stat(os.path.join(root, r)).st_mtime_ns) for r in rel)
 
 
-def load_pairs(config, split: str) -> list[tuple[str, str, str, str]]:
-    """[(where, prompt, chosen, rejected)] of `split` ('file:record' locations) from the data
-    section `config` (path, splits, prompt_key, chosen_key, rejected_key)."""
-    keys = tuple(config.get(k, d) for k, d in (('prompt_key', 'prompt'),
-                                               ('chosen_key', 'chosen'),
-                                               ('rejected_key', 'rejected')))
+def load_records(config, split: str, keys: tuple) -> list[tuple[str, dict]]:
+    """[(where 'file:record', record)] of `split` of the files at config.path (`keys`: the
+    columns a Parquet file must have), split by config.splits as for text corpora."""
     try:
         root, rel = fd.find_files(config.get('path', ''))
         records, where, counts = [], [], []
@@ -104,8 +101,16 @@ def load_pairs(config, split: str) -> list[tuple[str, str, str, str]]:
         ids = fd.split_ids(rel, counts, split, config.get('splits', ''), root)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    return [(where[i], records[i]) for i in ids.tolist()]
+
+
+def load_pairs(config, split: str) -> list[tuple[str, str, str, str]]:
+    """[(where, prompt, chosen, rejected)] of `split` ('file:record' locations) from the data
+    section `config` (path, splits, prompt_key, chosen_key, rejected_key, tokenizer)."""
+    keys = tuple(config.get(k, d) for k, d in (('prompt_key', 'prompt'),
+                                               ('chosen_key', 'chosen'),
+                                               ('rejected_key', 'rejected')))
     tokenizer = config.get('tokenizer', 'bytes')
     template = functools.cache(lambda: chat.for_tokenizer(tokenizer))  # built once, if needed
-    return [(where[i], *_check(records[i], where[i], keys, tokenizer, template))
-            for i in ids.tolist()]
-
+    return [(where, *_check(record, where, keys, tokenizer, template))
+            for where, record in load_records(config, split, keys)]
