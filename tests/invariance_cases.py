@@ -343,7 +343,7 @@ def objective(name: str) -> Objective:
         loss_fn = functools.partial(distillation.loss_fn, teacher=teacher)
     if name == 'dpo':
         def reference(apply_fn, params, batch):
-            return preference._logps(t_model.apply, t_params, batch, None, False)[0]
+            return preference.pair_logps(t_model.apply, t_params, batch, None, False)[0]
         loss_fn = functools.partial(preference.loss_fn, reference=reference)
     if name == 'grpo':
         def reference(apply_fn, params, *args):

@@ -136,6 +136,9 @@ def test_orpo_equals_trl_odds_ratio_plus_nll():
     np.testing.assert_allclose(np.asarray(loss), -avg[:b] - ratio_loss.numpy(), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(c), chosen.numpy(), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(r), rejected.numpy(), rtol=1e-5)
+    certain = preference.pair_losses('orpo', (jnp.zeros(1), jnp.full(1, -2.0)), None,
+                                     (jnp.ones(1), jnp.ones(1)), beta=0.1)[0]
+    assert np.isfinite(np.asarray(certain)).all()  # a chosen response of probability 1
 
 
 def test_response_logps_against_numpy():
@@ -201,9 +204,9 @@ def test_adapters_off_reference_is_the_base_model():
     bound = preference.bind(config)
     _, m = jax.jit(lambda p: bound(wrapped.apply, p, batch, None, config, train=False))(params)
     no_adapters = {k: v for k, v in params.items() if k != lora.KEY}
-    want = jax.jit(lambda p: preference._logps(base.apply, p, batch, None, False)[0])(
+    want = jax.jit(lambda p: preference.pair_logps(base.apply, p, batch, None, False)[0])(
         no_adapters)
-    mine = jax.jit(lambda p: preference._logps(wrapped.apply, p, batch, None, False)[0])(params)
+    mine = jax.jit(lambda p: preference.pair_logps(wrapped.apply, p, batch, None, False)[0])(params)
     assert not np.allclose(mine[0], want[0])  # the adapters do change the policy
     np.testing.assert_allclose(float(m['rewards/chosen']),
                                0.1 * float(jnp.mean(mine[0] - want[0])), rtol=1e-5)
@@ -217,7 +220,7 @@ def test_reference_run_is_a_separate_forward_of_that_run(sft_run):
     other = nn.unbox(ref.model.init(jax.random.PRNGKey(5), batch['chosen_inputs'][:1],
                                     train=False)['params'])  # a policy, not the reference
     metrics = jax.jit(lambda p: bound(ref.model.apply, p, batch, None, config, train=False)[1])
-    logps = jax.jit(lambda p: preference._logps(ref.model.apply, p, batch, None, False)[0])
+    logps = jax.jit(lambda p: preference.pair_logps(ref.model.apply, p, batch, None, False)[0])
     m = metrics(other)
     (ref_c, ref_r), (pol_c, pol_r) = logps(ref.params), logps(other)
     np.testing.assert_allclose(float(m['rewards/chosen']),

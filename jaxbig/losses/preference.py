@@ -96,9 +96,16 @@ def pair_losses(kind: str, policy, reference, lengths, *, beta: float,
     if kind == 'simpo':
         return smoothed(beta * (avg_c - avg_r) - gamma), beta * avg_c, beta * avg_r, nll
     if kind == 'orpo':
-        log_odds = (avg_c - avg_r) - (jnp.log1p(-jnp.exp(avg_c)) - jnp.log1p(-jnp.exp(avg_r)))
+        log_odds = (avg_c - avg_r) - (log1mexp(avg_c) - log1mexp(avg_r))
         return nll - beta * jax.nn.log_sigmoid(log_odds), beta * avg_c, beta * avg_r, nll
     raise ConfigError(f'loss.type={kind!r}: expected one of {TYPES}')
+
+
+def log1mexp(x):
+    """log(1 - exp(x)) for x < 0, stable at both ends; x is kept <= -1e-6 (a response of
+    probability 1 in float32 would make it -inf)."""
+    x = jnp.minimum(x, -1e-6)
+    return jnp.where(x > -0.6931472, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
 def _both(batch):
@@ -107,7 +114,8 @@ def _both(batch):
                  for k in ('inputs', 'targets', 'mask'))
 
 
-def _logps(apply_fn, params, batch, rngs, train):
+def pair_logps(apply_fn, params, batch, rngs, train):
+    """((chosen, rejected) summed log-probs [b], (chosen, rejected) lengths [b])."""
     inputs, targets, mask = _both(batch)
     logits = apply_fn({'params': params}, inputs, train=train, rngs=rngs)
     total, length = response_logps(logits, targets, mask)
@@ -123,7 +131,7 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True, refere
     if kind in NEEDS_REFERENCE and reference is None:
         raise ConfigError(f'loss.type={kind!r} needs its reference model: use '
                           'losses.bind(config)')
-    policy, lengths = _logps(apply_fn, params, batch, rngs, train)
+    policy, lengths = pair_logps(apply_fn, params, batch, rngs, train)
     ref = None if reference is None else jax.lax.stop_gradient(reference(apply_fn, params, batch))
     loss, chosen, rejected, nll = pair_losses(
         kind, policy, ref, lengths, beta=config.get('beta', 0.1),
@@ -208,14 +216,14 @@ def bind(config):
     reference = None
     if kind in NEEDS_REFERENCE and config.get('reference') == ADAPTERS_OFF:
         def reference(apply_fn, params, batch):
-            return _logps(apply_fn, adapters_off(params), batch, None, False)[0]
+            return pair_logps(apply_fn, adapters_off(params), batch, None, False)[0]
     elif kind in NEEDS_REFERENCE:
         if not config.get('reference'):
             raise ConfigError(f'loss.type={kind!r} needs loss.reference (a workdir)')
         ref_model, ref_params = load_reference(config.reference)
 
         def reference(apply_fn, params, batch):
-            return _logps(ref_model.apply, ref_params, batch, None, False)[0]
+            return pair_logps(ref_model.apply, ref_params, batch, None, False)[0]
 
     def bound(apply_fn, params, batch, rngs, config, *, train: bool = True):
         return loss_fn(apply_fn, params, batch, rngs, config, train=train, reference=reference)
