@@ -44,7 +44,9 @@ other one (summed log-probs); rewards/acc: its reward does (0 for the reference 
 DPO fits its training pairs (train loss 0.693 -> ~0.58) but moves the held-out ranking by
 only 2.6 points, and, as often reported for DPO, it lowers the likelihood of the chosen
 responses too (val nll +0.18 nats/token), which costs chrF; exact match is 0 before and
-after at this size. (benchmarks/RESULTS_RESEARCH.md has the runs' commands.)
+after at this size. At lr=5e-4 the training loss swings (1.08 at step 100) and ends worse
+(rewards/acc 0.584, logps/acc 0.622, chrF 10.7). (benchmarks/RESULTS_RESEARCH.md has the
+runs' commands.)
 """
 
 import ml_collections
