@@ -208,7 +208,8 @@ def test_config_errors(sft_run):
 
 
 GRPO_ARGS = ['--config.train.log_every=2', '--config.evals.gen.num_examples=4',
-             '--config.evals.val.num_examples=4']
+             '--config.evals.val.num_examples=4', '--config.optimizer.lr=3e-3',
+             '--config.optimizer.warmup_steps=1', '--config.optimizer.decay_steps=4']
 
 
 def test_grpo_cli_trains_and_resumes_exactly(sft_run, tmp_path):

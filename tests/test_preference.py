@@ -343,15 +343,26 @@ def test_config_errors(tmp_path):
 TINY, EVALS = SFT_TINY[:4], SFT_TINY[4:7]
 
 
-def test_dpo_cli_from_an_sft_run(sft_run, tmp_path):
-    workdir = str(tmp_path / 'dpo')
-    run_cli('train', '--config', f'experiments/dpo.py:init={sft_run},steps=12,batch=16,seq=128',
-            '--workdir', workdir, *EVALS, '--config.optimizer.lr=3e-3')
+def test_dpo_cli_from_an_sft_run_evaluates_and_resumes_exactly(sft_run, tmp_path):
+    spec = f'experiments/dpo.py:init={sft_run},steps=12,batch=16,seq=128,lr=3e-3'
+    fixed = ['--config.optimizer.warmup_steps=1', '--config.optimizer.decay_steps=12']
+    workdir, stopped = str(tmp_path / 'dpo'), str(tmp_path / 'stopped')
+    run_cli('train', '--config', spec, '--workdir', workdir, *EVALS, *fixed)
     loss = metric_series(workdir)
-    assert loss[12] < 0.9 * np.log(2), loss  # starts at log 2: policy = reference
+    assert loss[12] < 0.9 * np.log(2), loss  # from log 2: the policy starts as the reference
     val = metric_series(workdir, 'val/rewards/accuracies')
     assert 0 <= val[12] <= 1 and metric_series(workdir, 'val/pairs')[12] == 32
     assert metric_series(workdir, 'train/pairs')[12] == 16
+    run_cli('train', '--config', spec, '--workdir', stopped, *EVALS, *fixed,
+            '--config.train.steps=8')  # stopped after 8 of 12, then resumed
+    run_cli('train', '--config', spec, '--workdir', stopped, *EVALS, *fixed)
+    for key in ('train/loss', 'train/rewards/margins', 'val/rewards/accuracies'):
+        want, got = metric_series(workdir, key), metric_series(stopped, key)
+        assert set(want) <= set(got), key  # (the stopped run also evaluated at its step 8)
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-6,
+                                   err_msg=key)
+    evaluated = run_cli('eval', '--workdir', workdir).stdout
+    assert 'val/rewards/accuracies' in evaluated and 'gen/exact_match' in evaluated
     bad = run_cli('train', '--config', 'experiments/dpo.py:type=ipo', '--workdir',
                   str(tmp_path / 'bad'), check=False)
     assert bad.returncode == 2 and 'init=RUN' in bad.stderr
