@@ -13,6 +13,7 @@ import time
 
 import ml_collections
 import pytest
+import xla_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,19 +27,15 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
     os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 _SESSION_START = time.monotonic()
 
-# Every test program compiles with LLVM's optimisations off and XLA:CPU's elemental fusion
-# emitters: the tests' models are tiny, so compiling is nearly all their cost, and this cuts
-# it to about a quarter (numerics stay IEEE; nothing here times or tunes the compiled code).
-# Subprocesses get the same through `xla_flags()`; tests that read compiled programs' memory
-# or collectives (plan, sharding) set their own XLA_FLAGS and see the default pipeline.
-FAST_COMPILE = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true '
-                '--xla_cpu_use_fusion_emitters=false')
+# Every test program compiles with the fast options (tests/xla_options.py). Subprocesses get
+# the same through `xla_flags()`; tests that read compiled programs' memory or collectives
+# (plan, sharding) set their own XLA_FLAGS and see the default pipeline.
+FAST_COMPILE = xla_options.as_flags(xla_options.FAST)
 os.environ['XLA_FLAGS'] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 
 # XLA:CPU's default pipeline, for a jit whose bits must be what a run (not the suite) gets.
-DEFAULT_COMPILE = {'xla_backend_optimization_level': 3, 'xla_llvm_disable_expensive_passes': False,
-                   'xla_cpu_use_fusion_emitters': True}
+DEFAULT_COMPILE = xla_options.DEFAULT
 
 
 def xla_flags(devices: int = 1) -> str:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import xla_options
 from flax import traverse_util
 
 from jaxbig import cli, defaults, losses, models, parallel
@@ -42,14 +43,12 @@ SEED = 0
 # up those of near-zero gradients). lr makes 3 updates move parameters by ~1e-3..1e-1.
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 0.01
 
-# Every program here is compiled with LLVM's optimisations off and XLA:CPU's older
-# (elemental) fusion emitters: a quarter of the default compile time of these tiny steps,
-# which is nearly all their cost. The device subprocess gets the same through XLA_FLAGS,
-# since jaxbig's pmap / mesh paths call jax.jit / jax.pmap themselves.
-COMPILER_OPTIONS = {'xla_backend_optimization_level': 0,
-                    'xla_llvm_disable_expensive_passes': True,
-                    'xla_cpu_use_fusion_emitters': False}
-XLA_FLAGS = ' '.join(f'--{k}={str(v).lower()}' for k, v in COMPILER_OPTIONS.items())
+# Every program here is compiled with the suite's fast options (tests/xla_options.py: a
+# quarter of the default compile time of these tiny steps, which is nearly all their cost).
+# The device subprocess gets the same through XLA_FLAGS, since jaxbig's pmap / mesh paths
+# call jax.jit / jax.pmap themselves.
+COMPILER_OPTIONS = xla_options.FAST
+XLA_FLAGS = xla_options.as_flags(COMPILER_OPTIONS)
 DEVICES = 4  # the device subprocess: pmap over the first 2, the mesh data=2 x fsdp=2
 
 
