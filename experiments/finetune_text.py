@@ -16,6 +16,8 @@ never trained on.)
     jaxbig train --config experiments/finetune_text.py:data=imdb_reviews --workdir runs/imdb
     jaxbig train --config experiments/finetune_text.py:data=ag_news_subset,init=runs/lm \
         --workdir runs/ag            # any prepared TFDS set with a Text and a ClassLabel
+    jaxbig train --config experiments/finetune_text.py:data=reviews.jsonl,init=runs/lm \
+        --workdir runs/mine          # your own {"text", "label"} records
 
 Arguments: init (a pretraining workdir; its config.json gives the backbone's shape, its
 latest checkpoint the weights; '' = from scratch, tiny GPT), mode (full | linear_probe |
@@ -29,7 +31,9 @@ name of a prepared TFDS text classification dataset, array_record: each example'
 (`text`, or every Text feature joined, e.g. ag_news' description and title; or
 data.text_key) truncated to `seq` tokens, its ClassLabel the label; model.num_classes
 follows the ClassLabel and the evaluator names its classes; a dataset without a
-'validation' split is evaluated on its 'test' split).
+'validation' split is evaluated on its 'test' split | a JSONL / Parquet file, directory
+or glob of {"text", "label"} records: data.text_key / data.label_key choose the fields,
+the classes are the label values found, data.splits holds out 1 % by default).
 
 The head is new (a zero-initialised Dense on the pooled features); `init_from` loads every
 `encoder/...` parameter from the LM checkpoint. linear_probe freezes `encoder/.*`
@@ -94,6 +98,8 @@ layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 
+import os
+
 import ml_collections
 
 from jaxbig import defaults
@@ -104,6 +110,13 @@ from jaxbig.run import read_config
 
 MODES = ('full', 'linear_probe', 'features', 'lora')
 LORA_TARGETS = ['.*attn/(query|value)/kernel']
+
+
+def _is_path(data: str) -> bool:
+    """data= names files (a path, a directory or a glob of JSONL / Parquet), not a dataset."""
+    from jaxbig.data.text.file_documents import SUFFIXES
+
+    return os.path.exists(data) or any(c in data for c in '/*?') or data.endswith(SUFFIXES)
 
 
 def get_config(arg=None):
@@ -144,10 +157,13 @@ def get_config(arg=None):
         if arg.mode == 'features':  # embedded by the pretraining run's own model
             pooling = backbone['pool']
         backbone = dict(backbone, pool=pooling, head='none')
+    files = _is_path(arg.data)  # your JSONL / Parquet records {text, label}
     snippets = dict(
         **tokenizer,
         pipeline='text_classes',
-        name=arg.data,  # or a prepared TFDS text + ClassLabel dataset (imdb_reviews, ...)
+        name='files' if files else arg.data,  # or a prepared TFDS text + ClassLabel dataset
+        path=arg.data if files else '',
+        splits='',  # files: 'validation=0.01' (default) or name=glob pairs
         data_dir='',
         # TFDS: '' = `text`, else every Text feature (jaxbig/data/pipelines/text_classes.py)
         text_key='',
@@ -158,7 +174,7 @@ def get_config(arg=None):
         val_split='validation',
         folds=defaults.folds(),  # k-fold cross-validation of `train` (sweep.kfold); k=0: off
     )
-    num_classes = 9 if arg.data == 'pystdlib' else 'auto'  # auto: the ClassLabel's names
+    num_classes = 9 if arg.data == 'pystdlib' else 'auto'  # auto: the ClassLabel's / files'
     # snippets are drawn without end: score a fixed 1,024 of them; a TFDS split whole
     evals = dict(type='classification', split='validation',
                  num_examples=1024 if arg.data == 'pystdlib' else 0, batch_size=64)

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,3 +145,44 @@ def test_a_tokenizer_trains_on_a_files_source(tmp_path, capsys):
     tok = tokenizers.from_config({'tokenizer': os.path.join(out, 'tokenizer.json')})
     assert tok.decode(tok.encode(DOCS[5])) == DOCS[5]
     assert len(tok.encode(DOCS[5])) < len(DOCS[5].encode('utf-8'))  # merges were learned
+
+
+def test_text_classification_from_files(tmp_path):
+    """experiments/finetune_text.py:data=FILE reads {text, label} records: classes are the
+    labels found (sorted), the split holds out a fixed fraction, a run trains and evaluates
+    on them; a record without its label is refused in one line naming it."""
+    from conftest import metric_series, run_cli
+
+    from jaxbig.config import ConfigError
+    from jaxbig.data.pipelines import text_classes
+
+    rng = np.random.default_rng(0)
+    words = {'pos': 'good great fine nice', 'neg': 'bad awful poor sad'}
+    path = tmp_path / 'reviews.jsonl'
+    with open(path, 'w') as f:
+        for i in range(200):
+            label = ['neg', 'pos'][i % 2]
+            text = ' '.join(rng.choice(words[label].split(), 6))
+            f.write(json.dumps({'text': text, 'label': label}) + '\n')
+    cfg = ml_collections.ConfigDict(dict(pipeline='text_classes', name='files', path=str(path),
+                                         splits='validation=0.2', text_key='', label_key='',
+                                         seq_len=48, tokenizer='bytes', eos_id=-1))
+    by_split, classes = text_classes.file_examples(cfg)
+    assert classes == ('neg', 'pos') and len(by_split['validation'][0]) == 40
+    pipe = text_classes.build_pipeline(cfg, split='validation', batch_size=16, seed=0,
+                                       one_pass=True)
+    batch = pipe.get_batch(0)
+    for r in range(16):
+        text = bytes(batch['inputs'][r][batch['mask'][r] > 0].tolist()).decode()
+        assert classes[batch['label'][r]] == ('pos' if 'good' in text or 'great' in text
+                                              or 'fine' in text or 'nice' in text else 'neg')
+    workdir = str(tmp_path / 'ft')
+    run_cli('train', '--config', f'experiments/finetune_text.py:data={path},steps=8,batch=16',
+            '--workdir', workdir, '--config.data.splits=validation=0.2',
+            '--config.model.backbone.num_layers=1', '--config.train.eval_every=8',
+            '--config.train.log_every=4', '--config.train.checkpoint_every=8')
+    assert metric_series(workdir, 'val/num_examples')[8] == 40
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text(json.dumps({'text': 'x', 'label': 'a'}) + '\n' + json.dumps({'text': 'y'}))
+    with pytest.raises(ConfigError, match="bad.jsonl:2: no data.label_key='label'"):
+        text_classes.file_examples(ml_collections.ConfigDict(dict(cfg, path=str(bad))))

@@ -26,6 +26,11 @@ whose names are the classes (`one_pass=True`: each example of the split once).
 features' order, joined by a newline; or names joined by ',') and `data.label_key` ('' =
 the only ClassLabel feature) choose the features. The evaluation split is found among the
 dataset's (`tfds_sources.find_split`: 'test' for 'validation').
+
+`data.name='files'`: JSONL / Parquet records at `data.path` with `data.text_key` ('text')
+and `data.label_key` ('label': strings or integers; the classes are the values found, sorted),
+split by `data.splits` as for text corpora (`file_examples`), read whole into memory and
+batched as the TFDS examples are.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from jaxbig.data.text.tokenizers import ByteTokenizer
 
 
 def prepare(config) -> None:
+    if config.get('name') == 'files':
+        return  # read as they are
     if _from_tfds(config):
         image_sources.prepare(config)  # a prepared TFDS dataset (array_record): checked
     else:
@@ -50,11 +57,14 @@ def prepare(config) -> None:
 
 
 def _from_tfds(config) -> bool:
-    return config.get('name', 'pystdlib') != 'pystdlib'
+    return config.get('name', 'pystdlib') not in ('pystdlib', 'files')
 
 
 def num_classes(config) -> int:
-    """Classes of the task (`model.num_classes='auto'`): the ClassLabel's, or the snippets'."""
+    """Classes of the task (`model.num_classes='auto'`): the ClassLabel's, the labels found
+    in the files, or the snippets'."""
+    if config.get('name') == 'files':
+        return len(file_examples(config)[1])
     if _from_tfds(config):
         return len(tfds_features(config)[2])
     return len(load_files(documents.resolve_data_dir(config.get('data_dir', '')),
@@ -221,10 +231,78 @@ class ExamplePipeline:
                                       example_mask)
 
 
+def file_examples(config) -> tuple[dict, tuple]:
+    """({split: (texts, labels int32[n], locations)}, classes) of a 'files' source: JSONL /
+    Parquet records with `data.text_key` and `data.label_key` at `data.path`, split by
+    `data.splits`; the classes are every label value found (in any split), sorted."""
+    from jaxbig.data.text import file_documents, preference_files
+
+    keys = (config.get('text_key') or 'text', config.get('label_key') or 'label')
+    spec = file_documents.parse_splits(config.get('splits', ''))
+    names = ['train', *spec] if isinstance(next(iter(spec.values())), float) else list(spec)
+    raw = {}
+    for split in dict.fromkeys(names):
+        records = preference_files.load_records(config, split, keys)
+        for where, record in records:
+            missing = [k for k in keys if not isinstance(record, dict) or k not in record]
+            if missing:
+                which = 'text_key' if missing[0] == keys[0] else 'label_key'
+                raise ConfigError(f'{where}: no data.{which}={missing[0]!r}')
+            if not isinstance(record[keys[1]], (str, int)) or isinstance(record[keys[1]], bool):
+                raise ConfigError(f'{where}: the label {record[keys[1]]!r} is not a string or an '
+                                  'integer')
+        raw[split] = records
+    classes = tuple(sorted({r[keys[1]] for recs in raw.values() for _, r in recs},
+                           key=lambda v: (isinstance(v, str), v)))
+    if len(classes) < 2:
+        raise ConfigError(f'data.label_key={keys[1]!r}: {len(classes)} class(es) in '
+                          f'{config.get("path")!r}; a classifier needs 2 or more')
+    index = {c: k for k, c in enumerate(classes)}
+    return {split: ([str(r[keys[0]]) for _, r in recs],
+                    np.asarray([index[r[keys[1]]] for _, r in recs], np.int32),
+                    [w for w, _ in recs]) for split, recs in raw.items()}, classes
+
+
+class FileExamplePipeline:
+    """A 'files' split (see `file_examples`): get_batch(i) -> inputs int32[b, T], mask
+    float32[b, T], label int32[b], in seeded-shuffle epochs as ExamplePipeline's."""
+
+    def __init__(self, config, *, split, batch_size, seed, process_index, process_count,
+                 one_pass=False, num_examples=0):
+        from jaxbig.data.text import tokenizers
+
+        by_split, self.classes = file_examples(config)
+        if split not in by_split:
+            raise ConfigError(f'data split {split!r}: data.splits defines {sorted(by_split)}')
+        self.texts, self.labels, _ = by_split[split]
+        self.num_classes, self.seq_len = len(self.classes), config.seq_len
+        self.tokenizer = tokenizers.from_config(config)
+        self.rows = image_sources.ExampleRows(
+            len(self.texts), batch_size=batch_size, seed=seed, process_index=process_index,
+            process_count=process_count, one_pass=one_pass, num_examples=num_examples,
+            split=split)
+        one_pass_lib.attach(self, self.rows.one_pass)
+
+    def get_batch(self, i: int) -> dict[str, np.ndarray]:
+        rows, ids, example_mask = self.rows.batch(i)
+        b, t = len(rows), self.seq_len
+        inputs, mask = np.zeros((b, t), np.int32), np.zeros((b, t), np.float32)
+        for r, j in enumerate(ids.tolist()):
+            text = self.texts[j]
+            tokens = self.tokenizer.encode(text)[:t] if text else np.zeros(1, np.int32)
+            inputs[r, :len(tokens)], mask[r, :len(tokens)] = tokens, 1.0
+        return one_pass_lib.with_mask({'inputs': inputs, 'mask': mask,
+                                       'label': self.labels[ids].astype(np.int32)}, example_mask)
+
+
 def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
                    one_pass=False, num_examples=0):
     if config.seq_len < 1:
         raise ConfigError(f'data.seq_len={config.seq_len}: must be >= 1')
+    if config.get('name') == 'files':
+        return FileExamplePipeline(config, split=split, batch_size=batch_size, seed=seed,
+                                   process_index=process_index, process_count=process_count,
+                                   one_pass=one_pass, num_examples=num_examples)
     if _from_tfds(config):
         if batch_size % process_count:
             raise ConfigError(f'train.batch_size={batch_size} is not divisible by the '
