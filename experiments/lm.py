@@ -14,6 +14,8 @@ Arguments (`experiments/lm.py:key=value,...`):
   data    'pystdlib' (embedded) | any TFDS text dataset prepared in data.data_dir (e.g. lm1b)
           | 'folder' (set --config.data.path=DIR) | 'files': JSONL / Parquet shards
           (--config.data.path=FILE|DIR|GLOB, data.text_key, data.splits='validation=0.01')
+          | 'hf_disk': a Hugging Face dataset saved with save_to_disk (--config.data.path=DIR;
+          a DatasetDict's own splits; needs `pip install 'jaxbig[hf]'`)
   experts Mixture-of-Experts feed-forward with this many experts, top-2, dropless
           (0 = dense; the rest under --config.model.moe.*: jaxbig.models.moe; the aux
           losses' coefficients under --config.loss.moe_*: jaxbig.losses.moe_aux)

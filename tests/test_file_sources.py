@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from jaxbig import defaults
 from jaxbig.data.text import token_cache
 from jaxbig.data.text.file_documents import FileDocuments, parse_splits
 
@@ -186,3 +188,38 @@ def test_text_classification_from_files(tmp_path):
     bad.write_text(json.dumps({'text': 'x', 'label': 'a'}) + '\n' + json.dumps({'text': 'y'}))
     with pytest.raises(ConfigError, match="bad.jsonl:2: no data.label_key='label'"):
         text_classes.file_examples(ml_collections.ConfigDict(dict(cfg, path=str(bad))))
+
+
+def test_hf_save_to_disk_source(tmp_path):
+    """data.name='hf_disk': a DatasetDict saved with save_to_disk gives its splits' reference
+    streams (as the same text in JSONL does); a single Dataset is split by data.splits like
+    JSONL records (the same held-out rows); a missing split / column is one line."""
+    import datasets
+
+    from jaxbig.data.pipelines import lm
+
+    saved = tmp_path / 'saved'
+    datasets.DatasetDict({'train': datasets.Dataset.from_dict({'text': DOCS[:15]}),
+                          'validation': datasets.Dataset.from_dict({'text': DOCS[15:]})}
+                         ).save_to_disk(str(saved))
+    token_cache.load_corpus.cache_clear()
+    for split, docs in (('train', DOCS[:15]), ('validation', DOCS[15:])):
+        corpus = token_cache.load_corpus('hf_disk', split, str(tmp_path / 'data'), str(saved))
+        np.testing.assert_array_equal(
+            np.asarray(corpus.read(np.array([0]), corpus.num_tokens))[0], _stream(docs))
+    single = tmp_path / 'single'
+    datasets.Dataset.from_dict({'text': DOCS}).save_to_disk(str(single))
+    _write(str(tmp_path / 'same' / 'all.jsonl'), DOCS)
+    cfg = dict(defaults.lm_data('hf_disk', 16), path=str(single), splits='validation=0.2',
+               data_dir=str(tmp_path / 'data'))
+    for split in ('train', 'validation'):
+        ours = lm.build_pipeline(ml_collections.ConfigDict(cfg), split=split, batch_size=4,
+                                 seed=1).get_batch(1)
+        theirs = lm.build_pipeline(ml_collections.ConfigDict(
+            dict(cfg, name='files', path=str(tmp_path / 'same'))), split=split, batch_size=4,
+            seed=1).get_batch(1)
+        jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+    with pytest.raises(ValueError, match="data split 'test'.*'train', 'validation'"):
+        token_cache.load_corpus('hf_disk', 'test', str(tmp_path / 'data'), str(saved))
+    with pytest.raises(ValueError, match="no data.text_key='body'"):
+        token_cache.load_corpus('hf_disk', 'train', str(tmp_path / 'data'), str(saved), 'body')

@@ -3,8 +3,9 @@
 Tokens are UTF-8 bytes by default; `data.tokenizer` = a tokenizer.json or SentencePiece
 .model path (with `data.eos_id`) makes them that tokenizer's ids. Sources: an embedded or
 prepared TFDS dataset (`data.name`), a folder of text files (`data.name='folder'`,
-`data.path`), or JSONL / Parquet files (`data.name='files'`, `data.path`, `data.text_key`,
-`data.splits`: jaxbig.data.text.file_documents), or a weighted mixture of those
+`data.path`), a Hugging Face dataset saved with `save_to_disk` (`data.name='hf_disk'`,
+jaxbig/data/text/hf_disk.py), JSONL / Parquet files (`data.name='files'`, `data.path`,
+`data.text_key`, `data.splits`: jaxbig.data.text.file_documents), or a weighted mixture of those
 (`data.mixture`: jaxbig.data.mixture).
 
 Reading a split is `jaxbig.data.text.documents`: its documents, the token stream they form
@@ -70,7 +71,7 @@ def prepare(config) -> None:
     if name == 'folder':
         _folder_root(config)
         return
-    if name == 'files':  # JSONL / Parquet: each split's index and token ids, cached once
+    if name in FILE_SOURCES:  # JSONL / Parquet or save_to_disk: index and ids cached once
         for split in dict.fromkeys((config.get('train_split', 'train'),
                                     config.get('val_split', 'validation'))):
             _files_corpus(config, split)
@@ -106,9 +107,13 @@ def _folder_root(config) -> str:
     return root
 
 
+FILE_SOURCES = ('files', 'hf_disk')  # JSONL / Parquet; a Hugging Face save_to_disk
+
+
 def _files_corpus(config, split: str) -> Corpus:
-    """The Corpus of `split` of a JSONL / Parquet source (data.name='files')."""
-    return load_corpus('files', split, resolve_data_dir(config.get('data_dir', '')),
+    """The Corpus of `split` of a JSONL / Parquet source (data.name='files') or a saved
+    Hugging Face dataset ('hf_disk')."""
+    return load_corpus(config.name, split, resolve_data_dir(config.get('data_dir', '')),
                        config.get('path', ''), config.get('text_key') or 'text',
                        config.get('tokenizer', 'bytes'), config.get('eos_id', -1),
                        config.get('splits', ''))
@@ -256,7 +261,7 @@ def build_pipeline(
     tok = dict(tokenizer=config.get('tokenizer', 'bytes'), eos_id=config.get('eos_id', -1))
     if name == 'folder':
         corpus = load_corpus(name, split, '', _folder_root(config), **tok)
-    elif name == 'files':
+    elif name in FILE_SOURCES:
         corpus = _files_corpus(config, split)
     else:
         corpus = load_corpus(

@@ -249,10 +249,12 @@ def load_corpus(
     'bytes', a tokenizer.json or a SentencePiece .model path (`eos_id` its end-of-sequence
     id)."""
     encoding = docs_lib.encoding_for(tokenizer, eos_id)
-    if name == 'files':  # JSONL / Parquet (jaxbig.data.text.file_documents)
-        from jaxbig.data.text.file_documents import FileDocuments
-
-        records = FileDocuments(path, split, text_key, splits, data_dir)
+    if name in ('files', 'hf_disk'):  # JSONL / Parquet, or a saved Hugging Face dataset
+        if name == 'files':  # jaxbig.data.text.file_documents
+            from jaxbig.data.text.file_documents import FileDocuments as Records
+        else:  # jaxbig.data.text.hf_disk
+            from jaxbig.data.text.hf_disk import HFDiskDocuments as Records
+        records = Records(path, split, text_key, splits, data_dir)
         ends, tokens = load_stream(records, encoding)
         return docs_lib.Corpus(records, ends, encoding=encoding, tokens=tokens)
     if name == 'folder':

@@ -32,10 +32,12 @@ def split_texts(data_config, split: str) -> Iterator[str]:
     name = data_config.name
     if name == 'folder':
         records = documents.FolderDocuments(lm._folder_root(data_config), split)
-    elif name == 'files':
-        from jaxbig.data.text.file_documents import FileDocuments
-
-        records = FileDocuments(data_config.get('path', ''), split,
+    elif name in ('files', 'hf_disk'):
+        if name == 'files':
+            from jaxbig.data.text.file_documents import FileDocuments as Records
+        else:
+            from jaxbig.data.text.hf_disk import HFDiskDocuments as Records
+        records = Records(data_config.get('path', ''), split,
                                 data_config.get('text_key') or 'text',
                                 data_config.get('splits', ''),
                                 documents.resolve_data_dir(data_config.get('data_dir', '')))
