@@ -104,6 +104,10 @@ def test_splits_by_file_glob_and_content_keyed_cache(tmp_path):
     ('unknown split', "data split 'test': data.splits='validation=0.1' defines 'validation' "
                       "and 'train'"),
     ('glob matches nothing', "data.splits: train='nope*' matches none of the 1 files"),
+    ('truncated zst', 'a.jsonl.zst: cannot be read ('),
+    ('truncated gz', 'a.jsonl.gz: cannot be read ('),
+    ('truncated parquet', 'b.parquet: cannot be read ('),
+    ('not utf-8 gz', 'a.jsonl.gz: not UTF-8 text (invalid start byte at byte'),
 ])
 def test_bad_input_is_one_line(tmp_path, case, message):
     root = tmp_path / 'c'
@@ -115,6 +119,14 @@ def test_bad_input_is_one_line(tmp_path, case, message):
         _write(str(root / 'b.parquet'), DOCS, key='body')
     elif case == 'not json':
         (root / 'a.jsonl').write_text('{"text": "ok"}\n{"text": oops}\n')
+    elif case.startswith('truncated'):  # a whole file, then its second half cut off
+        name = {'zst': 'a.jsonl.zst', 'gz': 'a.jsonl.gz', 'parquet': 'b.parquet'}[case[10:]]
+        _write(str(root / name), DOCS * 20)
+        data = (root / name).read_bytes()
+        (root / name).write_bytes(data[:len(data) // 2])
+    elif case == 'not utf-8 gz':
+        with gzip.open(root / 'a.jsonl.gz', 'wb') as f:
+            f.write(b'{"text": "ok"}\n{"text": "\xff\xfe"}\n')
     elif case != 'no files':
         _write(str(root / 'a.jsonl'), DOCS)
     spec = {'bad splits': 'validation', 'two fractions': 'validation=0.1,test=0.1',
@@ -125,6 +137,15 @@ def test_bad_input_is_one_line(tmp_path, case, message):
         docs = FileDocuments(str(root), split, 'text', spec, str(tmp_path / 'd'))
         docs.read(range(len(docs)))
     assert message in str(e.value) and '\n' not in str(e.value), str(e.value)
+
+
+def test_an_empty_shard_is_skipped_with_a_warning(tmp_path, caplog):
+    root = tmp_path / 'c'
+    _write(str(root / 'a.jsonl'), DOCS)
+    (root / 'b.jsonl').write_text('')
+    docs = FileDocuments(str(root), 'train', 'text', 'train=*', str(tmp_path / 'd'))
+    assert len(docs) == len(DOCS)
+    assert any('b.jsonl has no records; skipped' in r.getMessage() for r in caplog.records)
 
 
 def test_parse_splits_default():

@@ -28,6 +28,7 @@ whole when a read needs it (the one tokenizing pass reads every file once, in or
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import glob
@@ -36,6 +37,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 
 import numpy as np
@@ -122,11 +124,49 @@ def _open_text(path: str):
     if path.endswith('.gz'):
         return gzip.open(path, 'rt', encoding='utf-8')
     if path.endswith('.zst'):
+        return io.TextIOWrapper(io.BufferedReader(_ZstdFrames(path)), encoding='utf-8')
+    return open(path, encoding='utf-8')
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a .zst file, frame after frame; a file that ends inside a
+    frame (truncated) raises zstandard.ZstdError — zstandard's stream_reader returns what it
+    has, or nothing, without saying so."""
+
+    def __init__(self, path: str):
         import zstandard
 
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, 'rb'))
-        return io.TextIOWrapper(raw, encoding='utf-8')
-    return open(path, encoding='utf-8')
+        self._zstd, self._file = zstandard, open(path, 'rb')
+        self._d, self._out, self._fed, self._done = self._new(), b'', False, False
+
+    def _new(self):
+        return self._zstd.ZstdDecompressor().decompressobj()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out and not self._done:
+            chunk = self._file.read(1 << 20)
+            if not chunk:
+                if self._fed and not self._d.eof:  # fed, and its frame never ended
+                    raise self._zstd.ZstdError('the stream ends inside a frame')
+                self._done = True
+                break
+            if self._d.eof:  # the last frame ended exactly at the previous chunk's end
+                self._d = self._new()
+            out, self._fed = self._d.decompress(chunk), True
+            while self._d.eof and self._d.unused_data:  # the next frame
+                rest, self._d = self._d.unused_data, self._new()
+                out += self._d.decompress(rest)
+            self._out += out
+        n = min(len(buffer), len(self._out))
+        buffer[:n], self._out = self._out[:n], self._out[n:]
+        return n
+
+    def close(self):
+        self._file.close()
+        super().close()
 
 
 def _text_of(value, where: str, key: str) -> bytes:
@@ -177,6 +217,10 @@ class _File:
             return [line for line in f if line.strip()]
 
     def texts(self, rows) -> list[bytes]:
+        with unreadable_as_value_error(self.path):
+            return self._texts(rows)
+
+    def _texts(self, rows) -> list[bytes]:
         if self._pq is not None:
             out = []
             for r in rows:
@@ -207,8 +251,38 @@ def _loads(line, path: str, row: int):
 
 @functools.lru_cache(maxsize=16)
 def _files(root: str, rel: tuple, text_key: str, stamp: tuple) -> tuple:
-    """The opened files (record counts known), cached per content stamp."""
-    return tuple(_File(os.path.join(root, r), text_key) for r in rel)
+    """The opened files (record counts known), cached per content stamp; a file that cannot
+    be read (truncated, not UTF-8, not Parquet) is a one-line ValueError naming it, a file
+    without records is skipped with a warning (it adds no records)."""
+    files = []
+    for r in rel:
+        path = os.path.join(root, r)
+        with unreadable_as_value_error(path):
+            files.append(_File(path, text_key))
+        if not files[-1].count:
+            logging.warning('data: %s has no records; skipped', path)
+    return tuple(files)
+
+
+@contextlib.contextmanager
+def unreadable_as_value_error(path: str):
+    """Turns a reader's failure on a damaged file (truncated gzip / zstd stream or Parquet
+    file, bytes that are not UTF-8) into one line naming the file."""
+    import pyarrow
+
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+    except (EOFError, OSError, pyarrow.ArrowException, _zstd_error()) as e:  # before ValueError:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__  # ArrowInvalid is one
+        raise ValueError(f'{path}: cannot be read ({detail}); is it truncated?') from None
+
+
+def _zstd_error():
+    import zstandard
+
+    return zstandard.ZstdError
 
 
 class FileDocuments:
