@@ -82,15 +82,9 @@ def get_config(arg=None):
     if arg.data:
         c.data.update(name='files', path=arg.data)
     c.init_from = defaults.init_from(path=arg.init)
-    if arg.init:
-        source = read_config(arg.init)
-        if source.model.get('name') != 'gpt':
-            raise ConfigError(f'experiments/dpo.py: init={arg.init!r} is a '
-                              f'{source.model.get("name")!r} run; preference training needs a GPT')
-        c.model = source.model.to_dict()
-        data = source.get('data') or {}
-        c.data.tokenizer = data.get('tokenizer', 'bytes')
-        c.data.eos_id = data.get('eos_id', -1)
+    if arg.init:  # its shape and tokenizer
+        defaults.take_over_gpt(c, read_config(arg.init), arg.init, 'experiments/dpo.py',
+                               'preference training')
     defaults.conditional_run(c, arg, loss='preference')
     c.optimizer.lr = arg.lr or (1e-4 if arg.init else 1e-3)
     c.optimizer.weight_decay = 0.0

@@ -65,17 +65,12 @@ def get_config(arg=None):
         raise ConfigError(f'experiments/grpo.py: task={arg.task!r}, expected one of {TASKS}')
     if arg.reward not in REWARDS:
         raise ConfigError(f'experiments/grpo.py: reward={arg.reward!r}, expected one of {REWARDS}')
-    source = read_config(arg.init)
-    if source.model.get('name') != 'gpt':
-        raise ConfigError(f'experiments/grpo.py: init={arg.init!r} is a '
-                          f'{source.model.get("name")!r} run; GRPO needs a GPT')
     c = ml_collections.ConfigDict()
-    c.model = source.model.to_dict()
-    data = source.get('data') or {}
     c.data = dict(pipeline='prompts', name='pystdlib', data_dir='', task=arg.task,
                   prompt_len=arg.prompt_len, answer_len=arg.answer_len, train_split='train',
-                  val_split='validation', tokenizer=data.get('tokenizer', 'bytes'),
-                  eos_id=data.get('eos_id', -1), **defaults.data_loading())
+                  val_split='validation', tokenizer='bytes', eos_id=-1,
+                  **defaults.data_loading())
+    defaults.take_over_gpt(c, read_config(arg.init), arg.init, 'experiments/grpo.py', 'GRPO')
     c.init_from = defaults.init_from(path=arg.init)
     arg.batch, arg.seq = arg.prompts, 0
     defaults.conditional_run(c, arg, loss='grpo')

@@ -79,13 +79,6 @@ def get_config(arg=None):
         c.data.update(name='files', path=arg.data)
     c.init_from = defaults.init_from(path=arg.init)
     if arg.init:  # start from another run (jaxbig's own or imported): its shape and tokenizer
-        source = read_config(arg.init)
-        if source.model.get('name') != 'gpt':
-            raise ConfigError(f'experiments/sft.py: init={arg.init!r} is a '
-                              f'{source.model.get("name")!r} run; SFT needs a GPT')
-        c.model = source.model.to_dict()
-        data = source.get('data') or {}
-        c.data.tokenizer = data.get('tokenizer', 'bytes')
-        c.data.eos_id = data.get('eos_id', -1)
+        defaults.take_over_gpt(c, read_config(arg.init), arg.init, 'experiments/sft.py', 'SFT')
     defaults.conditional_run(c, arg, loss='autoregressive')
     return c

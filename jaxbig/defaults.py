@@ -288,6 +288,18 @@ def conditional_run(c, arg, loss: str) -> None:
     c.lora = dict(targets=[], rank=8, alpha=16.0)
 
 
+def take_over_gpt(c, source, init: str, where: str, needs: str) -> None:
+    """Sets c.model and c.data's tokenizer / eos_id from `source`, the config of the run in
+    `init` (a GPT: jaxbig's own or imported); one-line ConfigError for any other model."""
+    name = source.model.get('name')
+    if name != 'gpt':
+        raise ConfigError(f'{where}: init={init!r} is a {name!r} run; {needs} needs a GPT')
+    c.model = source.model.to_dict()
+    data = source.get('data') or {}
+    c.data.tokenizer = data.get('tokenizer', 'bytes')
+    c.data.eos_id = data.get('eos_id', -1)
+
+
 def init_from(**overrides) -> dict:
     """Load another run's params (jaxbig/finetune.py); path '' = from scratch."""
     return _merge('init_from', dict(path='', step=-1, rename=[], include=[], exclude=[]),

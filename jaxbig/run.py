@@ -94,6 +94,17 @@ def load_run(workdir: str, step: int | None = None, *, best: bool = False,
     return Run(config=config, model=model, params=params, step=step, checkpoint_dir=directory)
 
 
+def load_frozen(workdir: str, key: str):
+    """(model, params) of a trained run that a loss closes over, frozen (a distillation
+    teacher, a preference reference): its config.json and latest checkpoint; a run that
+    cannot be read is a one-line ConfigError naming the config key `key`."""
+    try:
+        run = load_run(workdir)
+    except (FileNotFoundError, config_lib.ConfigError) as e:
+        raise config_lib.ConfigError(f'{key}={workdir!r}: {e}') from None
+    return run.model, run.params
+
+
 # ----------------------------------------------------------------------------- building
 
 @dataclasses.dataclass

@@ -46,11 +46,7 @@ def load_teacher(workdir: str):
     """(model, params) of a trained run: its config.json and its latest checkpoint."""
     from jaxbig import run as run_lib
 
-    try:
-        run = run_lib.load_run(workdir)
-    except (FileNotFoundError, ConfigError) as e:
-        raise ConfigError(f'loss.teacher={workdir!r}: {e}') from None
-    return run.model, run.params
+    return run_lib.load_frozen(workdir, 'loss.teacher')
 
 
 def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True, teacher=None):

@@ -203,11 +203,7 @@ def load_reference(workdir: str):
     """(model, params) of the reference run: its config.json and latest checkpoint."""
     from jaxbig import run as run_lib
 
-    try:
-        run = run_lib.load_run(workdir)
-    except (FileNotFoundError, ConfigError) as e:
-        raise ConfigError(f'loss.reference={workdir!r}: {e}') from None
-    return run.model, run.params
+    return run_lib.load_frozen(workdir, 'loss.reference')
 
 
 def bind(config):
