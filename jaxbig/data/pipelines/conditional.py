@@ -252,7 +252,7 @@ def encode_chat(tokenizer, chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _encoded_chat(fields: tuple, stamp: tuple, split: str, tokenizer: str, eos_id: int,
                   seq_len: int):
     """The 'files' source's conversations, as `_encoded` gives the embedded task's."""
-    from jaxbig.data.text import chat, preference_files, tokenizers
+    from jaxbig.data.text import chat, file_records, tokenizers
 
     config = dict(zip(CHAT_FIELDS, fields))
     tok = tokenizers.from_config({'tokenizer': tokenizer, 'eos_id': eos_id})
@@ -261,7 +261,7 @@ def _encoded_chat(fields: tuple, stamp: tuple, split: str, tokenizer: str, eos_i
     template = chat.for_data(tokenizer)
     kept, references, skipped = [], [], 0
     key = config['messages_key']
-    for where, record in preference_files.load_records(config, split, (key,)):
+    for where, record in file_records.load_records(config, split, (key,)):
         if not isinstance(record, dict) or key not in record:
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise ConfigError(f'{where}: no data.messages_key={key!r} (found {found})')
@@ -286,12 +286,12 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2:
         raise ConfigError(f'data.seq_len={seq_len!r} must be an int >= 2')
     if config.get('name', 'pystdlib') == 'files':  # chat conversations from JSONL / Parquet
-        from jaxbig.data.text import preference_files
+        from jaxbig.data.text import file_records
 
         fields = (config.get('path', ''), config.get('splits', ''),
                   config.get('messages_key', 'messages'))
         tok, examples, references, skipped = _encoded_chat(
-            fields, preference_files.stamp(fields[0]), split, config.get('tokenizer', 'bytes'),
+            fields, file_records.stamp(fields[0]), split, config.get('tokenizer', 'bytes'),
             config.get('eos_id', -1), seq_len)
         return ConditionalPipeline(
             examples, references, tokenizer=tok, seq_len=seq_len,

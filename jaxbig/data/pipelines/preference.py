@@ -32,7 +32,7 @@ import numpy as np
 from jaxbig.config import ConfigError
 from jaxbig.data.builders import conditional_task, preference_task
 from jaxbig.data.pipelines import conditional
-from jaxbig.data.text import documents, preference_files
+from jaxbig.data.text import documents, file_records, preference_files
 
 SOURCES = ('pystdlib', 'files')
 FILE_FIELDS = {'path': '', 'splits': '', 'prompt_key': 'prompt', 'chosen_key': 'chosen',
@@ -117,7 +117,7 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
         key = (documents.resolve_data_dir(config.get('data_dir', '')), task)
     else:
         fields = tuple(config.get(k, d) for k, d in FILE_FIELDS.items())
-        key = (fields, preference_files.stamp(fields[0]))
+        key = (fields, file_records.stamp(fields[0]))
     tok, examples, rejected, references, skipped = _encoded(
         source, key, split, config.get('tokenizer', 'bytes'), config.get('eos_id', -1), seq_len)
     return PreferencePipeline(

@@ -235,14 +235,14 @@ def file_examples(config) -> tuple[dict, tuple]:
     """({split: (texts, labels int32[n], locations)}, classes) of a 'files' source: JSONL /
     Parquet records with `data.text_key` and `data.label_key` at `data.path`, split by
     `data.splits`; the classes are every label value found (in any split), sorted."""
-    from jaxbig.data.text import file_documents, preference_files
+    from jaxbig.data.text import file_documents, file_records
 
     keys = (config.get('text_key') or 'text', config.get('label_key') or 'label')
     spec = file_documents.parse_splits(config.get('splits', ''))
     names = ['train', *spec] if isinstance(next(iter(spec.values())), float) else list(spec)
     raw = {}
     for split in dict.fromkeys(names):
-        records = preference_files.load_records(config, split, keys)
+        records = file_records.load_records(config, split, keys)
         for where, record in records:
             missing = [k for k in keys if not isinstance(record, dict) or k not in record]
             if missing:

@@ -19,30 +19,9 @@ thousands of pairs).
 from __future__ import annotations
 
 import functools
-import os
 
 from jaxbig.config import ConfigError
-from jaxbig.data.text import chat
-from jaxbig.data.text import file_documents as fd
-
-
-def _records(path: str, keys: tuple) -> list[dict]:
-    """Every record of one file (the `keys` columns of a Parquet file), in order."""
-    if path.endswith('.parquet'):
-        import pyarrow.parquet as pq
-
-        names = pq.ParquetFile(path).schema_arrow.names
-        missing = [k for k in keys if k not in names]
-        if missing:
-            raise ConfigError(f'{path}: no column {missing[0]!r} (found {names}); set '
-                              'data.prompt_key / chosen_key / rejected_key')
-        return pq.read_table(path, columns=list(keys)).to_pylist()
-    with fd._open_text(path) as f:
-        lines = [line for line in f if line.strip()]
-    try:
-        return [fd._loads(line, path, r) for r, line in enumerate(lines)]
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+from jaxbig.data.text import chat, file_records
 
 
 def _check(record, where: str, keys: tuple, tokenizer: str, template) -> tuple[str, str, str]:
@@ -76,34 +55,6 @@ def _check(record, where: str, keys: tuple, tokenizer: str, template) -> tuple[s
     return tuple(out)
 
 
-def stamp(path: str) -> tuple:
-    """((relative path, size, mtime ns), ...) of the files `path` names: what a cache of
-    their pairs is keyed by (empty when there are none: load_pairs then says why)."""
-    try:
-        root, rel = fd.find_files(path)
-    except ValueError:
-        return ()
-    return tuple((r, os.path.getsize(os.path.join(root, r)),
-                  os.stat(os.path.join(root, r)).st_mtime_ns) for r in rel)
-
-
-def load_records(config, split: str, keys: tuple) -> list[tuple[str, dict]]:
-    """[(where 'file:record', record)] of `split` of the files at config.path (`keys`: the
-    columns a Parquet file must have), split by config.splits as for text corpora."""
-    try:
-        root, rel = fd.find_files(config.get('path', ''))
-        records, where, counts = [], [], []
-        for r in rel:
-            mine = _records(os.path.join(root, r), keys)
-            records += mine
-            where += [f'{r}:{k + 1}' for k in range(len(mine))]
-            counts.append(len(mine))
-        ids = fd.split_ids(rel, counts, split, config.get('splits', ''), root)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return [(where[i], records[i]) for i in ids.tolist()]
-
-
 def load_pairs(config, split: str) -> list[tuple[str, str, str, str]]:
     """[(where, prompt, chosen, rejected)] of `split` ('file:record' locations) from the data
     section `config` (path, splits, prompt_key, chosen_key, rejected_key, tokenizer)."""
@@ -113,4 +64,4 @@ def load_pairs(config, split: str) -> list[tuple[str, str, str, str]]:
     tokenizer = config.get('tokenizer', 'bytes')
     template = functools.cache(lambda: chat.for_tokenizer(tokenizer))  # built once, if needed
     return [(where, *_check(record, where, keys, tokenizer, template))
-            for where, record in load_records(config, split, keys)]
+            for where, record in file_records.load_records(config, split, keys)]

@@ -1,0 +1,63 @@
+"""Whole records of JSONL / Parquet files, for the pipelines whose examples are records
+rather than a text stream: preference pairs (jaxbig/data/text/preference_files.py), chat
+conversations (jaxbig/data/pipelines/conditional.py) and labelled text
+(jaxbig/data/pipelines/text_classes.py).
+
+The files and splits are those of the text corpora (jaxbig.data.text.file_documents:
+`data.path` = a file, a directory or a glob; `data.splits` = a held-out fraction or file
+globs); every record is read into memory (such sets are tens of thousands of records), each
+located as 'file:record' for one-line errors. A damaged file (truncated, not UTF-8) is one
+line naming it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from jaxbig.config import ConfigError
+from jaxbig.data.text import file_documents as fd
+
+
+def read_file(path: str, keys: tuple) -> list:
+    """Every record of one file (the `keys` columns of a Parquet file), in order."""
+    with fd.unreadable_as_value_error(path):
+        if path.endswith('.parquet'):
+            import pyarrow.parquet as pq
+
+            names = pq.ParquetFile(path).schema_arrow.names
+            missing = [k for k in keys if k not in names]
+            if missing:
+                raise ValueError(f'{path}: no column {missing[0]!r} (found {names}); set the '
+                                 'data.*_key that names it')
+            return pq.read_table(path, columns=list(keys)).to_pylist()
+        with fd._open_text(path) as f:
+            lines = [line for line in f if line.strip()]
+    return [fd._loads(line, path, r) for r, line in enumerate(lines)]
+
+
+def stamp(path: str) -> tuple:
+    """((relative path, size, mtime ns), ...) of the files `path` names: what a cache of
+    their records is keyed by (empty when there are none: load_records then says why)."""
+    try:
+        root, rel = fd.find_files(path)
+    except ValueError:
+        return ()
+    return tuple((r, os.path.getsize(os.path.join(root, r)),
+                  os.stat(os.path.join(root, r)).st_mtime_ns) for r in rel)
+
+
+def load_records(config, split: str, keys: tuple) -> list[tuple[str, dict]]:
+    """[(where 'file:record', record)] of `split` of the files at config['path'] (`keys`:
+    the columns a Parquet file must have), split by config['splits'] as text corpora are."""
+    try:
+        root, rel = fd.find_files(config.get('path', ''))
+        records, where, counts = [], [], []
+        for r in rel:
+            mine = read_file(os.path.join(root, r), keys)
+            records += mine
+            where += [f'{r}:{k + 1}' for k in range(len(mine))]
+            counts.append(len(mine))
+        ids = fd.split_ids(rel, counts, split, config.get('splits', ''), root)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return [(where[i], records[i]) for i in ids.tolist()]
