@@ -7,6 +7,7 @@ names in the config change. Read it top to bottom.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -172,11 +173,15 @@ def _train(config, workdir: str, guard) -> dict:
         # (started once the signal handlers are in place; ended on leaving the `with`)
         calls = call_plan(first, last_step, steps_per_call, cadences, profiler.marks)
         host_batches = lambda call: _host_batches(train_data, *call, stacked=stacked)  # noqa: E731
+        count_batch = getattr(train_data, 'batch_stats', None)  # a mixture's targets per source
+        seen = collections.Counter()
         try:
             with (safety.StopRequest() as stop,
                   prefetch_lib.Prefetcher(host_batches, calls,
                                           depth=config.data.prefetch) as batches):
                 for (_, n), batch in batches:  # calls (step, n) in order, from `first`
+                    if count_batch is not None:
+                        seen.update(count_batch(batch))
                     profiler.before(step)
                     state, metrics = train_step(state, to_device(batch))
                     step += n  # updates applied so far; below, everything due at `step`
@@ -196,6 +201,9 @@ def _train(config, workdir: str, guard) -> dict:
                         row.update({f'train/{k}': v for k, v in metrics.items()})
                         row.update(meter.rates(step, batch_tokens))
                         row['train/num_params'] = num_params
+                        if seen:  # the proportions actually seen since the last row
+                            row.update(train_data.seen_row(seen))
+                            seen.clear()
                         progress.set_postfix(
                             loss=f'{metrics["total_loss"]:.4f}',
                             tok_s=f'{row.get("train/tokens_per_sec", 0):,.0f}',

@@ -72,6 +72,24 @@ def test_each_source_fills_its_rows_with_its_own_batches(sources):
     assert len(seen) == small.num_sequences  # an epoch of the small source visits them all
 
 
+def test_proportions_seen_over_100_batches_are_the_weights(sources):
+    """At 0.8 / 0.2 the targets counted per source (what the loop logs as data/<label>/share)
+    over 100 batches are within 1 % of the weights (packed rows: every target counts)."""
+    section = ml_collections.ConfigDict(sources.to_dict())
+    section.mixture[0]['weight'], section.mixture[1]['weight'] = 0.8, 0.2
+    pipe = lm.build_pipeline(section, split='train', batch_size=10, seed=0)
+    counts = {}
+    for i in range(100):
+        for label, n in pipe.batch_stats(pipe.get_batch(i)).items():
+            counts[label] = counts.get(label, 0.0) + n
+    row = pipe.seen_row(counts)
+    assert abs(row['data/big/share'] - 0.8) < 0.01 and abs(row['data/small/share'] - 0.2) < 0.01
+    assert row['data/big/targets'] + row['data/small/targets'] == 100 * 10 * 16
+    stacked = {k: np.stack([pipe.get_batch(0)[k], pipe.get_batch(1)[k]]) for k in ('mask',)}
+    both = pipe.batch_stats(stacked)  # steps_per_call > 1: a stack of batches
+    assert both['big'] == 2 * 8 * 16 and both['small'] == 2 * 2 * 16
+
+
 def test_processes_each_hold_their_share_of_every_source(sources):
     whole = lm.build_pipeline(sources, split='train', batch_size=8, seed=0)
     halves = [lm.build_pipeline(sources, split='train', batch_size=8, seed=0,
@@ -122,3 +140,6 @@ def test_jaxbig_train_on_a_mixture_of_jsonl_and_parquet(tmp_path):
                                           rel=1e-6)
     assert v['val/num_examples'] == v['val/code/num_examples'] + v['val/text/num_examples']
     assert np.isfinite(v['val/loss']) and 'train/loss' in rows[-1]
+    logged = rows[-1]  # the proportions actually seen (3:1 weights, packed rows)
+    assert logged['data/code/share'] == pytest.approx(0.75)
+    assert logged['data/code/targets'] + logged['data/text/targets'] == 16 * 32

@@ -18,7 +18,9 @@ source's epoch simply repeats, each epoch in a new order.
 
 Validation: the loss evaluator scores each source's validation split on its own and logs
 `<evaluator>/<label>/<metric>` (loss, bits per byte, counts) beside the overall metrics,
-whose sums run over every source's examples (jaxbig/evals/loss.py).
+whose sums run over every source's examples (jaxbig/evals/loss.py). Training: the loop
+counts each host batch's target tokens per source (`batch_stats`) and every log row has
+`data/<label>/share` and `data/<label>/targets` since the previous row (`seen_row`).
 """
 
 from __future__ import annotations
@@ -87,3 +89,23 @@ class MixturePipeline:
     def get_batch(self, i: int) -> dict:
         parts = [p.get_batch(i) for p in self.pipelines]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def batch_stats(self, batch) -> dict[str, float]:
+        """{label: target tokens of that source} in a host batch (rows [..., b, T]: one batch
+        or a stack of them), counted from its mask: what the loop logs as the proportions
+        actually seen (`seen_row`)."""
+        mask = np.asarray(batch['mask'])
+        ends = np.cumsum([p.batch_size for p in self.pipelines])
+        starts = ends - [p.batch_size for p in self.pipelines]
+        return {label: float(mask[..., a:b, :].sum())
+                for label, a, b in zip(self.labels, starts, ends)}
+
+    def seen_row(self, counts: dict) -> dict[str, float]:
+        """The log row of summed `batch_stats`: data/<label>/targets and data/<label>/share
+        (of all targets since the last log row, this process's rows)."""
+        total = sum(counts.values()) or 1.0
+        row = {}
+        for label in self.labels:
+            row[f'data/{label}/targets'] = counts.get(label, 0.0)
+            row[f'data/{label}/share'] = counts.get(label, 0.0) / total
+        return row
