@@ -12,6 +12,7 @@ line naming it.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from jaxbig.config import ConfigError
@@ -51,13 +52,22 @@ def load_records(config, split: str, keys: tuple) -> list[tuple[str, dict]]:
     the columns a Parquet file must have), split by config['splits'] as text corpora are."""
     try:
         root, rel = fd.find_files(config.get('path', ''))
-        records, where, counts = [], [], []
-        for r in rel:
-            mine = read_file(os.path.join(root, r), keys)
-            records += mine
-            where += [f'{r}:{k + 1}' for k in range(len(mine))]
-            counts.append(len(mine))
+        records, where, counts = _read_all(root, stamp(config.get('path', '')), tuple(keys))
         ids = fd.split_ids(rel, counts, split, config.get('splits', ''), root)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return [(where[i], records[i]) for i in ids.tolist()]
+
+
+@functools.lru_cache(maxsize=4)
+def _read_all(root: str, files: tuple, keys: tuple) -> tuple:
+    """(records, 'file:record' locations, records per file) of `files` (`stamp`'s (relative
+    path, size, mtime) of each), read once per content (the splits of one source, and its
+    repeated builds, share them)."""
+    records, where, counts = [], [], []
+    for r, _, _ in files:
+        mine = read_file(os.path.join(root, r), keys)
+        records += mine
+        where += [f'{r}:{k + 1}' for k in range(len(mine))]
+        counts.append(len(mine))
+    return records, where, counts
