@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxbig.commands import plan
 
     plan.add_parser(add)
+    from jaxbig.commands import harness
+
+    harness.add_parser(add)
     from jaxbig import sweep
 
     p = sweep.add_parser(sub)

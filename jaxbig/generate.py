@@ -72,12 +72,13 @@ def draw(sample, logits, rng, i):
 
 # ----------------------------------------------------------------------------- padding
 
-def left_pad(prompts: list[np.ndarray], pad_id: int = 0):
+def left_pad(prompts: list[np.ndarray], pad_id: int = 0, width: int | None = None):
     """Token id arrays of different lengths -> (tokens int32 [batch, P], positions int32
-    [batch, P]): left-padded with `pad_id`, positions 0.. on real tokens, -1 on padding."""
+    [batch, P]): left-padded with `pad_id`, positions 0.. on real tokens, -1 on padding.
+    P = the longest prompt, or `width` (>= it: a fixed shape for one compilation)."""
     if not prompts or min(len(p) for p in prompts) == 0:
         raise ValueError('every prompt needs at least one token')
-    width = max(len(p) for p in prompts)
+    width = max([len(p) for p in prompts] + [width or 0])
     tokens = np.full((len(prompts), width), pad_id, np.int32)
     positions = np.full((len(prompts), width), -1, np.int32)
     for i, p in enumerate(prompts):

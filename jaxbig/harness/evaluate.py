@@ -1,0 +1,119 @@
+"""Running lm-eval tasks on a JaxbigLM, offline, and reading the results back flat.
+
+    evaluate(lm, tasks, num_fewshot=None, limit=None, include_path=()) -> Results
+
+Tasks are looked up among lm-eval's own, the embedded ones (jaxbig.harness.tasks) and
+`include_path` directories of YAML tasks. Nothing is downloaded: HF_DATASETS_OFFLINE and
+HF_HUB_OFFLINE are set before lm-eval loads a dataset, so tasks on local files
+(`dataset_path: json` / csv / parquet with `dataset_kwargs.data_files`) and datasets already
+in the Hugging Face cache work, and a task whose data would have to be fetched is one line
+naming it. Unknown task names are one line too.
+
+`Results.metrics` is {'<task>/<metric>': value}: lm-eval's `metric,filter` keys with the
+'none' filter dropped (other filters suffix the metric: `exact_match_strict-match`), their
+standard errors as `<metric>_stderr` where lm-eval computed them, and
+`<task>/num_examples` (the documents scored: lm-eval's effective sample count). Groups
+(a tag such as `jaxbig_stdlib`) list their tasks' metrics, each task once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from jaxbig.errors import ConfigError
+
+LOCAL_BUILDERS = ('json', 'csv', 'parquet', 'text', 'arrow', 'pandas')
+
+
+@dataclasses.dataclass
+class Results:
+    metrics: dict  # {'<task>/<metric>': float}
+    raw: dict  # lm-eval's results dict ('results', 'configs', 'n-samples', ...), no samples
+
+
+def task_manager(include_path=()):
+    """lm-eval's TaskManager over its tasks, the embedded ones and `include_path`."""
+    from lm_eval.tasks import TaskManager
+
+    from jaxbig.harness import tasks as embedded
+
+    paths = [embedded.embedded_dir()]
+    for path in include_path or ():
+        if not os.path.isdir(path):
+            raise ConfigError(f'--include-path {path!r}: not a directory of task YAML files')
+        paths.append(os.path.abspath(path))
+    return TaskManager(include_path=paths)
+
+
+def _remote(manager, names) -> list[str]:
+    """The tasks among `names` whose dataset is neither a local file builder nor a local
+    directory (lm-eval's parsed YAML; groups and Python tasks are checked when loaded)."""
+    out = []
+    for name in names:
+        entry = manager.task_index.get(name)
+        cfg = getattr(entry, 'cfg', None) or {}
+        path = cfg.get('dataset_path')
+        if path and path not in LOCAL_BUILDERS and not os.path.isdir(os.path.expanduser(path)):
+            out.append(f'{name} ({path})')
+    return out
+
+
+def parse_tasks(tasks) -> list[str]:
+    names = [t.strip() for t in (tasks.split(',') if isinstance(tasks, str) else tasks)]
+    names = [t for t in names if t]
+    if not names:
+        raise ConfigError('give --tasks NAME[,NAME...] (e.g. jaxbig_stdlib: the embedded tasks)')
+    return names
+
+
+def evaluate(lm, tasks, *, num_fewshot: int | None = None, limit: float | None = None,
+             include_path=(), seed: int = 0) -> Results:
+    """Runs `tasks` (names or a comma-separated string) on `lm`; see the module docstring."""
+    from lm_eval import evaluator
+
+    from jaxbig import harness
+
+    harness.offline()
+    names = parse_tasks(tasks)
+    manager = task_manager(include_path)
+    unknown = [n for n in names if n not in manager.all_tasks]
+    if unknown:
+        raise ConfigError(f'--tasks: unknown task(s) {unknown} (lm-eval\'s, the embedded '
+                          'jaxbig_stdlib tasks and --include-path YAML are searched)')
+    remote = _remote(manager, names)
+    for noisy in ('lm_eval', 'lm-eval', 'datasets', 'evaluate'):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        raw = evaluator.simple_evaluate(
+            model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+            log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
+            torch_random_seed=seed, fewshot_random_seed=seed)
+    except Exception as e:  # what datasets raises offline varies by version
+        text = f'{type(e).__name__}: {e}'
+        if remote or 'offline' in text.lower() or 'connection' in text.lower():
+            which = ', '.join(remote) or ', '.join(names)
+            raise ConfigError(f'tasks {which}: the data is not on local disk or in the Hugging '
+                              'Face cache, and jaxbig harness never downloads (give local '
+                              'files: dataset_path: json with dataset_kwargs.data_files)') from e
+        raise
+    return Results(metrics=flatten(raw), raw=raw)
+
+
+def flatten(raw: dict) -> dict:
+    """{'<task>/<metric>': float} from lm-eval's results dict (see the module docstring)."""
+    out = {}
+    for task, values in raw.get('results', {}).items():
+        for key, value in values.items():
+            if ',' not in key or not isinstance(value, (int, float)):
+                continue
+            metric, _, filt = key.partition(',')
+            stderr = metric.endswith('_stderr')
+            metric = metric[:-len('_stderr')] if stderr else metric
+            name = metric if filt == 'none' else f'{metric}_{filt}'
+            out[f'{task}/{name}_stderr' if stderr else f'{task}/{name}'] = float(value)
+        counts = raw.get('n-samples', {}).get(task)
+        if counts:
+            out[f'{task}/num_examples'] = float(counts.get('effective', counts.get('original')))
+    return out
