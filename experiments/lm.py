@@ -19,6 +19,9 @@ Arguments (`experiments/lm.py:key=value,...`):
   experts Mixture-of-Experts feed-forward with this many experts, top-2, dropless
           (0 = dense; the rest under --config.model.moe.*: jaxbig.models.moe; the aux
           losses' coefficients under --config.loss.moe_*: jaxbig.losses.moe_aux)
+  harness lm-evaluation-harness at every evaluation (needs `pip install 'jaxbig[harness]'`):
+          the embedded jaxbig_stdlib tasks on this many documents each (0 = off); logged as
+          harness/<task>/<metric> (jaxbig/evals/harness.py; any task: jaxbig harness)
   init    a workdir to continue from ('' = from scratch): its model section and tokenizer
           are taken over and its params loaded (init_from), e.g. an imported GPT-2 / Llama:
               jaxbig import path/to/hf_model --workdir runs/gpt2
@@ -31,11 +34,12 @@ Expected (CPython 3.11 standard library, validation split): the default (tiny, 6
 batch 32 x 128 bytes) reaches a validation loss of 1.458 nats/byte = 2.103 bits/byte
 (perplexity 4.30, next-byte accuracy 62.0 %; re-measured 2026-12-07 under the aggregation,
 weight-decay and init rules of README "What the numbers mean": 256 validation sequences,
-32,768 targets, ~6 min on this 2-core CPU). The split's own baselines (benchmarks/research.py entry `lm_baselines`), in
-nats/byte: unigram 3.26 and bigram 2.47 (fitted on train, add-one), zlib -9 1.13, xz -9e
-0.94. Beating zlib -9 in an hour of a 2-core CPU (entry `lm_recipe`): size=tiny, seq=256,
-batch=32, steps=3000 (warmup 150, cosine over 3,000) reaches 1.07 nats/byte = 1.548
-bits/byte against zlib's 1.635; every LM run and what bounds it: benchmarks/RESULTS_RESEARCH.md.
+32,768 targets, ~6 min on this 2-core CPU). The split's own baselines
+(benchmarks/research.py entry `lm_baselines`), in nats/byte: unigram 3.26 and bigram 2.47
+(fitted on train, add-one), zlib -9 1.13, xz -9e 0.94. Beating zlib -9 in an hour of a
+2-core CPU (entry `lm_recipe`): size=tiny, seq=256, batch=32, steps=3000 (warmup 150, cosine
+over 3,000) reaches 1.07 nats/byte = 1.548 bits/byte against zlib's 1.635; every LM run and
+what bounds it: benchmarks/RESULTS_RESEARCH.md.
 """
 
 import ml_collections
@@ -48,7 +52,7 @@ from jaxbig.run import read_config
 
 def get_config(arg=None):
     arg = parse_arg(arg, size='tiny', steps=600, batch=32, seq=128, data='pystdlib', init='',
-                    experts=0)
+                    experts=0, harness=0)
     if arg.size not in SIZES:
         raise ConfigError(f'experiments/lm.py: size={arg.size!r}, expected one of {list(SIZES)}')
     c = ml_collections.ConfigDict()
@@ -81,6 +85,8 @@ def get_config(arg=None):
     # log / eval / checkpoint step, so the updates are those of steps_per_call=1.
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch, steps_per_call=4)
     c.evals = defaults.lm_evals()
+    if arg.harness:  # lm-evaluation-harness's view of the same run (jaxbig/evals/harness.py)
+        c.evals.harness = dict(type='harness', tasks='jaxbig_stdlib', limit=arg.harness)
     # LoRA adapters on the LM (jaxbig/lora.py; targets [] = off). To train adapters only:
     #   --config.lora.targets="['.*attn/(query|value)/kernel']" \
     #   --config.optimizer.freeze="['(?!lora/).*']"

@@ -50,7 +50,7 @@ def run(args, extra):
     except ImportError as e:
         raise ValueError(f"jaxbig harness needs lm-eval: pip install 'jaxbig[harness]' ({e})")
     names = evaluate.parse_tasks(args.tasks)
-    evaluate.task_manager(args.include_path)  # bad paths fail before the run is read
+    evaluate.check_tasks(names, args.include_path)  # bad tasks fail before the run is read
     lm = model.JaxbigLM(workdir=args.workdir, step=args.step, batch_size=args.batch_size,
                         max_length=args.max_length, max_gen_toks=args.max_gen_toks)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit

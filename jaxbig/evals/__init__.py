@@ -69,7 +69,7 @@ def build_evaluators(config, ctx: EvalContext) -> dict[str, tuple[int, Any]]:
 
     out = {}
     for name, cfg in (config.get('evals') or {}).items():
-        kind = cfg.get('type', '')
+        kind = cfg.get('type', '') or name  # an evaluator named after its type may omit it
         module = resolve(__name__, kind, f'evals.{name}.type', 'Evaluator')
         every = cfg.get('every', 0) or config.train.eval_every
         n = cfg.get('num_examples', 0)

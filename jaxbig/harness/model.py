@@ -195,7 +195,6 @@ def load_parts(workdir: str, step: int | None):
     placed in their shardings on a mesh built from the run's `parallel` section (the devices
     here)."""
     from jaxbig import run as run_lib
-
     from jaxbig.harness import placement
 
     config = run_lib.read_config(workdir)

@@ -92,7 +92,8 @@ class Scorer:
                 raise ValueError('a log-likelihood request needs a context and a continuation')
             if len(continuation) > self.max_length:
                 raise ValueError(f'a continuation of {len(continuation)} tokens is longer than '
-                                 f'max_length={self.max_length}')
+                                 f'max_length={self.max_length} (the context the model is '
+                                 'scored with: --max-length, or the run\'s data.seq_len)')
             whole = (list(context) + list(continuation))[-(self.max_length + 1):]
             rows.append((whole[:-1], whole[1:], len(continuation)))
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
@@ -107,8 +108,8 @@ class Scorer:
                 inp, tgt, n = rows[i]
                 tokens[r, :len(inp)], targets[r, :len(tgt)] = inp, tgt
                 weights[r, len(inp) - n:len(inp)] = 1.0
-            sums, greedy = jax.device_get(_score(self.params, *self._place(tokens, targets, weights),
-                                                 model=self.model))
+            placed = self._place(tokens, targets, weights)
+            sums, greedy = jax.device_get(_score(self.params, *placed, model=self.model))
             for r, i in enumerate(chosen):
                 out[i] = (float(sums[r]), bool(greedy[r]))
         return out
