@@ -16,7 +16,7 @@ from conftest import run_cli  # noqa: E402
 from jaxbig import cli  # noqa: E402
 from jaxbig.harness import evaluate, model, scoring, tasks  # noqa: E402
 
-TASKS = ['stdlib_next_line', 'stdlib_line_completion', 'stdlib_files']
+TASKS = ['stdlib_next_line', 'stdlib_word_completion', 'stdlib_files']
 LIMIT = 12
 
 
@@ -141,8 +141,10 @@ def test_embedded_tasks_are_held_out_and_well_formed():
     for row in rows['stdlib_next_line']:
         assert len(row['choices']) == 4 and len(set(row['choices'])) == 4
         assert row['context'].endswith('\n') and len(row['context']) <= tasks.CONTEXT_CHARS
-    for row in rows['stdlib_line_completion']:
-        assert row['target'].startswith(' ') and '\n' not in row['target']
+    for row in rows['stdlib_word_completion']:
+        word = tasks.IDENTIFIER.findall(row['context'].split('\n')[-1] + row['target'])[-1]
+        assert word.endswith(row['target']) and len(word) - len(row['target']) >= 2
+        assert len(row['target']) >= 1 and not set(row['target']) & set(tasks.WORD_ENDS)
     assert all(len(r['text']) <= tasks.FILE_CHARS for r in rows['stdlib_files'])
     assert tasks.embedded_dir() == directory  # built once
 
@@ -179,8 +181,8 @@ def test_refusals_are_one_line(sft_run, args, message, capsys):
 
 def test_sampling_requests_are_refused(sft_run, tmp_path):
     (tmp_path / 'sampled.yaml').write_text(
-        (open(os.path.join(tasks.embedded_dir(), 'stdlib_line_completion.yaml')).read()
-         .replace('task: stdlib_line_completion', 'task: sampled_completion')
+        (open(os.path.join(tasks.embedded_dir(), 'stdlib_word_completion.yaml')).read()
+         .replace('task: stdlib_word_completion', 'task: sampled_completion')
          .replace('do_sample: false', 'do_sample: true\n  temperature: 0.7')))
     with pytest.raises(ValueError, match='decodes greedily'):
         evaluate.evaluate(model.JaxbigLM(workdir=sft_run), 'sampled_completion', limit=2,
@@ -195,6 +197,15 @@ def test_training_evaluator_logs_harness_metrics(tfds_dir, tmp_path):
             *TINY_LM, '--config.train.eval_every=4', '--config.evals.val.num_examples=16',
             '--config.data.seq_len=128')
     for key in ('harness/stdlib_next_line/acc', 'harness/stdlib_files/bits_per_byte',
-                'harness/stdlib_line_completion/exact_match'):
+                'harness/stdlib_word_completion/exact_match'):
         assert list(metric_series(workdir, key)) == [4], key
     assert metric_series(workdir, 'harness/stdlib_next_line/num_examples') == {4: 4.0}
+
+
+def test_registered_with_lm_eval(sft_run):
+    """`import jaxbig.harness` makes model='jaxbig' usable in lm-eval's own Python API."""
+    out = lm_eval.simple_evaluate(model='jaxbig', model_args=f'workdir={sft_run},batch_size=8',
+                                  tasks=['stdlib_next_line'], limit=3,
+                                  task_manager=evaluate.task_manager(), bootstrap_iters=0)
+    assert out['results']['stdlib_next_line']['acc,none'] in (0.0, 1 / 3, 2 / 3, 1.0)
+    assert out['config']['model'] == 'jaxbig'

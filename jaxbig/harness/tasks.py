@@ -6,9 +6,9 @@ all tagged `jaxbig_stdlib`:
                             CONTEXT_CHARS characters of whole lines, ending in '\\n'); which
                             of 4 lines comes next: the true one and 3 other lines of the
                             same file. acc, acc_norm (chance 0.25).
-    stdlib_line_completion  generate_until: the start of a line (and the lines before it) cut
-                            before a space; the rest of the line, greedy until '\\n' (at most
-                            24 tokens). exact_match (chance ~0).
+    stdlib_word_completion  generate_until: an identifier of 6+ characters cut inside (with
+                            the lines before it); the rest of it, greedy until a character
+                            that ends a word (WORD_ENDS; at most 16 tokens). exact_match.
     stdlib_files            loglikelihood_rolling: the first FILE_CHARS characters of each
                             held-out file. word_perplexity, byte_perplexity, bits_per_byte.
 
@@ -23,16 +23,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
 
-FORMAT = 2
+FORMAT = 4
 TAG = 'jaxbig_stdlib'
 CONTEXT_CHARS = 96
 FILE_CHARS = 2048
-NUM_EXAMPLES = {'stdlib_next_line': 400, 'stdlib_line_completion': 400, 'stdlib_files': 64}
+NUM_EXAMPLES = {'stdlib_next_line': 400, 'stdlib_word_completion': 400, 'stdlib_files': 64}
 CHOICES = 4
+IDENTIFIER = re.compile(r'\b[A-Za-z_][A-Za-z0-9_]{5,}\b')
+WORD_ENDS = ('\n', ' ', '(', ')', '[', ']', '{', '}', '.', ',', ':', '=', '"', "'")
 
 TASKS = {
     'stdlib_next_line': dict(
@@ -40,10 +43,10 @@ TASKS = {
         doc_to_target='label', target_delimiter='',
         metric_list=[dict(metric='acc', aggregation='mean', higher_is_better=True),
                      dict(metric='acc_norm', aggregation='mean', higher_is_better=True)]),
-    'stdlib_line_completion': dict(
+    'stdlib_word_completion': dict(
         output_type='generate_until', doc_to_text='context', doc_to_target='target',
         target_delimiter='',
-        generation_kwargs=dict(until=['\n'], max_gen_toks=24, do_sample=False),
+        generation_kwargs=dict(until=list(WORD_ENDS), max_gen_toks=16, do_sample=False),
         metric_list=[dict(metric='exact_match', aggregation='mean', higher_is_better=True)]),
     'stdlib_files': dict(
         output_type='loglikelihood_rolling', doc_to_text='', doc_to_target='text',
@@ -103,26 +106,24 @@ def next_line_examples(files, n: int, rng) -> list[dict]:
     return out
 
 
-def line_completion_examples(files, n: int, rng) -> list[dict]:
-    """Up to n {'context', 'target'}: the target is the rest of a line from one of its
-    spaces (3..40 characters, starting with the space)."""
+def word_completion_examples(files, n: int, rng) -> list[dict]:
+    """Up to n {'context', 'target'}: an identifier of at least 6 characters cut after 2 to
+    len - 2 of them; the target is the rest of it."""
     candidates = []
     for _, text in files:
         lines = _code_lines(text)
         for i, line in enumerate(lines):
-            cuts = [k for k, ch in enumerate(line) if ch == ' ' and line[:k].strip()
-                    and 3 <= len(line) - k <= 40 and line[k:].strip()]
-            if cuts:
-                candidates.append((lines, i, cuts))
+            for match in IDENTIFIER.finditer(line):
+                candidates.append((lines, i, match.start(), match.end()))
     out = []
-    for lines, i, cuts in rng.sample(candidates, min(len(candidates), n)):
-        k = rng.choice(cuts)
+    for lines, i, start, end in rng.sample(candidates, min(len(candidates), n)):
+        cut = rng.randrange(start + 2, end - 1)
         before = ''
         for line in reversed(lines[:i]):
-            if len(before) + len(line) + 1 + k > CONTEXT_CHARS:
+            if len(before) + len(line) + 1 + cut > CONTEXT_CHARS:
                 break
             before = line + '\n' + before
-        out.append({'context': before + lines[i][:k], 'target': lines[i][k:]})
+        out.append({'context': before + lines[i][:cut], 'target': lines[i][cut:end]})
     return out
 
 
@@ -133,7 +134,7 @@ def file_examples(files, n: int, rng) -> list[dict]:
 
 
 BUILD = {'stdlib_next_line': next_line_examples,
-         'stdlib_line_completion': line_completion_examples,
+         'stdlib_word_completion': word_completion_examples,
          'stdlib_files': file_examples}
 
 
