@@ -209,3 +209,16 @@ def test_registered_with_lm_eval(sft_run):
                                   task_manager=evaluate.task_manager(), bootstrap_iters=0)
     assert out['results']['stdlib_next_line']['acc,none'] in (0.0, 1 / 3, 2 / 3, 1.0)
     assert out['config']['model'] == 'jaxbig'
+
+
+def test_sharded_over_eight_devices_equals_one(sft_run, tmp_path):
+    """The same tasks on 8 CPU devices (the run's mesh: batch rows split 8 ways, params
+    where the run's rules put them) give the same numbers as on one device."""
+    one, eight = tmp_path / 'one.json', tmp_path / 'eight.json'
+    args = ['harness', '--workdir', sft_run, '--tasks', 'jaxbig_stdlib', '--limit', '5']
+    assert cli.main([*args, '--output', str(one)]) == 0
+    run_cli(*args, '--output', str(eight), devices=8)
+    a, b = (json.loads(p.read_text())['metrics'] for p in (one, eight))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
