@@ -299,6 +299,60 @@ def test_collectives_parser_reads_past_a_multi_line_custom_call():
     assert (c['all-reduce']['count'], c['all-reduce']['bytes']) == (1, 64 * 128 * 2)
 
 
+# What libtpu makes of an FSDP step over a whole slice (read from a v5p-128 compile): the
+# gradient reduce-scatter is a custom fusion around an all-reduce of the padded gradient, and
+# the weight all-gather is an all-reduce of a zero buffer holding the local shard.
+TPU_DECOMPOSED_HLO = """\
+HloModule m
+
+%add (x: bf16[], y: bf16[]) -> bf16[] {
+  %x = bf16[] parameter(0)
+  %y = bf16[] parameter(1)
+  ROOT %s = bf16[] add(%x, %y)
+}
+
+%all-reduce-scatter.1 (input: bf16[64,16]) -> bf16[16,16] {
+  %input = bf16[64,16]{1,0} parameter(0)
+  %ar = bf16[64,16]{1,0} all-reduce(%input), replica_groups={{0,1,2,3}}, to_apply=%add
+  %i = s32[] partition-id()
+  ROOT %ds = bf16[16,16]{1,0} dynamic-slice(%ar, %i, %i), dynamic_slice_sizes={16,16}
+}
+
+%fused_dus (p0: bf16[64,16], p1: bf16[16,16], p2: s32[]) -> bf16[64,16] {
+  %p0 = bf16[64,16]{1,0} parameter(0)
+  %p1 = bf16[16,16]{1,0} parameter(1)
+  %p2 = s32[] parameter(2)
+  ROOT %dus = bf16[64,16]{1,0} dynamic-update-slice(%p0, %p1, %p2, %p2)
+}
+
+ENTRY %main (w: bf16[16,16], g: bf16[64,16]) -> (bf16[64,16], bf16[16,16]) {
+  %w = bf16[16,16]{1,0} parameter(0)
+  %g = bf16[64,16]{1,0} parameter(1)
+  %zero = bf16[] constant(0)
+  %buffer = bf16[64,16]{1,0} broadcast(%zero), dimensions={}
+  %i = s32[] partition-id()
+  %placed = bf16[64,16]{1,0} fusion(%buffer, %w, %i), kind=kLoop, calls=%fused_dus
+  %gathered = bf16[64,16]{1,0} all-reduce(%placed), replica_groups={{0,1,2,3}}, to_apply=%add
+  %rs = bf16[16,16]{1,0} fusion(%g), kind=kCustom, calls=%all-reduce-scatter.1
+  %norm = bf16[64,16]{1,0} all-reduce(%g), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %out = (bf16[64,16]{1,0}, bf16[16,16]{1,0}) tuple(%gathered, %rs)
+}
+"""
+
+
+def test_collectives_read_the_tpu_compilers_decomposed_forms():
+    """A reduce-scatter fusion counts as one reduce-scatter of its shard (its inner
+    all-reduce not again); an all-reduce of a placed shard counts as an all-gather done as
+    an all-reduce (an all-reduce's traffic); a plain all-reduce stays one."""
+    c = hlo.collectives(TPU_DECOMPOSED_HLO, num_devices=4)
+    shard, full = 16 * 16 * 2, 64 * 16 * 2
+    assert c['reduce-scatter'] == {'count': 1, 'bytes': shard, 'wire_bytes': shard * 3}
+    assert c['all-gather-as-all-reduce'] == {'count': 1, 'bytes': full,
+                                             'wire_bytes': 2 * full * 3 / 4}
+    assert c['all-reduce'] == {'count': 1, 'bytes': full, 'wire_bytes': 2 * full * 3 / 4}
+    assert c['all-gather']['count'] == 0
+
+
 def test_targets_and_advice():
     t = targets.parse('v5p-256')
     assert (t.num_devices, t.topology, t.hbm_bytes) == (128, 'v5p:4x4x8', 95e9)

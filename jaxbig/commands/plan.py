@@ -126,8 +126,13 @@ def table(r: dict) -> str:
     for kind, v in r['collectives'].items():
         if isinstance(v, dict) and v['count']:
             wire += v['wire_bytes']
-            lines.append(f"  {kind:20s}{v['count']:>7d} ops {_b(v['bytes']):>12s} "
+            lines.append(f"  {kind:26s}{v['count']:>7d} ops {_b(v['bytes']):>12s} "
                          f"payload {_b(v['wire_bytes']):>12s} sent")
+    if r['collectives'].get('all-gather-as-all-reduce', {}).get('count'):
+        lines.append('  (all-gather-as-all-reduce: gathers over a group that spans every device, '
+                     'which libtpu turns into all-reduces of a zero buffer holding the local '
+                     'shard, twice the traffic; a mesh whose fsdp axis leaves a factor out, '
+                     'e.g. data=2, keeps them all-gathers)')
     m = r.get('collectives_minimum')
     if m and m['total']:
         lines.append(f"  least the parameters need: gathers {_b(m['gather'])} + gradient "

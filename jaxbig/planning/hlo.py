@@ -6,7 +6,15 @@
                                                   'wire_bytes': bytes one device sends}}
 
 Kinds: all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute (async
-`-start` forms counted once, `-done` not). An op inside a while loop (nn.scan over layers,
+`-start` forms counted once, `-done` not), and two forms the TPU compiler gives them:
+  - a reduce-scatter is a custom fusion calling `%all-reduce-scatter...` (an all-reduce and
+    a slice inside): counted as the reduce-scatter it is (its result, the shard), the
+    all-reduce inside it not counted again;
+  - an all-gather whose group spans the whole slice is rewritten by libtpu's all-gather
+    decomposer into an all-reduce of a zero buffer holding the local shard (its operand a
+    dynamic-update-slice, or a fusion whose root is one): counted under
+    'all-gather-as-all-reduce' with an all-reduce's wire bytes (what it sends), not under
+    all-reduce. An op inside a while loop (nn.scan over layers,
 lax.scan of micro-batches) counts once per iteration: XLA records the loop's
 `known_trip_count` (XLA:CPU does); otherwise (the TPU compiler) the bound N of a condition
 `i < constant(N)` is taken, the induction starting at 0 as a scan's does; a loop with
@@ -27,7 +35,8 @@ from __future__ import annotations
 import math
 import re
 
-KINDS = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
+KINDS = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute',
+         'all-gather-as-all-reduce')
 DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2,
                's32': 4, 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
 _HEADER = re.compile(r'^(ENTRY )?%?([\w.\-]+) \(.*\{\s*$')
@@ -42,6 +51,9 @@ _CONST = re.compile(r'= s32\[\][^=]*constant\((\d+)\)')
 _GROUPS_LIST = re.compile(r'replica_groups=\{\{([\d,]*)\}')
 _GROUPS_IOTA = re.compile(r'replica_groups=\[(\d+),(\d+)\]<=')
 _GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
+_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = ')
+_OPERAND = re.compile(r' all-reduce(?:-start)?\(%?([\w.\-]+)')
+_REDUCE_SCATTER_FUSION = re.compile(r'kind=kCustom, calls=%?(all-reduce-scatter[\w.\-]*)')
 
 
 def _array_bytes(type_text: str) -> list[int]:
@@ -132,7 +144,42 @@ def _wire(kind: str, payload: int, g: int) -> float:
         return float(payload)
     if kind == 'reduce-scatter':
         return float(payload * (g - 1))
-    return payload * (g - 1) / g * (2 if kind == 'all-reduce' else 1)
+    return payload * (g - 1) / g * (2 if kind in ('all-reduce', 'all-gather-as-all-reduce')
+                                    else 1)
+
+
+def _root_op(lines: list[str]) -> str:
+    for line in lines:
+        if line.lstrip().startswith('ROOT '):
+            m = _INSTR.match(line)
+            return m.group(2) if m else ''
+    return ''
+
+
+def _gathers_a_shard(line: str, lines: list[str], comps: dict) -> bool:
+    """Whether the all-reduce on `line` reduces a dynamic-update-slice (one device's shard
+    placed in a zero buffer: an all-gather the TPU compiler decomposed)."""
+    m = _OPERAND.search(line)
+    if not m:
+        return False
+    producer = next((x for x in lines if (n := _NAME.match(x)) and n.group(1) == m.group(1)),
+                    '')
+    p = _INSTR.match(producer)
+    if not p:
+        return False
+    if p.group(2) == 'dynamic-update-slice':
+        return True
+    callee = _CALLEE.search(producer)
+    return (p.group(2) == 'fusion' and callee is not None
+            and _root_op(comps.get(callee.group(1), [])) == 'dynamic-update-slice')
+
+
+def _inner_group(name: str, comps: dict, num_devices: int) -> int:
+    """The replica group size of the all-reduce inside a reduce-scatter fusion."""
+    for line in comps.get(name, []):
+        if ' all-reduce(' in line:
+            return group_size(line, num_devices)
+    return num_devices
 
 
 def _trip_count(line: str, comps: dict) -> int | None:
@@ -151,6 +198,11 @@ def collectives(text: str, num_devices: int = 1) -> dict:
     totals = {k: {'count': 0, 'bytes': 0, 'wire_bytes': 0.0} for k in KINDS}
     unknown = []
 
+    def add(kind, times, payload, g):
+        totals[kind]['count'] += times
+        totals[kind]['bytes'] += times * payload
+        totals[kind]['wire_bytes'] += times * _wire(kind, payload, g)
+
     def visit(name: str, times: int, depth: int = 0):
         if depth > 64 or name not in comps:
             return
@@ -160,12 +212,16 @@ def collectives(text: str, num_devices: int = 1) -> dict:
                 continue
             type_text, op = m.groups()
             kind = op[:-len('-start')] if op.endswith('-start') else op
+            scatter = _REDUCE_SCATTER_FUSION.search(line) if op == 'fusion' else None
+            if scatter:
+                payload = sum(_array_bytes(type_text))
+                g = _inner_group(scatter.group(1), comps, num_devices)
+                add('reduce-scatter', times, payload, g)
+                continue  # its inner all-reduce is this reduce-scatter
+            if kind == 'all-reduce' and _gathers_a_shard(line, comps[name], comps):
+                kind = 'all-gather-as-all-reduce'
             if kind in totals:
-                payload = _payload(kind, op, type_text)
-                totals[kind]['count'] += times
-                totals[kind]['bytes'] += times * payload
-                totals[kind]['wire_bytes'] += times * _wire(kind, payload,
-                                                            group_size(line, num_devices))
+                add(kind, times, _payload(kind, op, type_text), group_size(line, num_devices))
             trip = _trip_count(line, comps) if op == 'while' else 1
             if trip is None:
                 unknown.append(name)
