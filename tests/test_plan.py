@@ -406,6 +406,43 @@ def test_tpu_compiler_when_libtpu_is_installed(tfds_dir):
         r['config']['num_params'] * 4 / 4, rel=0.05)
 
 
+LIBTPU_GATHER = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jaxbig import parallel
+from jaxbig.planning import hlo, targets
+devices, _ = targets.devices_for(targets.parse('v5p-128'))
+out = {}
+for mesh_text in ('fsdp=64', 'data=2,fsdp=32'):
+    mesh = parallel.make_mesh(dict(**{k: int(v) for k, v in
+                                      (p.split('=') for p in mesh_text.split(','))}), devices)
+    w = jax.ShapeDtypeStruct((4096, 1024), jnp.float32,
+                             sharding=NamedSharding(mesh, P('fsdp', None)))
+    gather = lambda w: jax.lax.with_sharding_constraint(w.astype(jnp.bfloat16),
+                                                        NamedSharding(mesh, P()))
+    text = jax.jit(gather).lower(w).compile().as_text()
+    out[mesh_text] = {k: v['count'] for k, v in hlo.collectives(text, 64).items()
+                      if isinstance(v, dict)}
+print(json.dumps(out))
+"""
+
+
+def test_libtpu_decomposes_whole_slice_gathers(tfds_dir):
+    """With the TPU compiler: one weight gather over all 64 chips of a v5p-128 compiles to
+    an all-reduce of a zero-padded shard (libtpu's all-gather decomposer), read as
+    all-gather-as-all-reduce; over 32 of them (data=2 x fsdp=32) it stays an all-gather."""
+    pytest.importorskip('libtpu')
+    proc = subprocess.run([sys.executable, '-c', LIBTPU_GATHER], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts['fsdp=64']['all-gather-as-all-reduce'] == 1
+    assert counts['fsdp=64']['all-gather'] == counts['fsdp=64']['all-reduce'] == 0
+    assert counts['data=2,fsdp=32']['all-gather'] == 1
+    assert counts['data=2,fsdp=32']['all-gather-as-all-reduce'] == 0
+
+
 def test_sharded_bytes_matches_numpy():
     mesh = jax.make_mesh((1,), ('x',))
     s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('x'))
