@@ -13,7 +13,7 @@ nn.scan over layers with full remat, FSDP over every device. The shapes are
 
 Plan before renting (nothing is trained or allocated; see jaxbig/planning):
 
-    jaxbig plan --config experiments/llm.py:size=8b --target v5p-256 --mesh fsdp=-1
+    jaxbig plan --config experiments/llm.py:size=8b --target v5p-256 --mesh data=2,fsdp=64
     jaxbig plan --config experiments/llm.py:size=70b --target h100x8 --mesh fsdp=8 \
         --config.train.batch_size=8 --json
 
@@ -38,8 +38,9 @@ and tokens/s at the published bf16 peak and 40 % MFU; peak = per-device argument
 outputs - donated + temporaries.
 
     target   size mesh      batch x seq  knobs (beyond the defaults)  peak/device  est. step
-    v5p-256  8b   fsdp=128  256 x 8192   -                            31.1 GB      4.59 s, 457 k tok/s
+    v5p-256  8b   data=2,fsdp=64 256 x 8192 -                         31.2 GB    4.59 s, 457 k tok/s
     v5p-256  70b  fsdp=128  256 x 8192   grad_accum_steps=2           54.0 GB      40.1 s, 52.3 k tok/s
+             70b  data=2,fsdp=64 (same knobs): 69.6 GB, 0.57x the collective bytes
                             (without accumulation: 97.9 GB > 95 GB, does not fit)
     h100x8   8b   fsdp=8     32 x 8192   grad_accum_steps=4           47.6 GB      4.26 s, 61.5 k tok/s
                             (without accumulation: 106.5 GB > 80 GB; the float32 logits
@@ -63,15 +64,27 @@ outputs - donated + temporaries.
 
 Collectives per device per step on v5p-256 (the plan's table; bytes a ring algorithm sends,
 against the least the parameters need: bf16 gathers for forward and backward of each
-micro-batch plus one gradient reduce-scatter; libtpu 0.0.42, measured 2026-12-07):
+micro-batch plus one gradient reduce-scatter and the data all-reduce of a shard; libtpu
+0.0.42, measured 2026-12-07):
 
-    8b                   488 all-reduces, no all-gather: 92.9 GB against 47.8 GB (1.94x)
-    70b, grad_accum 2    3,693 all-reduces, no all-gather: 1.74 TB against 700 GB (2.49x)
+    8b   fsdp=128            291 gathers done as all-reduces + 197 all-reduces:
+                             92.9 GB against 47.8 GB (1.94x), peak 31.1 GB
+    8b   data=2,fsdp=64      578 all-gathers, 224 reduce-scatters, 71 all-reduces:
+                             49.9 GB against 47.7 GB (1.05x), peak 31.2 GB
+    70b  fsdp=128, accum 2   1.74 TB against 700 GB (2.49x), peak 54.0 GB
+    70b  data=2,fsdp=64, accum 2
+                             3,686 all-gathers, 800 reduce-scatters, 650 all-reduces:
+                             988 GB against 697 GB (1.42x), peak 69.6 GB
 
-At 64+ chips libtpu lowers every all-gather here to a zero-padded all-reduce (even an
-explicit lax.all_gather in shard_map, from a ten-line pure-JAX program), and no compile
-forms reduce-scatters for the gradients. MaxText 0.2.5 compiled beside jaxbig for the same
-shapes sends about 1.2x (8b) and 1.6x (70b) the floor: all-gathers, then all-reduces.
+The program's gathers are all-gathers (XLA's SPMD partitioner emits them); libtpu's
+all-gather decomposer rewrites every all-gather whose group is the whole slice into an
+all-reduce of a zero buffer holding the local shard (twice the traffic: even an explicit
+lax.all_gather in shard_map, from a ten-line pure-JAX program), and keeps it when the group
+leaves a factor out. The gradient reduce-scatters are there in both (libtpu wraps them in
+`all-reduce-scatter` fusions, which the plan reads as reduce-scatters). Hence on a whole
+TPU slice prefer `--mesh data=2,fsdp=N/2` (hybrid sharding: the state twice per device, 0.75
+GB more for 8b, 6.6 GB for 70b). Payload per device: 8b 34.2 GB and 70b (accum 2) 712 GB,
+against MaxText 0.2.5's 44.0 GB and 830 GB compiled beside jaxbig for the same shapes.
 
 `jaxbig plan` itself (2-core CPU shared with other jobs): v5p-256 compiles took 285 s (8b)
 and 309-329 s (70b), peak host memory 3.8-4.0 GB; the 8-device CPU stand-in 19-28 s, 1.4 GB.
