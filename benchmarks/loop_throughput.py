@@ -7,6 +7,13 @@ on the host: augmentation-bound) with and without prefetch.
 
     python benchmarks/loop_throughput.py [--steps 40] [--json]
     python benchmarks/loop_throughput.py --cases prefetch --rounds 2   # on off, off on
+    python benchmarks/loop_throughput.py --file-corpus 1e9 --cases 'lm, 1 device$'
+
+`--file-corpus BYTES` writes a JSONL.zst corpus of that many bytes of JSON lines (the
+standard library's files, each line one file with its lines shuffled by a seeded RNG so no
+two records repeat; `--corpus-dir` keeps it between runs), times the one-time preparation
+of it as `data.name='files'` (read, split, tokenize into the memory-mapped token cache),
+then runs the LM on it beside the selected cases ('lm, 1 GB zstd JSONL' in the table).
 
 Each case is a real CLI run in a temporary workdir; the figure is the median of the
 `train/steps_per_sec` rows of metrics.jsonl after the first (which holds the compile).
@@ -63,6 +70,49 @@ def run_case(config: str, overrides: list[str], devices: int, steps: int) -> dic
                 tokens_per_s=statistics.median(tokens) if tokens else None)
 
 
+def write_corpus(directory: str, size: float) -> str:
+    """A JSONL.zst corpus of about `size` uncompressed bytes in `directory` (kept if there)."""
+    import random
+
+    import zstandard
+
+    sys.path.insert(0, REPO)
+    from jaxbig.data.builders import pystdlib
+
+    path = os.path.join(directory, f'corpus-{int(size)}.jsonl.zst')
+    if os.path.exists(path):
+        return path
+    root = pystdlib.stdlib_root()
+    texts = [t for t in (pystdlib.read_text(os.path.join(root, r)) for r in pystdlib.walk_files(
+        root, suffix='.py', exclude_dirs=('site-packages', '__pycache__'))) if t]
+    rng, written = random.Random(0), 0
+    with open(path + '.tmp', 'wb') as raw, zstandard.ZstdCompressor(level=3).stream_writer(
+            raw) as out:
+        while written < size:
+            for text in texts:
+                lines = text.split('\n')
+                rng.shuffle(lines)
+                line = (json.dumps({'text': '\n'.join(lines)}) + '\n').encode()
+                out.write(line)
+                written += len(line)
+                if written >= size:
+                    break
+    os.replace(path + '.tmp', path)
+    return path
+
+
+def prepare_seconds(corpus: str) -> float:
+    """Seconds of the one-time preparation of `corpus` as the LM's data (index, split,
+    token cache), in a fresh process."""
+    code = ('import time, sys; from jaxbig import cli, data; '
+            "c = cli.load_config('experiments/lm.py:data=files', "
+            "['--config.data.path=' + sys.argv[1]]); t = time.perf_counter(); "
+            'data.prepare(c.data); print(time.perf_counter() - t)')
+    out = subprocess.run([sys.executable, '-c', code, corpus], check=True, cwd=REPO,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def selected(pattern: str) -> dict:
     """CASES whose name matches the regular expression `pattern` ('' = all); 'prefetch' =
     the PREFETCH_PAIRS cases."""
@@ -86,8 +136,21 @@ def main():
     parser.add_argument('--rounds', type=int, default=1,
                         help='runs of each case, interleaved (medians reported)')
     parser.add_argument('--json', action='store_true')
+    parser.add_argument('--file-corpus', type=float, default=0,
+                        help='bytes of a generated JSONL.zst corpus to train on too (1e9 = 1 GB)')
+    parser.add_argument('--corpus-dir', default='',
+                        help='where the corpus is written and kept (default: a temp dir)')
     args = parser.parse_args()
     cases = selected(args.cases)
+    corpus_dir = args.corpus_dir or tempfile.mkdtemp(prefix='jaxbig-corpus-')
+    extra = {}
+    if args.file_corpus:
+        corpus = write_corpus(corpus_dir, args.file_corpus)
+        extra['prepare_s'] = prepare_seconds(corpus)
+        name = f'lm, {args.file_corpus / 1e9:g} GB zstd JSONL'
+        cases[name] = ('experiments/lm.py:data=files', [f'data.path={corpus}'], 1)
+        extra['corpus'] = dict(path=corpus, compressed_bytes=os.path.getsize(corpus),
+                               name=name)
     runs = {name: [] for name in cases}
     for i in range(args.rounds):  # interleaved, every other round in reverse (A B, B A, ...),
         # so a drift in the machine's load favours no case
@@ -95,8 +158,15 @@ def main():
             runs[name].append(run_case(*case, args.steps))
     results = {name: median_rates(r) for name, r in runs.items()}
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(dict(results, **extra)))
         return
+    if extra:
+        c = extra['corpus']
+        print(f"corpus {args.file_corpus:.3g} bytes of JSONL, {c['compressed_bytes'] / 1e6:.0f} "
+              f"MB zstd: one-time preparation {extra['prepare_s']:.1f} s")
+        if 'lm, 1 device' in results:
+            ratio = results[c['name']]['steps_per_s'] / results['lm, 1 device']['steps_per_s']
+            print(f"{c['name']} / embedded corpus step rate: {ratio:.3f}x")
     for name, r in results.items():
         tok = f'{r["tokens_per_s"]:10,.0f} tokens/s' if r['tokens_per_s'] else ''
         print(f'{name:38s} {r["steps_per_s"]:7.2f} steps/s {tok}')

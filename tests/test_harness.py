@@ -222,3 +222,12 @@ def test_sharded_over_eight_devices_equals_one(sft_run, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
+
+
+def test_only_decoders_are_scored():
+    from jaxbig.models import gpt, mlp
+
+    model.check_decoder(gpt.Model(vocab_size=8, num_layers=1, embed_dim=8, num_heads=1,
+                                  mlp_dim=8))
+    with pytest.raises(ValueError, match='decoder language models.*jaxbig.models.mlp'):
+        model.check_decoder(mlp.Model())

@@ -84,6 +84,7 @@ class JaxbigLM(TemplateLM):
             parts, step = load_parts(workdir, None if step in (None, '', -1) else int(step))
         self.step = step  # the checkpoint's step (None: a model in memory)
         model, params, tokenizer, config, mesh = parts
+        check_decoder(model)
         self.tokenizer = tokenizer
         self.add_bos_token = add_bos_token
         self.max_gen_toks = int(max_gen_toks)
@@ -190,14 +191,30 @@ class JaxbigLM(TemplateLM):
         return self.tokenizer.decode([token_id])
 
 
+DECODERS = ('jaxbig.models.gpt', 'jaxbig.models.lstm')
+
+
+def check_decoder(model) -> None:
+    """A one-line refusal unless `model` is a decoder language model (GPT / Llama-style,
+    LSTM; LoRA-wrapped too): the harness scores next-token log-probabilities."""
+    from jaxbig import lora
+
+    family = type(lora.unwrap(model)).__module__
+    if family not in DECODERS:
+        raise ValueError(f'jaxbig harness scores decoder language models ({", ".join(DECODERS)}'
+                         f'); this run\'s model is {family}')
+
+
 def load_parts(workdir: str, step: int | None):
     """((model, params, tokenizer, config, mesh), step) of a run for the harness: params
     placed in their shardings on a mesh built from the run's `parallel` section (the devices
     here)."""
+    from jaxbig import models
     from jaxbig import run as run_lib
     from jaxbig.harness import placement
 
     config = run_lib.read_config(workdir)
+    check_decoder(models.from_config(config))
     mesh, shardings = placement.params_shardings(config)
     run = run_lib.load_run(workdir, step, params_shardings=shardings)
     return (run.model, run.params, run.tokenizer, config, mesh), run.step

@@ -96,7 +96,6 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
     figures as a dict. `mesh` ({axis: size}) replaces config.parallel's data/fsdp/tensor."""
     from jaxbig import data as data_lib
     from jaxbig import run as run_lib
-    from jaxbig import step as step_lib
     from jaxbig import train as train_lib
 
     if not 0 < mfu <= 1:
@@ -112,17 +111,19 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
             moe.grouped = 'blocks' if tgt.platform == 'cpu' else 'ragged_dot'
     data_lib.prepare(config.data)
     example = run_lib.read_example_batch(config)
-    s = run_lib.setup(config, '', example_batch=example, devices=devices, with_evals=False)
+    try:
+        s, compiled, lower_s, compile_s = _compile(config, example, devices)
+    except jax.errors.JaxRuntimeError as e:
+        if tgt.platform != 'tpu' or 'RESOURCE_EXHAUSTED' not in str(e):
+            raise
+        # libtpu refuses a program whose temporaries exceed HBM: compile on host CPU devices
+        # standing in, which report the whole (over-capacity) peak
+        why = str(e).splitlines()[0].split('RESOURCE_EXHAUSTED: ')[-1][:160]
+        devices = targets.cpu_devices(len(devices))
+        compiled_for = f'{len(devices)} host CPU devices standing in (libtpu: {why})'
+        s, compiled, lower_s, compile_s = _compile(config, example, devices)
     mesh_shape = dict(s.mesh.shape)
     batch = _global_batch(example, config.train.batch_size)
-    fn = run_lib.train_step_fn(config, s)
-    jitted = step_lib.jit_train_step(fn, s.state_shardings, s.batch_sharding)
-    t0 = time.perf_counter()
-    with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
-        lowered = jitted.lower(s.abstract_state, batch)
-        lower_s = time.perf_counter() - t0
-        compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0 - lower_s
 
     state, shardings = s.abstract_state, s.state_shardings
     batch_shardings = jax.tree.map(lambda _: s.batch_sharding, batch)
@@ -196,6 +197,23 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
         host=dict(lower_s=lower_s, compile_s=compile_s,
                   peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
     )
+
+
+def _compile(config, example, devices):
+    """(setup, compiled train step, lower s, compile s) of `config` on `devices`."""
+    from jaxbig import run as run_lib
+    from jaxbig import step as step_lib
+
+    s = run_lib.setup(config, '', example_batch=example, devices=devices, with_evals=False)
+    batch = _global_batch(example, config.train.batch_size)
+    fn = run_lib.train_step_fn(config, s)
+    jitted = step_lib.jit_train_step(fn, s.state_shardings, s.batch_sharding)
+    t0 = time.perf_counter()
+    with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
+        lowered = jitted.lower(s.abstract_state, batch)
+        lower_s = time.perf_counter() - t0
+        compiled = lowered.compile()
+    return s, compiled, lower_s, time.perf_counter() - t0 - lower_s
 
 
 def _analytic_temps(config, s, batch, mesh_shape, param_bytes) -> float | None:

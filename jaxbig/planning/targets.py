@@ -105,6 +105,9 @@ def tpu_devices(target: Target):
     from jax.experimental import topologies
 
     os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')  # no metadata server: not on a TPU VM
+    # compile-only: no chip is opened, so a second planning process (a sweep of plans, the
+    # tests' workers) need not wait for libtpu's one-process lockfile
+    os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
     gen = target.topology.split(':')[0]
     topo = topologies.get_topology_desc(
         topology_name=target.topology, platform='tpu',
