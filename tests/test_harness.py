@@ -211,6 +211,7 @@ def test_registered_with_lm_eval(sft_run):
     assert out['config']['model'] == 'jaxbig'
 
 
+@pytest.mark.slow  # an 8-device process (~11 s); the scorer is plain GSPMD jit
 def test_sharded_over_eight_devices_equals_one(sft_run, tmp_path):
     """The same tasks on 8 CPU devices (the run's mesh: batch rows split 8 ways, params
     where the run's rules put them) give the same numbers as on one device."""
