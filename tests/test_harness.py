@@ -232,3 +232,8 @@ def test_only_decoders_are_scored():
                                   mlp_dim=8))
     with pytest.raises(ValueError, match='decoder language models.*jaxbig.models.mlp'):
         model.check_decoder(mlp.Model())
+
+
+def test_unknown_model_args_are_refused(sft_run):
+    with pytest.raises(ValueError, match=r"model_args \['batchsize'\]"):
+        model.JaxbigLM(workdir=sft_run, batchsize=8)

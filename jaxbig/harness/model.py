@@ -35,7 +35,9 @@ from tqdm import tqdm
 
 from jaxbig.harness.scoring import Scorer
 
-BOS_TOKENS = ('<s>', '<|begin_of_text|>', '<bos>', '<|startoftext|>')
+# what lm-eval hands every model beside its model_args (the device and batch-size search
+# are jaxbig's own business: the run's mesh, a fixed batch)
+PASSED_BY_LM_EVAL = ('device', 'max_batch_size')
 
 
 def _encode(tok, text: str, special: bool) -> list[int]:
@@ -76,8 +78,12 @@ class JaxbigLM(TemplateLM):
     def __init__(self, workdir: str | None = None, step: int | None = None,
                  batch_size: int | str = 16, max_length: int | None = None,
                  max_gen_toks: int = 256, add_bos_token: bool | None = None, *,
-                 parts=None, **unused):
+                 parts=None, **other):
         super().__init__()
+        unknown = sorted(set(other) - set(PASSED_BY_LM_EVAL))
+        if unknown:
+            raise ValueError(f'model_args {unknown}: not arguments of the jaxbig model (workdir, '
+                             'step, batch_size, max_length, max_gen_toks, add_bos_token)')
         if parts is None:
             if not workdir:
                 raise ValueError("model_args: give workdir=RUN (a jaxbig run's directory)")
