@@ -137,7 +137,8 @@ class _ZstdFrames(io.RawIOBase):
         import zstandard
 
         self._zstd, self._file = zstandard, open(path, 'rb')
-        self._d, self._out, self._fed, self._done = self._new(), b'', False, False
+        self._d, self._fed, self._done = self._new(), False, False
+        self._out, self._pos = b'', 0  # decompressed bytes not yet read: self._out[self._pos:]
 
     def _new(self):
         return self._zstd.ZstdDecompressor().decompressobj()
@@ -146,7 +147,7 @@ class _ZstdFrames(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        while not self._out and not self._done:
+        while self._pos == len(self._out) and not self._done:
             chunk = self._file.read(1 << 20)
             if not chunk:
                 if self._fed and not self._d.eof:  # fed, and its frame never ended
@@ -159,9 +160,11 @@ class _ZstdFrames(io.RawIOBase):
             while self._d.eof and self._d.unused_data:  # the next frame
                 rest, self._d = self._d.unused_data, self._new()
                 out += self._d.decompress(rest)
-            self._out += out
-        n = min(len(buffer), len(self._out))
-        buffer[:n], self._out = self._out[:n], self._out[n:]
+            self._out, self._pos = out, 0
+        # an offset into the decompressed chunk: each read copies only what it returns
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = memoryview(self._out)[self._pos:self._pos + n]
+        self._pos += n
         return n
 
     def close(self):
