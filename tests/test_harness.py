@@ -237,3 +237,15 @@ def test_only_decoders_are_scored():
 def test_unknown_model_args_are_refused(sft_run):
     with pytest.raises(ValueError, match=r"model_args \['batchsize'\]"):
         model.JaxbigLM(workdir=sft_run, batchsize=8)
+
+
+def test_a_cached_hub_dataset_is_not_refused(tmp_path, monkeypatch):
+    """hellaswag's data in the datasets library's cache: the offline check lets it through
+    (lm-eval then loads it from there); without it, the one-line refusal."""
+    from datasets import config as datasets_config
+
+    monkeypatch.setattr(datasets_config, 'HF_DATASETS_CACHE', tmp_path)
+    with pytest.raises(evaluate.ConfigError, match='never downloads'):
+        evaluate.check_tasks(['hellaswag'])
+    (tmp_path / 'Rowan___hellaswag').mkdir()
+    assert 'hellaswag' in evaluate.check_tasks(['hellaswag']).all_tasks

@@ -56,10 +56,15 @@ def _manager(paths: tuple, defaults: bool):
 
 
 def _hub_cached(path: str) -> bool:
+    """Whether dataset `path` ('owner/name') is in the Hugging Face hub cache or in the
+    datasets library's own cache of prepared datasets."""
+    from datasets import config as datasets_config
     from huggingface_hub import constants
 
-    return os.path.isdir(os.path.join(constants.HF_HUB_CACHE,
-                                      'datasets--' + path.replace('/', '--')))
+    return (os.path.isdir(os.path.join(constants.HF_HUB_CACHE,
+                                       'datasets--' + path.replace('/', '--')))
+            or os.path.isdir(os.path.join(str(datasets_config.HF_DATASETS_CACHE),
+                                          path.replace('/', '___'))))
 
 
 def check_tasks(names, include_path=()):
