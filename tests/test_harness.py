@@ -17,6 +17,9 @@ from jaxbig import cli  # noqa: E402
 from jaxbig.harness import evaluate, model, scoring, tasks  # noqa: E402
 
 TASKS = ['stdlib_next_line', 'stdlib_word_completion', 'stdlib_files']
+CHATML = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+          "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 LIMIT = 12
 
 
@@ -35,6 +38,7 @@ def _tokenizer(path):
         single='<s> $A', special_tokens=[('<s>', tok.token_to_id('<s>'))])
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token='<s>',
                                                 eos_token='</s>')
+    fast.chat_template = CHATML
     fast.save_pretrained(path)
     return fast
 
@@ -59,10 +63,10 @@ def imported(tmp_path_factory):
     return hf, workdir
 
 
-def _samples(lm):
+def _samples(lm, tasks=TASKS, limit=LIMIT, **kwargs):
     manager = evaluate.task_manager()
-    out = lm_eval.simple_evaluate(model=lm, tasks=TASKS, limit=LIMIT, task_manager=manager,
-                                  log_samples=True, bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager,
+                                  log_samples=True, bootstrap_iters=0, **kwargs)
     return out['results'], out['samples']
 
 
@@ -249,3 +253,30 @@ def test_a_cached_hub_dataset_is_not_refused(tmp_path, monkeypatch):
         evaluate.check_tasks(['hellaswag'])
     (tmp_path / 'Rowan___hellaswag').mkdir()
     assert 'hellaswag' in evaluate.check_tasks(['hellaswag']).all_tasks
+
+
+def test_chat_template_parity_with_lm_eval_hf_backend(imported):
+    """--apply-chat-template: the same rendered prompts (few-shot examples as turns) and the
+    same answers as lm-eval's hf backend; an assistant prefill is continued as transformers'
+    continue_final_message renders it."""
+    from lm_eval.models.huggingface import HFLM
+
+    hf_dir, workdir = imported
+    ref = HFLM(pretrained=hf_dir, batch_size=1, max_length=64, device='cpu', dtype='float32')
+    ours = model.JaxbigLM(workdir=workdir, batch_size=4, max_length=64)
+    tasks, kwargs = TASKS[:2], dict(limit=4, apply_chat_template=True, num_fewshot=1)
+    (_, ref_samples), (_, samples) = _samples(ref, tasks, **kwargs), _samples(ours, tasks,
+                                                                               **kwargs)
+    for task in tasks:
+        for a, b in zip(samples[task], ref_samples[task], strict=True):
+            assert a['arguments'] == b['arguments'] and '<|im_start|>' in str(a['arguments'])
+            for x, y in zip(a['resps'], b['resps'], strict=True):
+                if isinstance(y[0], str):
+                    assert x[0] == y[0]
+                else:
+                    assert x[0][1] == y[0][1]
+                    np.testing.assert_allclose(x[0][0], y[0][0], rtol=1e-4)
+    history = [{'role': 'user', 'content': 'def f():'}, {'role': 'assistant', 'content': ' ret'}]
+    assert ours.apply_chat_template(history, add_generation_prompt=False) == \
+        ref.tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=False,
+                                          continue_final_message=True)

@@ -30,6 +30,9 @@ def add_parser(add):
     p.add_argument('--include-path', action='append', default=[], metavar='DIR',
                    help='a directory of task YAML files (repeatable)')
     p.add_argument('--output', help="write lm-eval's results (JSON) here")
+    p.add_argument('--apply-chat-template', action='store_true',
+                   help="render prompts with the run's tokenizer's chat template (instruct "
+                   'models), few-shot examples as turns')
     p.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
     p.add_argument('--batch-size', type=int, default=16, help='rows per compiled forward')
     p.add_argument('--max-length', type=int, default=None,
@@ -55,7 +58,8 @@ def run(args, extra):
                         max_length=args.max_length, max_gen_toks=args.max_gen_toks)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = evaluate.evaluate(lm, names, num_fewshot=args.num_fewshot, limit=limit,
-                                include_path=args.include_path)
+                                include_path=args.include_path,
+                                apply_chat_template=args.apply_chat_template)
     step = lm.step
     with open(os.path.join(args.workdir, 'harness_results.jsonl'), 'a') as f:
         f.write(json.dumps({'step': step, 'tasks': names, 'num_fewshot': args.num_fewshot,

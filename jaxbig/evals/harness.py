@@ -7,7 +7,8 @@
 comma-separated string or a list; `jaxbig_stdlib` = the embedded tasks), limit (documents
 per task, the first ones of each task's fixed order, the same at every evaluation; 0 = all),
 num_fewshot (default each task's own), batch_size (16), max_gen_toks (256), include_path (a
-list of task YAML directories), every (steps; 0 = train.eval_every).
+list of task YAML directories), apply_chat_template (False: the tokenizer's chat template
+around the prompts), every (steps; 0 = train.eval_every).
 
 Logs `<name>/<task>/<metric>` and `<name>/<task>/num_examples` (jaxbig.harness.evaluate)
 with the model's params where training holds them: the batch rows are split over the run's
@@ -57,5 +58,7 @@ class Evaluator:
             batch_size=self.cfg.get('batch_size', 16),
             max_gen_toks=self.cfg.get('max_gen_toks', 256))
         results = evaluate.evaluate(lm, self.tasks, num_fewshot=self.cfg.get('num_fewshot', None),
-                                    limit=self.limit or None, include_path=self.include_path)
+                                    limit=self.limit or None, include_path=self.include_path,
+                                    apply_chat_template=bool(self.cfg.get('apply_chat_template',
+                                                                          False)))
         return {f'{self.name}/{key}': value for key, value in results.metrics.items()}

@@ -106,8 +106,10 @@ def parse_tasks(tasks) -> list[str]:
 
 
 def evaluate(lm, tasks, *, num_fewshot: int | None = None, limit: float | None = None,
-             include_path=(), seed: int = 0) -> Results:
-    """Runs `tasks` (names or a comma-separated string) on `lm`; see the module docstring."""
+             include_path=(), seed: int = 0, apply_chat_template: bool = False) -> Results:
+    """Runs `tasks` (names or a comma-separated string) on `lm`; see the module docstring.
+    `apply_chat_template`: prompts rendered with the run's tokenizer's chat template (few-shot
+    examples as turns), as lm-eval's `--apply_chat_template` does for instruct models."""
     from lm_eval import evaluator
 
     from jaxbig import harness
@@ -120,7 +122,8 @@ def evaluate(lm, tasks, *, num_fewshot: int | None = None, limit: float | None =
     try:
         raw = evaluator.simple_evaluate(
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-            log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
+            log_samples=False, bootstrap_iters=0, apply_chat_template=apply_chat_template,
+            random_seed=seed, numpy_random_seed=seed,
             torch_random_seed=seed, fewshot_random_seed=seed)
     except Exception as e:  # what datasets raises offline varies by version
         text = f'{type(e).__name__}: {e}'.lower()

@@ -20,7 +20,10 @@ imported from Hugging Face scores what `lm_eval --model hf` scores for the origi
   - loglikelihood_rolling: lm-eval's disjoint rolling windows of max_length tokens;
   - generate_until: the context left-truncated to max_length - max_gen_toks, greedy decoding
     (sampling requests are refused), the text cut at the first `until` string (the EOS
-    text is always one); special tokens are not decoded.
+    text is always one); special tokens are not decoded;
+  - apply_chat_template (`--apply-chat-template`): the tokenizer's chat template
+    (jaxbig.data.text.chat), with transformers' continue_final_message rule when lm-eval
+    asks for no generation prompt (an assistant prefill).
 The device work is jaxbig.harness.scoring.Scorer.
 """
 
@@ -195,6 +198,43 @@ class JaxbigLM(TemplateLM):
 
     def tok_decode_special(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
+
+    # ---------------------------------------------------------------- chat templates
+    def _template(self):
+        from jaxbig.data.text import chat
+
+        template = chat.for_tokenizer(getattr(self.tokenizer, 'path', '') or '')
+        if template is None:
+            raise ValueError("apply_chat_template: the run's tokenizer has no chat template "
+                             '(chat_template.jinja or tokenizer_config.json beside its '
+                             'tokenizer.json)')
+        return template
+
+    @property
+    def tokenizer_name(self) -> str:
+        return os.path.dirname(getattr(self.tokenizer, 'path', '') or '') or 'bytes'
+
+    def chat_template(self, chat_template=False) -> str | None:
+        """The template's source when lm-eval is asked to apply one (for its records)."""
+        return self._template().source if chat_template else None
+
+    def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+        """`chat_history` rendered as transformers' apply_chat_template(tokenize=False,
+        add_generation_prompt, continue_final_message=not add_generation_prompt) renders it
+        (the HF backend's call): without the generation prompt, the text stops right after
+        the final message's content (an assistant prefill the model continues)."""
+        template = self._template()
+        text = template.render(list(chat_history), add_generation_prompt=add_generation_prompt)
+        if add_generation_prompt:
+            return text
+        final = chat_history[-1]['content']
+        if final.strip() not in text:
+            raise ValueError('apply_chat_template: the template does not render the final '
+                             'message, so it cannot be continued')
+        at = text.rindex(final.strip())
+        keep = (len(final.lstrip()) if text[at:at + len(final.lstrip())] == final
+                else len(final.strip()))
+        return text[:at + keep]
 
 
 DECODERS = ('jaxbig.models.gpt', 'jaxbig.models.lstm')

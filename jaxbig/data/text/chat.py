@@ -80,7 +80,7 @@ class ChatTemplate:
     def __init__(self, source: str, special: dict | None = None, where: str = 'chat template'):
         import jinja2
 
-        self.where, self.special = where, dict(special or {})
+        self.where, self.special, self.source = where, dict(special or {}), source
         try:
             self._template = _environment().from_string(source)
         except jinja2.TemplateError as e:
