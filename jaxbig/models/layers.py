@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbig.models import splash
 from jaxbig.models.attention import (  # noqa: F401 (re-exported: layers.causal_attention ...)
     attention_blocks,
     cached_attention,
@@ -221,6 +222,9 @@ class Attention(nn.Module):
         if decode is None and self.attention == 'einsum':
             out = causal_attention(q, k, v, self.attention_blocks or None, segment_ids,
                                    window, **logits)
+            new_kv = None
+        elif decode is None and self.attention == 'splash':
+            out = splash.splash_attention(q, k, v, segment_ids, window, **logits)
             new_kv = None
         elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
             mask = None if segment_ids is None else segment_mask(segment_ids, segment_ids)

@@ -11,7 +11,7 @@ plan that does not fit gets.
         d = head_dim, M = mlp_dim, t = tensor-parallel size, s = seq):
           remat 'none':  4h + (a + 2kv)d/t + a d/t + 3M/t  in the compute dtype, plus the
                          softmax probabilities a s/t in float32 (the einsum attention path;
-                         'cudnn' keeps a/t log-sum-exps instead)
+                         'cudnn' / 'splash' keep a/t log-sum-exps instead)
           remat 'dots':  (a + 2kv)d/t + 2M/t + 3h   (outputs of matmuls without batch dims)
           remat 'full':  h (each layer's input), plus one layer's 'none' set while it is
                          recomputed
@@ -74,7 +74,7 @@ def gpt_activation_bytes(model, rows: int, seq: int, tensor: int, grad_bytes: fl
     d, mlp, t = model.resolved_head_dim, model.mlp_dim, tensor
     act = np.dtype(model.dtype).itemsize
     full_set = (4 * h + (a + 2 * kv) * d / t + a * d / t + 3 * mlp / t) * act
-    full_set += (a / t if model.attention == 'cudnn' else a * seq / t) * 4
+    full_set += (a / t if model.attention in ('cudnn', 'splash') else a * seq / t) * 4
     if model.remat == 'none':
         saved = model.num_layers * full_set
     elif model.remat == 'dots':
