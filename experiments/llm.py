@@ -132,7 +132,7 @@ def get_config(arg=None):
         remat='full',  # keep each layer's input only; 'dots' keeps matmul outputs too
         dtype='bfloat16',
         param_dtype='float32',
-        attention='einsum',  # 'cudnn' on NVIDIA GPUs (fused flash attention)
+        attention='auto',  # splash on TPU, cudnn on NVIDIA GPUs, einsum on CPU (models/splash.py)
     )
     c.data = defaults.lm_data(arg.data, arg.seq)
     c.loss = defaults.lm_loss()

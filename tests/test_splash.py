@@ -95,3 +95,21 @@ def test_gpt_with_splash_equals_einsum_on_one_device_and_a_mesh():
     for devices in ('1', '2'):
         np.testing.assert_allclose(out[f'{devices}-splash'], out[f'{devices}-einsum'], rtol=2e-5)
     np.testing.assert_allclose(out['2-splash'], out['1-einsum'], rtol=2e-5)
+
+
+def test_auto_is_einsum_on_cpu_and_splash_for_a_tpu_mesh():
+    """'auto' follows the devices the step is traced for: einsum here; splash when traced
+    under a TPU mesh (`jaxbig plan` for a v5p target; needs libtpu)."""
+    assert splash.auto(128, 0, jnp.bfloat16) == 'einsum'
+    libtpu = pytest.importorskip('libtpu')
+    del libtpu
+    from jaxbig.planning import targets
+
+    devices, _ = targets.devices_for(targets.parse('v5p-8'))
+    mesh = jax.sharding.Mesh(np.array(devices[:1]), ('data',))
+    seen = []
+    with jax.set_mesh(mesh):
+        jax.jit(lambda x: seen.append(splash.auto(128, 0, jnp.bfloat16)) or x).lower(
+            jax.ShapeDtypeStruct((1,), jnp.float32))
+    assert seen == ['splash']
+    assert splash.auto(96, 0, jnp.bfloat16) == 'einsum'  # not a multiple of 128

@@ -65,7 +65,9 @@ __all__ = ['SIZES', 'Block', 'Model', 'active_params', 'count_params', 'flops_pe
 # with that implementation ('cudnn' = the fused flash kernel on NVIDIA GPUs, bfloat16/float16);
 # 'splash': the Pallas splash-attention kernel on TPU (jaxbig/models/splash.py; interpreted,
 # slowly, elsewhere).
-ATTENTION_IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn', 'splash')
+# 'auto': splash on TPU, cudnn on NVIDIA GPUs (bf16 / fp16), einsum on CPU (splash.auto), chosen
+# when the step is traced for its devices (so `jaxbig plan` for a TPU gets splash).
+ATTENTION_IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn', 'splash', 'auto')
 
 # Model fields a decoder_block.Block takes under the same name
 _BLOCK_FIELDS = ('num_heads', 'mlp_dim', 'dropout', 'rope_base', 'norm_eps', 'attention',
@@ -93,7 +95,7 @@ class Model(nn.Module):
     Fields are plain config values (`config.model`); see the module docstring and SIZES.
     head_dim=0 means embed_dim // num_heads. remat: 'none' | 'full' (save nothing) |
     'dots' (save matmul outputs without batch dims). dtype: compute dtype name;
-    param_dtype: storage dtype name. attention: 'einsum' | 'xla' | 'cudnn' | 'splash'
+    param_dtype: storage dtype name. attention: 'einsum' | 'xla' | 'cudnn' | 'splash' | 'auto'
     (training forward only; decoding always uses the cached einsum path). attention_blocks: query
     blocks of the einsum path (see causal_attention); 0 = `attention_blocks(seq)`, 1 = one
     [seq, seq] product.

@@ -219,11 +219,13 @@ class Attention(nn.Module):
         q, k, v = (
             nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v)
         )
-        if decode is None and self.attention == 'einsum':
+        impl = (splash.auto(x.shape[1], window, self.dtype) if self.attention == 'auto'
+                else self.attention)
+        if decode is None and impl == 'einsum':
             out = causal_attention(q, k, v, self.attention_blocks or None, segment_ids,
                                    window, **logits)
             new_kv = None
-        elif decode is None and self.attention == 'splash':
+        elif decode is None and impl == 'splash':
             out = splash.splash_attention(q, k, v, segment_ids, window, **logits)
             new_kv = None
         elif decode is None:  # 'xla' | 'cudnn': jax's fused attention entry point
@@ -236,7 +238,7 @@ class Attention(nn.Module):
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
                                                local_window_size=static,
                                                scale=self.scale or None,
-                                               implementation=self.attention)
+                                               implementation=impl)
             new_kv = None
         else:
             _, (k_cache, v_cache), k_pos, index = decode

@@ -67,6 +67,18 @@ def _platform() -> str:
     return getattr(device, 'platform', None) or jax.default_backend()
 
 
+def auto(seq: int, window, dtype) -> str:
+    """model.attention='auto': what the platform runs fastest: 'splash' on TPU (when the
+    sequence is a multiple of 128 and the window static), 'cudnn' on NVIDIA GPUs in bf16 /
+    fp16 ('xla' in float32, which cuDNN's kernel does not take), else 'einsum' (CPU)."""
+    platform = _platform()
+    if platform == 'tpu' and seq % LANES == 0 and isinstance(window, (int, np.integer)):
+        return 'splash'
+    if platform in ('gpu', 'cuda'):
+        return 'cudnn' if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else 'xla'
+    return 'einsum'
+
+
 def _local(q, k, v, segment_ids, window, scale, softcap):
     """One device's rows: q [b, t, h, d], k, v [b, t, kv, d] -> [b, t, h, d]."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk

@@ -225,4 +225,5 @@ def _analytic_temps(config, s, batch, mesh_shape, param_bytes) -> float | None:
     rows = x.shape[0] / np.prod([mesh_shape.get(a, 1) for a in parallel.BATCH_AXES])
     rows /= config.optimizer.grad_accum_steps
     return estimate.gpt_activation_bytes(s.model, rows, x.shape[1], mesh_shape['tensor'],
-                                         grad_bytes=param_bytes)
+                                         grad_bytes=param_bytes,
+                                         platform=s.mesh.devices.flat[0].platform)

@@ -67,14 +67,18 @@ def ideal_share(params, opt_state, batch, mesh_shape: dict) -> dict:
                 batch=total_bytes(batch) / batch_ways)
 
 
-def gpt_activation_bytes(model, rows: int, seq: int, tensor: int, grad_bytes: float) -> float:
+def gpt_activation_bytes(model, rows: int, seq: int, tensor: int, grad_bytes: float,
+                         platform: str = 'cpu') -> float:
     """Estimated activation + gradient bytes per device of a GPT train step (see module
-    docstring). rows: sequences per device per micro-batch."""
+    docstring). rows: sequences per device per micro-batch; platform: the target's (what
+    attention='auto' runs there)."""
     h, a, kv = model.embed_dim, model.num_heads, model.resolved_kv_heads
     d, mlp, t = model.resolved_head_dim, model.mlp_dim, tensor
     act = np.dtype(model.dtype).itemsize
     full_set = (4 * h + (a + 2 * kv) * d / t + a * d / t + 3 * mlp / t) * act
-    full_set += (a / t if model.attention in ('cudnn', 'splash') else a * seq / t) * 4
+    fused = model.attention in ('cudnn', 'splash') or (
+        model.attention == 'auto' and platform != 'cpu')
+    full_set += (a / t if fused else a * seq / t) * 4
     if model.remat == 'none':
         saved = model.num_layers * full_set
     elif model.remat == 'dots':
