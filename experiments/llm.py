@@ -37,11 +37,20 @@ compiled on 8 host CPU devices standing in, so its temporaries are XLA:CPU's). S
 and tokens/s at the published bf16 peak and 40 % MFU; peak = per-device arguments +
 outputs - donated + temporaries.
 
+With attention='auto' (the default), TPU plans run the splash kernel (jaxbig/models/splash.py);
+the rows marked einsum were measured with --config.model.attention=einsum (the default
+before 2026-12-07):
+
     target   size mesh      batch x seq  knobs (beyond the defaults)  peak/device  est. step
-    v5p-256  8b   data=2,fsdp=64 256 x 8192 -                         31.2 GB    4.59 s, 457 k tok/s
-    v5p-256  70b  fsdp=128  256 x 8192   grad_accum_steps=2           54.0 GB      40.1 s, 52.3 k tok/s
-             70b  data=2,fsdp=64 (same knobs): 69.6 GB, 0.57x the collective bytes
-                            (without accumulation: 97.9 GB > 95 GB, does not fit)
+    v5p-256  8b   data=2,fsdp=64  256 x 8192  -                       24.4 GB    4.59 s, 457 k tok/s
+                            (einsum: 31.2 GB)
+    v5p-256  70b  data=2,fsdp=64  256 x 8192  -                       67.2 GB   40.1 s, 52.3 k tok/s
+                            (no accumulation; sends 494 GB per device per step, 1.18x the
+                            floor; fsdp=128: 63.9 GB, 872 GB sent, 2.08x)
+             70b  einsum: fsdp=128, grad_accum_steps=2, 54.0 GB (data=2,fsdp=64: 69.6 GB);
+                            without accumulation 97.9 GB > 95 GB, does not fit
+    MaxText 0.2.5 with its splash kernel, same shapes: 15.1 GB (8b) and 43.4 GB (70b); the gap
+    left is outside attention (the float32 logits [2 rows, 8192, 128k] alone are 8.4 GB).
     h100x8   8b   fsdp=8     32 x 8192   grad_accum_steps=4           47.6 GB      4.26 s, 61.5 k tok/s
                             (without accumulation: 106.5 GB > 80 GB; the float32 logits
                             [rows, seq, 128k] are the largest activation)
@@ -65,7 +74,7 @@ outputs - donated + temporaries.
 Collectives per device per step on v5p-256 (the plan's table; bytes a ring algorithm sends,
 against the least the parameters need: bf16 gathers for forward and backward of each
 micro-batch plus one gradient reduce-scatter and the data all-reduce of a shard; libtpu
-0.0.42, measured 2026-12-07):
+0.0.42, einsum attention, measured 2026-12-07; splash leaves the 8b figures unchanged):
 
     8b   fsdp=128            291 gathers done as all-reduces + 197 all-reduces:
                              92.9 GB against 47.8 GB (1.94x), peak 31.1 GB
