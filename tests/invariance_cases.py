@@ -315,11 +315,14 @@ class Objective:
     batches: list
     teacher: Any = None
 
-    def model(self, scan: bool = False, remat: str = 'none'):
+    def model(self, scan: bool = False, remat: str = 'none', attention: str = ''):
         cfg = set_switch(self.config.model.to_dict(), 'scan_layers', scan)
         if remat != 'none':
             assert 'remat' in cfg, self.name
             cfg['remat'] = remat
+        if attention:  # the GPT's attention implementation
+            assert cfg['name'] == 'gpt', self.name
+            cfg['attention'] = attention
         return models.get_model(cfg.pop('name'), **cfg)
 
     def example(self):
@@ -479,11 +482,12 @@ def _per_step(metrics) -> list[dict]:
 
 
 @functools.cache
-def _compiled(key: str, how: str, scan: bool = False, remat: str = 'none', accum: int = 1):
+def _compiled(key: str, how: str, scan: bool = False, remat: str = 'none', accum: int = 1,
+              attention: str = ''):
     """(model, step) of program `key`, built and wrapped once: how = 'jit' (one update),
     'multi' (step.multi_step), 'pmap' (pmap.pmap_train_step)."""
     obj = objective(key)
-    model = obj.model(scan=scan, remat=remat)
+    model = obj.model(scan=scan, remat=remat, attention=attention)
     if how == 'pmap':
         return model, pmap_lib.pmap_train_step(train_step(obj, model, pmap_axis=pmap_lib.AXIS))
     step = train_step(obj, model, accum)
@@ -491,15 +495,16 @@ def _compiled(key: str, how: str, scan: bool = False, remat: str = 'none', accum
 
 
 def run_single(name: str, *, accum: int = 1, scan: bool = False, remat: str = 'none',
-               steps_per_call: int = 1) -> dict:
+               steps_per_call: int = 1, attention: str = '') -> dict:
     """One device: STEPS updates, one per call (steps_per_call=2: the first two in one
-    `step.multi_step` call, the third by the one-update step)."""
+    `step.multi_step` call, the third by the one-update step); `attention` replaces the
+    model's attention implementation ('' = its own)."""
     obj = objective(name)
-    model, step = _compiled(program(name), 'jit', scan, remat, accum)
+    model, step = _compiled(program(name), 'jit', scan, remat, accum, attention)
     state = state_for(obj, model, scan=scan)
     metrics, todo = [], list(obj.batches)
     if steps_per_call > 1:
-        _, multi = _compiled(program(name), 'multi', scan, remat, accum)
+        _, multi = _compiled(program(name), 'multi', scan, remat, accum, attention)
         stacked = jax.tree.map(lambda *x: np.stack(x), *todo[:steps_per_call])
         state, m = multi(state, stacked)
         metrics += _per_step(m)

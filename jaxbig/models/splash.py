@@ -15,7 +15,8 @@ Sharding: inside a mesh whose batch axes (data, fsdp, expert) or 'tensor' are sp
 kernel runs under `jax.shard_map` on each device's rows (batch) and key-value heads (tensor,
 when it divides them); a Pallas call cannot be partitioned by GSPMD.
 
-Off TPU the kernel runs in Pallas's interpreter (exact, slow: for tests on CPU). A traced
+Off TPU the kernel runs in Pallas's interpreter (exact, slow: for tests on CPU). Lengths
+that are not a multiple of the kernel's 128-token blocks are padded at the end. A traced
 per-layer window (Gemma 2 / 3's local / global pattern inside a scan) is refused: the
 kernel's masks are static.
 """
@@ -33,13 +34,10 @@ BLOCKS = (512, 256, 128)  # the kernel's query / key blocks: the largest dividin
 LANES = 128  # the kernel's blocks are multiples of the TPU's 128 lanes
 
 
-def check(window, seq: int = LANES) -> None:
+def check(window) -> None:
     if not isinstance(window, (int, np.integer)):
         raise ValueError("model.attention='splash': a per-layer window pattern (local / global "
                          "layers in a scan) is not supported; use attention='einsum'")
-    if seq % LANES:
-        raise ValueError(f"model.attention='splash': sequences of {seq} tokens; the kernel's "
-                         f'blocks need a multiple of {LANES}')
 
 
 def _kernel(seq: int, group: int, window: int, softcap: float, interpret: bool):
@@ -73,6 +71,7 @@ def auto(seq: int, window, dtype) -> str:
     fp16 ('xla' in float32, which cuDNN's kernel does not take), else 'einsum' (CPU)."""
     platform = _platform()
     if platform == 'tpu' and seq % LANES == 0 and isinstance(window, (int, np.integer)):
+        # (shorter or ragged lengths would be padded to 128: the einsum path is cheaper there)
         return 'splash'
     if platform in ('gpu', 'cuda'):
         return 'cudnn' if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else 'xla'
@@ -80,9 +79,20 @@ def auto(seq: int, window, dtype) -> str:
 
 
 def _local(q, k, v, segment_ids, window, scale, softcap):
-    """One device's rows: q [b, t, h, d], k, v [b, t, kv, d] -> [b, t, h, d]."""
+    """One device's rows: q [b, t, h, d], k, v [b, t, kv, d] -> [b, t, h, d]. A length that
+    is not a multiple of the kernel's 128-token blocks is padded at the end and cut again:
+    causal, no real query sees a padding key (padding gets a segment of its own)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
+    seq = q.shape[1]
+    pad = -seq % LANES
+    if pad:
+        widen = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))  # noqa: E731
+        if segment_ids is not None:
+            segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)),
+                                  constant_values=jnp.iinfo(jnp.int32).max)
+        out = _local(widen(q), widen(k), widen(v), segment_ids, window, scale, softcap)
+        return out[:, :seq]
     b, t, h, d = q.shape
     kv = k.shape[2]
     kernel = _kernel(t, h // kv, int(window), float(softcap), _platform() != 'tpu')
@@ -107,7 +117,7 @@ def splash_attention(q, k, v, segment_ids=None, window=0, scale: float | None = 
 
     from jaxbig import parallel
 
-    check(window, q.shape[1])
+    check(window)
     scale = scale or 1.0 / math.sqrt(q.shape[-1])
     run = functools.partial(_local, window=window, scale=scale, softcap=softcap)
     mesh = jax.sharding.get_abstract_mesh()
