@@ -43,28 +43,14 @@ from jaxbig.harness.scoring import Scorer
 PASSED_BY_LM_EVAL = ('device', 'max_batch_size')
 
 
-def _encode(tok, text: str, special: bool) -> list[int]:
-    from jaxbig.data.text.tokenizers import FileTokenizer
-
-    if isinstance(tok, FileTokenizer):
-        return list(tok._tok.encode(text, add_special_tokens=special).ids)
-    return [int(i) for i in tok.encode(text)]  # bytes / SentencePiece: no special tokens
-
-
 def bos_id(tok):
     """The tokenizer's beginning-of-sequence id: a tokenizer.json's `bos_token` from the
     tokenizer_config.json beside it (as transformers reads it), else None."""
+    from jaxbig.data.text import chat
+
     path = getattr(tok, 'path', None)
-    if not path:
-        return None
-    config = os.path.join(os.path.dirname(path), 'tokenizer_config.json')
-    if not os.path.isfile(config):
-        return None
-    with open(config) as f:
-        bos = json.load(f).get('bos_token')
-    if isinstance(bos, dict):
-        bos = bos.get('content')
-    return tok._tok.token_to_id(bos) if isinstance(bos, str) else None
+    bos = chat.special_tokens(path).get('bos_token') if path else None
+    return tok.token_to_id(bos) if bos else None
 
 
 def default_max_length(config) -> int:
@@ -130,7 +116,7 @@ class JaxbigLM(TemplateLM):
         if (add_special_tokens is None and self._bos is not None
                 and string.startswith(self.tokenizer.decode([self._bos]))):
             special = False
-        ids = _encode(self.tokenizer, string, special)
+        ids = [int(i) for i in self.tokenizer.encode(string, add_special_tokens=special)]
         return ids[-left_truncate_len:] if left_truncate_len else ids
 
     def tok_decode(self, ids) -> str:

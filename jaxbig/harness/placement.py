@@ -5,23 +5,22 @@ sharding from the model's logical axes, as training places them (jaxbig.run.setu
 
 from __future__ import annotations
 
-import collections
 import logging
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from jaxbig.errors import ConfigError
 
-_Params = collections.namedtuple('_Params', 'params')  # a train state of params only
-
 
 def params_shardings(config):
-    """(mesh, params' NamedShardings) for the run of `config`."""
+    """(mesh, params' NamedShardings) for the run of `config`: training's state shardings
+    (step.init_fn, parallel.state_logical_specs) of a state with no optimizer moments."""
     from jaxbig import models, parallel
-    from jaxbig.models import layout
+    from jaxbig import step as step_lib
 
     try:
         mesh = parallel.make_mesh(config.parallel)
@@ -29,16 +28,9 @@ def params_shardings(config):
         logging.info('harness: %s; scoring data-parallel over %d devices', e, jax.device_count())
         mesh = parallel.make_mesh(ml_collections.ConfigDict({'data': -1}))
     rules = parallel.rules_from_config(config.parallel)
-    model = models.from_config(config)
-    tokens = jnp.zeros((1, 8), jnp.int32)
+    model, example = models.from_config(config), (jnp.zeros((1, 8), jnp.int32),)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        def init():
-            rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(0)}
-            return layout.init_params(model, rngs, tokens, train=False)
-
-        boxed = jax.eval_shape(init)
-        abstract = jax.eval_shape(lambda: nn.unbox(init()))
-        logical = parallel.state_logical_specs(
-            _Params(abstract), nn.get_partition_spec(boxed), params_attr='params')
+        abstract = jax.eval_shape(step_lib.init_fn(model, optax.identity(), example, 0))
+        boxed = jax.eval_shape(step_lib.init_fn(model, optax.identity(), example, 0, boxed=True))
+        logical = parallel.state_logical_specs(abstract, nn.get_partition_spec(boxed))
         return mesh, parallel.logical_to_shardings(logical.params, mesh, rules)
-

@@ -32,6 +32,7 @@ all `num_devices`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -156,20 +157,17 @@ def _root_op(lines: list[str]) -> str:
     return ''
 
 
-def _gathers_a_shard(line: str, lines: list[str], comps: dict) -> bool:
+def _gathers_a_shard(line: str, producers: dict, comps: dict) -> bool:
     """Whether the all-reduce on `line` reduces a dynamic-update-slice (one device's shard
-    placed in a zero buffer: an all-gather the TPU compiler decomposed)."""
+    placed in a zero buffer: an all-gather the TPU compiler decomposed). producers: the
+    computation's {instruction name: line}."""
     m = _OPERAND.search(line)
-    if not m:
-        return False
-    producer = next((x for x in lines if (n := _NAME.match(x)) and n.group(1) == m.group(1)),
-                    '')
-    p = _INSTR.match(producer)
+    p = _INSTR.match(producers.get(m.group(1), '')) if m else None
     if not p:
         return False
     if p.group(2) == 'dynamic-update-slice':
         return True
-    callee = _CALLEE.search(producer)
+    callee = _CALLEE.search(producers[m.group(1)])
     return (p.group(2) == 'fusion' and callee is not None
             and _root_op(comps.get(callee.group(1), [])) == 'dynamic-update-slice')
 
@@ -198,6 +196,10 @@ def collectives(text: str, num_devices: int = 1) -> dict:
     totals = {k: {'count': 0, 'bytes': 0, 'wire_bytes': 0.0} for k in KINDS}
     unknown = []
 
+    @functools.cache
+    def producers(name: str) -> dict:
+        return {n.group(1): x for x in comps[name] if (n := _NAME.match(x))}
+
     def add(kind, times, payload, g):
         totals[kind]['count'] += times
         totals[kind]['bytes'] += times * payload
@@ -218,7 +220,7 @@ def collectives(text: str, num_devices: int = 1) -> dict:
                 g = _inner_group(scatter.group(1), comps, num_devices)
                 add('reduce-scatter', times, payload, g)
                 continue  # its inner all-reduce is this reduce-scatter
-            if kind == 'all-reduce' and _gathers_a_shard(line, comps[name], comps):
+            if kind == 'all-reduce' and _gathers_a_shard(line, producers(name), comps):
                 kind = 'all-gather-as-all-reduce'
             if kind in totals:
                 add(kind, times, _payload(kind, op, type_text), group_size(line, num_devices))

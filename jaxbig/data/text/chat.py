@@ -167,16 +167,27 @@ def for_data(tokenizer_path: str) -> ChatTemplate:
                                                          where='the default chat template')
 
 
+def tokenizer_config(tokenizer_path: str) -> dict:
+    """The tokenizer_config.json beside a tokenizer file ({} without one)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), CONFIG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def special_tokens(tokenizer_path: str) -> dict:
+    """{'bos_token': '<s>', ...}: the special tokens transformers reads for a tokenizer file
+    from the tokenizer_config.json beside it."""
+    return _special_tokens(tokenizer_config(tokenizer_path)) if tokenizer_path else {}
+
+
 def for_tokenizer(tokenizer_path: str) -> ChatTemplate | None:
     """The chat template beside a tokenizer.json (see the module docstring), or None."""
     if not tokenizer_path or not os.path.isfile(tokenizer_path):
         return None
     directory = os.path.dirname(os.path.abspath(tokenizer_path))
-    config = {}
-    config_path = os.path.join(directory, CONFIG_FILE)
-    if os.path.isfile(config_path):
-        with open(config_path, encoding='utf-8') as f:
-            config = json.load(f)
+    config = tokenizer_config(tokenizer_path)
     source = config.get('chat_template')
     if isinstance(source, list):  # named templates
         source = next((t.get('template') for t in source if t.get('name') == 'default'), None)

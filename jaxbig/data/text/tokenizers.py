@@ -85,8 +85,9 @@ class ByteTokenizer(ByteCounting):
     vocab_size = 256
     eos_id = 0
 
-    def encode(self, text: str) -> np.ndarray:
-        """str -> int32[n], n = number of UTF-8 bytes of `text` (no eos added)."""
+    def encode(self, text: str, add_special_tokens: bool = True) -> np.ndarray:
+        """str -> int32[n], n = number of UTF-8 bytes of `text` (no eos added; bytes have no
+        special tokens to add, whatever `add_special_tokens`)."""
         return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
 
     def decode(self, ids) -> str:
@@ -124,8 +125,14 @@ class FileTokenizer(ByteCounting):
             eos_id = next((i for i in found if i is not None), None)
         self.eos_id = eos_id
 
-    def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._tok.encode(text).ids, np.int32)
+    def encode(self, text: str, add_special_tokens: bool = True) -> np.ndarray:
+        """With `add_special_tokens=False`, the file's post-processor (a BOS) is skipped, as
+        transformers' tokenizer(text, add_special_tokens=False) skips it."""
+        return np.asarray(self._tok.encode(text, add_special_tokens=add_special_tokens).ids,
+                          np.int32)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         """[encode(t) for t in texts], on the library's threads."""
@@ -218,7 +225,8 @@ class SentencePieceTokenizer(ByteCounting):
         own = self._sp.eos_id()
         self.eos_id = eos_id if eos_id is not None else (own if own >= 0 else None)
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, add_special_tokens: bool = True) -> np.ndarray:
+        """(No bos / eos is added either way.)"""
         return np.asarray(self._sp.encode(text), np.int32)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
