@@ -204,6 +204,9 @@ GPT = ['--config.model.num_layers=2', '--config.model.embed_dim=32',
        '--config.model.num_heads=2', '--config.model.mlp_dim=64',
        f'--config.model.vocab_size={VOCAB}', '--config.model.scan_layers=false',
        '--config.model.remat=none']
+# experiments/clip.py's ViT image tower and transformer text tower (its defaults are a CNN
+# and a bag of words): the towers with the most parts
+VIT_TOWERS = 'image=vit,image_width=0,text_pool=eos,text_depth=2'
 TOWER = ['--config.model.text.depth=1',
          '--config.model.image.scan_layers=false', '--config.model.text.scan_layers=false']
 AUDIO_TOWER = ['--config.model.image.backbone.depth=1', '--config.model.text.depth=1',
@@ -248,11 +251,11 @@ OBJECTIVES = {
                        lambda rng, c: image_batch(rng)),
     'simclr': ('experiments/simclr.py:backbone=vit,width=16', [],
                lambda rng, c: views_batch(rng)),
-    'clip': ('experiments/clip.py:loss=clip,width=16,embed=16',
+    'clip': ('experiments/clip.py:loss=clip,width=16,embed=16,' + VIT_TOWERS,
              [*TOWER, '--config.model.image.depth=2'],
              lambda rng, c: image_text_batch(rng, c.model.text.vocab_size,
                                              c.model.text.max_len)),
-    'siglip': ('experiments/clip.py:loss=siglip,width=16,embed=16',
+    'siglip': ('experiments/clip.py:loss=siglip,width=16,embed=16,' + VIT_TOWERS,
                [*TOWER, '--config.model.image.depth=1'],
                lambda rng, c: image_text_batch(rng, c.model.text.vocab_size,
                                                c.model.text.max_len)),

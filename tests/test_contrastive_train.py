@@ -29,6 +29,7 @@ from jaxbig.step import init_fn
 
 SIMCLR = 'experiments/simclr.py'
 CLIP = 'experiments/clip.py'
+VIT_TOWERS = 'image=vit,image_width=0,text_pool=eos,text_depth=2'  # not clip.py's CNN + bag
 SMALL_SHAPES = ['--config.data.resolution=16', '--config.data.num_train=2000',
                 '--config.data.num_test=500']
 
@@ -58,8 +59,8 @@ TINY_SIMCLR = (SIMCLR, 'backbone=cnn,width=8,steps=2,batch=16',
                ['--config.model.backbone.cnn_layers=2', '--config.model.proj_hidden_dims=(16,)',
                 '--config.model.proj_dim=16'])
 TINY_TOWERS = ['--config.model.image.depth=1', '--config.model.text.depth=1', *SMALL_SHAPES]
-TINY_SIGLIP = (CLIP, 'loss=siglip,width=16,embed=16,steps=2,batch=16', TINY_TOWERS)
-TINY_CLIP = (CLIP, 'loss=clip,width=16,embed=16,steps=2,batch=16', TINY_TOWERS)
+TINY_SIGLIP = (CLIP, f'loss=siglip,{VIT_TOWERS},width=16,embed=16,steps=2,batch=16', TINY_TOWERS)
+TINY_CLIP = (CLIP, f'loss=clip,{VIT_TOWERS},width=16,embed=16,steps=2,batch=16', TINY_TOWERS)
 TINY_RUNS = {'simclr': TINY_SIMCLR, 'clip': TINY_CLIP, 'siglip': TINY_SIGLIP}
 EVAL_LIMITS = {  # small evaluation sets for the end-to-end runs
     SIMCLR: ['--config.evals.probe.max_train=64', '--config.evals.knn.max_train=64',

@@ -26,14 +26,15 @@ from jaxbig.aggregate import values
 
 STEPS = 5
 CLIP = 'experiments/clip.py'
+VIT_TOWERS = 'image=vit,image_width=0,text_pool=eos,text_depth=2'  # not clip.py's CNN + bag
 SIMCLR = 'experiments/simclr.py'
 # Tiny models, 2 rows per device at 8 devices; the losses see the 16-row global batch.
 SHAPES = ['--config.data.resolution=16', '--config.data.num_train=256',
           '--config.data.num_test=64']
 TOWERS = ['--config.model.image.depth=1', '--config.model.text.depth=1', *SHAPES]
 RUNS = {
-    'clip': (f'{CLIP}:loss=clip,width=16,embed=16,steps={STEPS},batch=16', TOWERS),
-    'siglip': (f'{CLIP}:loss=siglip,width=16,embed=16,steps={STEPS},batch=16', TOWERS),
+    'clip': (f'{CLIP}:loss=clip,{VIT_TOWERS},width=16,embed=16,steps={STEPS},batch=16', TOWERS),
+    'siglip': (f'{CLIP}:loss=siglip,{VIT_TOWERS},width=16,embed=16,steps={STEPS},batch=16', TOWERS),
     'simclr': (f'{SIMCLR}:backbone=cnn,width=8,steps={STEPS},batch=16',
                ['--config.model.backbone.cnn_layers=2', '--config.model.proj_hidden_dims=(16,)',
                 '--config.model.proj_dim=16']),
