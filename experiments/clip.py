@@ -1,9 +1,11 @@
 r"""CLIP (softmax) or SigLIP (sigmoid) image-text contrastive training on a two-tower model,
 evaluated by zero-shot classification from class-name prompts and image<->text retrieval.
 
-    jaxbig train --config experiments/clip.py:loss=clip,data=shapes --workdir runs/clip
-    jaxbig train --config experiments/clip.py:loss=siglip,data=shapes --workdir runs/siglip
-    jaxbig train --config experiments/clip.py:image=resnet18,text_pool=mean --workdir runs/c2
+    jaxbig train --config experiments/clip.py --workdir runs/clip
+    jaxbig train --config experiments/clip.py:loss=siglip --workdir runs/siglip
+    jaxbig train --config experiments/clip.py:image=vit,image_width=0,text_pool=eos,text_depth=2,\
+steps=600 --workdir runs/clip_vit      # the ViT + transformer towers (the defaults before
+                                       # 2026-12-07)
     jaxbig import path/to/hf_clip --workdir runs/hf_clip     # a transformers CLIPModel dir
     jaxbig train --config experiments/clip.py:init=runs/hf_clip --workdir runs/clip_ft
 
@@ -12,9 +14,13 @@ Arguments (`experiments/clip.py:key=value,...`):
   data       'shapes' (embedded: drawn shapes with compositional captions, 32x32;
              resolution / num_train / num_test set the builder config) |
              'coco_captions' (prepared in data.data_dir; byte tokenizer, no zero-shot)
-  image      image tower: 'vit' | 'resnet18' | 'cnn'
-  text_pool  text tower pooling: 'eos' | 'mean'
-  width      tower width; embed: shared embedding width; steps; batch; lr
+  image      image tower: 'cnn' (3 conv layers, GroupNorm) | 'vit' | 'resnet18'
+  image_width  its width (cnn: base channels, 32 -> 32-64-128; 0 = `width`)
+  text_pool  text tower pooling: 'mean' | 'eos'
+  text_depth transformer layers of the text tower (0: a bag of word + position embeddings)
+  width      text tower width (and the image tower's when image_width=0); embed: shared
+             embedding width; batch; lr
+  steps      0 = the recipe's: 800 for clip, 1,600 for siglip (RECIPE_STEPS)
   init       a two-tower workdir to start from ('' = from scratch), e.g. an imported CLIP:
              its model section (image / text / width / embed are then ignored), caption
              tokenizer (data.tokenizer: the checkpoint's tokenizer.json, data.eos_id), text
@@ -25,33 +31,26 @@ Zero-shot on shapes: the 24 colour-shape classes ('red circle', ...; chance 4.2 
 prompted with the 18 size x position templates ('a small {} at the top left', ...)
 and ensembled.
 
-Measured, loss=clip (shapes 32x32, 5,000 train / 1,000 test; defaults: vit width 64, 600 steps,
-batch 128; 2-core CPU, 14 min wall while sharing the CPU with other jobs): zero-shot 27.3 %
-(chance 4.2 %); retrieval i2t R@1/5/10 55.0 / 84.8 / 97.9 %, t2i 57.2 / 98.3 / 100 %
-(i2t R@1 chance 0.3 %); learned exp(t) 14.3 -> 18.4.
-Measured, loss=siglip (same data and defaults; 10 min 34 s wall sharing the 2-core CPU, incl.
-preparing the data, compile and evals; 340 s CPU): zero-shot 28.6 % (chance 4.2 %);
-retrieval i2t R@1/5/10 18.7 / 37.9 / 58.4 %, t2i 20.0 / 67.0 / 83.8 %; exp(t') 10.0 -> 10.0,
-b -10 -> -10.1 (t' and b barely move in 600 steps at lr 1e-3). Retrieval trails CLIP's;
-zero-shot matches it.
+Measured 2026-12-07 (`python benchmarks/research.py --check-defaults clip`: README's
+commands as written; shapes 32x32, 5,000 train / 1,000 test; 2-core CPU):
 
-The recipe that reaches 92.1 % zero-shot (benchmarks/research.py entry `clip_longer`;
-benchmarks/RESULTS_RESEARCH.md): a small CNN image tower and a text tower with no layers
-(a bag of word + position embeddings, mean-pooled), 800 steps, 271 CPU-seconds:
+    jaxbig train --config experiments/clip.py --workdir runs/clip
+        zero-shot 92.3 % (chance 4.2 %); retrieval i2t R@1/5/10 97.1 / 99.9 / 100 %,
+        t2i 98.9 / 100 / 100 % (i2t R@1 chance 0.3 %); exp(t) 14.3 -> 20.4; 2.1 min wall,
+        194 s CPU
+    jaxbig train --config experiments/clip.py:loss=siglip --workdir runs/siglip
+        SIGLIP_RESULT
 
-    jaxbig train --config experiments/clip.py:loss=clip,image=cnn,text_pool=mean,steps=800 \
-        --workdir runs/clip --config.model.image.width=32 --config.model.text.depth=0 \
-        --config.model.text.scan_layers=false
-
-retrieval i2t R@1/5/10 97.2 / 99.9 / 100 %, t2i 99.2 / 100 / 100 %; loss=siglip with the
-same recipe: 71.3 % zero-shot, i2t R@1 86.6 %, and at steps=1600 (entry `siglip_1600`, 481
-CPU-seconds) 96.2 % zero-shot, i2t R@1 98.1 %, t2i 99.7 %. (10x the learning rate on
-SigLIP's t' and b via optimizer.lr_mults, 800 steps: 62.1 %, no better.) Colour is right in >99.7 % of zero-shot
-answers in every run; the errors are shapes, which the ViT learns far more slowly.
-
-(These figures were measured before 2026-12-06, under the old rules: a mean of
-per-batch means over num_batches x batch rows, rank-based weight decay, a
-layout-dependent init — README "What the numbers mean"; not yet re-measured.)
+The recipe (RECIPE_STEPS' comment) came out of benchmarks/research/NOTES.md: with the old
+defaults' ViT image tower and 2-layer transformer text tower (the command above with
+image=vit, measured before 2026-12-06 at 600 steps) zero-shot was 27.3 % (CLIP) and 28.6 %
+(SigLIP), retrieval i2t R@1 55.0 / 18.7 %: colour is right in >99.7 % of zero-shot answers
+in every run, and the errors are shapes, which the ViT learns far more slowly. The entries
+of benchmarks/research.py vary the recipe's length and batch (RESULTS_RESEARCH.md): at 400
+steps CLIP 51.5 %, SigLIP 27.7 %; SigLIP at 800 steps 71.3 % (10x the learning rate on its
+t' and b via optimizer.lr_mults: 62.1 %, no better); across batch sizes 16-256 at equal
+examples CLIP stays ahead of SigLIP. (This paragraph's figures were measured 2026-12-02,
+under the old rules of README "What the numbers mean", and not re-measured.)
 """
 
 import math

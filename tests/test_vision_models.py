@@ -199,7 +199,8 @@ def test_text_encoder_errors():
 
 @pytest.mark.parametrize('loss', ['clip', 'siglip'])
 def test_two_tower_initial_temperature_and_bias_from_clip_config(loss):
-    cfg = config_lib.load(f'experiments/clip.py:loss={loss},width=8,embed=8')
+    cfg = config_lib.load(f'experiments/clip.py:loss={loss},image=vit,image_width=0,text_depth=2,'
+                          'width=8,embed=8')
     cfg.model.image.depth = cfg.model.text.depth = 1
     model = models.get_model('two_tower', **{k: v for k, v in cfg.model.items() if k != 'name'})
     # The scalars as the model's setup initialises them (the towers' params are not built).
