@@ -171,11 +171,12 @@ def gpt(shape: dict, **overrides) -> dict:
 
 
 def lm_loss(**overrides) -> dict:
-    """Next-token cross-entropy (jaxbig.losses.autoregressive): z_loss off; a MoE model's
+    """Next-token cross-entropy (jaxbig.losses.autoregressive): z_loss off, the whole
+    sequence's logits at once (logits_chunk 0); a MoE model's
     load-balancing loss 0.01 (Switch) and router z-loss 0.001 (ST-MoE), balanced per row
     (jaxbig.losses.moe_aux); a dense model ignores the moe_* keys."""
-    return {**dict(name='autoregressive', z_loss=0.0, moe_balance=0.01, moe_z_loss=0.001,
-                   moe_balance_group='sequence'), **overrides}
+    return {**dict(name='autoregressive', z_loss=0.0, logits_chunk=0, moe_balance=0.01,
+                   moe_z_loss=0.001, moe_balance_group='sequence'), **overrides}
 
 
 def lm_data(name: str = 'pystdlib', seq_len: int = 128, **overrides) -> dict:

@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import xla_options
@@ -461,10 +462,13 @@ def state_for(obj: Objective, model, *, scan: bool):
     return state
 
 
-def train_step(obj: Objective, model, accum: int = 1, pmap_axis=None):
+def train_step(obj: Objective, model, accum: int = 1, pmap_axis=None, logits_chunk: int = 0):
     """As run.train_step_fn builds it (a coupled loss's embed / loss_from_embeddings split
-    passed for the gradient cache)."""
-    return step_lib.make_train_step(model, obj.loss_fn, obj.config.loss, optimizer(),
+    passed for the gradient cache); logits_chunk > 0 sets loss.logits_chunk."""
+    loss_config = obj.config.loss
+    if logits_chunk:
+        loss_config = ml_collections.ConfigDict(dict(loss_config, logits_chunk=logits_chunk))
+    return step_lib.make_train_step(model, obj.loss_fn, loss_config, optimizer(),
                                     accum_steps=accum, pmap_axis=pmap_axis,
                                     coupled=losses.coupled_parts(obj.module))
 
@@ -486,24 +490,24 @@ def _per_step(metrics) -> list[dict]:
 
 @functools.cache
 def _compiled(key: str, how: str, scan: bool = False, remat: str = 'none', accum: int = 1,
-              attention: str = ''):
+              attention: str = '', logits_chunk: int = 0):
     """(model, step) of program `key`, built and wrapped once: how = 'jit' (one update),
     'multi' (step.multi_step), 'pmap' (pmap.pmap_train_step)."""
     obj = objective(key)
     model = obj.model(scan=scan, remat=remat, attention=attention)
     if how == 'pmap':
         return model, pmap_lib.pmap_train_step(train_step(obj, model, pmap_axis=pmap_lib.AXIS))
-    step = train_step(obj, model, accum)
+    step = train_step(obj, model, accum, logits_chunk=logits_chunk)
     return model, jit(step_lib.multi_step(step) if how == 'multi' else step)
 
 
 def run_single(name: str, *, accum: int = 1, scan: bool = False, remat: str = 'none',
-               steps_per_call: int = 1, attention: str = '') -> dict:
+               steps_per_call: int = 1, attention: str = '', logits_chunk: int = 0) -> dict:
     """One device: STEPS updates, one per call (steps_per_call=2: the first two in one
     `step.multi_step` call, the third by the one-update step); `attention` replaces the
-    model's attention implementation ('' = its own)."""
+    model's attention implementation ('' = its own); logits_chunk sets loss.logits_chunk."""
     obj = objective(name)
-    model, step = _compiled(program(name), 'jit', scan, remat, accum, attention)
+    model, step = _compiled(program(name), 'jit', scan, remat, accum, attention, logits_chunk)
     state = state_for(obj, model, scan=scan)
     metrics, todo = [], list(obj.batches)
     if steps_per_call > 1:

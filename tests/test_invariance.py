@@ -23,21 +23,21 @@ tolerance, so the matrix would have failed under the old rule.
 
 Matrix (objective x switch):
 
-                   accum2 accum4  pmap2  mesh2x2 scan  remat  spc2  splash
-    lm_packed      pass   pass    pass   pass    pass  pass   pass   pass
-    lm_unpacked    pass   pass    pass   pass    pass  pass   pass   pass
-    sft            pass   pass    pass   pass    pass  pass   pass   pass
-    lm_moe         pass   pass    pass   pass    pass  pass   pass   pass
-    mlm            pass   pass    pass   pass    pass  -      pass   -
-    seq2seq        pass   pass    pass   pass    pass  -      pass   -
-    distill        pass   pass    pass   pass    pass  pass   pass   pass
-    dpo            pass   pass    pass   pass    pass  pass   pass   pass
-    grpo           pass   pass    pass   pass    pass  pass   pass   pass
-    classification pass   pass    pass   pass    pass  -      pass   -
-    simclr         pass   pass    pass   pass    pass  -      pass   -
-    clip           pass   pass    pass   pass    pass  -      pass   -
-    siglip         pass   pass    pass   pass    pass  -      pass   -
-    clap           pass   pass    pass   pass    pass  -      pass   -
+                   accum2 accum4  pmap2  mesh2x2 scan  remat  spc2  splash  chunk
+    lm_packed      pass   pass    pass   pass    pass  pass   pass   pass   pass
+    lm_unpacked    pass   pass    pass   pass    pass  pass   pass   pass   pass
+    sft            pass   pass    pass   pass    pass  pass   pass   pass   pass
+    lm_moe         pass   pass    pass   pass    pass  pass   pass   pass   pass
+    mlm            pass   pass    pass   pass    pass  -      pass   -       -
+    seq2seq        pass   pass    pass   pass    pass  -      pass   -       -
+    distill        pass   pass    pass   pass    pass  pass   pass   pass    -
+    dpo            pass   pass    pass   pass    pass  pass   pass   pass    -
+    grpo           pass   pass    pass   pass    pass  pass   pass   pass    -
+    classification pass   pass    pass   pass    pass  -      pass   -       -
+    simclr         pass   pass    pass   pass    pass  -      pass   -       -
+    clip           pass   pass    pass   pass    pass  -      pass   -       -
+    siglip         pass   pass    pass   pass    pass  -      pass   -       -
+    clap           pass   pass    pass   pass    pass  -      pass   -       -
 
   accum2 / accum4: optimizer.grad_accum_steps (4: one row per micro-batch); the coupled
   objectives (simclr, clip, siglip, clap) accumulate through the step's gradient cache
@@ -49,7 +49,9 @@ Matrix (objective x switch):
   to the reference's numbers stacked (siglip and clap have 1-layer towers: a 1-step scan);
   remat: gpt's 'full' and 'dots', and 'full' with scan; spc2: step.multi_step runs updates
   1-2 in one call, then update 3 in another; splash: model.attention='splash' (the Pallas
-  kernel, interpreted on CPU; the 16-token rows padded to its 128-token blocks).
+  kernel, interpreted on CPU; the 16-token rows padded to its 128-token blocks); chunk:
+  loss.logits_chunk=5 (the head on 5 positions at a time, the 16-token rows padded to 20),
+  for the objectives of jaxbig.losses.autoregressive.
   Masked-LM masks are drawn per global row (batch['row_ids']) from the update's key, so
   they do not depend on the split; a coupled loss under pmap reports each device's share
   of the global count (pmap.replica_share), so `loss_count` is the reference's too.
@@ -63,8 +65,8 @@ the compile time, which is nearly all the cost here; tests/invariance_cases.py).
 
 Default suite (~1 min on 2 cores): every objective under accum2, pmap2 and mesh2x2, the
 references, the refusal, the old-rule check, remat 'full' of lm_unpacked and splash of
-lm_packed and sft; `-m slow` (~2 min): accum4, scan, the other remat and splash cases,
-steps_per_call.
+lm_packed and sft, chunk of lm_moe; `-m slow` (~2 min): accum4, scan, the other remat, splash
+and chunk cases, steps_per_call.
 """
 import os
 import subprocess
@@ -95,15 +97,19 @@ SWITCHES = {  # in-process switches -> ic.run_single keywords
     'scan_remat_full': dict(scan=True, remat='full'),
     'steps_per_call': dict(steps_per_call=2),
     'splash': dict(attention='splash'),  # the Pallas kernel (interpreted on CPU)
+    'chunk': dict(logits_chunk=5),  # loss.logits_chunk: the head 5 positions at a time
 }
+CHUNKED = ('lm_packed', 'lm_unpacked', 'sft', 'lm_moe')  # jaxbig.losses.autoregressive
 FAST = ({('accum2', o) for o in OBJECTIVES} | {('remat_full', 'lm_unpacked')}
-        | {('splash', 'lm_packed'), ('splash', 'sft')})
+        | {('splash', 'lm_packed'), ('splash', 'sft'), ('chunk', 'lm_moe')})
 
 
 
 def _applies(switch, objective):
     if 'remat' in switch or switch == 'splash':
         return objective in GPT
+    if switch == 'chunk':
+        return objective in CHUNKED
     return True
 
 

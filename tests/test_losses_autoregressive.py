@@ -59,3 +59,52 @@ def test_uniform_logits_give_log_vocab():
     stats = values(autoregressive.token_cross_entropy(jnp.zeros((1, 4, 256)),
                                                       jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4))))
     np.testing.assert_allclose(stats['loss'], np.log(256), rtol=1e-6)
+
+
+def test_chunked_statistics_and_gradients_equal_the_whole_sequence():
+    """loss.logits_chunk: the head applied 3 positions at a time (7 = 3 + 3 + 1 padded) gives
+    the NumPy reference's loss and the unchunked gradient w.r.t. the head and features."""
+    import jax
+
+    rng = np.random.default_rng(1)
+    features = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)
+    head = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 11, size=(2, 7)))
+    mask = np.ones((2, 7), np.float32)
+    mask[1, 2:] = 0  # uneven rows
+
+    def loss(head, features, chunk):
+        fn = lambda f: f @ head  # noqa: E731
+        stats = (autoregressive.chunked_token_cross_entropy(fn, features, targets, mask, chunk)
+                 if chunk else autoregressive.token_cross_entropy(fn(features), targets, mask))
+        return stats['loss'].value(), stats
+
+    (whole, ref), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        head, features, 0)
+    (chunked, got), chunk_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        head, features, 3)
+    want, acc = numpy_lm_loss(np.asarray(features @ head), np.asarray(targets), mask)
+    np.testing.assert_allclose(chunked, want, rtol=1e-5)
+    for key in ('loss', 'accuracy', 'log_z_sq', 'targets'):
+        np.testing.assert_allclose(values(got)[key], values(ref)[key], rtol=1e-6)
+    assert float(values(got)['targets']) == mask.sum()
+    for g, r in zip(chunk_grads, grads):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_logits_chunk_is_refused_for_a_model_without_a_separate_head():
+    import pytest
+
+    from jaxbig import config as config_lib
+    from jaxbig.config import ConfigError
+
+    config = config_lib.load('experiments/lstm_lm.py')
+    config.loss.logits_chunk = 64
+    with pytest.raises(ConfigError, match="logits_chunk=64.*model.name='gpt'.*'lstm"):
+        autoregressive.check(config)
+    config.loss.logits_chunk = -1
+    with pytest.raises(ConfigError, match='logits_chunk=-1'):
+        autoregressive.check(config)
+    config = config_lib.load('experiments/lm.py')
+    config.loss.logits_chunk = 64
+    autoregressive.check(config)  # the GPT has one

@@ -13,7 +13,11 @@ divides once per update, so every valid target of the global batch weighs the sa
 A Mixture-of-Experts model adds its load-balancing and router z-losses, counted over the
 same targets (jaxbig.losses.moe_aux: moe_balance, moe_z_loss, moe_balance_group).
 
-`config` (the experiment's `loss` section): name='autoregressive', z_loss (float, 0 = off).
+`config` (the experiment's `loss` section): name='autoregressive', z_loss (float, 0 = off),
+logits_chunk (int, 0 = off): the model's head is applied to `logits_chunk` positions at a
+time and recomputed in the backward pass, so the float32 [batch, seq, vocab] logits and
+their gradient never exist at once (a GPT's memory at large vocabularies: Llama 3's 128k
+logits at 8k tokens are 4 GB per row). A memory switch only: the same sums in chunks.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig import aggregate
+from jaxbig.config import ConfigError
 from jaxbig.losses import moe_aux
 
 
@@ -48,6 +53,47 @@ def token_cross_entropy(logits, targets, mask):
     }
 
 
+def chunked_token_cross_entropy(logits_fn, features, targets, mask, chunk: int):
+    """`token_cross_entropy(logits_fn(features), targets, mask)`, `chunk` positions at a time.
+
+    Args:
+        logits_fn: features [batch, c, embed] -> logits [batch, c, vocab] (the model's head).
+        features: [batch, seq, embed]; targets, mask: [batch, seq]; chunk: positions per
+            call (seq is padded up to a multiple with masked-out positions).
+    Only one chunk's logits exist at a time: a `lax.scan` over the chunks adds their sums
+    and counts, and `jax.checkpoint` recomputes each chunk's logits in the backward pass
+    instead of keeping them. Equal to the whole-sequence statistics up to float32
+    summation order.
+    """
+    rows, seq = targets.shape
+    n = -(-seq // chunk)
+    pad = n * chunk - seq
+    if pad:
+        features = jnp.pad(features, ((0, 0), (0, pad), (0, 0)))
+        targets, mask = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets, mask))
+
+    def split(x):  # [rows, n * chunk, ...] -> [n, rows, chunk, ...]
+        return jnp.moveaxis(x.reshape(rows, n, chunk, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def one(f, t, m):
+        return token_cross_entropy(logits_fn(f), t, m)
+
+    xs = tuple(split(x) for x in (features, targets, mask.astype(jnp.float32)))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(one, *(x[0] for x in xs)))
+    total, _ = jax.lax.scan(lambda acc, x: (aggregate.add(acc, one(*x)), None), zeros, xs)
+    return total
+
+
+def check(config) -> None:
+    """loss.logits_chunk needs a model with separate features / logits methods (the GPT)."""
+    chunk = config.loss.get('logits_chunk', 0)
+    if chunk < 0 or (chunk and config.model.get('name') != 'gpt'):
+        raise ConfigError(f'loss.logits_chunk={chunk}: a number of positions >= 0, and > 0 only '
+                          f"for model.name='gpt' (this model is {config.model.get('name')!r})")
+
+
 def target_mask(batch, key: str = 'mask'):
     """batch[key] [B, T] as float32, zero on an evaluator's padding rows (example_mask)."""
     mask = jnp.asarray(batch[key], jnp.float32)
@@ -61,11 +107,19 @@ def model_inputs(batch):
 def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     """Returns (loss, metrics) for one batch; see module docstring for shapes."""
     packed = {k: batch[k] for k in ('positions', 'segment_ids') if k in batch}
-    logits, sown = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs,
-                            mutable=['intermediates'], **packed)
     mask = target_mask(batch)
-    loss, metrics = with_z_loss(token_cross_entropy(logits, batch['targets'], mask),
-                                config.get('z_loss', 0.0))
+    chunk = config.get('logits_chunk', 0)
+    if chunk:  # the head applied chunk by chunk inside the loss
+        features, sown = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs,
+                                  mutable=['intermediates'], method='features', **packed)
+        stats = chunked_token_cross_entropy(
+            lambda f: apply_fn({'params': params}, f, method='logits'), features,
+            batch['targets'], mask, chunk)
+    else:
+        logits, sown = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs,
+                                mutable=['intermediates'], **packed)
+        stats = token_cross_entropy(logits, batch['targets'], mask)
+    loss, metrics = with_z_loss(stats, config.get('z_loss', 0.0))
     moe = moe_aux.stats_of(sown)  # a Mixture-of-Experts model's routing: its aux losses
     return (loss, metrics) if moe is None else moe_aux.add_to(loss, metrics, moe, mask, config)
 

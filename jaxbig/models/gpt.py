@@ -377,8 +377,11 @@ class Model(nn.Module):
         """tokens int32 [batch, seq] -> logits [batch, seq, vocab] in the compute dtype;
         positions / segment_ids: packed examples (see `features`)."""
         x = self.features(tokens, train=train, positions=positions, segment_ids=segment_ids)
-        logits = self._logits(x)
-        return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+        return self.logits(x)
+
+    def logits(self, features):
+        """The head: `features`' output [batch, seq, embed] -> logits [batch, seq, vocab]."""
+        return nn.with_logical_constraint(self._logits(features), ('batch', 'length', 'vocab'))
 
 
 def init_cache(model: Model, batch: int, max_len: int):
