@@ -27,12 +27,18 @@ Zero-shot on audio_captions: the 15 register-kind classes ('low tone', 'high ris
 pulses', ...) and ensembled. Retrieval over the 1,000 test clips, where a clip's correct
 texts are all clips' identical captions (90 distinct captions; i2t R@1 chance 1.2 %).
 
-Measured (defaults: vit width 64 depth 3, 600 steps, batch 128, lr 1e-3; data prepared
-beforehand, 20 s; wall times on a 2-core CPU shared with four other agents' jobs, so upper
-bounds; a2t = `retrieval/i2t_r{k}`, the metric names keep the image-text spelling):
-  loss=clip:   zero-shot 57.7 % (chance 6.7 %); retrieval a2t R@1/5/10 84.1 / 84.3 / 87.8 %,
-               t2a 92.2 / 100 / 100 % (a2t R@1 chance 1.2 %); learned exp(t) 14.3 -> 17.5;
-               10 min 11 s wall incl. compile and evals (3 min 32 s user CPU).
+Measured 2026-12-07 (`python benchmarks/research.py --check-defaults clap`: README's command as
+written; defaults: vit width 64 depth 3, 600 steps, batch 128, lr 1e-3; 2-core CPU; a2t =
+`retrieval/i2t_r{k}`, the metric names keep the image-text spelling):
+
+    jaxbig train --config experiments/clap.py:loss=clip --workdir runs/clap
+        zero-shot 57.0 % (chance 6.7 %); retrieval a2t R@1/5/10 84.1 / 84.3 / 87.9 %,
+        t2a 90.3 / 100 / 100 % (a2t R@1 chance 1.2 %); learned exp(t) 14.3 -> 17.6;
+        3.2 min wall incl. preparing the data, compile and evals (262 s CPU)
+
+Measured before 2026-12-06 under the old rules of README "What the numbers mean" (not
+re-measured; wall times on a CPU shared with four other jobs, so upper bounds):
+  loss=clip:   zero-shot 57.7 %, a2t R@1 84.1 % (the same as today's run, within 1 point).
   loss=siglip: zero-shot 36.1 %; a2t R@1/5/10 63.8 / 64.3 / 71.0 %, t2a 69.9 / 98.3 / 100 %;
                exp(t') 10.0 -> 10.3, b -10 -> -10.1; 5 min 37 s wall (3 min 38 s user CPU).
   audio=cnn (clip, 300 steps): zero-shot 57.5 %, a2t R@1 89.2 %, t2a R@1 96.7 %; 14 min 53 s
@@ -41,10 +47,6 @@ bounds; a2t = `retrieval/i2t_r{k}`, the metric names keep the image-text spellin
 a2t R@5 barely exceeds R@1: a clip's ~11 correct texts are identical captions, whose equal
 embeddings take the top ranks together, right or wrong. At 300 steps CLIP's zero-shot is
 16.3 % (a2t R@1 44.1 %): the kind of sound (tone / chord / chirp / noise) is learned last.
-
-(These figures were measured before 2026-12-06, under the old rules: a mean of
-per-batch means over num_batches x batch rows, rank-based weight decay, a
-layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 import math

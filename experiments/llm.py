@@ -144,7 +144,9 @@ def get_config(arg=None):
         attention='auto',  # splash on TPU, cudnn on NVIDIA GPUs, einsum on CPU (models/splash.py)
     )
     c.data = defaults.lm_data(arg.data, arg.seq)
-    c.loss = defaults.lm_loss()
+    # the head on 1,024 positions at a time: the float32 [rows, seq, vocab] logits (8.4 GB
+    # per device at 2 x 8192 x 128k) never exist at once (losses/autoregressive.py)
+    c.loss = defaults.lm_loss(logits_chunk=min(1024, arg.seq))
     c.optimizer = defaults.lm_optimizer(lr=arg.lr or LR[arg.size], clip_norm=1.0)
     c.parallel = defaults.parallel(data=1, fsdp=-1)
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)

@@ -29,13 +29,15 @@ random replacements are bytes). Evaluation (`val`, the loss evaluator on 8 fixed
 batches, each masked the same way every time): val/loss (nats per chosen byte),
 val/masked_accuracy, val/chosen_fraction (~0.15), val/bits_per_byte (= loss / ln 2).
 
-Measured (2-core CPU shared with other jobs; val on 8 fixed batches of the validation split;
-for reference the byte unigram entropy is ~3.25 nats, the bigram ~2.43):
+Measured 2026-12-07 (`python benchmarks/research.py --check-defaults mlm`: README's command
+as written; val on the first 256 validation sequences, 4,814 chosen bytes; 2-core CPU; for
+reference the byte unigram entropy is ~3.25 nats, the bigram ~2.43):
 
     jaxbig train --config experiments/mlm.py --workdir runs/mlm    (tiny, 600 steps)
-        val/loss 1.60 nats per masked byte, val/masked_accuracy 0.585, 430 s wall
+        val/loss 1.577 nats per masked byte, val/masked_accuracy 0.594; 3.8 min wall,
+        286 s CPU (before 2026-12-06, old rules: 1.60 and 0.585)
 
-300 steps of batch 32 x 128 bytes (the budget of experiments/finetune_text.py's backbones):
+Measured before 2026-12-06 (old rules, not re-measured), 300 steps of batch 32 x 128 bytes (the budget of experiments/finetune_text.py's backbones):
 
     experiments/mlm.py:steps=300,...        val/loss  masked_accuracy  wall
     norm=post, positions=rope  (default)      1.93        0.519        215 s

@@ -26,9 +26,17 @@ and every `eval_every` steps: `val` (teacher-forced loss on 8 validation batches
 (greedy responses to 128 validation prompts: the encoder runs once, the decoder with its
 KV cache; exact match and chrF; texts in `<workdir>/generations_gen.json`).
 
-Measured (CPython 3.11 standard library; 2-core CPU shared with other jobs, evaluations
-included), against experiments/sft.py's documented runs (same task, steps, batch and
-encoder width; the same 878 validation examples: no response exceeds 64 bytes;
+Measured 2026-12-07 (`python benchmarks/research.py --check-defaults seq2seq`: README's command
+as written; 2-core CPU, evaluations included):
+
+    jaxbig train --config experiments/seq2seq.py --workdir runs/seq2seq
+        val/loss 2.113 nats per response byte on all 878 validation examples, gen/chrF 10.1,
+        exact match 1 / 128; 3.9 min wall, 311 s CPU
+
+Measured before 2026-12-06 under the old rules (not re-measured; 2-core CPU shared with
+other jobs, evaluations included), against experiments/sft.py's runs of then (same task,
+steps, batch and encoder width; the same 878 validation examples: no response exceeds 64
+bytes;
 `val/loss` nats per response byte, `gen/...` on 128 validation prompts):
 
     run                                        val/loss  exact_match  chrF   wall
@@ -41,10 +49,6 @@ val/loss 2.22, chrF 10.1. One of 128 names exact (' f'), the rest generic or deg
 ('test_cononode_code...', 'fooo...'): below SFT's chrF, with fewer examples seen. The
 wall time is inflated: the CPU was shared with four other jobs (the process got 24 % of
 it; 368 s user time).
-
-(These figures were measured before 2026-12-06, under the old rules: a mean of
-per-batch means over num_batches x batch rows, rank-based weight decay, a
-layout-dependent init — README "What the numbers mean"; not yet re-measured.)
 """
 
 import ml_collections

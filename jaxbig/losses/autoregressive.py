@@ -112,6 +112,9 @@ def loss_fn(apply_fn, params, batch, rngs, config, *, train: bool = True):
     if chunk:  # the head applied chunk by chunk inside the loss
         features, sown = apply_fn({'params': params}, batch['inputs'], train=train, rngs=rngs,
                                   mutable=['intermediates'], method='features', **packed)
+        # each chunk's call gathers the head's (bf16) weights afresh: gathering them once
+        # before the scan sends less but keeps the gathered float32 weights and their
+        # gradient alive through it (Llama-3-70B on v5p-256: 69.4 GB against 61.1 GB)
         stats = chunked_token_cross_entropy(
             lambda f: apply_fn({'params': params}, f, method='logits'), features,
             batch['targets'], mask, chunk)

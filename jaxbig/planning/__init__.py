@@ -226,4 +226,5 @@ def _analytic_temps(config, s, batch, mesh_shape, param_bytes) -> float | None:
     rows /= config.optimizer.grad_accum_steps
     return estimate.gpt_activation_bytes(s.model, rows, x.shape[1], mesh_shape['tensor'],
                                          grad_bytes=param_bytes,
-                                         platform=s.mesh.devices.flat[0].platform)
+                                         platform=s.mesh.devices.flat[0].platform,
+                                         logits_chunk=config.loss.get('logits_chunk', 0))

@@ -16,7 +16,8 @@ plan that does not fit gets.
           remat 'full':  h (each layer's input), plus one layer's 'none' set while it is
                          recomputed
         times num_layers, plus the logits (float32 for the loss, twice: values and
-        gradient) rows x s x vocab / t, plus the gradients (one parameter-sized buffer).
+        gradient) rows x s x vocab / t (with loss.logits_chunk = c > 0: rows x c x vocab / t,
+        one chunk's), plus the gradients (one parameter-sized buffer).
         A model estimate in the spirit of Korthikanti et al. (2022), not XLA's schedule.
     advice(terms, knobs) -> the largest term and the knobs that would shrink it
 """
@@ -68,10 +69,10 @@ def ideal_share(params, opt_state, batch, mesh_shape: dict) -> dict:
 
 
 def gpt_activation_bytes(model, rows: int, seq: int, tensor: int, grad_bytes: float,
-                         platform: str = 'cpu') -> float:
+                         platform: str = 'cpu', logits_chunk: int = 0) -> float:
     """Estimated activation + gradient bytes per device of a GPT train step (see module
     docstring). rows: sequences per device per micro-batch; platform: the target's (what
-    attention='auto' runs there)."""
+    attention='auto' runs there); logits_chunk: the loss's (0 = the whole sequence)."""
     h, a, kv = model.embed_dim, model.num_heads, model.resolved_kv_heads
     d, mlp, t = model.resolved_head_dim, model.mlp_dim, tensor
     act = np.dtype(model.dtype).itemsize
@@ -85,8 +86,8 @@ def gpt_activation_bytes(model, rows: int, seq: int, tensor: int, grad_bytes: fl
         saved = model.num_layers * ((a + 2 * kv) * d / t + 2 * mlp / t + 3 * h) * act
     else:
         saved = model.num_layers * h * act + full_set
-    logits = model.vocab_size / t * 2 * 4
-    return rows * seq * (saved + logits) + grad_bytes
+    logits = rows * min(logits_chunk or seq, seq) * model.vocab_size / t * 2 * 4
+    return rows * seq * saved + logits + grad_bytes
 
 
 KNOBS = {
@@ -96,6 +97,8 @@ KNOBS = {
                   'raise parallel.fsdp: optimizer state splits like the parameters'],
     'temporaries': ['model.remat=full (keep only each layer\'s input; recompute the rest)',
                     'optimizer.grad_accum_steps=K (K micro-batches: activations / K)',
+                    'loss.logits_chunk=1024 (the head on 1,024 positions at a time: only '
+                    'that chunk\'s float32 logits exist)',
                     'raise parallel.tensor: the logits [rows, seq, vocab] split over it '
                     '(rule vocab -> tensor), as do heads and the MLP',
                     'more data x fsdp devices (fewer rows each)',
