@@ -37,27 +37,35 @@ compiled on 8 host CPU devices standing in, so its temporaries are XLA:CPU's). S
 and tokens/s at the published bf16 peak and 40 % MFU; peak = per-device arguments +
 outputs - donated + temporaries.
 
-With attention='auto' (the default), TPU plans run the splash kernel (jaxbig/models/splash.py);
-the rows marked einsum were measured with --config.model.attention=einsum (the default
-before 2026-12-07):
+With attention='auto' (the default), TPU plans run the splash kernel (jaxbig/models/splash.py),
+and loss.logits_chunk=2048 (the default since 2026-12-07) applies the head to 2,048 positions
+at a time, so the float32 [rows, seq, vocab] logits (8.4 GB per device at 2 x 8192 x 128k)
+never exist at once; rows marked einsum / no chunk were measured with
+--config.model.attention=einsum / --config.loss.logits_chunk=0:
 
     target   size mesh      batch x seq  knobs (beyond the defaults)  peak/device  est. step
-    v5p-256  8b   data=2,fsdp=64  256 x 8192  -                       24.4 GB    4.59 s, 457 k tok/s
-                            (einsum: 31.2 GB)
-    v5p-256  70b  data=2,fsdp=64  256 x 8192  -                       67.2 GB   40.1 s, 52.3 k tok/s
-                            (no accumulation; sends 494 GB per device per step, 1.18x the
-                            floor; fsdp=128: 63.9 GB, 872 GB sent, 2.08x)
-             70b  einsum: fsdp=128, grad_accum_steps=2, 54.0 GB (data=2,fsdp=64: 69.6 GB);
-                            without accumulation 97.9 GB > 95 GB, does not fit
-    MaxText 0.2.5 with its splash kernel, same shapes: 15.1 GB (8b) and 43.4 GB (70b); the gap
-    left is outside attention (the float32 logits [2 rows, 8192, 128k] alone are 8.4 GB).
+    v5p-256  8b   data=2,fsdp=64  256 x 8192  -                       13.7 GB    4.59 s, 457 k tok/s
+                            (sends 63.5 GB per device per step, 1.33x the floor; no chunk:
+                            24.4 GB, 49.9 GB sent; einsum, no chunk: 31.2 GB)
+    v5p-256  70b  data=2,fsdp=64  256 x 8192  -                       61.1 GB   40.1 s, 52.3 k tok/s
+                            (no accumulation; sends 521 GB, 1.24x the floor; no chunk: 67.2 GB,
+                            494 GB; fsdp=128, no chunk: 63.9 GB, 872 GB sent, 2.08x)
+             70b  einsum, no chunk: fsdp=128, grad_accum_steps=2, 54.0 GB (data=2,fsdp=64:
+                            69.6 GB); without accumulation 97.9 GB > 95 GB, does not fit
+    MaxText 0.2.5 with its splash kernel, same shapes: 15.1 GB (8b) and 43.4 GB (70b). The 8b
+    plan is under it; 70b's XLA temporaries (47.8 GB) exceed the plan's analytic estimate
+    (34.6 GB: each layer's bf16 input kept for the backward, 21 GB, one layer's recompute, one
+    logits chunk, a parameter-sized gradient) by 13 GB that this plan does not yet explain.
+
     h100x8   8b   fsdp=8     32 x 8192   grad_accum_steps=4           47.6 GB      4.26 s, 61.5 k tok/s
-                            (without accumulation: 106.5 GB > 80 GB; the float32 logits
-                            [rows, seq, 128k] are the largest activation)
+                            (without accumulation: 106.6 GB > 80 GB, with or without
+                            logits_chunk: the CPU stand-in compiles attention='auto' as the
+                            einsum path, whose [heads, seq, seq] probabilities dominate)
     v5p-256  mixtral_8x7b  fsdp=128  256 x 8192  -                46.1 GB      7.4 s, 283 k tok/s
     v5p-256  qwen3_30b_a3b fsdp=128  256 x 8192  -                42.2 GB      2.49 s, 842 k tok/s
              (FLOPs on active parameters: 82.9 and 27.9 GFLOP per token; compiled
-             2026-12-07 with libtpu 0.0.42; dropless through ragged_dot, each device
+             2026-12-07 with libtpu 0.0.42 and no logits chunk (--config.loss.
+             logits_chunk=0 reproduces them); dropless through ragged_dot, each device
              sorting its own rows; collectives 738 and 477 GB sent per device per step)
     v5p-256  mixtral_8x7b  fsdp=16 x expert=8, dispatch=capacity, grad_accum_steps=2:
                   80.1 GB, fits, but sends 13.8 TB per device per step (12.6 TB of it
@@ -71,10 +79,35 @@ before 2026-12-07):
                   even with mu_dtype=bfloat16; plan 16+ GPUs, attention='cudnn' (the einsum
                   path keeps [heads, seq, seq] probabilities: ~17 GB per 8192-token row)
 
+logits_chunk against chunk size (8b above): each chunk's call gathers the head's weights
+afresh, so smaller chunks send more. 1024: 13.7 GB, 80.2 GB sent (1.68x); 2048: 13.7 GB,
+63.5 GB (1.33x); 4096: 16.4 GB, 55.1 GB (1.16x). Gathering the head once before the chunks
+instead sends 52.0 GB (1,024) but keeps the gathered float32 head and its gradient alive
+(18.1 GB; 70b: 69.4 GB against 61.1), so jaxbig gathers per chunk.
+
+Context length (8b, v5p-256, data=2,fsdp=64, splash, full remat, one sequence per device):
+
+    seq      batch (tokens/step)   peak/device        sent/step (x floor)   est. step
+    8192     256 (2.1 M)           13.7 GB            63.5 GB (1.33x)       4.59 s
+    32768    128 (4.2 M)           25.3 GB            114 GB (2.38x)        12.6 s
+    131072   128 (16.8 M)          92.0 GB: fits,     315 GB (6.60x)        106 s
+                                   3 % headroom
+
+Each device holds one sequence, the fewest data x fsdp sharding allows (jaxbig has no
+sequence / context parallelism, so a shorter batch cannot split over 128 chips). What grows
+with length: each layer's bf16 input kept for the backward (32 layers x 4096 x 2 bytes =
+256 kB per token: 8.6 GB at 32k, 34 GB at 128k) and the one recomputed layer's activations;
+splash keeps the attention itself linear in length. The traffic grows because each
+2,048-token logits chunk gathers the head again (64 chunks at 128k); at 128k,
+--config.loss.logits_chunk=8192 would send less but add about 6 GB of logits (1 x 6,144 more
+positions x 128k x 8 bytes), past the 95 GB. XLA's temporaries at 128k (90.5 GB) exceed the
+plan's analytic estimate (55.2 GB), as 70b's do above.
+
 Collectives per device per step on v5p-256 (the plan's table; bytes a ring algorithm sends,
 against the least the parameters need: bf16 gathers for forward and backward of each
 micro-batch plus one gradient reduce-scatter and the data all-reduce of a shard; libtpu
-0.0.42, einsum attention, measured 2026-12-07; splash leaves the 8b figures unchanged):
+0.0.42, einsum attention, no logits chunk, measured 2026-12-07; splash leaves the 8b figures
+unchanged):
 
     8b   fsdp=128            291 gathers done as all-reduces + 197 all-reduces:
                              92.9 GB against 47.8 GB (1.94x), peak 31.1 GB
@@ -144,9 +177,9 @@ def get_config(arg=None):
         attention='auto',  # splash on TPU, cudnn on NVIDIA GPUs, einsum on CPU (models/splash.py)
     )
     c.data = defaults.lm_data(arg.data, arg.seq)
-    # the head on 1,024 positions at a time: the float32 [rows, seq, vocab] logits (8.4 GB
+    # the head on 2,048 positions at a time: the float32 [rows, seq, vocab] logits (8.4 GB
     # per device at 2 x 8192 x 128k) never exist at once (losses/autoregressive.py)
-    c.loss = defaults.lm_loss(logits_chunk=min(1024, arg.seq))
+    c.loss = defaults.lm_loss(logits_chunk=min(2048, arg.seq))
     c.optimizer = defaults.lm_optimizer(lr=arg.lr or LR[arg.size], clip_norm=1.0)
     c.parallel = defaults.parallel(data=1, fsdp=-1)
     c.train = defaults.train(steps=arg.steps, batch_size=arg.batch)
