@@ -108,3 +108,15 @@ def test_logits_chunk_is_refused_for_a_model_without_a_separate_head():
     config = config_lib.load('experiments/lm.py')
     config.loss.logits_chunk = 64
     autoregressive.check(config)  # the GPT has one
+
+
+def test_train_refuses_logits_chunk_on_an_lstm_before_writing(tmp_path, capsys):
+    """Through the CLI (in-process): exit 2, one line, no workdir."""
+    from jaxbig import cli
+
+    workdir = tmp_path / 'run'
+    code = cli.main(['train', '--config', 'experiments/lstm_lm.py:steps=2', '--workdir',
+                     str(workdir), '--config.loss.logits_chunk=8'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and 'loss.logits_chunk=8' in err[0]
+    assert not workdir.exists()

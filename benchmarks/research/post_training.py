@@ -1,6 +1,6 @@
 """Research entries for post-training (issue #35): SFT, then preference optimisation or RL.
 
-`dpo`: experiments/sft.py at its defaults (the name task, tiny GPT, 300 steps), then from
+`dpo`: experiments/sft.py at its defaults (the name task, tiny GPT, from scratch), then from
 it experiments/dpo.py at its defaults (DPO, beta 0.1, full fine-tuning, the SFT run as the
 frozen reference) and with LoRA adapters (lora=8: the reference is the policy with its
 adapters off). The "before" row is the SFT model under the DPO run's evaluators (a run
