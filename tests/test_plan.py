@@ -404,6 +404,9 @@ def test_tpu_compiler_when_libtpu_is_installed(tfds_dir):
     assert 'libtpu' in r['target']['compiled_for'] and r['fits'] is True
     assert r['memory']['exact']['params'] == pytest.approx(
         r['config']['num_params'] * 4 / 4, rel=0.05)
+    # libtpu's own peak (live buffers) is given, and never above ours (which adds the
+    # fragmentation its temporaries hold)
+    assert 0 < r['memory']['xla']['heap_peak'] <= r['memory']['peak']
 
 
 LIBTPU_GATHER = """

@@ -102,6 +102,9 @@ def table(r: dict) -> str:
     lines.append(f"  {'arguments / outputs / donated':32s}"
                  f"{_b(xla['arguments'])} / {_b(xla['outputs'])} / {_b(xla['aliased'])}")
     lines.append(f"  {'peak (args + outputs - donated + temps)':40s}{_b(mem['peak']):>6s}")
+    if xla.get('heap_peak'):
+        lines.append(f"  {'peak as the compiler reports it':40s}{_b(xla['heap_peak']):>6s}"
+                     '  (live buffers; the temporaries above also hold the gaps between them)')
     if r['fits'] is None:
         lines.append('  capacity unknown for this target')
     else:

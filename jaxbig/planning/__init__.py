@@ -134,7 +134,11 @@ def plan(config, target: str = 'cpu:8', mesh: dict | None = None, *, mfu: float 
     mem = compiled.memory_analysis()
     xla = dict(arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
                aliased=mem.alias_size_in_bytes, temporaries=mem.temp_size_in_bytes,
-               code=mem.generated_code_size_in_bytes)
+               code=mem.generated_code_size_in_bytes,
+               # the compiler's own peak (memory_analysis().peak_memory_in_bytes; libtpu
+               # fills it, 0 = not given): its live buffers, where temp_size_in_bytes also
+               # holds the fragmentation between them (libtpu's log says so)
+               heap_peak=int(getattr(mem, 'peak_memory_in_bytes', 0) or 0))
     peak = xla['arguments'] + xla['outputs'] - xla['aliased'] + xla['temporaries']
     analytic_temps = _analytic_temps(config, s, batch, mesh_shape, exact['params'])
 
