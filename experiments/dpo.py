@@ -31,9 +31,18 @@ pair: val/rewards/accuracies is the held-out preference accuracy, val/rewards/ma
 val/logps/*), `gen` (greedy responses to 128 validation prompts: exact match and chrF
 against the chosen response, as for SFT).
 
-Measured 2026-12-07 (`python benchmarks/research.py dpo`; the SFT run is experiments/sft.py
-at its defaults, 300 steps, 4.0 min; 866 validation pairs, greedy answers to 128 prompts;
-2-core CPU shared with other jobs). logps/acc: the policy ranks the true name above the
+Measured 2026-12-07 (`python benchmarks/research.py --check-defaults dpo`: README's commands as
+written, runs/sft being README's SFT run, experiments/sft.py:init=runs/lm at its 1,200 steps;
+2-core CPU):
+
+    jaxbig train --config experiments/dpo.py:init=runs/sft --workdir runs/dpo
+        (200 steps) val/rewards/accuracies 0.632 on the 866 validation pairs, margin 0.533,
+        logps/accuracies 0.625, val nll 1.640; greedy names exact 2 / 128 (the SFT run's
+        count), chrF 14.3; 3.8 min wall, 350 s CPU
+
+Measured earlier the same day (`python benchmarks/research.py dpo`; the SFT run then was
+experiments/sft.py from scratch at 300 steps, 4.0 min; 866 validation pairs, greedy answers
+to 128 prompts; 2-core CPU shared with other jobs). logps/acc: the policy ranks the true name above the
 other one (summed log-probs); rewards/acc: its reward does (0 for the reference itself).
 
     run (from the SFT run)                 logps/acc  rewards/acc  margin  val nll  chrF  wall
