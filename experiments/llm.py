@@ -53,9 +53,16 @@ never exist at once; rows marked einsum / no chunk were measured with
              70b  einsum, no chunk: fsdp=128, grad_accum_steps=2, 54.0 GB (data=2,fsdp=64:
                             69.6 GB); without accumulation 97.9 GB > 95 GB, does not fit
     MaxText 0.2.5 with its splash kernel, same shapes: 15.1 GB (8b) and 43.4 GB (70b). The 8b
-    plan is under it; 70b's XLA temporaries (47.8 GB) exceed the plan's analytic estimate
-    (34.6 GB: each layer's bf16 input kept for the backward, 21 GB, one layer's recompute, one
-    logits chunk, a parameter-sized gradient) by 13 GB that this plan does not yet explain.
+    plan is under it. 70b's XLA temporaries (47.8 GB) exceed the plan's analytic estimate
+    (34.6 GB: each layer's bf16 input kept for the backward, 21.5 GB, one layer's recompute,
+    one logits chunk, a parameter-sized gradient) because libtpu's temp_size_in_bytes also
+    holds the fragmentation between its buffers: its own log (a compile dumped with
+    LIBTPU_INIT_ARGS=--xla_jf_dump_to=DIR) gives a 35.86 GB heap plus 11.98 GB of
+    fragmentation. The heap itself is the estimate plus a bf16 copy of all 80 layers'
+    weights (2.1 GB) that XLA hoists out of the layer loop. The plan prints the compiler's
+    own peak beside jaxbig's (8b: 9.9 GB against 13.7); the peaks in these tables are
+    jaxbig's, the upper bound (whether the MaxText figures above count the fragmentation
+    is not known).
 
     h100x8   8b   fsdp=8     32 x 8192   grad_accum_steps=4           47.6 GB      4.26 s, 61.5 k tok/s
                             (without accumulation: 106.6 GB > 80 GB, with or without
