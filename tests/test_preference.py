@@ -343,6 +343,8 @@ def test_config_errors(tmp_path):
 TINY, EVALS = SFT_TINY[:4], SFT_TINY[4:7]
 
 
+@pytest.mark.slow  # ~35-40 s; the DPO CLI in the default suite: test_interop_train's
+# test_dpo_from_an_imported_run; exact resume of a run: test_reliability, test_grpo
 def test_dpo_cli_from_an_sft_run_evaluates_and_resumes_exactly(sft_run, tmp_path):
     spec = f'experiments/dpo.py:init={sft_run},steps=12,batch=16,seq=128,lr=3e-3'
     fixed = ['--config.optimizer.warmup_steps=1', '--config.optimizer.decay_steps=12']
