@@ -347,26 +347,6 @@ ENTRIES = {
 }
 
 
-def check_defaults(args) -> int:
-    """README's experiment table run as written (research/readme_defaults.py)."""
-    import shutil
-
-    with open(os.path.join(REPO, 'README.md')) as f:
-        rows = readme_defaults.parse_table(f.read())
-    unknown = sorted(set(args.entries) - {r.name for r in rows})
-    if unknown:
-        print(f'research.py: {unknown[0]!r} is not in README\'s experiment table '
-              f'(it has {[r.name for r in rows]})', file=sys.stderr)
-        return 2
-    root = os.path.join(args.workdir_root, 'readme')
-    if args.force:
-        shutil.rmtree(root, ignore_errors=True)
-    chosen = [r for r in rows if not args.entries or r.name in args.entries]
-    return readme_defaults.check(chosen, root, args.results_dir and os.path.join(
-        args.results_dir, 'readme_defaults.json') or os.path.join(HERE, 'research',
-                                                                  'readme_defaults.json'))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('entries', nargs='*', metavar='ENTRY', help='default: all')
@@ -388,7 +368,8 @@ def main(argv=None) -> int:
             print(f'{name:16s} {what}')
         return 0
     if args.check_defaults:
-        return check_defaults(args)
+        return readme_defaults.main(args.entries, args.workdir_root, args.results_dir,
+                                    args.force)
     unknown = [e for e in args.entries if e not in ENTRIES]
     if unknown:
         parser.error(f'unknown entry {unknown[0]!r}; --list shows them')

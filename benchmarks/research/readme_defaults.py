@@ -3,6 +3,7 @@
     rows = parse_table(readme_text)    every row of README's "## Experiments" table
     record = run_row(row, root)        runs its command verbatim in `root`; -> a record
     check(rows, root, results_path)    runs them in table order, stores and prints the records
+    main(names, workdir_root, ...)     `research.py --check-defaults [CONFIG ...]`
 
 A row's last cell quotes what the command reaches at the defaults, as
 
@@ -191,3 +192,25 @@ def check(rows: list[Row], root: str, results_path: str, log=sys.stderr) -> int:
             json.dump({'rows': list(stored.values())}, f, indent=1)
         os.replace(results_path + '.tmp', results_path)
     return 1 if bad else 0
+
+
+def main(names, workdir_root: str, results_dir: str = '', force: bool = False) -> int:
+    """`research.py --check-defaults NAMES`: the README rows of those configs (all when
+    empty) under <workdir_root>/readme (--force: deleted first); records in
+    <results_dir or benchmarks/research>/readme_defaults.json. -> check's status, or 2 for
+    a name not in the table."""
+    import shutil
+
+    with open(os.path.join(REPO, 'README.md')) as f:
+        rows = parse_table(f.read())
+    unknown = sorted(set(names) - {r.name for r in rows})
+    if unknown:
+        print(f"research.py: {unknown[0]!r} is not in README's experiment table "
+              f'(it has {[r.name for r in rows]})', file=sys.stderr)
+        return 2
+    root = os.path.join(workdir_root, 'readme')
+    if force:
+        shutil.rmtree(root, ignore_errors=True)
+    results = os.path.join(results_dir or os.path.join(REPO, 'benchmarks', 'research'),
+                           'readme_defaults.json')
+    return check([r for r in rows if not names or r.name in names], root, results)
