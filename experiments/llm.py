@@ -60,7 +60,8 @@ never exist at once; rows marked einsum / no chunk were measured with
     LIBTPU_INIT_ARGS=--xla_jf_dump_to=DIR) gives a 35.86 GB heap plus 11.98 GB of
     fragmentation. The heap itself is the estimate plus a bf16 copy of all 80 layers'
     weights (2.1 GB) that XLA hoists out of the layer loop. The plan prints the compiler's
-    own peak beside jaxbig's (8b: 9.9 GB against 13.7); the peaks in these tables are
+    own peak beside jaxbig's (8b: 9.9 GB against 13.7; 70b: 48.6 GB against 61.1, 5.2 GB
+    above MaxText's 43.4); the peaks in these tables are
     jaxbig's, the upper bound (whether the MaxText figures above count the fragmentation
     is not known).
 
