@@ -307,8 +307,7 @@ class Model(nn.Module):
         return None if kinds[0] is None else jnp.asarray(kinds)
 
     def _logits(self, features):
-        """features [batch, seq, embed] -> logits [batch, seq, vocab] (tied or not,
-        soft-capped when logit_softcap > 0)."""
+        """features [batch, seq, embed] -> logits [batch, seq, vocab] (tied or not; softcap)."""
         logits = self.embed.attend(features) if self.tie_embeddings else self.unembed(features)
         if self.logit_softcap:
             cap = self.logit_softcap
@@ -376,8 +375,8 @@ class Model(nn.Module):
     def __call__(self, tokens, *, train: bool = False, positions=None, segment_ids=None):
         """tokens int32 [batch, seq] -> logits [batch, seq, vocab] in the compute dtype;
         positions / segment_ids: packed examples (see `features`)."""
-        x = self.features(tokens, train=train, positions=positions, segment_ids=segment_ids)
-        return self.logits(x)
+        return self.logits(self.features(tokens, train=train, positions=positions,
+                                         segment_ids=segment_ids))
 
     def logits(self, features):
         """The head: `features`' output [batch, seq, embed] -> logits [batch, seq, vocab]."""
