@@ -100,6 +100,15 @@ def _argv(command: str) -> list[str]:
     return [sys.executable, '-m', 'jaxbig', *words[1:]]
 
 
+def _tpu_plan(row: Row) -> bool:
+    """Whether the row plans for a TPU target (compiled through libtpu)."""
+    from jaxbig.planning import targets
+
+    words = shlex.split(row.command)
+    target = words[words.index('--target') + 1] if '--target' in words else 'cpu:8'
+    return targets.parse(target).platform == 'tpu'
+
+
 def _finished(workdir: str) -> bool:
     """A run that reached its train.steps (its last metrics row is at that step)."""
     from jaxbig import run as run_lib
@@ -121,7 +130,7 @@ def run_row(row: Row, root: str, log=sys.stderr) -> dict:
         os.symlink(os.path.join(REPO, 'experiments'), link)
     record = dict(dataclasses.asdict(row), date=str(datetime.date.today()))
     workdir = row.workdir(root)
-    if workdir is None and importlib.util.find_spec('libtpu') is None:
+    if workdir is None and _tpu_plan(row) and importlib.util.find_spec('libtpu') is None:
         return dict(record, skipped='a `jaxbig plan` for a TPU target needs libtpu '
                     "(pip install -e '.[tpu-plan]')")
     stem = workdir or os.path.join(root, row.name)
