@@ -43,6 +43,25 @@ def xla_flags(devices: int = 1) -> str:
     return f'{FAST_COMPILE} --xla_force_host_platform_device_count={devices}'
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _subprocesses_without_torch(tmp_path_factory):
+    """The `jaxbig` processes the tests start see no torch, as an install without the test
+    extra would (torch is a test-only dependency): tensorboardX imports it when it can
+    (~1.7 s of every process start here). Set in the processes that run tests only (an
+    xdist controller spawns its workers with torch, which the HF comparisons need)."""
+    stub = tmp_path_factory.mktemp('no_torch') / 'torch'
+    stub.mkdir()
+    (stub / '__init__.py').write_text(
+        "raise ImportError('torch is hidden from the jaxbig processes the tests start')\n")
+    old = os.environ.get('PYTHONPATH')
+    os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(stub.parent), old]))
+    yield
+    if old is None:
+        os.environ.pop('PYTHONPATH', None)
+    else:
+        os.environ['PYTHONPATH'] = old
+
+
 def pytest_terminal_summary(terminalreporter):
     """The suite's wall time, always printed, so the 10-minute budget stays visible."""
     minutes = (time.monotonic() - _SESSION_START) / 60
@@ -95,7 +114,20 @@ SFT_TINY = ['--config.model.num_layers=2', '--config.model.embed_dim=64',
 
 
 @pytest.fixture(scope='session')
-def sft_run(tfds_dir, tmp_path_factory):
+def name_task(tfds_dir):
+    """The conditional task's 'name' examples (~10 s of parsing the library's files), built
+    into tfds_dir once for all workers, so two workers never build them side by side."""
+    from filelock import FileLock
+
+    from jaxbig.data.builders import conditional_task
+    with FileLock(f'{tfds_dir}.name_task.lock'):
+        conditional_task.prepare_examples(ml_collections.ConfigDict(
+            {'name': 'pystdlib', 'data_dir': tfds_dir, 'task': 'name'}))
+    return tfds_dir
+
+
+@pytest.fixture(scope='session')
+def sft_run(name_task, tmp_path_factory):
     """A tiny experiments/sft.py run (8 steps), trained once for all workers."""
     from filelock import FileLock
 

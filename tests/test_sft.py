@@ -66,7 +66,7 @@ def data_config(tfds_dir, **overrides):
 
 
 @pytest.fixture(scope='session')
-def name_examples(tfds_dir):
+def name_examples(tfds_dir, name_task):
     conditional.prepare(data_config(tfds_dir))
     return conditional_task.load_examples(tfds_dir, 'name')
 
@@ -81,6 +81,44 @@ def test_name_examples_from_source():
     assert 'walk' not in got[1][1] and got[1][1].count('<name>') == 2  # def + recursive call
     assert got[2][1].startswith('async def <name>(url):')
     assert conditional_task.file_examples('name', 'def broken(:\n') == []  # does not parse
+
+
+NESTED = '''
+if True:
+    def in_if(): pass
+else:
+    def in_else(): pass
+try:
+    def in_try(): pass
+except ValueError:
+    def in_except(): pass
+finally:
+    def in_finally(): pass
+with open(x) as f:
+    def in_with(): pass
+for i in x:
+    def in_for(): pass
+while y:
+    def in_while(): pass
+match z:
+    case 1:
+        def in_case(): pass
+class C:
+    class D:
+        async def in_nested_class(self):
+            def in_function(): return lambda: 0
+'''
+
+
+def test_every_def_is_found_wherever_it_is_nested():
+    """The statement walk finds the defs ast.walk finds (blocks, clauses, classes, defs)."""
+    import ast
+
+    got = [n.name for n in conditional_task._functions(NESTED)]
+    walked = sorted((n for n in ast.walk(ast.parse(NESTED))
+                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))),
+                    key=lambda n: (n.lineno, n.col_offset))
+    assert got == [n.name for n in walked] and len(got) == 11
 
 
 def test_body_examples_from_source():

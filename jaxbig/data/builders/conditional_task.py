@@ -60,8 +60,18 @@ def _functions(text: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
             tree = ast.parse(text)
     except (SyntaxError, ValueError):
         return []
-    nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    nodes, todo = [], [tree]
+    while todo:  # statements only: a def is a statement, so no expression is walked
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            nodes.append(node)
+        for field in _STATEMENT_LISTS:
+            todo.extend(getattr(node, field, ()))
     return sorted(nodes, key=lambda n: (n.lineno, n.col_offset))
+
+
+# The fields that hold statements (or except / case clauses, which hold statements).
+_STATEMENT_LISTS = ('body', 'orelse', 'finalbody', 'handlers', 'cases')
 
 
 def name_example(lines: list[str], node) -> tuple[str, str] | None:
