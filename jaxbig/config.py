@@ -84,8 +84,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[tuple
             )
         if old == AUTO and raw != AUTO:  # typed as the value 'auto' stands for
             old = _AUTO_TYPES.get(leaf, old)
+        in_list = not isinstance(parent, ml_collections.ConfigDict)
+        if in_list and type(old) is int and isinstance(raw, str) and not raw.lstrip('-').isdigit():
+            old = float(old)  # a list entry's number (a weight written as 3) takes 0.5
         value = _coerce(raw, old, f'--config.{key}')
-        with parent.ignore_type():
+        if not in_list:
+            with parent.ignore_type():
+                parent[leaf] = value
+        else:  # an entry of a list of dicts (data.mixture.<label>.<key>)
             parent[leaf] = value
     return config
 
@@ -162,14 +168,32 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
 
 
 def _walk(config, dotted: str):
+    """(the section or list entry that holds `dotted`'s last part, that part). A list of
+    dicts (data.mixture) is entered by an entry's label (its `label`, else its `name`) or
+    its index: `data.mixture.code.weight`, `data.mixture.0.weight`."""
     node = config
     parts = dotted.split('.')
     for i, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        if isinstance(node, list):
+            node = _list_entry(node, part, dotted)
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
             raise ConfigError(_unknown_key_message(f'--config.{dotted}', dotted, flat_keys(config)))
         if i == len(parts) - 1:
             return node, part
         node = node[part]
+
+
+def _list_entry(entries: list, part: str, dotted: str) -> dict:
+    """The dict of `entries` that `part` names (label, name or index), as a {part: entry}
+    node for _walk; ConfigError listing the names if none or several match."""
+    names = [str(e.get('label') or e.get('name') or k) if isinstance(e, dict) else str(k)
+             for k, e in enumerate(entries)]
+    matches = [k for k, n in enumerate(names) if n == part] or (
+        [int(part)] if part.isdigit() and int(part) < len(entries) else [])
+    if len(matches) != 1 or not isinstance(entries[matches[0]], dict):
+        raise ConfigError(f'--config.{dotted}: {part!r} names no single entry of the list '
+                          f'(its entries: {names}, or an index)')
+    return {part: entries[matches[0]]}
 
 
 def _unknown_key_message(where: str, key: str, valid: Iterable[str]) -> str:

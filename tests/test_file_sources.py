@@ -98,7 +98,10 @@ def test_splits_by_file_glob_and_content_keyed_cache(tmp_path):
     ('no files', "data.path="),
     ('text key', "a.jsonl:1: no data.text_key='text' (found ['content', 'meta'])"),
     ('parquet key', "b.parquet: no data.text_key='text' column"),
-    ('not json', 'a.jsonl: record 2 is not JSON'),
+    ('not json', 'a.jsonl:3: not JSON ('),  # the file's own line: blank lines counted
+    ('not json gz', 'a.jsonl.gz:3: not JSON ('),
+    ('key on line 3', "a.jsonl:3: no data.text_key='text' (found ['content'])"),
+    ('not utf-8', 'a.jsonl:2: not UTF-8 text (invalid start byte at byte 10 of the line)'),
     ('bad splits', "data.splits='validation': expected name=fraction or name=glob pairs"),
     ('two fractions', 'a held-out fraction in (0, 1) is one entry'),
     ('unknown split', "data split 'test': data.splits='validation=0.1' defines 'validation' "
@@ -118,7 +121,14 @@ def test_bad_input_is_one_line(tmp_path, case, message):
     elif case == 'parquet key':
         _write(str(root / 'b.parquet'), DOCS, key='body')
     elif case == 'not json':
-        (root / 'a.jsonl').write_text('{"text": "ok"}\n{"text": oops}\n')
+        (root / 'a.jsonl').write_text('{"text": "ok"}\n\n{"text": oops}\n')
+    elif case == 'key on line 3':
+        (root / 'a.jsonl').write_text('{"text": "ok"}\n\n{"content": "no text"}\n')
+    elif case == 'not utf-8':
+        (root / 'a.jsonl').write_bytes(b'{"text": "ok"}\n{"text": "\xff\xfe"}\n')
+    elif case == 'not json gz':
+        with gzip.open(root / 'a.jsonl.gz', 'wt') as f:
+            f.write('{"text": "ok"}\n\n{"text": oops}\n')
     elif case.startswith('truncated'):  # a whole file, then its second half cut off
         name = {'zst': 'a.jsonl.zst', 'gz': 'a.jsonl.gz', 'parquet': 'b.parquet'}[case[10:]]
         _write(str(root / name), DOCS * 20)

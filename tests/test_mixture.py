@@ -139,6 +139,9 @@ def test_jaxbig_train_on_a_mixture_of_jsonl_and_parquet(tmp_path):
     assert v['val/loss'] == pytest.approx(sum(loss * t for loss, t in parts) / v['val/targets'],
                                           rel=1e-6)
     assert v['val/num_examples'] == v['val/code/num_examples'] + v['val/text/num_examples']
+    for s in ('code', 'text'):  # bytes: a target is a byte, so bits per byte = loss / ln 2
+        assert v[f'val/{s}/bits_per_byte'] == pytest.approx(v[f'val/{s}/loss'] / np.log(2),
+                                                             rel=1e-6)
     assert np.isfinite(v['val/loss']) and 'train/loss' in rows[-1]
     logged = rows[-1]  # the proportions actually seen (3:1 weights, packed rows)
     assert logged['data/code/share'] == pytest.approx(0.75)

@@ -85,11 +85,20 @@ def test_run_names_are_short_unique_and_safe():
 
 def documented_config(sweep_file: str) -> str:
     """The --config of the `jaxbig sweep` command in a sweep file's docstring."""
+    return documented_command(sweep_file)[0]
+
+
+def documented_command(sweep_file: str) -> tuple[str, list[str]]:
+    """(--config, the `--config.key=value` overrides) of the `jaxbig sweep` command in a
+    sweep file's docstring (its lines joined, shell-quoted as a user types it)."""
+    import shlex
+
     with open(sweep_file) as f:
         doc = ast.get_docstring(ast.parse(f.read())) or ''
-    match = re.search(r'jaxbig sweep --config (\S+)', doc)
+    match = re.search(r'jaxbig sweep --config (\S+)((?:.*\\\n)*.*)', doc)
     assert match, f'{sweep_file}: its docstring shows no `jaxbig sweep --config ...` command'
-    return match[1]
+    words = shlex.split(match[2].replace('\\\n', ' '))
+    return match[1], [w for w in words if w.startswith('--config.')]
 
 
 SWEEP_FILES = sorted(glob.glob(os.path.join(REPO, 'experiments', 'sweeps', '*.py')))
@@ -109,8 +118,9 @@ def test_every_sweep_file_plans(sweep_file, tmp_path, capsys):
     runs = sweep.load_sweep(sweep_file)
     workdir = tmp_path / 'sweep'
     capsys.readouterr()
+    overrides = documented_command(sweep_file)[1]
     assert cli.main(['sweep', '--config', spec, '--sweep', sweep_file, '--workdir', str(workdir),
-                       '--dry-run']) == 0, capsys.readouterr().err
+                       '--dry-run', *overrides]) == 0, capsys.readouterr().err
     lines = capsys.readouterr().out.strip().splitlines()
     assert not [ln for ln in lines if ln.startswith('# invalid')], lines
     assert len(lines) == len(runs) >= 2

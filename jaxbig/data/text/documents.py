@@ -189,6 +189,7 @@ def _open_index(documents, npy: str, meta: str, encoding=BYTES, spot_check=True)
 
 
 def _atomic_write(path: str, write) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-')
     try:
         with os.fdopen(fd, 'wb') as f:

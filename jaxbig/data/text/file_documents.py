@@ -199,13 +199,15 @@ class _File:
         else:
             self._pq, self.offsets, self.count = None, None, 0
             if path.endswith(('.jsonl', '.json')):  # line offsets: random access by seek
-                offsets, pos = [], 0
+                offsets, numbers, pos = [], [], 0
                 with open(path, 'rb') as f:
-                    for line in f:
+                    for number, line in enumerate(f, 1):
                         if line.strip():
                             offsets.append(pos)
+                            numbers.append(number)
                         pos += len(line)
                 self.offsets, self.count = np.asarray(offsets, np.int64), len(offsets)
+                self._numbers = np.asarray(numbers, np.int64)
             else:
                 with _open_text(path) as f:
                     self.count = sum(1 for line in f if line.strip())
@@ -215,9 +217,10 @@ class _File:
         return self._pq.read_row_group(g, columns=[self.key]).column(0).to_pylist()
 
     @functools.lru_cache(maxsize=1)
-    def _lines(self) -> list[str]:
+    def _lines(self) -> list[tuple[int, str]]:
+        """[(line number, line)] of the non-blank lines (a compressed file's, in memory)."""
         with _open_text(self.path) as f:
-            return [line for line in f if line.strip()]
+            return [(number, line) for number, line in enumerate(f, 1) if line.strip()]
 
     def texts(self, rows) -> list[bytes]:
         with unreadable_as_value_error(self.path):
@@ -236,20 +239,23 @@ class _File:
             with open(self.path, 'rb') as f:
                 for r in rows:
                     f.seek(int(self.offsets[r]))
-                    line = f.readline()
-                    out.append(_text_of(_loads(line, self.path, r), f'{self.path}:{r + 1}',
-                                        self.key))
+                    where = f'{self.path}:{self._numbers[r]}'
+                    out.append(_text_of(_loads(f.readline(), where), where, self.key))
             return out
         lines = self._lines()
-        return [_text_of(_loads(lines[r], self.path, r), f'{self.path}:{r + 1}', self.key)
-                for r in rows]
+        return [_text_of(_loads(lines[r][1], f'{self.path}:{lines[r][0]}'),
+                         f'{self.path}:{lines[r][0]}', self.key) for r in rows]
 
 
-def _loads(line, path: str, row: int):
+def _loads(line, where: str):
+    """One JSON record; `where` = 'path:line' for the one-line error."""
     try:
         return json.loads(line)
+    except UnicodeDecodeError as e:  # a plain file's line, read as bytes
+        raise ValueError(f'{where}: not UTF-8 text ({e.reason} at byte {e.start} of the '
+                         'line)') from None
     except ValueError as e:
-        raise ValueError(f'{path}: record {row + 1} is not JSON ({e})') from None
+        raise ValueError(f'{where}: not JSON ({e})') from None
 
 
 @functools.lru_cache(maxsize=16)
@@ -305,8 +311,8 @@ class FileDocuments:
                             'split': split, 'text_key': text_key,
                             'splits': splits or DEFAULT_SPLITS}
         key = json.dumps(dict(self.fingerprint, split=None), sort_keys=True).encode()
+        # created by the first cache written (token_cache), so a refusal leaves nothing
         self.cache_dir = os.path.join(data_dir, 'jaxbig-files', hashlib.sha1(key).hexdigest()[:16])
-        os.makedirs(self.cache_dir, exist_ok=True)
 
     def __len__(self) -> int:
         return len(self.ids)

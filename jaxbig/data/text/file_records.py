@@ -6,8 +6,8 @@ conversations (jaxbig/data/pipelines/conditional.py) and labelled text
 The files and splits are those of the text corpora (jaxbig.data.text.file_documents:
 `data.path` = a file, a directory or a glob; `data.splits` = a held-out fraction or file
 globs); every record is read into memory (such sets are tens of thousands of records), each
-located as 'file:record' for one-line errors. A damaged file (truncated, not UTF-8) is one
-line naming it.
+located as 'file:line' (a Parquet file's 'file:row') for one-line errors. A damaged file
+(truncated, not UTF-8) is one line naming it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from jaxbig.config import ConfigError
 from jaxbig.data.text import file_documents as fd
 
 
-def read_file(path: str, keys: tuple) -> list:
-    """Every record of one file (the `keys` columns of a Parquet file), in order."""
+def read_file(path: str, keys: tuple) -> list[tuple[int, dict]]:
+    """[(line or row number, record)] of one file (the `keys` columns of a Parquet file;
+    JSONL's blank lines are skipped, and numbers are the file's own lines), in order."""
     with fd.unreadable_as_value_error(path):
         if path.endswith('.parquet'):
             import pyarrow.parquet as pq
@@ -30,10 +31,10 @@ def read_file(path: str, keys: tuple) -> list:
             if missing:
                 raise ValueError(f'{path}: no column {missing[0]!r} (found {names}); set the '
                                  'data.*_key that names it')
-            return pq.read_table(path, columns=list(keys)).to_pylist()
+            return list(enumerate(pq.read_table(path, columns=list(keys)).to_pylist(), 1))
         with fd._open_text(path) as f:
-            lines = [line for line in f if line.strip()]
-    return [fd._loads(line, path, r) for r, line in enumerate(lines)]
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    return [(n, fd._loads(line, f'{path}:{n}')) for n, line in lines]
 
 
 def stamp(path: str) -> tuple:
@@ -48,7 +49,7 @@ def stamp(path: str) -> tuple:
 
 
 def load_records(config, split: str, keys: tuple) -> list[tuple[str, dict]]:
-    """[(where 'file:record', record)] of `split` of the files at config['path'] (`keys`:
+    """[(where 'file:line', record)] of `split` of the files at config['path'] (`keys`:
     the columns a Parquet file must have), split by config['splits'] as text corpora are."""
     try:
         root, rel = fd.find_files(config.get('path', ''))
@@ -61,13 +62,13 @@ def load_records(config, split: str, keys: tuple) -> list[tuple[str, dict]]:
 
 @functools.lru_cache(maxsize=4)
 def _read_all(root: str, files: tuple, keys: tuple) -> tuple:
-    """(records, 'file:record' locations, records per file) of `files` (`stamp`'s (relative
-    path, size, mtime) of each), read once per content (the splits of one source, and its
-    repeated builds, share them)."""
+    """(records, 'file:line' locations (a Parquet file's row), records per file) of
+    `files` (`stamp`'s (relative path, size, mtime) of each), read once per content (the
+    splits of one source, and its repeated builds, share them)."""
     records, where, counts = [], [], []
     for r, _, _ in files:
         mine = read_file(os.path.join(root, r), keys)
-        records += mine
-        where += [f'{r}:{k + 1}' for k in range(len(mine))]
+        records += [record for _, record in mine]
+        where += [f'{r}:{n}' for n, _ in mine]
         counts.append(len(mine))
     return records, where, counts

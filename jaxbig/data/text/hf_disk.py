@@ -69,8 +69,7 @@ class HFDiskDocuments:
                             else (splits or fd.DEFAULT_SPLITS)}
         key = json.dumps(dict(self.fingerprint, split=None), sort_keys=True).encode()
         digest = hashlib.sha1(key).hexdigest()[:16]
-        self.cache_dir = os.path.join(data_dir, 'jaxbig-hf-disk', digest)
-        os.makedirs(self.cache_dir, exist_ok=True)
+        self.cache_dir = os.path.join(data_dir, 'jaxbig-hf-disk', digest)  # made when written
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -162,7 +162,9 @@ def _build(documents, encoding, old_ends) -> tuple[np.ndarray, np.ndarray]:
     unchanged); returns them."""
     npy, meta = cache_paths(documents, encoding)
     dtype = token_dtype(encoding)
+    made = _missing_folders(os.path.dirname(npy))
     try:
+        os.makedirs(os.path.dirname(npy), exist_ok=True)
         writer = NpyWriter(npy, dtype)
     except OSError as e:  # a read-only data dir: every process builds it in memory
         logging.warning('data: cannot cache token ids %s (%s); building them in memory', npy, e)
@@ -172,8 +174,13 @@ def _build(documents, encoding, old_ends) -> tuple[np.ndarray, np.ndarray]:
     try:
         ends = docs_lib.compute_ends(documents, encoding=encoding, sink=writer)
         writer.commit()
-    except BaseException:
+    except BaseException:  # bad data (a missing key ...): leave the data dir as it was
         writer.abort()
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:  # another process wrote there meanwhile
+                break
         raise
     if old_ends is None or not np.array_equal(old_ends, ends):
         docs_lib.save_index(documents, ends, encoding)
@@ -182,6 +189,16 @@ def _build(documents, encoding, old_ends) -> tuple[np.ndarray, np.ndarray]:
     docs_lib._atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
     remove_unused(documents)
     return ends, np.load(npy, mmap_mode='r', allow_pickle=False)
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """`folder` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        folder = parent if parent != folder else ''
+    return missing
 
 
 def _mark_used(meta: str) -> None:
