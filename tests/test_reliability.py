@@ -144,9 +144,13 @@ def _checkpoint_steps(workdir):
     return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if os.path.isdir(path) else []
 
 
-def test_sigterm_or_sigint_saves_current_step_and_exits_zero(tfds_dir, tmp_path):
+@pytest.mark.parametrize('signals', [
+    (signal.SIGTERM,),
+    pytest.param((signal.SIGTERM, signal.SIGINT), marks=pytest.mark.slow),  # then resumed
+], ids=['sigterm', 'sigterm_then_sigint'])
+def test_sigterm_or_sigint_saves_current_step_and_exits_zero(tfds_dir, tmp_path, signals):
     args = ['--config.train.steps=100000', '--config.train.checkpoint_every=0']
-    for n, sig in enumerate((signal.SIGTERM, signal.SIGINT)):
+    for n, sig in enumerate(signals):
         before = (_checkpoint_steps(tmp_path) or [0])[-1]
         proc = _popen_train(tmp_path, *args, log=tmp_path / f'{n}.log')
         _wait_for_logged_step(tmp_path, before + 3, proc)

@@ -69,21 +69,37 @@ def assert_continues(reference: dict, got: dict, case: str):
 
 
 @pytest.fixture(scope='module')
-def reference(tfds_dir, tmp_path_factory):
-    """Losses of steps STOP+1 .. TOTAL of an uninterrupted fsdp=4 run on 4 devices."""
+def uninterrupted(tfds_dir, tmp_path_factory):
+    """An uninterrupted fsdp=4 run on 4 devices to TOTAL, checkpointed every STOP steps."""
     workdir = tmp_path_factory.mktemp('uninterrupted')
-    run_cli('train', '--workdir', str(workdir), *train_args(), *FSDP4, devices=4)
-    losses = metric_series(workdir)
+    run_cli('train', '--workdir', str(workdir), *train_args(), *FSDP4,
+            f'--config.train.checkpoint_every={STOP}', devices=4)
+    return workdir
+
+
+@pytest.fixture(scope='module')
+def reference(uninterrupted):
+    """Losses of steps STOP+1 .. TOTAL of the uninterrupted run."""
+    losses = metric_series(uninterrupted)
     assert sorted(losses) == list(range(1, TOTAL + 1))
     return {s: losses[s] for s in range(STOP + 1, TOTAL + 1)}
 
 
 @pytest.fixture(scope='module')
-def fsdp_stopped(tfds_dir, tmp_path_factory):
-    """A workdir of an fsdp=4 run on 4 devices stopped (and checkpointed) at STOP."""
+def fsdp_stopped(uninterrupted, tmp_path_factory):
+    """The uninterrupted run as it stood after saving step STOP (its checkpoint of STOP,
+    its metrics up to STOP): what a launch of it stopped at STOP leaves, the schedule being
+    pinned to TOTAL (tests/test_reliability.py stops real launches)."""
     workdir = tmp_path_factory.mktemp('fsdp_stopped') / 'run'
-    run_cli('train', '--workdir', str(workdir), *train_args(STOP), *FSDP4, devices=4)
+    shutil.copytree(uninterrupted, workdir)
+    for name in os.listdir(workdir / 'checkpoints'):
+        if name.isdigit() and int(name) > STOP:
+            shutil.rmtree(workdir / 'checkpoints' / name)
     assert os.listdir(workdir / 'checkpoints') == [str(STOP)]
+    metrics = workdir / 'metrics.jsonl'
+    rows = [line for line in metrics.read_text().splitlines()
+            if json.loads(line)['step'] <= STOP]
+    metrics.write_text(''.join(line + '\n' for line in rows))
     return workdir
 
 
