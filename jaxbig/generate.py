@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbig.models.layout import STACKS
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -179,10 +180,12 @@ def decoding_form(model, params):
         params, model = lora.merge(params, model.scale), lora.unwrap(model)
     if (type(model).__module__ == 'jaxbig.models.gpt' and model.scan_layers
             and 'layers' in params):
-        stacked = params['layers']
-        params = {k: v for k, v in params.items() if k != 'layers'}
-        for i in range(model.num_layers):
-            params[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
+        params = dict(params)
+        for name in STACKS:  # `layers` (and a MoE GPT's leading `dense_layers`)
+            if name in params:
+                stacked = params.pop(name)
+                for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+                    params[f'{name}_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
         model = model.clone(scan_layers=False)
     return model, params
 

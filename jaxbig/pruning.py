@@ -66,11 +66,11 @@ import numpy as np
 import optax
 
 from jaxbig.config import ConfigError
+from jaxbig.models.layout import STACKS
 
 SCOPES = ('global', 'layer')
 # Kernels outside any path that names an embedding (see the module docstring).
 DEFAULT_TARGETS = (r'(?!.*embed)(.*/)?kernel',)
-STACK_KEY = 'layers'  # nn.scan's stacked-layers collection: a leading [layers] axis
 
 
 # ----------------------------------------------------------------------------- selection
@@ -82,7 +82,7 @@ def path_name(path) -> str:
 
 def is_stacked(path) -> bool:
     """True when the leaf at `path` stacks layers on its leading axis (nn.scan)."""
-    return STACK_KEY in path_name(path).split('/')
+    return bool(set(STACKS) & set(path_name(path).split('/')))  # (models.layout)
 
 
 def _compile(targets, where: str = 'optimizer.prune.targets'):

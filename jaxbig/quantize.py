@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbig.models.layout import STACKS
+
 CONTRACT = {'out': 2}  # kernels whose input spans more than one axis, by module name
 
 
@@ -49,7 +51,7 @@ def _keys(path) -> list[str]:
 
 def contracted_axes(path, ndim: int) -> tuple[int, ...]:
     keys = _keys(path)
-    lead = ('layers' in keys) + ('experts' in keys)  # stacked layers; a MoE layer's experts
+    lead = bool(set(STACKS) & set(keys)) + ('experts' in keys)  # stacked layers; experts
     contract = CONTRACT.get(keys[-2] if len(keys) > 1 else '', 1)
     return tuple(range(lead, lead + contract))
 

@@ -220,8 +220,10 @@ OBJECTIVES = {
     'lm_packed': ('experiments/lm.py', GPT, lambda rng, c: lm_batch(rng, packed=True)),
     'lm_unpacked': ('experiments/lm.py', GPT, lambda rng, c: lm_batch(rng, packed=False)),
     'sft': ('experiments/sft.py', GPT, lambda rng, c: sft_batch(rng)),
-    # Mixture-of-Experts feed-forward, dropless, with its balance and router z-losses
-    'lm_moe': ('experiments/lm.py', [*GPT, '--config.model.moe.experts=4'],
+    # Mixture-of-Experts feed-forward, dropless, with its balance and router z-losses; the
+    # first of the two layers dense (model.moe.first_dense: a second layer stack)
+    'lm_moe': ('experiments/lm.py', [*GPT, '--config.model.moe.experts=4',
+                                     '--config.model.moe.first_dense=1'],
                lambda rng, c: lm_batch(rng, packed=False)),
     'mlm': ('experiments/mlm.py',
             ['--config.model.depth=2', '--config.model.width=32', '--config.model.num_heads=2',

@@ -83,6 +83,10 @@ BUILDERS = {
     'qwen3_moe': lambda: _llama('Qwen3Moe', num_hidden_layers=2, num_experts=4,
                                 num_experts_per_tok=2, moe_intermediate_size=24,
                                 norm_topk_prob=False),
+    # Qwen3-MoE whose first layer keeps a dense MLP (mlp_only_layers: model.moe.first_dense)
+    'qwen3_moe_dense_first': lambda: _llama('Qwen3Moe', num_hidden_layers=3, num_experts=4,
+                                            num_experts_per_tok=2, moe_intermediate_size=24,
+                                            norm_topk_prob=True, mlp_only_layers=[0]),
     # OLMoE: q/k norms over the whole projection (as OLMo 2), top-k renormalised
     'olmoe': lambda: _llama('Olmoe', num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
                             intermediate_size=24, norm_topk_prob=True),

@@ -42,7 +42,8 @@ def test_released_configs_map_to_model_fields(name):
 
 @pytest.mark.parametrize('changes, message', [
     (dict(model_type='qwen3_moe', architectures=['Qwen3MoeForCausalLM'], num_experts=4,
-          moe_intermediate_size=8, mlp_only_layers=[0]), 'mlp_only_layers=.*dense layers'),
+          moe_intermediate_size=8, mlp_only_layers=[1]),
+     r'mlp_only_layers=\[1\].*dense layers other than the first k'),
     (dict(model_type='qwen3_moe', architectures=['Qwen3MoeForCausalLM'], num_experts=4,
           moe_intermediate_size=8, decoder_sparse_step=2), 'decoder_sparse_step=2'),
     (dict(model_type='olmoe', architectures=['OlmoeForCausalLM'], num_experts=4, clip_qkv=8.0),

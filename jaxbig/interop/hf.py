@@ -89,13 +89,23 @@ def run_config(model: dict, tokenizer: str = 'bytes', eos_id: int = -1
     return experiment.resolve_auto(c)
 
 
-def _layer_paths(path: str) -> tuple[str, int | None] | None:
-    """'layers/attn/query/kernel' -> ('attn/query/kernel', None) (scanned, all layers);
-    'layers_3/attn/...' -> ('attn/...', 3); a global path -> None."""
-    if path.startswith('layers/'):
-        return path[len('layers/'):], None
-    hit = re.match(r'layers_(\d+)/(.*)', path)
-    return (hit[2], int(hit[1])) if hit else None
+def _layer_paths(path: str, first_dense: int = 0) -> tuple[str, int | None, int] | None:
+    """A param path -> (its path within a layer, its HF layer index or None when scanned,
+    the HF index of its stack's first layer); a global path -> None. The stacks: a MoE
+    GPT's `dense_layers` (HF layers 0 .. first_dense - 1), then `layers`:
+    'layers/attn/query/kernel' -> ('attn/query/kernel', None, first_dense);
+    'layers_3/attn/...' -> ('attn/...', first_dense + 3, first_dense)."""
+    for stack, first in (('dense_layers', 0), ('layers', first_dense)):
+        if path.startswith(stack + '/'):
+            return path[len(stack) + 1:], None, first
+        hit = re.match(rf'{stack}_(\d+)/(.*)', path)
+        if hit:
+            return hit[2], first + int(hit[1]), first
+    return None
+
+
+def _first_dense(model) -> int:
+    return model.moe_spec.first_dense if getattr(model, 'moe_spec', None) else 0
 
 
 def _by_path(specs: dict) -> dict[str, tuple[str, int, object]]:
@@ -182,9 +192,9 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
     flat, flat_shardings = flatten(abstract), flatten(shardings)
     specs = family.tensors(model)
     by_path = _by_path(specs)
-    layer_shapes = {}
+    layer_shapes, first_dense = {}, _first_dense(model)
     for path, leaf in flat.items():
-        where = _layer_paths(path)
+        where = _layer_paths(path, first_dense)
         shape = leaf.shape[1:] if where and where[1] is None else leaf.shape
         layer_shapes[where[0] if where else path] = shape
     expected = _expected_shapes(specs, layer_shapes)
@@ -213,11 +223,11 @@ def import_dir(directory: str, workdir: str, *, param_dtype: str = '') -> dict:
         return None if tensor is None else to_jaxbig(tensor)[k]
 
     for path, leaf in flat.items():
-        where = _layer_paths(path)
+        where = _layer_paths(path, first_dense)
         if where is None:
             value = one(path, None)
-        elif where[1] is None:  # scanned: stack the layers on the leading axis
-            layers = [one(where[0], i) for i in range(model.num_layers)]
+        elif where[1] is None:  # scanned: stack the stack's layers on the leading axis
+            layers = [one(where[0], where[2] + i) for i in range(leaf.shape[0])]
             value = None if any(x is None for x in layers) else np.stack(layers)
         else:
             value = one(where[0], where[1])
@@ -261,21 +271,29 @@ def export_run(workdir: str, out: str, step: int | None = None, *, as_family: st
         params = jax.device_get(lora.merge(jax.tree.map(np.asarray, params),
                                            cfg.alpha / cfg.rank))
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
-    scanned = any(k.startswith('layers/') for k in flat)
+    first_dense = _first_dense(model)
+    per_layer = {}  # HF layer index -> {path within the layer: array}
+    for path, value in flat.items():
+        where = _layer_paths(path, first_dense)
+        if where is not None:
+            rel, i, first = where
+            for k, v in ([(i, value)] if i is not None else enumerate(value, first)):
+                per_layer.setdefault(k, {})[rel] = v
 
-    def layer(path, i):
-        return flat[f'layers/{path}'][i] if scanned else flat[f'layers_{i}/{path}']
+    def layers(paths):  # the HF layers that hold `paths` (a dense layer has no router)
+        return [i for i in range(model.num_layers) if all(p in per_layer[i] for p in paths)]
 
     tensors = {}
     experts = range(model.moe_spec.experts if model.moe_spec else 0)
     for template, (paths, _, to_hf) in family.tensors(model).items():
         if '{j}' in template:  # per expert: slice j of the stacked kernels
-            for i in range(model.num_layers):
+            for i in layers(paths):
                 for j in experts:
-                    tensors[template.format(i=i, j=j)] = to_hf(*(layer(p, i)[j] for p in paths))
+                    tensors[template.format(i=i, j=j)] = to_hf(
+                        *(per_layer[i][p][j] for p in paths))
         elif '{i}' in template:
-            for i in range(model.num_layers):
-                tensors[template.format(i=i)] = to_hf(*(layer(p, i) for p in paths))
+            for i in layers(paths):
+                tensors[template.format(i=i)] = to_hf(*(per_layer[i][p] for p in paths))
         else:
             tensors[template] = to_hf(*(flat[p] for p in paths))
     dtype = write_model_dir(out, tensors, family.hf_config(model),

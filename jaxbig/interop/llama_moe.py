@@ -13,8 +13,10 @@ Tensors, per layer i and expert j (HF Linear weights are [out, in]):
     Qwen3-MoE,   mlp.gate.weight [E, d]                       -> mlp/router
     OLMoE        mlp.experts.{j}.gate_proj / up_proj / down_proj -> the same
 
-Refused in one line: Qwen3-MoE with dense layers among the sparse ones (mlp_only_layers,
-decoder_sparse_step > 1), OLMoE's clip_qkv or attention biases. transformers runs every
+Qwen3-MoE's mlp_only_layers = [0 .. k-1] (dense layers first, of intermediate_size) is
+model.moe.first_dense = k. Refused in one line: other dense layers among the sparse ones
+(mlp_only_layers not a prefix, decoder_sparse_step > 1), OLMoE's clip_qkv or attention
+biases. transformers runs every
 MoE dropless: a jaxbig model trained with model.moe.dispatch='capacity' exports its weights
 as they are, and computes there as jaxbig's dropless dispatch does.
 """
@@ -43,12 +45,13 @@ def _model(hf: dict) -> dict:
     moe = dict(experts=int(experts), experts_per_token=int(hf['num_experts_per_tok']),
                normalize=True, dispatch='dropless')
     if kind == 'qwen3_moe':
-        need(hf, 'mlp_only_layers', not hf.get('mlp_only_layers'),
-             'dense layers among the MoE ones')
+        dense = sorted(hf.get('mlp_only_layers') or [])
+        need(hf, 'mlp_only_layers', dense == list(range(len(dense))),
+             'dense layers other than the first k (model.moe.first_dense)')
         need(hf, 'decoder_sparse_step', hf.get('decoder_sparse_step', 1) == 1,
              'MoE on every other layer only')
         moe.update(expert_dim=int(hf['moe_intermediate_size']),
-                   normalize=bool(hf.get('norm_topk_prob', False)))
+                   normalize=bool(hf.get('norm_topk_prob', False)), first_dense=len(dense))
         fields.update(qk_norm='head', qkv_bias=bool(hf.get('attention_bias', False)),
                       out_bias=bool(hf.get('attention_bias', False)))
     if kind == 'olmoe':
@@ -77,15 +80,19 @@ def _hf(m) -> dict:
                    norm_topk_prob=spec.normalize, clip_qkv=None, attention_bias=False)
     else:
         out.update(num_experts=spec.experts, moe_intermediate_size=spec.expert_dim or m.mlp_dim,
-                   norm_topk_prob=spec.normalize, decoder_sparse_step=1, mlp_only_layers=[],
+                   norm_topk_prob=spec.normalize, decoder_sparse_step=1,
+                   mlp_only_layers=list(range(spec.first_dense)),
                    attention_bias=m.qkv_bias, use_sliding_window=bool(m.sliding_window),
                    sliding_window=m.sliding_window or None, max_window_layers=0)
     return out
 
 
 def _tensors(m) -> dict:
-    """llama_tensors without the dense MLP, plus the router and the per-expert kernels."""
-    out = {k: v for k, v in llama_tensors(m).items() if '.mlp.' not in k}
+    """llama_tensors (their dense MLP for the first_dense layers only: the export and
+    import loops give a template the layers that hold its paths), plus the router and the
+    per-expert kernels."""
+    out = {k: v for k, v in llama_tensors(m).items()
+           if '.mlp.' not in k or m.moe_spec.first_dense}
     if m.qk_norm == 'projection':
         out.update(projection_norms(m))
     prefix, router, names = _LAYOUT[_kind(m)]
@@ -107,6 +114,8 @@ def _reasons(m) -> list[str]:
     bad += no_gemma_switches(m)
     bad += [f'moe.shared_experts={spec.shared_experts}'] if spec.shared_experts else []
     bad += [f'moe.bias_rate={spec.bias_rate} (a routing bias)'] if spec.bias_rate else []
+    if spec.first_dense and _kind(m) != 'qwen3_moe':
+        bad.append(f'moe.first_dense={spec.first_dense} (only Qwen3-MoE has dense layers)')
     if _kind(m) == 'mixtral':
         bad += [f'qk_norm={m.qk_norm!r}'] if m.qk_norm != 'none' else []
         bad += ['moe.normalize=False (Mixtral renormalises the top-k)'] if not spec.normalize \

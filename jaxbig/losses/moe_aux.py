@@ -27,7 +27,8 @@ probs p [L, b, t, E] and chosen c [L, b, t, E] (1 for the token's k experts):
 `loss` config: moe_balance (coefficient, default 0.01; 0 = off), moe_z_loss (default 0.001;
 0 = off), moe_balance_group. Metrics: moe_balance, moe_z_loss (the terms before their
 coefficients), moe_load_imbalance (tokens of the busiest expert / the mean, per layer,
-averaged: 1.0 = even; each layer's as moe_load_imbalance/layer_<i>, which jaxbig train
+averaged: 1.0 = even; each layer's as moe_load_imbalance/layer_<i>, i counting the MoE
+layers only (after model.moe.first_dense dense ones), which jaxbig train
 plots into the workdir's moe_load.png) and moe_dropped (the fraction of k-assignments the
 capacity dropped).
 """

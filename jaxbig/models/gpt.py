@@ -42,6 +42,10 @@ count_params, active_params, flops_per_token; re-exported here).
 `model.moe` (a dict of jaxbig.models.moe.MoeSpec, experts > 0) makes every layer's
 feed-forward a Mixture-of-Experts; the model then sows each layer's routing stats
 ('intermediates' / 'moe'), from which the loss adds the balance and router z-losses.
+With `moe.first_dense` = k (DeepSeek's first_k_dense_replace, Qwen3-MoE's mlp_only_layers
+[0 .. k-1]) the first k layers keep a dense MLP of mlp_dim: a second stack `dense_layers`
+(k layers) runs before `layers` (the num_layers - k MoE ones), each scanned or unrolled
+(`dense_layers_<i>`, `layers_<i>`) as the model is.
 """
 
 import math
@@ -52,6 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbig.models.decoder_block import NORM_POSITIONS, Block
+from jaxbig.models.gpt_cache import init_cache
 from jaxbig.models.gpt_size import SIZES, active_params, count_params, flops_per_token
 from jaxbig.models.layers import MLP_KINDS, NORMS, Linear
 from jaxbig.models.moe import MoeSpec
@@ -203,7 +208,7 @@ class Model(nn.Module):
                              'the number of positions a token sees')
         self.rope_spec.check()
         if self.moe_spec:
-            self.moe_spec.check(self.mlp, self.mlp_bias)
+            self.moe_spec.check(self.mlp, self.mlp_bias, self.num_layers)
         if set(self.window_pattern) - {'L', 'G'} or (self.window_pattern and
                                                    not self.sliding_window):
             raise ValueError(f'model.window_pattern={self.window_pattern!r}: expected L (local: '
@@ -275,20 +280,23 @@ class Model(nn.Module):
                 prevent_cse=not self.scan_layers,
                 static_argnums=(2,),
             )
-        if self.scan_layers:  # one layer traced once; params stacked on a leading 'layers' axis
-            self.layers = nn.scan(
-                block,
-                variable_axes={'params': 0},
-                # train, positions, kv (per layer: scanned), k_pos, index, segment_ids,
-                # local (per layer when there is a window pattern)
-                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast,
-                         nn.broadcast, 0 if 'G' in self.window_pattern else nn.broadcast),
-                split_rngs={'params': True, 'dropout': True},
-                length=self.num_layers,
-                metadata_params={nn.PARTITION_NAME: 'layers'},
-            )(**block_args)
-        else:  # params named layers_0, layers_1, ...
-            self.layers = [block(**block_args) for _ in range(self.num_layers)]
+        for name, _, n in self._stacks():
+            args = dict(block_args, moe=None) if name == 'dense_layers' else block_args
+            if self.scan_layers:  # one layer traced once; params stacked on a 'layers' axis
+                stack = nn.scan(
+                    block,
+                    variable_axes={'params': 0},
+                    # train, positions, kv (per layer: scanned), k_pos, index, segment_ids,
+                    # local (per layer when there is a window pattern)
+                    in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast,
+                             nn.broadcast, 0 if 'G' in self.window_pattern else nn.broadcast),
+                    split_rngs={'params': True, 'dropout': True},
+                    length=n,
+                    metadata_params={nn.PARTITION_NAME: 'layers'},
+                )(**args)
+            else:  # params named layers_0, layers_1, ... (dense_layers_0, ...)
+                stack = [block(**args) for _ in range(n)]
+            setattr(self, name, stack)  # (named by the attribute, as `self.x = ...` is)
         self.final_norm = NORMS[self.norm](self.norm_eps, **dtypes)
         if not self.tie_embeddings:
             self.unembed = Linear((self.vocab_size,), ('embed', 'vocab'), **dtypes)
@@ -301,10 +309,36 @@ class Model(nn.Module):
         p = self.window_pattern
         return [p[i % len(p)] == 'L' for i in range(self.num_layers)]
 
-    def _local(self):
-        """_local_per_layer as the scan's per-layer input (bool [layers]), or None."""
-        kinds = self._local_per_layer()
-        return None if kinds[0] is None else jnp.asarray(kinds)
+    def _stacks(self) -> list[tuple[str, int, int]]:
+        """[(attribute, first layer, number of layers)]: 'dense_layers' (moe.first_dense
+        of them, when set), then 'layers'."""
+        k = self.moe_spec.first_dense if self.moe_spec else 0
+        return ([('dense_layers', 0, k)] if k else []) + [('layers', k, self.num_layers - k)]
+
+    def _through(self, x, train, positions, segment_ids=None, cache=None, k_pos=None,
+                 index=None):
+        """x [batch, seq, embed] through every layer -> (x, the MoE layers' routing stats
+        stacked [moe layers, ...] or None); decoding (cache given) -> (x, (k, v)) with the
+        cache's k, v [layers, ...] updated."""
+        kinds, outs = self._local_per_layer(), []
+        for name, first, n in self._stacks():
+            stack, last = getattr(self, name), first + n
+            kv = None if cache is None else (cache['k'][first:last], cache['v'][first:last])
+            if self.scan_layers:
+                local = None if kinds[0] is None else jnp.asarray(kinds[first:last])
+                x, out = stack(x, train, positions, kv, k_pos, index, segment_ids, local)
+            else:
+                per = []
+                for i, layer in enumerate(stack):
+                    layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+                    x, o = layer(x, train, positions, layer_kv, k_pos, index, segment_ids,
+                                 kinds[first + i])
+                    per.append(o)
+                out = jax.tree.map(lambda *a: jnp.stack(a), *per) if per[0] is not None else None
+            outs.append(out)
+        if cache is not None:
+            return x, tuple(jnp.concatenate(parts) for parts in zip(*outs))
+        return x, outs[-1]  # the dense layers have no routing stats
 
     def _logits(self, features):
         """features [batch, seq, embed] -> logits [batch, seq, vocab] (tied or not; softcap)."""
@@ -332,15 +366,7 @@ class Model(nn.Module):
         x = self._embed(tokens, jnp.arange(tokens.shape[1]) if positions is None else positions)
         x = self.embed_dropout(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-        if self.scan_layers:  # stats: each MoE layer's routing, stacked [layers, ...]
-            x, stats = self.layers(x, train, positions, None, None, None, segment_ids,
-                                   self._local())
-        else:
-            stats = []
-            for layer, local in zip(self.layers, self._local_per_layer()):
-                x, s = layer(x, train, positions, None, None, None, segment_ids, local)
-                stats.append(s)
-            stats = jax.tree.map(lambda *a: jnp.stack(a), *stats) if stats[0] else None
+        x, stats = self._through(x, train, positions, segment_ids)  # stats [moe layers, ...]
         if stats is not None:  # read by the loss: apply(..., mutable=['intermediates'])
             self.sow('intermediates', 'moe', stats)
         return self.final_norm(x)
@@ -357,17 +383,7 @@ class Model(nn.Module):
                                        ('batch', 'length', 'embed'))
         index = cache['index']
         k_pos = jax.lax.dynamic_update_slice_in_dim(cache['pos'], positions, index, 1)
-        if self.scan_layers:
-            x, (k, v) = self.layers(x, False, positions, (cache['k'], cache['v']), k_pos, index,
-                                    None, self._local())
-        else:
-            ks, vs = [], []
-            for i, (layer, local) in enumerate(zip(self.layers, self._local_per_layer())):
-                x, (k, v) = layer(x, False, positions, (cache['k'][i], cache['v'][i]), k_pos,
-                                  index, None, local)
-                ks.append(k)
-                vs.append(v)
-            k, v = jnp.stack(ks), jnp.stack(vs)
+        x, (k, v) = self._through(x, False, positions, None, cache, k_pos, index)
         logits = self._logits(self.final_norm(x))
         cache = dict(k=k, v=v, pos=k_pos, index=index + tokens.shape[1])
         return logits, cache
@@ -381,20 +397,3 @@ class Model(nn.Module):
     def logits(self, features):
         """The head: `features`' output [batch, seq, embed] -> logits [batch, seq, vocab]."""
         return nn.with_logical_constraint(self._logits(features), ('batch', 'length', 'vocab'))
-
-
-def init_cache(model: Model, batch: int, max_len: int):
-    """An empty KV cache for `Model.decode`, an explicit pytree (not a flax collection):
-
-        k, v   [num_layers, batch, max_len, kv_heads, head_dim] in the compute dtype
-        pos    int32 [batch, max_len], each slot's token position; -1 = empty or padding
-        index  int32 scalar, the next slot to write
-    """
-    shape = (model.num_layers, batch, max_len, model.resolved_kv_heads, model.resolved_head_dim)
-    dtype = _dtype('dtype', model.dtype)
-    return dict(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
-        pos=jnp.full((batch, max_len), -1, jnp.int32),
-        index=jnp.zeros((), jnp.int32),
-    )

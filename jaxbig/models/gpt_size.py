@@ -71,16 +71,19 @@ def flops_per_token(model, seq_len: int) -> float:
     Norms, RoPE, softmax and the optimizer are not counted; nor are sliding windows
     (a windowed layer is counted as a full causal one: an upper bound). A Mixture-of-Experts
     layer counts its active weights: 3 * embed * expert_dim * (k + shared_experts) plus the
-    router's embed * experts (model.moe, jaxbig.models.moe).
+    router's embed * experts (model.moe, jaxbig.models.moe); its first_dense layers count
+    the dense MLP.
     """
     m, hd = model, model.resolved_head_dim
     mlp_mats = 3 if m.mlp in ('swiglu', 'geglu') else 2  # gated: gate, up, down
-    mlp = mlp_mats * m.embed_dim * m.mlp_dim
+    dense = mlp_mats * m.embed_dim * m.mlp_dim
+    mlps = m.num_layers * dense
     spec = getattr(m, 'moe_spec', None)
-    if spec:
+    if spec:  # the first_dense layers keep the dense MLP
         active = spec.experts_per_token + spec.shared_experts
-        mlp = 3 * m.embed_dim * (spec.expert_dim or m.mlp_dim) * active + m.embed_dim * spec.experts
-    weights = m.num_layers * (2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd + mlp)
+        moe = 3 * m.embed_dim * (spec.expert_dim or m.mlp_dim) * active + m.embed_dim * spec.experts
+        mlps = spec.first_dense * dense + (m.num_layers - spec.first_dense) * moe
+    weights = m.num_layers * 2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd + mlps
     weights += m.embed_dim * m.vocab_size
     attention = 3 * m.num_layers * 4 * seq_len * m.num_heads * hd / 2
     return float(6 * weights + attention)

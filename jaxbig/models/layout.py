@@ -33,6 +33,9 @@ from jaxbig.config import resolve
 from jaxbig.errors import ConfigError
 
 SWITCH = 'scan_layers'
+# The stacks a scanned model's params live under (a leading [layers] axis): the GPT's
+# `layers` and, with model.moe.first_dense, its `dense_layers`; every other model's `layers`.
+STACKS = ('layers', 'dense_layers')
 _UNROLLED = re.compile(r'(.+)_(\d+)')  # `layers_3` -> the 4th layer of the stack `layers`
 
 

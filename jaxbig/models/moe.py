@@ -79,6 +79,9 @@ class MoeSpec:
     # the probabilities for the top-k choice only, moved by -bias_rate * sign(load - mean)
     # after every update (jaxbig.moe_bias); 0 = off. Usually with loss.moe_balance=0.
     bias_rate: float = 0.0
+    # The first first_dense layers keep a dense MLP of model.mlp_dim (DeepSeek's
+    # first_k_dense_replace; Qwen3-MoE's mlp_only_layers = [0 .. first_dense - 1]).
+    first_dense: int = 0
 
     @classmethod
     def of(cls, section) -> MoeSpec | None:
@@ -92,9 +95,10 @@ class MoeSpec:
         spec = cls(**dict(section))
         return spec if spec.experts else None
 
-    def check(self, mlp: str = 'swiglu', mlp_bias: bool = False):
+    def check(self, mlp: str = 'swiglu', mlp_bias: bool = False, num_layers: int = 0):
         """One-line ConfigErrors for bad fields; mlp / mlp_bias: the model's, which the
-        experts cannot follow other than as SwiGLU without biases."""
+        experts cannot follow other than as SwiGLU without biases; num_layers: the model's
+        depth (first_dense must leave a MoE layer; 0 = not checked)."""
         if mlp != 'swiglu' or mlp_bias:
             raise ConfigError(f'model.moe: the experts are SwiGLU without biases, but model.mlp='
                               f"{mlp!r}, mlp_bias={mlp_bias}; set 'swiglu' and False")
@@ -113,6 +117,9 @@ class MoeSpec:
             raise ConfigError(f'model.moe.bias_rate={self.bias_rate}: expected >= 0 (0 = off)')
         if self.expert_dim < 0 or self.shared_experts < 0:
             raise ConfigError('model.moe.expert_dim and shared_experts must be >= 0')
+        if self.first_dense < 0 or (num_layers and self.first_dense >= num_layers):
+            raise ConfigError(f'model.moe.first_dense={self.first_dense}: expected 0 <= k < '
+                              f'model.num_layers={num_layers} (the leading dense layers)')
 
     def capacity(self, t: int) -> int:
         """C: slots per expert in a row of t tokens."""
