@@ -254,3 +254,28 @@ def test_hf_save_to_disk_source(tmp_path):
         token_cache.load_corpus('hf_disk', 'test', str(tmp_path / 'data'), str(saved))
     with pytest.raises(ValueError, match="no data.text_key='body'"):
         token_cache.load_corpus('hf_disk', 'train', str(tmp_path / 'data'), str(saved), 'body')
+
+
+def test_compressed_rows_are_streamed_not_held(tmp_path, monkeypatch):
+    """A .jsonl.zst read in order chunk by chunk decompresses once and keeps no copy of the
+    file's lines afterwards; rows read out of order reopen it."""
+    import tracemalloc
+
+    from jaxbig.data.text import file_documents
+
+    rng = np.random.default_rng(0)  # hex digits: zstd packs them only 2:1
+    docs = [rng.bytes(1000).hex() for _ in range(4000)]  # 8 MB of text in 4,000 records
+    _write(str(tmp_path / 'c' / 'a.jsonl.zst'), docs)
+    opened = []
+    real = file_documents._open_text
+    monkeypatch.setattr(file_documents, '_open_text', lambda p: opened.append(p) or real(p))
+    files = FileDocuments(str(tmp_path / 'c'), 'train', 'text', 'train=*', str(tmp_path / 'd'))
+    assert len(opened) == 1  # counting the records
+    tracemalloc.start()
+    same = all(files.read(range(start, start + 1000)) == [d.encode() for d in docs[start:][:1000]]
+               for start in range(0, len(docs), 1000))
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert same and len(opened) == 2
+    assert held < 4e6, held  # the file's lines would be > 8 MB (the stream's buffer: ~2 MB)
+    assert files.read([5, 3]) == [docs[5].encode(), docs[3].encode()] and len(opened) == 3

@@ -22,8 +22,11 @@ the text key and the split spec) and a cache directory under the TFDS data_dir
 token ids are cached once per tokenizer as for TFDS splits (jaxbig.data.text.token_cache):
 training slices that memory-mapped stream and never re-reads the files. Reading is by
 pyarrow (Parquet: row groups, an LRU of them) and zstandard / gzip streams; a plain JSONL
-file keeps its line offsets in memory for random access, a compressed one is decompressed
-whole when a read needs it (the one tokenizing pass reads every file once, in order).
+file keeps its line offsets in memory for random access; a compressed one is streamed
+forward from where the previous read stopped, keeping only the rows asked for (the one
+tokenizing pass, and the spot checks when a cache is reopened, decompress each file once;
+a read before the stream's position reopens it). Errors name the file and its own line
+number ('a.jsonl:3: ...', blank lines counted) or a Parquet file.
 """
 
 from __future__ import annotations
@@ -211,16 +214,37 @@ class _File:
             else:
                 with _open_text(path) as f:
                     self.count = sum(1 for line in f if line.strip())
+                self._cursor = None  # [open stream, next record, next line number]
 
     @functools.lru_cache(maxsize=4)
     def _group(self, g: int) -> list:
         return self._pq.read_row_group(g, columns=[self.key]).column(0).to_pylist()
 
-    @functools.lru_cache(maxsize=1)
-    def _lines(self) -> list[tuple[int, str]]:
-        """[(line number, line)] of the non-blank lines (a compressed file's, in memory)."""
-        with _open_text(self.path) as f:
-            return [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    def _stream(self, rows) -> dict[int, tuple[int, str]]:
+        """{row: (line number, line)} of a compressed file's `rows`, read forward from where
+        the previous call stopped (a row before that reopens the file): the tokenizing pass
+        (rows in order, chunk after chunk) and the spot checks decompress the file once
+        each, and memory holds only the rows asked for."""
+        want = sorted(set(rows))
+        if self._cursor is None or want[0] < self._cursor[1]:
+            if self._cursor is not None:
+                self._cursor[0].close()
+            self._cursor = [_open_text(self.path), 0, 0]
+        f, record, number = self._cursor
+        out, todo = {}, iter(want)
+        target = next(todo)
+        for line in f:
+            number += 1
+            if not line.strip():
+                continue
+            if record == target:
+                out[record] = (number, line)
+                target = next(todo, None)
+            record += 1
+            if target is None:
+                break
+        self._cursor[1:] = [record, number]
+        return out
 
     def texts(self, rows) -> list[bytes]:
         with unreadable_as_value_error(self.path):
@@ -242,7 +266,7 @@ class _File:
                     where = f'{self.path}:{self._numbers[r]}'
                     out.append(_text_of(_loads(f.readline(), where), where, self.key))
             return out
-        lines = self._lines()
+        lines = self._stream(rows)
         return [_text_of(_loads(lines[r][1], f'{self.path}:{lines[r][0]}'),
                          f'{self.path}:{lines[r][0]}', self.key) for r in rows]
 
