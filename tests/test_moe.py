@@ -214,19 +214,21 @@ def _model(**moe_fields):
 
 def test_gpt_moe_dispatches_agree_and_sow_stats():
     tokens = jnp.asarray(np.random.default_rng(6).integers(0, 32, (2, 7)), jnp.int32)
+    def forward(model, params):  # jitted: eager flax dispatches a MoE op by op, slowly
+        return jax.jit(lambda p: model.apply({'params': p}, tokens,
+                                             mutable=['intermediates']))(params)
+
     drop = _model()
-    params = drop.init(jax.random.PRNGKey(0), tokens)['params']
-    out, sown = drop.apply({'params': params}, tokens, mutable=['intermediates'])
+    params = jax.jit(drop.init)(jax.random.PRNGKey(0), tokens)['params']
+    out, sown = forward(drop, params)
     stats = moe_aux.stats_of(sown)
     assert stats['probs'].shape == (2, 2, 7, E) and float(stats['chosen'].sum()) == 2 * 14 * K
     unlimited = _model(dispatch='capacity', capacity_factor=float(E))
-    np.testing.assert_allclose(unlimited.apply({'params': params}, tokens), out, atol=1e-5)
+    np.testing.assert_allclose(forward(unlimited, params)[0], out, atol=1e-5)
     tight = _model(dispatch='capacity', capacity_factor=0.5)
-    _, sown = tight.apply({'params': params}, tokens, mutable=['intermediates'])
-    assert float(moe_aux.stats_of(sown)['dropped'].sum()) > 0
+    assert float(moe_aux.stats_of(forward(tight, params)[1])['dropped'].sum()) > 0
     dense = gpt.Model(vocab_size=32, num_layers=2, num_heads=2, embed_dim=D * 2, mlp_dim=M)
-    _, sown = dense.apply(dense.init(jax.random.PRNGKey(0), tokens), tokens,
-                          mutable=['intermediates'])
+    _, sown = forward(dense, jax.jit(dense.init)(jax.random.PRNGKey(0), tokens)['params'])
     assert moe_aux.stats_of(sown) is None
 
 
@@ -272,7 +274,8 @@ def test_int8_quantization_scales_each_expert_per_output_channel():
     from jaxbig import quantize
 
     model = _model()
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params'])
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0),
+                                          jnp.zeros((1, 4), jnp.int32))['params'])
     q = quantize.quantize_params(params)
     gate = q['layers']['mlp']['experts']['gate']['kernel']  # [layers, E, d, m], scanned
     assert gate.scale.shape == (2, E, 1, M)  # per layer, expert and output feature
@@ -321,14 +324,16 @@ def test_a_moe_student_distils_with_its_aux_losses():
     batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
                  mask=jnp.asarray([[1.0] * 8, [1.0] * 3 + [0.0] * 5]))
     student = _model()
-    params = student.init(jax.random.PRNGKey(0), batch['inputs'])['params']
+    params = jax.jit(student.init)(jax.random.PRNGKey(0), batch['inputs'])['params']
     teacher = gpt.Model(vocab_size=32, num_layers=1, num_heads=2, embed_dim=12, mlp_dim=M)
-    t_params = teacher.init(jax.random.PRNGKey(1), batch['inputs'])['params']
-    args = (student.apply, params, batch, {})
-    with_aux, metrics = distillation.loss_fn(*args, dict(moe_balance=0.1, moe_z_loss=0.01),
-                                             train=False, teacher=(teacher, t_params))
-    without, _ = distillation.loss_fn(*args, dict(moe_balance=0.0, moe_z_loss=0.0),
-                                      train=False, teacher=(teacher, t_params))
+    t_params = jax.jit(teacher.init)(jax.random.PRNGKey(1), batch['inputs'])['params']
+    def loss(balance, z):  # jitted (the coefficients are Python numbers the loss reads)
+        return jax.jit(lambda p: distillation.loss_fn(
+            student.apply, p, batch, {}, dict(moe_balance=balance, moe_z_loss=z), train=False,
+            teacher=(teacher, t_params)))(params)
+
+    with_aux, metrics = loss(0.1, 0.01)
+    without, _ = loss(0.0, 0.0)
     assert float(with_aux.count) == float(without.count) == 11
     np.testing.assert_allclose(float(with_aux), float(without) + 0.1 * float(
         metrics['moe_balance']) + 0.01 * float(metrics['moe_z_loss']), rtol=1e-6)
@@ -362,7 +367,8 @@ def _bias_step(accum):
     step = jax.jit(step_lib.make_train_step(
         model, losses.get_loss_module('autoregressive').loss_fn, loss_cfg, tx,
         accum_steps=accum, trainable=run.trainable_mask(opt, state.params)))
-    _, sown = model.apply({'params': state.params}, batch['inputs'], mutable=['intermediates'])
+    _, sown = jax.jit(lambda p: model.apply({'params': p}, batch['inputs'],
+                                            mutable=['intermediates']))(state.params)
     new, metrics = step(state, batch)
     before = state.params['layers']['mlp']['router_bias']
     return before, new.params['layers']['mlp']['router_bias'], moe_aux.stats_of(sown), mask

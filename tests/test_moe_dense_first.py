@@ -29,7 +29,8 @@ def _tokens(seq=8):
 
 
 def _init(model):
-    return nn.unbox(layout.init_params(model, {'params': jax.random.PRNGKey(0)}, _tokens()))
+    return nn.unbox(jax.jit(lambda key: layout.init_params(model, {'params': key}, _tokens()))(
+        jax.random.PRNGKey(0)))
 
 
 def test_layouts_agree_and_decoding_equals_the_forward():
@@ -42,16 +43,17 @@ def test_layouts_agree_and_decoding_equals_the_forward():
         dense = params['dense_layers' if scan else 'dense_layers_0']['mlp']
         assert set(dense) == {'gate', 'up', 'down'}  # a dense SwiGLU: no router, no experts
         assert dense['up']['kernel'].shape[-1] == SHAPE['mlp_dim']
-        out, state = model.apply({'params': params}, tokens, mutable=['intermediates'])
+        out, state = jax.jit(lambda p, t: model.apply({'params': p}, t, mutable=[
+            'intermediates']))(params, tokens)  # (jitted: eager flax is slow to dispatch)
         stats = state['intermediates']['moe'][0]
         assert stats['probs'].shape == (2, 2, 8, 4)  # [MoE layers, batch, seq, experts]
         logits[scan] = np.asarray(out)
-        cache = gpt.init_cache(model, 2, 8)
+        if not scan:  # (the unrolled decode: generate's, in the next test)
+            continue
+        decode = jax.jit(lambda p, *a: model.apply({'params': p}, *a, method=model.decode))
         positions = jnp.broadcast_to(jnp.arange(8), (2, 8))
-        first, cache = model.apply({'params': params}, tokens[:, :5], positions[:, :5], cache,
-                                   method=model.decode)
-        step, _ = model.apply({'params': params}, tokens[:, 5:6], positions[:, 5:6], cache,
-                              method=model.decode)
+        first, cache = decode(params, tokens[:, :5], positions[:, :5], gpt.init_cache(model, 2, 8))
+        step, _ = decode(params, tokens[:, 5:6], positions[:, 5:6], cache)
         np.testing.assert_allclose(np.asarray(first), logits[scan][:, :5], atol=1e-5)
         np.testing.assert_allclose(np.asarray(step)[:, 0], logits[scan][:, 5], atol=1e-5)
     np.testing.assert_allclose(logits[True], logits[False], atol=1e-5)

@@ -72,6 +72,7 @@ print(json.dumps({'devices': jax.device_count(), 'jit': jit_out, 'pmap': pmap_ou
 '''
 
 
+@pytest.mark.slow  # ~15 s; the invariance matrix holds every objective under pmap2 (default)
 def test_pmap_matches_jit_on_one_device(tfds_dir):
     env = dict(os.environ, XLA_FLAGS=xla_flags(8))
     env.setdefault('JAX_PLATFORMS', 'cpu')
