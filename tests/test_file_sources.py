@@ -279,3 +279,27 @@ def test_compressed_rows_are_streamed_not_held(tmp_path, monkeypatch):
     assert same and len(opened) == 2
     assert held < 4e6, held  # the file's lines would be > 8 MB (the stream's buffer: ~2 MB)
     assert files.read([5, 3]) == [docs[5].encode(), docs[3].encode()] and len(opened) == 3
+
+
+def test_record_index_is_saved_with_the_token_cache_and_read_back(tmp_path, monkeypatch):
+    """Once a token cache is built, the files' record counts (and plain JSONL line offsets)
+    are kept beside it: the next opening counts nothing and reads the same records."""
+    from jaxbig.data.text import file_documents, record_index
+
+    root, data = tmp_path / 'c', str(tmp_path / 'd')
+    for name, part in (('a.jsonl', DOCS[:9]), ('b.jsonl.zst', DOCS[9:16]),
+                       ('c.parquet', DOCS[16:])):
+        _write(str(root / name), part)
+    token_cache.load_corpus.cache_clear()
+    corpus = token_cache.load_corpus('files', 'train', data, str(root), splits='train=*')
+    first = FileDocuments(str(root), 'train', 'text', 'train=*', data)
+    assert os.listdir(first.cache_dir).count(record_index.RECORDS_FILE) == 1
+    counted = []
+    monkeypatch.setattr(file_documents, '_line_offsets', lambda p: counted.append(p))
+    monkeypatch.setattr(file_documents, '_open_text', lambda p: counted.append(p))
+    file_documents._files.cache_clear()
+    again = FileDocuments(str(root), 'train', 'text', 'train=*', data)
+    assert counted == [] and len(again) == len(DOCS)
+    monkeypatch.undo()
+    assert again.read(range(len(DOCS))) == [d.encode('utf-8') for d in DOCS]
+    assert len(corpus.doc_ids) == len(DOCS)

@@ -46,6 +46,7 @@ import os
 import numpy as np
 
 from jaxbig.data.builders import pystdlib
+from jaxbig.data.text import record_index
 
 SUFFIXES = ('.jsonl', '.json', '.jsonl.gz', '.jsonl.zst', '.parquet')
 DEFAULT_SPLITS = 'validation=0.01'
@@ -183,11 +184,25 @@ def _text_of(value, where: str, key: str) -> bytes:
     return (text if isinstance(text, str) else str(text)).encode('utf-8')
 
 
+def _line_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(byte offset, line number) int64 [records] of a plain JSONL file's non-blank lines."""
+    offsets, numbers, pos = [], [], 0
+    with open(path, 'rb') as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                offsets.append(pos)
+                numbers.append(number)
+            pos += len(line)
+    return np.asarray(offsets, np.int64), np.asarray(numbers, np.int64)
+
+
 class _File:
     """One file's records: count, and texts(rows) -> list[bytes]."""
 
-    def __init__(self, path: str, text_key: str):
-        self.path, self.key = path, text_key
+    def __init__(self, path: str, text_key: str, known: dict | None = None):
+        """known: this file's entry of a saved record index ({'count', and for a plain
+        JSONL 'offsets', 'numbers'}), which spares the pass that counts its records."""
+        self.path, self.key, self.offsets = path, text_key, None
         if path.endswith('.parquet'):
             import pyarrow.parquet as pq
 
@@ -201,16 +216,13 @@ class _File:
             self.count = int(self.group_starts[-1])
         else:
             self._pq, self.offsets, self.count = None, None, 0
-            if path.endswith(('.jsonl', '.json')):  # line offsets: random access by seek
-                offsets, numbers, pos = [], [], 0
-                with open(path, 'rb') as f:
-                    for number, line in enumerate(f, 1):
-                        if line.strip():
-                            offsets.append(pos)
-                            numbers.append(number)
-                        pos += len(line)
-                self.offsets, self.count = np.asarray(offsets, np.int64), len(offsets)
-                self._numbers = np.asarray(numbers, np.int64)
+            if known is not None and ('offsets' in known) == path.endswith(('.jsonl', '.json')):
+                self.count = int(known['count'])
+                self.offsets, self._numbers = known.get('offsets'), known.get('numbers')
+                self._cursor = None
+            elif path.endswith(('.jsonl', '.json')):  # line offsets: random access by seek
+                self.offsets, self._numbers = _line_offsets(path)
+                self.count = len(self.offsets)
             else:
                 with _open_text(path) as f:
                     self.count = sum(1 for line in f if line.strip())
@@ -283,15 +295,17 @@ def _loads(line, where: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _files(root: str, rel: tuple, text_key: str, stamp: tuple) -> tuple:
-    """The opened files (record counts known), cached per content stamp; a file that cannot
-    be read (truncated, not UTF-8, not Parquet) is a one-line ValueError naming it, a file
-    without records is skipped with a warning (it adds no records)."""
+def _files(root: str, rel: tuple, text_key: str, stamp: tuple, index: str) -> tuple:
+    """The opened files (record counts known), cached per content stamp; the counts (and a
+    plain JSONL's line offsets) come from the record index `index` when it was saved for
+    these files. A file that cannot be read (truncated, not UTF-8, not Parquet) is a
+    one-line ValueError naming it, a file without records is skipped with a warning."""
+    known = record_index.load(index, rel)
     files = []
     for r in rel:
         path = os.path.join(root, r)
         with unreadable_as_value_error(path):
-            files.append(_File(path, text_key))
+            files.append(_File(path, text_key, known.get(r)))
         if not files[-1].count:
             logging.warning('data: %s has no records; skipped', path)
     return tuple(files)
@@ -326,17 +340,25 @@ class FileDocuments:
         parse_splits(splits)  # a malformed spec fails before any file is opened
         stamp = tuple((r, os.path.getsize(os.path.join(root, r)),
                        os.stat(os.path.join(root, r)).st_mtime_ns) for r in rel)
-        self._files = _files(root, tuple(rel), text_key, stamp)
-        counts = np.array([f.count for f in self._files], np.int64)
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        ids = split_ids(rel, counts, split, splits, root)
-        self.ids, self._starts = ids.astype(np.int64), starts
         self.fingerprint = {'files': [list(s) for s in stamp], 'root': os.path.abspath(root),
                             'split': split, 'text_key': text_key,
                             'splits': splits or DEFAULT_SPLITS}
         key = json.dumps(dict(self.fingerprint, split=None), sort_keys=True).encode()
         # created by the first cache written (token_cache), so a refusal leaves nothing
         self.cache_dir = os.path.join(data_dir, 'jaxbig-files', hashlib.sha1(key).hexdigest()[:16])
+        self._rel = tuple(rel)
+        self._index = os.path.join(self.cache_dir, record_index.RECORDS_FILE)
+        self._files = _files(root, self._rel, text_key, stamp, self._index)
+        counts = np.array([f.count for f in self._files], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        ids = split_ids(rel, counts, split, splits, root)
+        self.ids, self._starts = ids.astype(np.int64), starts
+
+    def cached(self) -> None:
+        """Called by the token cache once it has written its files here: saves the record
+        index (counts, plain JSONL line offsets), so the next run skips counting."""
+        if not os.path.exists(self._index):
+            record_index.save(self._index, self._rel, self._files)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -187,6 +187,8 @@ def _build(documents, encoding, old_ends) -> tuple[np.ndarray, np.ndarray]:
     info = {'format': TOKENS_FORMAT, 'fingerprint': documents.fingerprint,
             'encoding': encoding.name, 'dtype': dtype.str, 'num_tokens': writer.count}
     docs_lib._atomic_write(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
+    if hasattr(documents, 'cached'):  # a files source keeps its record index beside it
+        documents.cached()
     remove_unused(documents)
     return ends, np.load(npy, mmap_mode='r', allow_pickle=False)
 
