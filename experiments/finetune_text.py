@@ -17,7 +17,8 @@ never trained on.)
     jaxbig train --config experiments/finetune_text.py:data=ag_news_subset,init=runs/lm \
         --workdir runs/ag            # any prepared TFDS set with a Text and a ClassLabel
     jaxbig train --config experiments/finetune_text.py:data=reviews.jsonl,init=runs/lm \
-        --workdir runs/mine          # your own {"text", "label"} records
+        --workdir runs/mine          # your own {"text", "label"} records (JSONL / Parquet,
+                                     # or a directory a Hugging Face save_to_disk wrote)
 
 Arguments: init (a pretraining workdir; its config.json gives the backbone's shape, its
 latest checkpoint the weights; '' = from scratch, tiny GPT), mode (full | linear_probe |
@@ -166,10 +167,13 @@ def get_config(arg=None):
             pooling = backbone['pool']
         backbone = dict(backbone, pool=pooling, head='none')
     files = _is_path(arg.data)  # your JSONL / Parquet records {text, label}
+    saved = files and any(os.path.isfile(os.path.join(arg.data, name))  # save_to_disk's
+                          for name in ('dataset_dict.json', 'state.json'))
     snippets = dict(
         **tokenizer,
         pipeline='text_classes',
-        name='files' if files else arg.data,  # or a prepared TFDS text + ClassLabel dataset
+        # or a prepared TFDS text + ClassLabel dataset
+        name=('hf_disk' if saved else 'files') if files else arg.data,
         path=arg.data if files else '',
         splits='',  # files: 'validation=0.01' (default) or name=glob pairs
         data_dir='',

@@ -5,6 +5,7 @@ concatenate to one process's; MLM trains on files; a refusal exits 2 and leaves 
 behind; a sweep over mixture weights plans and names its runs by label. (Readers and
 errors: tests/test_file_sources.py; mixtures: tests/test_mixture.py.)"""
 
+import json
 import os
 
 import ml_collections
@@ -153,3 +154,45 @@ def test_a_sweep_over_mixture_weights(tmp_path, capsys):
     with pytest.raises(config_lib.ConfigError, match=r"'text' names no single entry of the "
                        r"list \(its entries: \['code', 'web'\], or an index\)"):
         config_lib.apply_overrides(config, [('data.mixture.text.weight', '1')])
+
+
+def test_text_classes_from_a_saved_dataset_equal_the_same_records_as_jsonl(tmp_path):
+    """data.name='hf_disk' for text classification: a DatasetDict's splits (and a single
+    Dataset split by data.splits) give the batches of the same records as JSONL files."""
+    import datasets
+
+    from jaxbig.data.pipelines import text_classes
+
+    rows = [{'text': f'review {i}: ' + 'good ' * (i % 4), 'label': ['neg', 'pos'][i % 2]}
+            for i in range(40)]
+    saved = tmp_path / 'saved'
+    datasets.DatasetDict({'train': datasets.Dataset.from_list(rows[:30]),
+                          'validation': datasets.Dataset.from_list(rows[30:])}
+                         ).save_to_disk(str(saved))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / 'one'))
+    for name, part in (('train.jsonl', rows[:30]), ('val.jsonl', rows[30:])):
+        with open(tmp_path / name, 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in part)
+    base = dict(pipeline='text_classes', text_key='', label_key='', seq_len=24,
+                tokenizer='bytes', eos_id=-1)
+    pairs = [  # (hf_disk source, the same records as JSONL)
+        (dict(name='hf_disk', path=str(saved), splits=''),
+         dict(name='files', path=str(tmp_path / '*.jsonl'),
+              splits='train=train.jsonl,validation=val.jsonl')),
+        (dict(name='hf_disk', path=str(tmp_path / 'one'), splits='validation=0.25'),
+         dict(name='files', path=str(tmp_path / 'all.jsonl'), splits='validation=0.25'))]
+    with open(tmp_path / 'all.jsonl', 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in rows)
+    for disk, files in pairs:
+        disk, files = (ml_collections.ConfigDict(dict(base, **c)) for c in (disk, files))
+        assert text_classes.file_examples(disk)[1] == ('neg', 'pos')
+        for split in ('train', 'validation'):
+            a, b = (text_classes.build_pipeline(c, split=split, batch_size=4, seed=2)
+                    for c in (disk, files))
+            for step in (0, 3):
+                for key, value in a.get_batch(step).items():
+                    np.testing.assert_array_equal(value, b.get_batch(step)[key], err_msg=key)
+    bad = ml_collections.ConfigDict(dict(base, name='hf_disk', path=str(saved), splits='',
+                                         label_key='stars'))
+    with pytest.raises(config_lib.ConfigError, match=r"saved: no column 'stars' \(found "):
+        text_classes.file_examples(bad)

@@ -29,8 +29,10 @@ dataset's (`tfds_sources.find_split`: 'test' for 'validation').
 
 `data.name='files'`: JSONL / Parquet records at `data.path` with `data.text_key` ('text')
 and `data.label_key` ('label': strings or integers; the classes are the values found, sorted),
-split by `data.splits` as for text corpora (`file_examples`), read whole into memory and
-batched as the TFDS examples are.
+split by `data.splits` as for text corpora (`file_examples`), read whole into memory (the
+classes are found over every record; such sets are tens of thousands of records) and
+batched as the TFDS examples are. `data.name='hf_disk'`: the same from a dataset saved with
+`save_to_disk` (a DatasetDict's own splits, or a Dataset split by data.splits).
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ from jaxbig.data.pipelines import lm
 from jaxbig.data.text import documents
 from jaxbig.data.text.tokenizers import ByteTokenizer
 
+RECORD_SOURCES = ('files', 'hf_disk')  # JSONL / Parquet records; a save_to_disk dataset
+
 
 def prepare(config) -> None:
-    if config.get('name') == 'files':
+    if config.get('name') in RECORD_SOURCES:
         return  # read as they are
     if _from_tfds(config):
         image_sources.prepare(config)  # a prepared TFDS dataset (array_record): checked
@@ -57,13 +61,13 @@ def prepare(config) -> None:
 
 
 def _from_tfds(config) -> bool:
-    return config.get('name', 'pystdlib') not in ('pystdlib', 'files')
+    return config.get('name', 'pystdlib') not in ('pystdlib', *RECORD_SOURCES)
 
 
 def num_classes(config) -> int:
     """Classes of the task (`model.num_classes='auto'`): the ClassLabel's, the labels found
     in the files, or the snippets'."""
-    if config.get('name') == 'files':
+    if config.get('name') in RECORD_SOURCES:
         return len(file_examples(config)[1])
     if _from_tfds(config):
         return len(tfds_features(config)[2])
@@ -234,14 +238,13 @@ class ExamplePipeline:
 def file_examples(config) -> tuple[dict, tuple]:
     """({split: (texts, labels int32[n], locations)}, classes) of a 'files' source: JSONL /
     Parquet records with `data.text_key` and `data.label_key` at `data.path`, split by
-    `data.splits`; the classes are every label value found (in any split), sorted."""
-    from jaxbig.data.text import file_documents, file_records
+    `data.splits` (or the rows of a 'hf_disk' dataset, its splits its own or data.splits');
+    the classes are every label value found (in any split), sorted."""
+    from jaxbig.data.text import file_records
 
     keys = (config.get('text_key') or 'text', config.get('label_key') or 'label')
-    spec = file_documents.parse_splits(config.get('splits', ''))
-    names = ['train', *spec] if isinstance(next(iter(spec.values())), float) else list(spec)
     raw = {}
-    for split in dict.fromkeys(names):
+    for split in dict.fromkeys(file_records.split_names(config)):
         records = file_records.load_records(config, split, keys)
         for where, record in records:
             missing = [k for k in keys if not isinstance(record, dict) or k not in record]
@@ -299,7 +302,7 @@ def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_
                    one_pass=False, num_examples=0):
     if config.seq_len < 1:
         raise ConfigError(f'data.seq_len={config.seq_len}: must be >= 1')
-    if config.get('name') == 'files':
+    if config.get('name') in RECORD_SOURCES:
         return FileExamplePipeline(config, split=split, batch_size=batch_size, seed=seed,
                                    process_index=process_index, process_count=process_count,
                                    one_pass=one_pass, num_examples=num_examples)

@@ -48,9 +48,27 @@ def stamp(path: str) -> tuple:
                   os.stat(os.path.join(root, r)).st_mtime_ns) for r in rel)
 
 
+def split_names(config) -> list[str]:
+    """The splits a records source has: data.splits' names ('train' + a held-out one, or
+    its globs' names), or a saved DatasetDict's own (`data.name='hf_disk'`)."""
+    try:
+        if config.get('name') == 'hf_disk':
+            from jaxbig.data.text import hf_disk
+
+            return hf_disk.split_names(hf_disk.load(config.get('path', '')),
+                                       config.get('splits', ''))
+        spec = fd.parse_splits(config.get('splits', ''))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return ['train', *spec] if isinstance(next(iter(spec.values())), float) else list(spec)
+
+
 def load_records(config, split: str, keys: tuple) -> list[tuple[str, dict]]:
     """[(where 'file:line', record)] of `split` of the files at config['path'] (`keys`:
-    the columns a Parquet file must have), split by config['splits'] as text corpora are."""
+    the columns a Parquet file must have), split by config['splits'] as text corpora are;
+    with `data.name='hf_disk'`, the `keys` columns of a saved dataset's rows ('dir[row]')."""
+    if config.get('name') == 'hf_disk':
+        return _saved_rows(config, split, keys)
     try:
         root, rel = fd.find_files(config.get('path', ''))
         records, where, counts = _read_all(root, stamp(config.get('path', '')), tuple(keys))
@@ -72,3 +90,21 @@ def _read_all(root: str, files: tuple, keys: tuple) -> tuple:
         where += [f'{r}:{n}' for n, _ in mine]
         counts.append(len(mine))
     return records, where, counts
+
+
+def _saved_rows(config, split: str, keys: tuple) -> list[tuple[str, dict]]:
+    """load_records of a `save_to_disk` dataset (jaxbig.data.text.hf_disk): its rows read
+    from the memory-mapped Arrow table, a column missing is one line."""
+    from jaxbig.data.text import hf_disk
+
+    path = config.get('path', '')
+    try:
+        table, ids = hf_disk.open_split(hf_disk.load(path), path, split, config.get('splits', ''))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    missing = [k for k in keys if k not in table.column_names]
+    if missing:
+        raise ConfigError(f'{path}: no column {missing[0]!r} (found {table.column_names}); set '
+                          'the data.*_key that names it')
+    rows = table.select_columns(list(keys))[ids.tolist()] if len(ids) else {k: [] for k in keys}
+    return [(f'{path}[{i}]', {k: rows[k][j] for k in keys}) for j, i in enumerate(ids.tolist())]

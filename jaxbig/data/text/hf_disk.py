@@ -35,37 +35,55 @@ def _stamp(path: str) -> list:
     return out
 
 
+def load(path: str):
+    """The saved Dataset or DatasetDict at `path` (memory-mapped); one-line ValueErrors."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError("data.name='hf_disk' reads saved datasets with the `datasets` "
+                         "library, which is not installed: pip install 'jaxbig[hf]'") from None
+    path = os.path.expanduser(path)
+    if not path or not os.path.isdir(path):
+        raise ValueError(f'data.path={path!r}: not a directory written by save_to_disk')
+    try:
+        return datasets.load_from_disk(path)
+    except Exception as e:  # noqa: BLE001 (whatever the library says about the directory)
+        raise ValueError(f'data.path={path!r}: not a saved dataset ({str(e).splitlines()[0]})'
+                         ) from None
+
+
+def split_names(saved, splits: str) -> list[str]:
+    """A DatasetDict's own splits; a single Dataset's are data.splits' ('train' + the
+    held-out one, or the names of its globs)."""
+    if hasattr(saved, 'keys'):
+        return list(saved.keys())
+    spec = fd.parse_splits(splits)
+    return ['train', *spec] if isinstance(next(iter(spec.values())), float) else list(spec)
+
+
+def open_split(saved, path: str, split: str, splits: str):
+    """(the Dataset holding `split`, int64 row ids of the split in it)."""
+    if hasattr(saved, 'keys'):  # a DatasetDict
+        if split not in saved:
+            raise ValueError(f'data split {split!r}: {path!r} has {sorted(saved)}')
+        return saved[split], np.arange(len(saved[split]), dtype=np.int64)
+    return saved, fd.split_ids(['data'], [len(saved)], split, splits, path)
+
+
 class HFDiskDocuments:
     """The rows of one split of a saved dataset (see the module docstring)."""
 
     def __init__(self, path: str, split: str, text_key: str, splits: str, data_dir: str):
-        try:
-            import datasets
-        except ImportError:
-            raise ValueError("data.name='hf_disk' reads saved datasets with the `datasets` "
-                             "library, which is not installed: pip install 'jaxbig[hf]'") from None
+        saved = load(path)
         path = os.path.expanduser(path)
-        if not path or not os.path.isdir(path):
-            raise ValueError(f'data.path={path!r}: not a directory written by save_to_disk')
-        try:
-            saved = datasets.load_from_disk(path)
-        except Exception as e:  # noqa: BLE001 (whatever the library says about the directory)
-            raise ValueError(f'data.path={path!r}: not a saved dataset ({str(e).splitlines()[0]})'
-                             ) from None
-        if isinstance(saved, datasets.DatasetDict):
-            if split not in saved:
-                raise ValueError(f'data split {split!r}: {path!r} has {sorted(saved)}')
-            table, ids = saved[split], np.arange(len(saved[split]), dtype=np.int64)
-        else:
-            table = saved
-            ids = fd.split_ids(['data'], [len(saved)], split, splits, path)
+        table, ids = open_split(saved, path, split, splits)
         if text_key not in table.column_names:
             raise ValueError(f'{path!r}: no data.text_key={text_key!r} column (found '
                              f'{table.column_names})')
         self._table, self._key, self.ids = table.select_columns([text_key]), text_key, ids
         self.fingerprint = {'files': _stamp(path), 'root': os.path.abspath(path),
                             'split': split, 'text_key': text_key,
-                            'splits': '' if isinstance(saved, datasets.DatasetDict)
+                            'splits': '' if hasattr(saved, 'keys')
                             else (splits or fd.DEFAULT_SPLITS)}
         key = json.dumps(dict(self.fingerprint, split=None), sort_keys=True).encode()
         digest = hashlib.sha1(key).hexdigest()[:16]
