@@ -2,7 +2,8 @@
 (plain, gzip and zstd JSONL, Parquet shards of several row groups) resumes exactly; a
 files source gives the batches of the same text as a folder, and two processes' batches
 concatenate to one process's; MLM trains on files; a refusal exits 2 and leaves nothing
-behind; a sweep over mixture weights plans and names its runs by label. (Readers and
+behind; a sweep over mixture weights plans and names its runs by label; saved (save_to_disk)
+datasets train and feed text classification. (Readers and
 errors: tests/test_file_sources.py; mixtures: tests/test_mixture.py.)"""
 
 import json
@@ -196,3 +197,19 @@ def test_text_classes_from_a_saved_dataset_equal_the_same_records_as_jsonl(tmp_p
                                          label_key='stars'))
     with pytest.raises(config_lib.ConfigError, match=r"saved: no column 'stars' \(found "):
         text_classes.file_examples(bad)
+
+
+def test_jaxbig_train_on_a_saved_dataset(tmp_path):
+    """`experiments/lm.py:data=hf_disk` on a DatasetDict saved with save_to_disk: trains
+    and scores its own validation split (the same model as above: compiled once)."""
+    import datasets
+
+    saved = tmp_path / 'saved'
+    datasets.DatasetDict({'train': datasets.Dataset.from_dict({'text': DOCS[:100]}),
+                          'validation': datasets.Dataset.from_dict({'text': DOCS[100:]})}
+                         ).save_to_disk(str(saved))
+    _train(tmp_path / 'run', saved, tmp_path / 'cache', '--config.train.steps=4',
+           '--config.data.splits=', config='experiments/lm.py:data=hf_disk')
+    assert sorted(metric_series(tmp_path / 'run')) == [1, 2, 3, 4]
+    assert metric_series(tmp_path / 'run', 'val/num_examples')[4] > 0
+    assert os.listdir(tmp_path / 'cache') == ['jaxbig-hf-disk']
