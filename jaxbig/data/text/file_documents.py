@@ -99,6 +99,12 @@ def parse_splits(spec: str) -> dict:
     return out
 
 
+def split_names(splits: str) -> list[str]:
+    """The splits a `data.splits` spec defines: 'train' and the held-out one, or its globs'."""
+    spec = parse_splits(splits)
+    return ['train', *spec] if isinstance(next(iter(spec.values())), float) else list(spec)
+
+
 def split_ids(rel: list[str], counts, split: str, splits: str, root: str) -> np.ndarray:
     """int64 record ids (numbered over the files `rel` in order, `counts` records each) of
     `split` under the `data.splits` spec `splits` (module docstring); one-line ValueError

@@ -57,10 +57,9 @@ def split_names(config) -> list[str]:
 
             return hf_disk.split_names(hf_disk.load(config.get('path', '')),
                                        config.get('splits', ''))
-        spec = fd.parse_splits(config.get('splits', ''))
+        return fd.split_names(config.get('splits', ''))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return ['train', *spec] if isinstance(next(iter(spec.values())), float) else list(spec)
 
 
 def load_records(config, split: str, keys: tuple) -> list[tuple[str, dict]]:

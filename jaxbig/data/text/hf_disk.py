@@ -55,10 +55,7 @@ def load(path: str):
 def split_names(saved, splits: str) -> list[str]:
     """A DatasetDict's own splits; a single Dataset's are data.splits' ('train' + the
     held-out one, or the names of its globs)."""
-    if hasattr(saved, 'keys'):
-        return list(saved.keys())
-    spec = fd.parse_splits(splits)
-    return ['train', *spec] if isinstance(next(iter(spec.values())), float) else list(spec)
+    return list(saved.keys()) if hasattr(saved, 'keys') else fd.split_names(splits)
 
 
 def open_split(saved, path: str, split: str, splits: str):
