@@ -2,7 +2,8 @@
 8 devices; SIGTERM to the launcher (forwarded to every process), or to one process only
 (as when a scheduler preempts one host: `safety.StopRequest.agreed` spreads the request),
 stops every process at one step with a checkpoint, and a relaunch finishes with the
-uninterrupted losses. Slow: each multi-process run compiles in every process and runs
+uninterrupted losses; a JSONL / Parquet source (data.name='files') gives two processes one
+process's losses. Slow: each multi-process run compiles in every process and runs
 gloo collectives on a 2-core machine (~1 min per launch)."""
 import os
 import re
@@ -147,3 +148,28 @@ def _rows(workdir) -> dict:
         return metric_series(workdir)
     except (FileNotFoundError, ValueError):
         return {}
+
+
+def test_two_processes_on_a_files_source_match_one_process(tfds_dir, tmp_path):
+    """A JSONL / Parquet source (data.name='files', its caches built by process 0 while the
+    other waits) gives two processes the batches one process has: the same losses."""
+    from test_file_sources_cli import _every_format
+
+    _every_format(tmp_path / 'corpus')
+    files = [f'--config.data.path={tmp_path / "corpus"}', '--config.data.splits=validation=0.2',
+             f'--config.data.data_dir={tmp_path / "cache"}', '--config.evals.val.num_examples=16']
+    args = ['--config', f'experiments/lm.py:data=files,steps={STEPS}', *TINY_LM,
+            '--config.train.checkpoint_every=0', *files]
+    one = tmp_path / 'one'
+    run_cli('train', '--workdir', str(one), *args, devices=8, timeout=400)
+    two = tmp_path / 'two'
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE, PYTHON=sys.executable, JAX_PLATFORMS='cpu')
+    with open(f'{two}.log', 'w') as log:
+        rc = subprocess.run(['bash', 'launch/local.sh', '-n', '2', '-d', '4', '--',
+                             *args, '--workdir', str(two)], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, timeout=400).returncode
+    assert rc == 0, log_tail(two)
+    assert '2 process(es)' in log_tail(two)
+    want, got = metric_series(one), metric_series(two)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=0, atol=1e-5)
