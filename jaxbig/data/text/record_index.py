@@ -9,10 +9,10 @@ names, sizes and mtimes; the index also names its files and is ignored when they
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 
 import numpy as np
+
+from jaxbig.data.text import documents
 
 RECORDS_FILE = 'jaxbig-records.npz'
 
@@ -48,9 +48,6 @@ def save(index: str, rel: tuple, files: tuple) -> None:
                   offsets=np.concatenate([f.offsets for f in plain] or [np.zeros(0, np.int64)]),
                   numbers=np.concatenate([f._numbers for f in plain] or [np.zeros(0, np.int64)]))
     try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(index), prefix='.tmp-')
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, index)
+        documents._atomic_write(index, lambda f: np.savez(f, **arrays))
     except OSError as e:  # a read-only data dir: counted again next time
         logging.warning('data: cannot save the record index %s (%s)', index, e)
