@@ -1,6 +1,6 @@
 r"""Fine-tune a GPT (or a BERT) on the embedded text task: which standard-library package is a
-snippet of source from? (9 packages with >= 2 files in both splits; validation files are
-never trained on.)
+snippet of source from? (the packages with >= 2 files in both splits: 9 on CPython 3.11;
+validation files are never trained on.)
 
     jaxbig train --config experiments/lm.py --workdir runs/lm                 # pretrain
     jaxbig train --config experiments/finetune_text.py:init=runs/lm,mode=full --workdir runs/ft
@@ -186,7 +186,9 @@ def get_config(arg=None):
         val_split='validation',
         folds=defaults.folds(),  # k-fold cross-validation of `train` (sweep.kfold); k=0: off
     )
-    num_classes = 9 if arg.data == 'pystdlib' else 'auto'  # auto: the ClassLabel's / files'
+    # auto: the packages found in the running Python's stdlib (9 on 3.11), the ClassLabel's,
+    # or the labels found in the files
+    num_classes = 'auto'
     # snippets are drawn without end: score a fixed 1,024 of them; a TFDS split whole
     evals = dict(type='classification', split='validation',
                  num_examples=1024 if arg.data == 'pystdlib' else 0, batch_size=64)

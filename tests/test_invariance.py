@@ -136,7 +136,13 @@ def assert_same(got, ref, what):
     np.testing.assert_allclose(got['loss'], ref['loss'], **TOL, err_msg=f'{what}: loss')
     assert sorted(got['metrics']) == sorted(ref['metrics']), what
     for key, values in ref['metrics'].items():
-        np.testing.assert_allclose(got['metrics'][key], values, **TOL,
+        # float32 rounding relative to the largest value the metric takes in the run: a DPO
+        # reward is a difference of summed log-probs, so a step where it is near 0 carries
+        # the rounding of the other steps' scale (0.2346263 vs 0.2346225 beside -4.3 under
+        # accum2 on jax 0.12)
+        scale = float(np.max(np.abs(values))) if np.size(values) else 0.0
+        np.testing.assert_allclose(got['metrics'][key], values, rtol=0,
+                                   atol=TOL['atol'] + TOL['rtol'] * scale,
                                    err_msg=f'{what}: metric {key}')
     assert sorted(got['params']) == sorted(ref['params']), what
     for path, value in ref['params'].items():

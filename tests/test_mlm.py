@@ -310,14 +310,15 @@ def test_linear_probe_from_mlm_run_keeps_backbone(mlm_run, tmp_path):
 def test_finetune_text_config_for_a_bert_backbone(mlm_run):
     """The backbone pools inside (the mean by default, or its class token), without its MLM
     head; LoRA's attention targets name BERT kernels; features embed with the run's model."""
-    from jaxbig import data, models
+    from jaxbig import data, experiment, models
     from jaxbig.run import load_run
 
     full = load(f'experiments/finetune_text.py:init={mlm_run},mode=full')
     assert full.model.backbone.pool == 'mean' and full.model.backbone.head == 'none'
     assert load(f'experiments/finetune_text.py:init={mlm_run},mode=linear_probe,pooling=cls'
                 ).model.backbone.pool == 'cls'
-    lora = load(f'experiments/finetune_text.py:init={mlm_run},mode=lora,seq=32')
+    lora = experiment.resolve_auto(  # model.num_classes='auto': the stdlib's packages
+        load(f'experiments/finetune_text.py:init={mlm_run},mode=lora,seq=32'))
     params = models.from_config(lora).init(jax.random.PRNGKey(0), np.zeros((1, 32), np.int32))
     adapters = finetune.flatten(params['params']['lora'])
     assert sorted({p.rsplit('/', 2)[0] for p in adapters}) == [  # 2 layers, unrolled

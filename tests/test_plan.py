@@ -124,10 +124,16 @@ def test_70b_on_v5e_8_does_not_fit_and_names_the_largest_term(tfds_dir):
     assert r['fits'] is False and r['state_fits'] is False and r['target']['hbm_bytes'] == 16e9
     # 70.6 B float32 parameters: 35 GB per device, AdamW's moments twice that
     assert r['memory']['exact']['params'] == pytest.approx(70.55e9 * 4 / 8, rel=0.01)
-    assert r['largest_term'] == 'optimizer'
-    assert any('mu_dtype=bfloat16' in hint for hint in r['advice'])
+    # the largest of the terms (the optimizer's 70.6 GB on jax 0.10; XLA:CPU 0.12's
+    # temporaries for this stand-in are larger still); the state's knobs come first whatever
+    # it is, since parameters + optimizer state alone exceed the 16 GB
+    mem = r['memory']
+    terms = dict(params=mem['exact']['params'], optimizer=mem['exact']['optimizer'],
+                 batch=mem['exact']['batch'], temporaries=mem['xla']['temporaries'])
+    assert r['largest_term'] == max(terms, key=terms.get)
+    assert r['advice'][0].startswith('optimizer.mu_dtype=bfloat16')
     table = plan_command.table(r)
-    assert 'DOES NOT FIT' in table and 'largest term: optimizer' in table
+    assert 'DOES NOT FIT' in table and f"largest term: {r['largest_term']}" in table
     assert 'try: optimizer.mu_dtype=bfloat16' in table
     assert 'parameters + optimizer state alone need 105.8 GB per device' in table
     # the floor for parameter traffic: bf16 gathers for forward and backward, one gradient
