@@ -200,8 +200,8 @@ def test_text_classification_from_files(tmp_path):
     cfg = ml_collections.ConfigDict(dict(pipeline='text_classes', name='files', path=str(path),
                                          splits='validation=0.2', text_key='', label_key='',
                                          seq_len=48, tokenizer='bytes', eos_id=-1))
-    by_split, classes = text_classes.file_examples(cfg)
-    assert classes == ('neg', 'pos') and len(by_split['validation'][0]) == 40
+    by_split, classes = text_classes.file_labels(cfg)
+    assert classes == ('neg', 'pos') and len(by_split['validation']) == 40
     pipe = text_classes.build_pipeline(cfg, split='validation', batch_size=16, seed=0,
                                        one_pass=True)
     batch = pipe.get_batch(0)
@@ -218,7 +218,61 @@ def test_text_classification_from_files(tmp_path):
     bad = tmp_path / 'bad.jsonl'
     bad.write_text(json.dumps({'text': 'x', 'label': 'a'}) + '\n' + json.dumps({'text': 'y'}))
     with pytest.raises(ConfigError, match="bad.jsonl:2: no data.label_key='label'"):
-        text_classes.file_examples(ml_collections.ConfigDict(dict(cfg, path=str(bad))))
+        text_classes.file_labels(ml_collections.ConfigDict(dict(cfg, path=str(bad))))
+
+
+def test_text_classes_processes_read_only_their_rows(tmp_path, monkeypatch):
+    """A labelled .jsonl.zst + Parquet source: once prepared (labels checked and saved, token
+    caches built), a process holds the labels and reads its rows' tokens from the cache —
+    no record is parsed again — and the two processes' host batches concatenate to the
+    one-process batch, whose rows are the records' own bytes (cut to seq_len) and labels."""
+    from jaxbig.data.pipelines import text_classes
+    from jaxbig.data.text import documents, file_documents, record_labels
+
+    rng = np.random.default_rng(3)
+    records = [{'text': f'doc {i:02d} ' + 'x' * int(rng.integers(0, 30)), 'label': int(i % 3)}
+               for i in range(60)]
+    src = tmp_path / 'src'
+    src.mkdir()
+    with open(src / 'a.jsonl.zst', 'wb') as f:
+        f.write(zstandard.ZstdCompressor().compress(
+            ''.join(json.dumps(r) + '\n' for r in records[:25]).encode()))
+    pq.write_table(pa.Table.from_pylist(records[25:]), src / 'b.parquet', row_group_size=10)
+    cfg = ml_collections.ConfigDict(dict(
+        pipeline='text_classes', name='files', path=str(src), splits='validation=0.2',
+        text_key='', label_key='', seq_len=24, tokenizer='bytes', eos_id=-1,
+        data_dir=str(tmp_path / 'data'), train_split='train', val_split='validation'))
+    text_classes.prepare(cfg)
+    cache_dir = FileDocuments(str(src), 'train', 'text', 'validation=0.2',
+                              str(tmp_path / 'data')).cache_dir
+    assert os.path.exists(os.path.join(cache_dir, record_labels.LABELS_FILE))
+    record_labels._read_files.cache_clear()
+    token_cache.load_corpus.cache_clear()
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError('the labels were read again')
+
+    read, texts = [], file_documents._File.texts
+    monkeypatch.setattr(record_labels, '_one_file', no_parsing)
+    monkeypatch.setattr(file_documents._File, 'texts',
+                        lambda self, rows: read.extend(rows) or texts(self, rows))
+    one = text_classes.build_pipeline(cfg, split='train', batch_size=8, seed=5).get_batch(2)
+    # opening a token cache re-reads its spot-check records (documents.SPOT_CHECKS); no more
+    assert 0 < len(read) <= documents.SPOT_CHECKS, read
+    read.clear()
+    parts = [text_classes.build_pipeline(cfg, split='train', batch_size=8, seed=5,
+                                         process_index=p, process_count=2).get_batch(2)
+             for p in (0, 1)]
+    assert read == []  # the same process: its caches open once
+    for key in one:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), one[key])
+    # each row is one training record's own text (cut to 24 bytes) and label
+    train = [records[int(i)] for i in FileDocuments(str(src), 'train', 'text', 'validation=0.2',
+                                                    str(tmp_path / 'data')).ids]
+    for r in range(8):
+        text = bytes(one['inputs'][r][one['mask'][r] > 0].tolist()).decode()
+        match = [rec for rec in train if rec['text'][:24] == text]
+        assert len(match) == 1 and one['label'][r] == match[0]['label'], text
 
 
 def test_hf_save_to_disk_source(tmp_path):

@@ -186,7 +186,7 @@ def test_text_classes_from_a_saved_dataset_equal_the_same_records_as_jsonl(tmp_p
         f.writelines(json.dumps(r) + '\n' for r in rows)
     for disk, files in pairs:
         disk, files = (ml_collections.ConfigDict(dict(base, **c)) for c in (disk, files))
-        assert text_classes.file_examples(disk)[1] == ('neg', 'pos')
+        assert text_classes.file_labels(disk)[1] == ('neg', 'pos')
         for split in ('train', 'validation'):
             a, b = (text_classes.build_pipeline(c, split=split, batch_size=4, seed=2)
                     for c in (disk, files))
@@ -196,7 +196,7 @@ def test_text_classes_from_a_saved_dataset_equal_the_same_records_as_jsonl(tmp_p
     bad = ml_collections.ConfigDict(dict(base, name='hf_disk', path=str(saved), splits='',
                                          label_key='stars'))
     with pytest.raises(config_lib.ConfigError, match=r"saved: no column 'stars' \(found "):
-        text_classes.file_examples(bad)
+        text_classes.file_labels(bad)
 
 
 def test_jaxbig_train_on_a_saved_dataset(tmp_path):

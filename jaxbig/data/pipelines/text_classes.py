@@ -29,10 +29,12 @@ dataset's (`tfds_sources.find_split`: 'test' for 'validation').
 
 `data.name='files'`: JSONL / Parquet records at `data.path` with `data.text_key` ('text')
 and `data.label_key` ('label': strings or integers; the classes are the values found, sorted),
-split by `data.splits` as for text corpora (`file_examples`), read whole into memory (the
-classes are found over every record; such sets are tens of thousands of records) and
-batched as the TFDS examples are. `data.name='hf_disk'`: the same from a dataset saved with
-`save_to_disk` (a DatasetDict's own splits, or a Dataset split by data.splits).
+split by `data.splits` as for text corpora, batched as the TFDS examples are. Each process
+holds the labels (one checked pass over the records, saved beside the token cache:
+jaxbig.data.text.record_labels) and reads only its rows' tokens from the split's token
+cache (built once by `prepare`, as for LM text). `data.name='hf_disk'`: the same from a
+dataset saved with `save_to_disk` (a DatasetDict's own splits, or a Dataset split by
+data.splits).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from jaxbig.config import ConfigError
 from jaxbig.data import folds, image_sources
 from jaxbig.data import one_pass as one_pass_lib
 from jaxbig.data.pipelines import lm
-from jaxbig.data.text import documents
+from jaxbig.data.text import documents, record_labels
 from jaxbig.data.text.tokenizers import ByteTokenizer
 
 RECORD_SOURCES = ('files', 'hf_disk')  # JSONL / Parquet records; a save_to_disk dataset
@@ -53,7 +55,13 @@ RECORD_SOURCES = ('files', 'hf_disk')  # JSONL / Parquet records; a save_to_disk
 
 def prepare(config) -> None:
     if config.get('name') in RECORD_SOURCES:
-        return  # read as they are
+        record_labels.load(config)  # every record checked before anything is written
+        for split in dict.fromkeys((config.get('train_split', 'train'),
+                                    config.get('val_split', 'validation'))):
+            if split in file_labels(config)[0]:
+                _files_corpus(config, split)
+        record_labels.load(config)  # the labels saved beside the token caches now
+        return
     if _from_tfds(config):
         image_sources.prepare(config)  # a prepared TFDS dataset (array_record): checked
     else:
@@ -68,7 +76,7 @@ def num_classes(config) -> int:
     """Classes of the task (`model.num_classes='auto'`): the ClassLabel's, the labels found
     in the files, or the snippets'."""
     if config.get('name') in RECORD_SOURCES:
-        return len(file_examples(config)[1])
+        return len(file_labels(config)[1])
     if _from_tfds(config):
         return len(tfds_features(config)[2])
     return len(load_files(documents.resolve_data_dir(config.get('data_dir', '')),
@@ -235,53 +243,29 @@ class ExamplePipeline:
                                       example_mask)
 
 
-def file_examples(config) -> tuple[dict, tuple]:
-    """({split: (texts, labels int32[n], locations)}, classes) of a 'files' source: JSONL /
-    Parquet records with `data.text_key` and `data.label_key` at `data.path`, split by
-    `data.splits` (or the rows of a 'hf_disk' dataset, its splits its own or data.splits');
-    the classes are every label value found (in any split), sorted."""
-    from jaxbig.data.text import file_records
-
-    keys = (config.get('text_key') or 'text', config.get('label_key') or 'label')
-    raw = {}
-    for split in dict.fromkeys(file_records.split_names(config)):
-        records = file_records.load_records(config, split, keys)
-        for where, record in records:
-            missing = [k for k in keys if not isinstance(record, dict) or k not in record]
-            if missing:
-                which = 'text_key' if missing[0] == keys[0] else 'label_key'
-                raise ConfigError(f'{where}: no data.{which}={missing[0]!r}')
-            if not isinstance(record[keys[1]], (str, int)) or isinstance(record[keys[1]], bool):
-                raise ConfigError(f'{where}: the label {record[keys[1]]!r} is not a string or an '
-                                  'integer')
-        raw[split] = records
-    classes = tuple(sorted({r[keys[1]] for recs in raw.values() for _, r in recs},
-                           key=lambda v: (isinstance(v, str), v)))
-    if len(classes) < 2:
-        raise ConfigError(f'data.label_key={keys[1]!r}: {len(classes)} class(es) in '
-                          f'{config.get("path")!r}; a classifier needs 2 or more')
-    index = {c: k for k, c in enumerate(classes)}
-    return {split: ([str(r[keys[0]]) for _, r in recs],
-                    np.asarray([index[r[keys[1]]] for _, r in recs], np.int32),
-                    [w for w, _ in recs]) for split, recs in raw.items()}, classes
+def file_labels(config) -> tuple[dict, tuple]:
+    """({split: labels int32[n]}, classes) of a 'files' or 'hf_disk' source: every record's
+    `data.label_key` checked and indexed once (jaxbig.data.text.record_labels)."""
+    return record_labels.load(config)
 
 
 class FileExamplePipeline:
-    """A 'files' split (see `file_examples`): get_batch(i) -> inputs int32[b, T], mask
-    float32[b, T], label int32[b], in seeded-shuffle epochs as ExamplePipeline's."""
+    """A split of a 'files' / 'hf_disk' source (see the module docstring): get_batch(i) ->
+    inputs int32[b, T], mask float32[b, T], label int32[b], in seeded-shuffle epochs as
+    ExamplePipeline's. The labels are held; the text of this host's rows is read from the
+    split's token cache (memory-mapped: the pages of its rows), each record's tokens cut to
+    `seq_len` (an empty text is one eos token)."""
 
     def __init__(self, config, *, split, batch_size, seed, process_index, process_count,
                  one_pass=False, num_examples=0):
-        from jaxbig.data.text import tokenizers
-
-        by_split, self.classes = file_examples(config)
+        by_split, self.classes = file_labels(config)
         if split not in by_split:
             raise ConfigError(f'data split {split!r}: data.splits defines {sorted(by_split)}')
-        self.texts, self.labels, _ = by_split[split]
+        self.labels = by_split[split]
         self.num_classes, self.seq_len = len(self.classes), config.seq_len
-        self.tokenizer = tokenizers.from_config(config)
+        self.corpus = _files_corpus(config, split)
         self.rows = image_sources.ExampleRows(
-            len(self.texts), batch_size=batch_size, seed=seed, process_index=process_index,
+            len(self.labels), batch_size=batch_size, seed=seed, process_index=process_index,
             process_count=process_count, one_pass=one_pass, num_examples=num_examples,
             split=split)
         one_pass_lib.attach(self, self.rows.one_pass)
@@ -290,12 +274,20 @@ class FileExamplePipeline:
         rows, ids, example_mask = self.rows.batch(i)
         b, t = len(rows), self.seq_len
         inputs, mask = np.zeros((b, t), np.int32), np.zeros((b, t), np.float32)
+        docs = self.corpus.documents(ids)
         for r, j in enumerate(ids.tolist()):
-            text = self.texts[j]
-            tokens = self.tokenizer.encode(text)[:t] if text else np.zeros(1, np.int32)
+            tokens = docs[j][:-1][:t] if len(docs[j]) else np.zeros(1, np.int32)  # eos
             inputs[r, :len(tokens)], mask[r, :len(tokens)] = tokens, 1.0
         return one_pass_lib.with_mask({'inputs': inputs, 'mask': mask,
                                        'label': self.labels[ids].astype(np.int32)}, example_mask)
+
+
+def _files_corpus(config, split: str):
+    """The split's records as a token cache (`data.text_key`'s text, `data.tokenizer`)."""
+    try:
+        return lm._files_corpus(config, split)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_pipeline(config, *, split, batch_size, seed, process_index=0, process_count=1,
