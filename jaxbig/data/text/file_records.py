@@ -1,7 +1,7 @@
 """Whole records of JSONL / Parquet files, for the pipelines whose examples are records
-rather than a text stream: preference pairs (jaxbig/data/text/preference_files.py), chat
-conversations (jaxbig/data/pipelines/conditional.py) and labelled text
-(jaxbig/data/pipelines/text_classes.py).
+rather than a text stream: preference pairs (jaxbig/data/text/preference_files.py) and chat
+conversations (jaxbig/data/pipelines/conditional.py). (Labelled text keeps only its labels:
+jaxbig/data/text/record_labels.py, which shares `split_names` and `stamp`.)
 
 The files and splits are those of the text corpora (jaxbig.data.text.file_documents:
 `data.path` = a file, a directory or a glob; `data.splits` = a held-out fraction or file
