@@ -64,6 +64,13 @@ never exist at once; rows marked einsum / no chunk were measured with
     above MaxText's 43.4); the peaks in these tables are
     jaxbig's, the upper bound (whether the MaxText figures above count the fragmentation
     is not known).
+    On the Python 3.12 stack (jax 0.12.1, libtpu 0.0.52; the same commands, 2026-12-07):
+    8b 10.0 GB (sends 61.0 GB, 1.28x), 70b 49.1 GB (512 GB, 1.22x), each compile about a
+    minute instead of five. libtpu 0.0.52 no longer counts the fragmentation in its
+    temporaries, so jaxbig's figure and the compiler's peak (9.9 / 48.6 GB, unchanged)
+    agree; 70b stays 5.2 GB above MaxText's 43.4 GB. Tried there: logits_chunk=1024 (the
+    same 49.1 GB, 545 GB sent) and an optimization_barrier on each scanned layer's
+    parameters, against the hoisted bf16 copy of all layers' weights (no change).
 
     h100x8   8b   fsdp=8     32 x 8192   grad_accum_steps=4           47.6 GB      4.26 s, 61.5 k tok/s
                             (without accumulation: 106.6 GB > 80 GB, with or without
