@@ -3,8 +3,10 @@
     config.lora = dict(targets=['.*attn/(query|value)/kernel'], rank=8, alpha=16.0)
 
 Each target (a regex, fullmatch on '/'-joined parameter paths) must name kernels of Dense /
-DenseGeneral / `layers.Linear` layers. A kernel W of shape [*stack, *in, *out] (stack: the
-`layers` axis of nn.scan; in: the dims the layer contracts) gets
+DenseGeneral / `layers.Linear` layers or a Mixture-of-Experts layer's stacked expert kernels
+(`.*experts/(gate|up|down)/kernel`: one adapter pair per expert). A kernel W of shape
+[*stack, *in, *out] (stack: the `layers` axis of nn.scan, and the experts' axis; in: the
+dims the layer contracts) gets
 
     A [*stack, *in, rank] ~ N(0, 1 / prod(in))    (kaiming-like)
     B [*stack, rank, *out] = 0                      (so training starts at the base model)
@@ -192,7 +194,8 @@ def report(rank, flat, chosen, adapters) -> str:
 
 def _record_dense_kernels(layers: dict):
     """A linen interceptor filling {kernel path: (contracted input dims, kernel ndim per
-    call)} for every Dense / DenseGeneral / Linear-with-`contract` call during init."""
+    call)} for every Dense / DenseGeneral / Linear-with-`contract` call during init (an
+    MoE's expert kernels: per expert, their `stacked` leading dims not counted)."""
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
@@ -205,7 +208,8 @@ def _record_dense_kernels(layers: dict):
             n_in = _contracted_dims(module)
             if n_in is not None:
                 kernel = nn.unbox(module.get_variable('params', 'kernel'))
-                layers['/'.join((*module.scope.path, 'kernel'))] = (n_in, kernel.ndim)
+                per_call = kernel.ndim - getattr(module, 'stacked', 0)  # MoE: per expert
+                layers['/'.join((*module.scope.path, 'kernel'))] = (n_in, per_call)
         return out
 
     return interceptor

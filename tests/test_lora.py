@@ -181,6 +181,42 @@ def test_parameter_count_reduction_is_reported(caplog):
     assert 'rank 2 on 1 kernels (512 parameters): 128 adapter parameters = 25.00%' in caplog.text
 
 
+def test_expert_kernels_get_one_adapter_pair_per_expert():
+    """LoRA on an MoE GPT's stacked expert kernels (scanned layers): A [L, E, in, r] and
+    B [L, E, r, out] with the kernels' logical axes, and the adapted model's logits are the
+    base model's with each expert's W_e + s A_e B_e (NumPy), the dense kernels untouched."""
+    from jaxbig.models import gpt
+
+    base = gpt.Model(**{k: v for k, v in TINY_GPT.items() if k != 'name'}, scan_layers=True,
+                     moe={'experts': 4, 'experts_per_token': 2})
+    model = lora.wrap(base, lora_cfg(['.*experts/(gate|up|down)/kernel'], rank=3, alpha=6.0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 8)), jnp.int32)
+    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)['params']
+    specs = finetune.flatten(nn.get_partition_spec(boxed)['lora'])
+    root = 'layers/mlp/experts'
+    assert sorted(specs) == [f'{root}/{k}/kernel/{ab}' for k in ('down', 'gate', 'up')
+                             for ab in 'ab']
+    assert tuple(specs[f'{root}/gate/kernel/a']) == ('layers', 'expert', 'embed', None)
+    assert tuple(specs[f'{root}/down/kernel/b']) == ('layers', 'expert', None, 'embed')
+    params = randomize_b(random_params(model, tokens))
+    shapes = {p: v.shape for p, v in finetune.flatten(params['lora']).items()}
+    assert shapes[f'{root}/up/kernel/a'] == (2, 4, 16, 3)
+    assert shapes[f'{root}/down/kernel/b'] == (2, 4, 3, 16)
+    merged = finetune.flatten({k: v for k, v in params.items() if k != 'lora'})
+    for kind in ('gate', 'up', 'down'):  # per layer and expert: W + s A B, in NumPy
+        a = np.asarray(params['lora']['layers']['mlp']['experts'][kind]['kernel']['a'])
+        b = np.asarray(params['lora']['layers']['mlp']['experts'][kind]['kernel']['b'])
+        path = f'{root}/{kind}/kernel'
+        merged[path] = np.asarray(merged[path]) + 2.0 * np.einsum('leir,lero->leio', a, b)
+    got, want, plain = jax.jit(lambda p, q, r: (model.apply({'params': p}, tokens),
+                                                base.apply({'params': q}, tokens),
+                                                base.apply({'params': r}, tokens)))(
+        params, finetune.unflatten(merged), {k: v for k, v in params.items() if k != 'lora'})
+    got, want, plain = (x[0] if isinstance(x, tuple) else x for x in (got, want, plain))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+    assert np.abs(np.asarray(got) - np.asarray(plain)).max() > 1e-3  # the adapters act
+
+
 @pytest.mark.slow  # ~40 s; tests/test_interop_train.py trains LoRA through the CLI by default
 def test_lora_train_steps_change_only_adapters_and_head(tfds_dir):
     """Real updates with the text task's lora config: the backbone stays bit-identical."""

@@ -255,10 +255,15 @@ def with_capacity(x, experts, weights, kernels, dtype, capacity: int):
 
 
 class _Kernel(nn.Module):
+    """One stacked expert kernel [E, in, out]. `stacked` / `contract` tell LoRA
+    (jaxbig.lora) its layout: one adapter pair per expert, contracting the `in` dim."""
+
     shape: tuple[int, ...]
     axes: tuple[str, ...]
     std: float
     param_dtype: Any
+    stacked: int = 1  # leading dims that index kernels (the experts), not computed with
+    contract: int = 1  # dims of each kernel that the matmul contracts
 
     @nn.compact
     def __call__(self):
