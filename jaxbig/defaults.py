@@ -156,7 +156,7 @@ def moe(**overrides) -> dict:
     is a dense model. Its losses' coefficients are in the loss section (`lm_loss`)."""
     return {**dict(experts=0, experts_per_token=2, expert_dim=0, shared_experts=0,
                    normalize=True, dispatch='dropless', capacity_factor=1.25, grouped='auto',
-                   bias_rate=0.0, first_dense=0),
+                   bias_rate=0.0, first_dense=0, shared_gate=False),
             **overrides}
 
 

@@ -87,6 +87,12 @@ BUILDERS = {
     'qwen3_moe_dense_first': lambda: _llama('Qwen3Moe', num_hidden_layers=3, num_experts=4,
                                             num_experts_per_tok=2, moe_intermediate_size=24,
                                             norm_topk_prob=True, mlp_only_layers=[0]),
+    # Qwen2-MoE: q/k/v biases, a shared expert (2 x moe_intermediate_size) behind a sigmoid
+    # gate, top-k not renormalised, the first layer dense
+    'qwen2_moe_shared': lambda: _llama('Qwen2Moe', num_hidden_layers=3, num_experts=4,
+                                       num_experts_per_tok=2, moe_intermediate_size=24,
+                                       shared_expert_intermediate_size=48, norm_topk_prob=False,
+                                       mlp_only_layers=[0]),
     # OLMoE: q/k norms over the whole projection (as OLMo 2), top-k renormalised
     'olmoe': lambda: _llama('Olmoe', num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
                             intermediate_size=24, norm_topk_prob=True),

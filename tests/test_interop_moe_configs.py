@@ -21,6 +21,15 @@ RELEASED = {  # the fields that matter of each published config.json -> jaxbig f
              norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], head_dim=128),
         dict(qk_norm='head', mlp_dim=6144, head_dim=128),
         dict(experts=128, experts_per_token=8, expert_dim=768, normalize=True)),
+    'Qwen1.5-MoE-A2.7B': (
+        dict(architectures=['Qwen2MoeForCausalLM'], model_type='qwen2_moe',
+             intermediate_size=5632, moe_intermediate_size=1408,
+             shared_expert_intermediate_size=5632, num_experts=60, num_experts_per_tok=4,
+             norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[], qkv_bias=True,
+             use_sliding_window=False),
+        dict(qkv_bias=True, out_bias=False, mlp_dim=5632, sliding_window=0),
+        dict(experts=60, experts_per_token=4, expert_dim=1408, shared_experts=4,
+             shared_gate=True, normalize=False)),
     'OLMoE-1B-7B': (
         dict(architectures=['OlmoeForCausalLM'], model_type='olmoe', intermediate_size=1024,
              num_experts=64, num_experts_per_tok=8, norm_topk_prob=False, clip_qkv=None),
@@ -49,6 +58,9 @@ def test_released_configs_map_to_model_fields(name):
     (dict(model_type='olmoe', architectures=['OlmoeForCausalLM'], num_experts=4, clip_qkv=8.0),
      'clip_qkv=8.0'),
     (dict(model_type='mixtral', architectures=['MixtralForCausalLM']), 'num_local_experts'),
+    (dict(model_type='qwen2_moe', architectures=['Qwen2MoeForCausalLM'], num_experts=4,
+          moe_intermediate_size=8, shared_expert_intermediate_size=12),
+     r'shared_expert_intermediate_size=12.*a multiple of moe_intermediate_size=8'),
 ])
 def test_unrepresentable_moe_fields_are_one_line(changes, message):
     hf = {**BASE, 'intermediate_size': 16, 'num_experts_per_tok': 2, **changes}
@@ -66,8 +78,12 @@ def test_export_picks_the_moe_family_and_dense_families_refuse_it():
     with pytest.raises(ConfigError, match=r'llama_moe needs other moe\.experts=0'):
         decoders.family_for(gpt.Model(**shape), 'llama_moe')
     shared = gpt.Model(**shape, moe={'experts': 4, 'shared_experts': 1})
-    with pytest.raises(ConfigError, match='shared_experts=1'):
+    with pytest.raises(ConfigError, match='shared_experts=1 without moe.shared_gate'):
         decoders.family_for(shared)
+    gated = gpt.Model(**shape, qkv_bias=True,
+                      moe={'experts': 4, 'shared_experts': 1, 'shared_gate': True})
+    assert decoders.family_for(gated).hf_config(gated)['architectures'] == [
+        'Qwen2MoeForCausalLM']
     biased = gpt.Model(**shape, moe={'experts': 4, 'bias_rate': 0.001})
     with pytest.raises(ConfigError, match='bias_rate=0.001'):
         decoders.family_for(biased)

@@ -102,7 +102,7 @@ def test_first_dense_must_leave_a_moe_layer(first_dense):
 
 def test_only_qwen3_moe_exports_dense_layers():
     mixtral = _model(True)
-    with pytest.raises(ConfigError, match=r'only Qwen3-MoE has dense layers'):
+    with pytest.raises(ConfigError, match=r'only Qwen3-MoE / Qwen2-MoE have dense layers'):
         decoders.family_for(mixtral)
     qwen = gpt.Model(**SHAPE, qk_norm='head', moe=dict(MOE, normalize=False))
     family = decoders.family_for(qwen)

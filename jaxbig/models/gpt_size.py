@@ -71,7 +71,8 @@ def flops_per_token(model, seq_len: int) -> float:
     Norms, RoPE, softmax and the optimizer are not counted; nor are sliding windows
     (a windowed layer is counted as a full causal one: an upper bound). A Mixture-of-Experts
     layer counts its active weights: 3 * embed * expert_dim * (k + shared_experts) plus the
-    router's embed * experts (model.moe, jaxbig.models.moe); its first_dense layers count
+    router's embed * experts (+ embed for a shared_gate) (model.moe, jaxbig.models.moe);
+    its first_dense layers count
     the dense MLP.
     """
     m, hd = model, model.resolved_head_dim
@@ -81,7 +82,8 @@ def flops_per_token(model, seq_len: int) -> float:
     spec = getattr(m, 'moe_spec', None)
     if spec:  # the first_dense layers keep the dense MLP
         active = spec.experts_per_token + spec.shared_experts
-        moe = 3 * m.embed_dim * (spec.expert_dim or m.mlp_dim) * active + m.embed_dim * spec.experts
+        moe = 3 * m.embed_dim * (spec.expert_dim or m.mlp_dim) * active + m.embed_dim * (
+            spec.experts + spec.shared_gate)  # the router (and Qwen2-MoE's shared gate)
         mlps = spec.first_dense * dense + (m.num_layers - spec.first_dense) * moe
     weights = m.num_layers * 2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd + mlps
     weights += m.embed_dim * m.vocab_size

@@ -10,7 +10,8 @@ m expert_dim, C a row's capacity per expert.
     experts    E SwiGLU MLPs, kernels stacked on a leading 'expert' axis:
                experts/gate/kernel, experts/up/kernel [E, d, m]; experts/down/kernel [E, m, d]
     output     y = sum over the k chosen experts of weight * expert(x)    [b, t, d]
-               (+ a dense SwiGLU of shared_experts * m when shared_experts > 0)
+               (+ a dense SwiGLU of shared_experts * m when shared_experts > 0, scaled
+               per token by sigmoid(x . shared_gate) with `shared_gate`: Qwen2-MoE)
 
 Dispatch (how tokens reach their experts; the same function, two costs):
     'dropless'  the n * k (token, expert) pairs sorted by expert and every expert applied to
@@ -82,6 +83,9 @@ class MoeSpec:
     # The first first_dense layers keep a dense MLP of model.mlp_dim (DeepSeek's
     # first_k_dense_replace; Qwen3-MoE's mlp_only_layers = [0 .. first_dense - 1]).
     first_dense: int = 0
+    # Qwen2-MoE: the shared experts' output scaled per token by sigmoid(x . shared_gate),
+    # a learned [embed, 1] vector; needs shared_experts > 0.
+    shared_gate: bool = False
 
     @classmethod
     def of(cls, section) -> MoeSpec | None:
@@ -117,6 +121,9 @@ class MoeSpec:
             raise ConfigError(f'model.moe.bias_rate={self.bias_rate}: expected >= 0 (0 = off)')
         if self.expert_dim < 0 or self.shared_experts < 0:
             raise ConfigError('model.moe.expert_dim and shared_experts must be >= 0')
+        if self.shared_gate and not self.shared_experts:
+            raise ConfigError('model.moe.shared_gate=True gates the shared experts, but '
+                              'shared_experts=0; set shared_experts >= 1')
         if self.first_dense < 0 or (num_layers and self.first_dense >= num_layers):
             raise ConfigError(f'model.moe.first_dense={self.first_dense}: expected 0 <= k < '
                               f'model.num_layers={num_layers} (the leading dense layers)')
@@ -323,8 +330,14 @@ class MoeMlp(nn.Module):
             dropped = jnp.zeros((b, t), jnp.float32)
         y = y.astype(self.dtype)
         if spec.shared_experts:
-            y = y + Mlp(spec.shared_experts * m, self.out_init_std, self.dtype, self.param_dtype,
-                        name='shared')(x)
+            shared = Mlp(spec.shared_experts * m, self.out_init_std, self.dtype,
+                         self.param_dtype, name='shared')(x)
+            if spec.shared_gate:  # Qwen2-MoE: a per-token sigmoid gate on the shared experts
+                g = self.param('shared_gate', nn.with_logical_partitioning(
+                    nn.initializers.normal(0.02), ('embed', None)), (d, 1), self.param_dtype)
+                shared = shared * jax.nn.sigmoid(jnp.dot(x.astype(self.dtype),
+                                                         g.astype(self.dtype)))
+            y = y + shared
         stats = dict(probs=probs, chosen=jax.nn.one_hot(experts, e).sum(-2),
                      log_z=jax.nn.logsumexp(logits, axis=-1), dropped=dropped)
         if bias is not None:
