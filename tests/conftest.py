@@ -44,17 +44,15 @@ def xla_flags(devices: int = 1) -> str:
 
 
 @pytest.fixture(scope='session', autouse=True)
-def _subprocesses_without_torch(tmp_path_factory):
+def _subprocesses_without_torch():
     """The `jaxbig` processes the tests start see no torch, as an install without the test
     extra would (torch is a test-only dependency): tensorboardX imports it when it can
     (~1.7 s of every process start here). Set in the processes that run tests only (an
-    xdist controller spawns its workers with torch, which the HF comparisons need)."""
-    stub = tmp_path_factory.mktemp('no_torch') / 'torch'
-    stub.mkdir()
-    (stub / '__init__.py').write_text(
-        "raise ImportError('torch is hidden from the jaxbig processes the tests start')\n")
+    xdist controller spawns its workers with torch, which the HF comparisons need), by
+    tests/without_torch/sitecustomize.py first on their path."""
+    folder = os.path.join(REPO, 'tests', 'without_torch')
     old = os.environ.get('PYTHONPATH')
-    os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(stub.parent), old]))
+    os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(folder), old]))
     yield
     if old is None:
         os.environ.pop('PYTHONPATH', None)

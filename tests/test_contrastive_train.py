@@ -206,7 +206,8 @@ def test_simclr_probe_beats_random_init(image_tfds_dir, tmp_path):
 @pytest.mark.parametrize('loss', ['clip', 'siglip'])
 def test_clip_and_siglip_beat_chance(image_tfds_dir, tmp_path, loss):
     run_cli('train', '--workdir', str(tmp_path), '--config',
-            f'{CLIP}:loss={loss},width=32,embed=32,steps=300,batch=64', *SMALL_SHAPES,
+            f'{CLIP}:loss={loss},{VIT_TOWERS},width=32,embed=32,steps=300,batch=64',
+            *SMALL_SHAPES,
             '--config.model.image.patch_size=4', timeout=900)
     row = last_row(tmp_path)
     print({k: v for k, v in row.items() if k.startswith(('zero_shot', 'retrieval'))})

@@ -387,7 +387,10 @@ def test_dpo_lora_and_simpo_cli(sft_run, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, base.params,
                  {k: v for k, v in tuned.params.items() if k != lora.KEY})  # base frozen
     simpo = str(tmp_path / 'simpo')
-    run_cli('train', '--config', 'experiments/dpo.py:type=simpo,steps=8,batch=16,seq=128',
+    # lr 1e-2: at 1e-3 the 8 steps' losses are within the batches' noise (0.889 -> 0.928
+    # on jax 0.12, 0.893 -> 0.884 on 0.10)
+    run_cli('train', '--config',
+            'experiments/dpo.py:type=simpo,steps=8,batch=16,seq=128,lr=1e-2',
             '--workdir', simpo, *TINY, *EVALS)
     loss = metric_series(simpo)
     assert loss[8] < loss[4], loss

@@ -226,7 +226,7 @@ def test_sweep_report_tabulates_bits_per_byte(tfds_dir, tmp_path):
     (tmp_path / 'tok.py').write_text(SWEEP.format(bpe=bpe))
     workdir = tmp_path / 'sweep'
     proc = subprocess.run(
-        [sys.executable, '-m', 'jaxbig.sweep', '--config', 'experiments/lm.py:steps=3',
+        [sys.executable, '-m', 'jaxbig', 'sweep', '--config', 'experiments/lm.py:steps=3',
          '--sweep', str(tmp_path / 'tok.py'), '--workdir', str(workdir), '--parallel', '2',
          *TINY_LM, '--config.evals.val.num_examples=16', '--config.train.eval_every=3'],
         cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,

@@ -123,8 +123,8 @@ def evaluate(lm, tasks, *, num_fewshot: int | None = None, limit: float | None =
         raw = evaluator.simple_evaluate(
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
             log_samples=False, bootstrap_iters=0, apply_chat_template=apply_chat_template,
-            random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed)
+            random_seed=seed, numpy_random_seed=seed, fewshot_random_seed=seed,
+            torch_random_seed=None)  # the model is JAX: no torch to seed (or import)
     except Exception as e:  # what datasets raises offline varies by version
         text = f'{type(e).__name__}: {e}'.lower()
         if 'offline' in text or 'connection' in text or 'resolve' in text:
