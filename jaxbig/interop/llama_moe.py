@@ -15,12 +15,13 @@ Tensors, per layer i and expert j (HF Linear weights are [out, in]):
                                                                  /kernel [j] ([d, m], [m, d])
     Qwen3-MoE,   mlp.gate.weight [E, d]                       -> mlp/router
     Qwen2-MoE,   mlp.experts.{j}.gate_proj / up_proj / down_proj -> the same
-    OLMoE        (Qwen2-MoE) mlp.shared_expert.{gate,up,down}_proj -> mlp/shared/{...}/kernel
-                 (Qwen2-MoE) mlp.shared_expert_gate.weight [1, d] -> mlp/shared_gate [d, 1]
+    OLMoE
+    Qwen2-MoE    mlp.shared_expert.{gate,up,down}_proj.weight -> mlp/shared/{gate,up,down}/kernel
+                 mlp.shared_expert_gate.weight [1, d]         -> mlp/shared_gate [d, 1]
 
 Qwen3-MoE's and Qwen2-MoE's mlp_only_layers = [0 .. k-1] (dense layers first, of
-intermediate_size) is
-model.moe.first_dense = k. Refused in one line: other dense layers among the sparse ones
+intermediate_size) is model.moe.first_dense = k. Refused in one line: other dense layers
+among the sparse ones
 (mlp_only_layers not a prefix, decoder_sparse_step > 1), OLMoE's clip_qkv or attention
 biases. transformers runs every
 MoE dropless: a jaxbig model trained with model.moe.dispatch='capacity' exports its weights
@@ -42,6 +43,7 @@ _LAYOUT = {  # kind -> (feed-forward prefix, router, {jaxbig kernel: HF name})
 }
 _LAYOUT['olmoe'] = _LAYOUT['qwen2_moe'] = _LAYOUT['qwen3_moe']
 _QWEN_MOE = ('qwen3_moe', 'qwen2_moe')  # mlp_only_layers, moe_intermediate_size
+_TRANSPOSED = (lambda w: (c(w.T),), lambda k: c(k.T))  # HF Linear [out, in] <-> kernel [in, out]
 
 
 def _model(hf: dict) -> dict:
@@ -119,16 +121,15 @@ def _tensors(m) -> dict:
         out.update(projection_norms(m))
     prefix, router, names = _LAYOUT[_kind(m)]
     p = f'model.layers.{{i}}.{prefix}.'
-    out[p + f'{router}.weight'] = (('mlp/router',), lambda w: (c(w.T),), lambda k: c(k.T))
+    out[p + f'{router}.weight'] = (('mlp/router',), *_TRANSPOSED)
     if m.moe_spec.shared_gate:  # Qwen2-MoE's gated shared expert
-        out[p + 'shared_expert_gate.weight'] = (('mlp/shared_gate',), lambda w: (c(w.T),),
-                                                lambda k: c(k.T))
+        out[p + 'shared_expert_gate.weight'] = (('mlp/shared_gate',), *_TRANSPOSED)
         for name in ('gate', 'up', 'down'):
-            out[p + f'shared_expert.{name}_proj.weight'] = (
-                (f'mlp/shared/{name}/kernel',), lambda w: (c(w.T),), lambda k: c(k.T))
+            out[p + f'shared_expert.{name}_proj.weight'] = ((f'mlp/shared/{name}/kernel',),
+                                                            *_TRANSPOSED)
     for ours, theirs in names.items():
         out[p + f'experts.{{j}}.{theirs}.weight'] = ((f'mlp/experts/{ours}/kernel',),
-                                                     lambda w: (c(w.T),), lambda k: c(k.T))
+                                                     *_TRANSPOSED)
     return out
 
 

@@ -83,7 +83,7 @@ def flops_per_token(model, seq_len: int) -> float:
     if spec:  # the first_dense layers keep the dense MLP
         active = spec.experts_per_token + spec.shared_experts
         moe = 3 * m.embed_dim * (spec.expert_dim or m.mlp_dim) * active + m.embed_dim * (
-            spec.experts + spec.shared_gate)  # the router (and Qwen2-MoE's shared gate)
+            spec.experts + int(spec.shared_gate))  # the router (+ Qwen2-MoE's shared gate)
         mlps = spec.first_dense * dense + (m.num_layers - spec.first_dense) * moe
     weights = m.num_layers * 2 * m.embed_dim * (m.num_heads + m.resolved_kv_heads) * hd + mlps
     weights += m.embed_dim * m.vocab_size

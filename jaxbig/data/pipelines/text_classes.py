@@ -55,10 +55,10 @@ RECORD_SOURCES = ('files', 'hf_disk')  # JSONL / Parquet records; a save_to_disk
 
 def prepare(config) -> None:
     if config.get('name') in RECORD_SOURCES:
-        record_labels.load(config)  # every record checked before anything is written
+        splits = file_labels(config)[0]  # every record checked before anything is written
         for split in dict.fromkeys((config.get('train_split', 'train'),
                                     config.get('val_split', 'validation'))):
-            if split in file_labels(config)[0]:
+            if split in splits:
                 _files_corpus(config, split)
         record_labels.load(config)  # the labels saved beside the token caches now
         return

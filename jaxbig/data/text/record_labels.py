@@ -45,23 +45,22 @@ def load(config) -> tuple[dict[str, np.ndarray], tuple]:
     ConfigError on a bad record, a missing column or fewer than two classes."""
     try:
         if config.get('name') == 'hf_disk':
-            raw = _saved_labels(config)
-        else:
-            return _file_labels(config)
+            return _indexed(config, _saved_labels(config))
+        return _file_labels(config)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    classes = _classes(config, {v for values in raw.values() for v in values})
-    index = {c: k for k, c in enumerate(classes)}
-    return {s: np.asarray([index[v] for v in values], np.int32) for s, values in raw.items()
-            }, classes
 
 
-def _classes(config, found: set) -> tuple:
-    classes = tuple(sorted(found, key=lambda v: (isinstance(v, str), v)))
+def _indexed(config, values: dict[str, list]) -> tuple[dict[str, np.ndarray], tuple]:
+    """({group: int32 indices into the classes}, classes: every value found, sorted)."""
+    classes = tuple(sorted({v for group in values.values() for v in group},
+                           key=lambda v: (isinstance(v, str), v)))
     if len(classes) < 2:
         raise ConfigError(f'data.label_key={keys(config)[1]!r}: {len(classes)} class(es) in '
                           f'{config.get("path")!r}; a classifier needs 2 or more')
-    return classes
+    index = {c: k for k, c in enumerate(classes)}
+    return {g: np.asarray([index[v] for v in group], np.int32) for g, group in values.items()
+            }, classes
 
 
 def _checked(record, where: str, text_key: str, label_key: str):
@@ -102,9 +101,8 @@ def _read_files(root: str, files: tuple, text_key: str, label_key: str, path: st
     values = []
     for r, _, _ in files:
         values += _one_file(os.path.join(root, r), r, text_key, label_key)
-    classes = _classes({'label_key': label_key, 'path': path}, set(values))
-    index = {c: k for k, c in enumerate(classes)}
-    return np.asarray([index[v] for v in values], np.int32), classes
+    labels, classes = _indexed({'label_key': label_key, 'path': path}, {'all': values})
+    return labels['all'], classes
 
 
 def _one_file(path: str, rel: str, text_key: str, label_key: str) -> list:
