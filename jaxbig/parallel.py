@@ -253,6 +253,21 @@ def maybe_initialize_distributed(cfg) -> None:
         jax.distributed.initialize()
     if jax.process_count() > 1:
         logging.info('process %d of %d', jax.process_index(), jax.process_count())
+        _no_compilation_cache_across_cpu_processes()
+
+
+def _no_compilation_cache_across_cpu_processes() -> None:
+    """On jaxlib >= 0.11's CPU client, a program with cross-process (gloo) collectives read
+    back from the persistent compilation cache deadlocks at its first run (each process waits
+    in an all-reduce forever; jaxlib 0.10 does not), so a multi-process CPU run compiles
+    afresh. TPU / GPU runs keep the cache."""
+    if jax.default_backend() != 'cpu' or not jax.config.jax_enable_compilation_cache:
+        return
+    if tuple(int(p) for p in jax.lib.__version__.split('.')[:2]) < (0, 11):
+        return
+    jax.config.update('jax_enable_compilation_cache', False)
+    logging.info('multi-process CPU run: the persistent compilation cache is off (a cached '
+                 'program with cross-process collectives deadlocks on jaxlib >= 0.11)')
 
 
 def host_batch_rows(global_batch: int, mesh) -> int:

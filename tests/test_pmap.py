@@ -117,3 +117,32 @@ def test_pmap_needs_a_data_parallel_mesh(tfds_dir, tmp_path):
                    devices=2, check=False)
     assert proc.returncode == 2
     assert 'fsdp=1, expert=1 and tensor=1' in proc.stderr.strip().splitlines()[-1]
+
+
+# pmap outputs -> one replica: read from the first local device's buffer, not by a program
+# over the local devices (`x[0]` compiles a gather with an all-reduce over them).
+UNREPLICATE = r'''
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jaxbig import pmap as pmap_lib
+n = jax.local_device_count()
+out = jax.pmap(lambda x: {'sum': jax.lax.psum(x, 'i'), 'own': x * 2}, axis_name='i')(
+    jnp.arange(n * 3, dtype=jnp.float32).reshape(n, 3))
+got = pmap_lib.unreplicate(out)
+print(json.dumps({k: {'value': np.asarray(v).tolist(),
+                      'devices': sorted(d.id for d in v.sharding.device_set)}
+                  for k, v in got.items()} | {'first': jax.local_devices()[0].id}))
+'''
+
+
+def test_unreplicate_reads_the_first_device_without_a_collective():
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4))
+    env.setdefault('JAX_PLATFORMS', 'cpu')
+    proc = subprocess.run([sys.executable, '-c', UNREPLICATE], check=False, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_array_equal(out['sum']['value'], x.sum(0))
+    np.testing.assert_array_equal(out['own']['value'], x[0] * 2)
+    assert out['sum']['devices'] == out['own']['devices'] == [out['first']]
