@@ -49,7 +49,7 @@ written, measured 2026-12-08):
     jaxbig train --config experiments/lm.py:recipe=hour --workdir runs/lm_hour
         val/bits_per_byte 1.470 = 1.019 nats/byte on the whole validation split (5,689
         windows, 1.46 M scored bytes; 1.720 at step 1,500), next-byte accuracy 72.6 %,
-        against zlib's 1.635; 36 min wall, 3,020 s CPU (another CPU than 2026-12-02's
+        against zlib's 1.635; 36 min wall, 3,130 s CPU (another CPU than 2026-12-02's
         1.548 in 54 min, which was measured under the old rules of README "What the
         numbers mean": per-batch means averaged)
 
