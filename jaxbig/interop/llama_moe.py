@@ -17,15 +17,14 @@ Tensors, per layer i and expert j (HF Linear weights are [out, in]):
     Qwen2-MoE,   mlp.experts.{j}.gate_proj / up_proj / down_proj -> the same
     OLMoE
     Qwen2-MoE    mlp.shared_expert.{gate,up,down}_proj.weight -> mlp/shared/{gate,up,down}/kernel
-                 mlp.shared_expert_gate.weight [1, d]         -> mlp/shared_gate [d, 1]
+    (only)       mlp.shared_expert_gate.weight [1, d]         -> mlp/shared_gate [d, 1]
 
 Qwen3-MoE's and Qwen2-MoE's mlp_only_layers = [0 .. k-1] (dense layers first, of
 intermediate_size) is model.moe.first_dense = k. Refused in one line: other dense layers
-among the sparse ones
-(mlp_only_layers not a prefix, decoder_sparse_step > 1), OLMoE's clip_qkv or attention
-biases. transformers runs every
-MoE dropless: a jaxbig model trained with model.moe.dispatch='capacity' exports its weights
-as they are, and computes there as jaxbig's dropless dispatch does.
+among the sparse ones (mlp_only_layers not a prefix, decoder_sparse_step > 1), OLMoE's
+clip_qkv or attention biases. transformers runs every MoE dropless: a jaxbig model trained
+with model.moe.dispatch='capacity' exports its weights as they are, and computes there as
+jaxbig's dropless dispatch does.
 """
 
 from __future__ import annotations
